@@ -1,0 +1,1 @@
+"""JCRA: joint coordinate regression and association for multi-person pose estimation."""

@@ -1,0 +1,14 @@
+"""Without a GPU, run the Triton kernels through Triton's interpreter so CI tests the kernel code.
+
+The variable must be set before ``triton.jit`` decorates anything, hence here, before any import
+of ``kernels``.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
