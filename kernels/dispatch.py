@@ -1,0 +1,29 @@
+"""Which implementation a custom op runs for given tensors.
+
+Every op in ``kernels`` is an opaque ``torch.library.custom_op`` whose body calls
+:func:`use_triton`: CUDA tensors run the Triton kernels; CPU tensors run the pure-PyTorch
+reference, or the Triton kernels through Triton's interpreter when ``TRITON_INTERPRET=1`` was set
+before import (how CI tests the kernel code without a GPU). Keeping the choice inside an opaque op,
+rather than registering a ``triton_op``, lets ``torch.compile(fullgraph=True)`` trace models on
+machines where Triton has no active driver (CPU-only CI) as well as on GPUs.
+"""
+
+import os
+
+import torch
+
+try:
+    import triton  # noqa: F401
+
+    HAS_TRITON = True
+except ImportError:
+    HAS_TRITON = False
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def use_triton(tensor: torch.Tensor) -> bool:
+    """True when ``tensor``'s op should run the Triton kernels rather than the reference."""
+    if not HAS_TRITON:
+        return False
+    return tensor.is_cuda or (INTERPRET and tensor.device.type == "cpu")
