@@ -1,0 +1,456 @@
+"""Batched object keypoint similarity (OKS) and the pose matching cost, in Triton beside PyTorch.
+
+OKS follows COCOeval (``pycocotools.cocoeval.COCOeval.computeOks``) for a ground truth with at least
+one labelled keypoint (``v > 0``): the mean over its labelled keypoints of
+``exp(-d^2 / (2 * (area + eps) * (2 * sigma)^2))`` with ``eps = np.spacing(1)``. A ground truth with no
+labelled keypoint, or with ``area <= 0`` (padding), gets OKS 0; COCOeval's bounding-box fallback for
+unlabelled ground truth is not reproduced, since such people are never matching targets.
+
+The matching cost is the DETR-family focal class cost plus keypoint L1 plus ``1 - OKS``, computed in
+one kernel over ``[B, Q, G]`` without a ``[B, Q, G, K]`` temporary. Coordinates are whatever the
+caller gives (the model uses ``[0, 1]`` image-normalised ones, with area normalised by ``w * h``).
+Nothing here needs a gradient: the differentiable OKS loss is :mod:`jcra.oks_loss`, built on
+:func:`keypoint_oks`.
+"""
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from kernels.dispatch import use_triton
+
+COCO_SIGMAS = (
+    torch.tensor(
+        [
+            0.26,
+            0.25,
+            0.25,
+            0.35,
+            0.35,
+            0.79,
+            0.79,
+            0.72,
+            0.72,
+            0.62,
+            0.62,
+            1.07,
+            1.07,
+            0.87,
+            0.87,
+            0.89,
+            0.89,
+        ],
+        dtype=torch.float64,
+    )
+    / 10.0
+)
+"""Per-keypoint OKS sigmas of the 17 COCO keypoints (COCOeval's ``kpt_oks_sigmas``)."""
+
+CROWDPOSE_SIGMAS = (
+    torch.tensor(
+        [0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89, 0.79, 0.79],
+        dtype=torch.float64,
+    )
+    / 10.0
+)
+"""Per-keypoint OKS sigmas of the 14 CrowdPose keypoints (CrowdPose's ``crowdposetools``)."""
+
+AREA_EPS = float(np.spacing(1))
+"""COCOeval's ``np.spacing(1)`` added to the area (negligible in fp32, kept for exactness in fp64)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reference
+# ---------------------------------------------------------------------------------------------------
+
+
+def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """fp32, or fp64 when any input is fp64 (so references can be upcast for testing)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def keypoint_oks(
+    pred: torch.Tensor, gt: torch.Tensor, area: torch.Tensor, sigmas: torch.Tensor
+) -> torch.Tensor:
+    """OKS between aligned poses, broadcasting over leading dimensions; differentiable wrt ``pred``.
+
+    pred ``[..., K, 2]`` (x, y); gt ``[..., K, 3]`` (x, y, v); area ``[...]`` in coordinate units
+    squared; sigmas ``[K]``. Returns ``[...]`` in fp32 (fp64 if any input is fp64). OKS is 0 where the
+    ground truth has no labelled keypoint or ``area <= 0``.
+    """
+    dtype = _compute_dtype(pred, gt, area, sigmas)
+    pred, gt, area, sigmas = pred.to(dtype), gt.to(dtype), area.to(dtype), sigmas.to(dtype)
+    labelled = gt[..., 2] > 0  # [..., K]
+    d2 = (pred - gt[..., :2]).square().sum(-1)  # [..., K]
+    variances = (2.0 * sigmas).square()  # [K]
+    # e = d^2 / vars / (area + eps) / 2, as COCOeval writes it
+    # (padding areas are clamped so the masked-out terms stay finite and their gradients zero)
+    e = d2 / variances / (area.clamp(min=0).unsqueeze(-1) + AREA_EPS) / 2.0  # [..., K]
+    count = labelled.sum(-1)  # [...]
+    oks = torch.where(labelled, torch.exp(-e), 0.0).sum(-1) / count.clamp(min=1)
+    return torch.where((count > 0) & (area > 0), oks, 0.0)
+
+
+def pairwise_oks_reference(
+    pred_kpts: torch.Tensor, gt_kpts: torch.Tensor, gt_areas: torch.Tensor, sigmas: torch.Tensor
+) -> torch.Tensor:
+    """OKS of every prediction against every ground truth by broadcasting: ``[B, Q, G]``.
+
+    This is the formulation DETR-family pose codebases use; it materialises ``[B, Q, G, K]``.
+    """
+    # pred [B, Q, 1, K, 2] against gt [B, 1, G, K, 3] with areas [B, 1, G]
+    return keypoint_oks(pred_kpts[:, :, None], gt_kpts[:, None], gt_areas[:, None], sigmas)
+
+
+def focal_class_cost(logits: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
+    """DETR-family focal class cost of the person class, same shape as ``logits``.
+
+    ``alpha (1-p)^gamma (-log p) - (1-alpha) p^gamma (-log(1-p))`` with ``p = sigmoid(logits)``; the
+    logs are taken as softplus of the logit, which is exact where ``log(p + 1e-8)`` is not.
+    """
+    x = logits.to(_compute_dtype(logits))
+    p = torch.sigmoid(x)
+    pos = alpha * (1.0 - p).pow(gamma) * torch.nn.functional.softplus(-x)
+    neg = (1.0 - alpha) * p.pow(gamma) * torch.nn.functional.softplus(x)
+    return pos - neg
+
+
+def keypoint_l1_reference(pred_kpts: torch.Tensor, gt_kpts: torch.Tensor) -> torch.Tensor:
+    """Mean absolute coordinate error over each ground truth's labelled coordinates: ``[B, Q, G]``.
+
+    The sum over labelled keypoints of ``|dx| + |dy|`` divided by ``2 * count`` (at least 1), as in
+    PETR's ``KptL1Cost``; 0 for a ground truth with no labelled keypoint.
+    """
+    dtype = _compute_dtype(pred_kpts, gt_kpts)
+    pred, gt = pred_kpts.to(dtype)[:, :, None], gt_kpts.to(dtype)[:, None]  # [B,Q,1,K,2], [B,1,G,K,3]
+    labelled = gt[..., 2] > 0  # [B, 1, G, K]
+    l1 = (pred - gt[..., :2]).abs().sum(-1)  # [B, Q, G, K]
+    count = labelled.sum(-1)  # [B, 1, G]
+    return torch.where(labelled, l1, 0.0).sum(-1) / (2 * count).clamp(min=1)
+
+
+def pose_matching_cost_reference(
+    logits: torch.Tensor,
+    pred_kpts: torch.Tensor,
+    gt_kpts: torch.Tensor,
+    gt_areas: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    w_class: float,
+    w_kpt: float,
+    w_oks: float,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+) -> torch.Tensor:
+    """``w_class * focal + w_kpt * L1 + w_oks * (1 - OKS)`` by broadcasting: ``[B, Q, G]``."""
+    cls = focal_class_cost(logits, alpha, gamma)[:, :, None]  # [B, Q, 1]
+    l1 = keypoint_l1_reference(pred_kpts, gt_kpts)
+    oks = pairwise_oks_reference(pred_kpts, gt_kpts, gt_areas, sigmas)
+    return w_class * cls + w_kpt * l1 + w_oks * (1.0 - oks)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Triton kernel
+# ---------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _pose_cost_kernel(
+    # pointers
+    logits_ptr,
+    pred_ptr,
+    gt_ptr,
+    area_ptr,
+    sigma_ptr,
+    out_ptr,
+    # sizes
+    Q,
+    G,
+    # strides (elements)
+    stride_lb,
+    stride_lq,
+    stride_pb,
+    stride_pq,
+    stride_pk,
+    stride_pc,
+    stride_gb,
+    stride_gg,
+    stride_gk,
+    stride_gc,
+    stride_ab,
+    stride_ag,
+    stride_s,
+    stride_ob,
+    stride_oq,
+    stride_og,
+    # cost weights and focal parameters
+    w_class,
+    w_kpt,
+    w_oks,
+    alpha,
+    gamma,
+    area_eps,
+    # meta
+    K: tl.constexpr,
+    WITH_COST: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+):
+    """One program per (image, block of queries, block of ground truths), looping over keypoints.
+
+    K is a compile-time constant (17 or 14 in practice), which also lets the compiler unroll the loop.
+
+    WITH_COST False writes OKS; True writes the full matching cost.
+    """
+    pid_b = tl.program_id(0).to(tl.int64)
+    offs_q = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    offs_g = tl.program_id(2) * BLOCK_G + tl.arange(0, BLOCK_G)
+    mask_q = offs_q < Q
+    mask_g = offs_g < G
+    # int64 offsets: B * Q * G * K coordinates can exceed 2^31 for large batches
+    pred_base = pred_ptr + pid_b * stride_pb + offs_q.to(tl.int64) * stride_pq  # [BLOCK_Q]
+    gt_base = gt_ptr + pid_b * stride_gb + offs_g.to(tl.int64) * stride_gg  # [BLOCK_G]
+
+    area = tl.load(area_ptr + pid_b * stride_ab + offs_g * stride_ag, mask=mask_g, other=0.0).to(tl.float32)
+    area = tl.maximum(area, 0.0)  # padding (area <= 0) scores 0 below; clamping keeps e finite
+    # COCOeval's e = d^2 / vars / (area + eps) / 2, split into a per-ground-truth and a per-keypoint factor
+    inv_area2 = 1.0 / ((area + area_eps) * 2.0)  # [BLOCK_G]
+
+    exp_sum = tl.zeros((BLOCK_Q, BLOCK_G), dtype=tl.float32)
+    l1_sum = tl.zeros((BLOCK_Q, BLOCK_G), dtype=tl.float32)
+    count = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    for k in range(0, K):
+        sigma = tl.load(sigma_ptr + k * stride_s).to(tl.float32)
+        inv_var = 1.0 / (4.0 * sigma * sigma)
+        px = tl.load(pred_base + k * stride_pk, mask=mask_q, other=0.0).to(tl.float32)
+        py = tl.load(pred_base + k * stride_pk + stride_pc, mask=mask_q, other=0.0).to(tl.float32)
+        gx = tl.load(gt_base + k * stride_gk, mask=mask_g, other=0.0).to(tl.float32)
+        gy = tl.load(gt_base + k * stride_gk + stride_gc, mask=mask_g, other=0.0).to(tl.float32)
+        gv = tl.load(gt_base + k * stride_gk + 2 * stride_gc, mask=mask_g, other=0.0).to(tl.float32)
+        labelled = gv > 0  # [BLOCK_G]
+        dx = px[:, None] - gx[None, :]
+        dy = py[:, None] - gy[None, :]
+        e = (dx * dx + dy * dy) * inv_var * inv_area2[None, :]
+        exp_sum += tl.where(labelled[None, :], tl.exp(-e), 0.0)
+        if WITH_COST:
+            l1_sum += tl.where(labelled[None, :], tl.abs(dx) + tl.abs(dy), 0.0)
+        count += labelled.to(tl.float32)
+
+    valid = (count > 0) & (area > 0)
+    oks = tl.where(valid[None, :], exp_sum / tl.maximum(count, 1.0)[None, :], 0.0)
+    if WITH_COST:
+        x = tl.load(logits_ptr + pid_b * stride_lb + offs_q * stride_lq, mask=mask_q, other=0.0).to(
+            tl.float32
+        )
+        # With p = sigmoid(x): -log p = softplus(-x) and -log(1 - p) = softplus(x), computed without
+        # overflow; the focal powers follow as p^gamma = exp(-gamma * softplus(-x)), finite for any x.
+        log1p_exp = tl.log(1.0 + tl.exp(-tl.abs(x)))
+        softplus_pos = tl.maximum(x, 0.0) + log1p_exp
+        softplus_neg = tl.maximum(-x, 0.0) + log1p_exp
+        pos = alpha * tl.exp(-gamma * softplus_pos) * softplus_neg
+        neg = (1.0 - alpha) * tl.exp(-gamma * softplus_neg) * softplus_pos
+        l1 = l1_sum / tl.maximum(2.0 * count, 1.0)[None, :]
+        result = w_class * (pos - neg)[:, None] + w_kpt * l1 + w_oks * (1.0 - oks)
+    else:
+        result = oks
+
+    out_offs = pid_b * stride_ob + offs_q.to(tl.int64)[:, None] * stride_oq + offs_g[None, :] * stride_og
+    tl.store(out_ptr + out_offs, result, mask=mask_q[:, None] & mask_g[None, :])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------------
+
+# 32 x 32 fp32 accumulators (two of them) fit registers with 4 warps; G is usually far below 32 at
+# Q = 300, so a narrower G block would waste less, but the whole cost is a few microseconds either way.
+_BLOCK_Q = 32
+_BLOCK_G = 32
+
+
+def _check_inputs(
+    pred_kpts: torch.Tensor,
+    gt_kpts: torch.Tensor,
+    gt_areas: torch.Tensor,
+    sigmas: torch.Tensor,
+    logits: torch.Tensor | None = None,
+) -> None:
+    """Raise ValueError naming the first argument whose shape, dtype or device is wrong."""
+    named = {"pred_kpts": pred_kpts, "gt_kpts": gt_kpts, "gt_areas": gt_areas, "sigmas": sigmas}
+    if logits is not None:
+        named["logits"] = logits
+    for name, t in named.items():
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor")
+        if t.device != pred_kpts.device:
+            raise ValueError(f"{name} is on {t.device} but pred_kpts is on {pred_kpts.device}")
+    if pred_kpts.dim() != 4 or pred_kpts.shape[-1] != 2:
+        raise ValueError(f"pred_kpts must be [B, Q, K, 2], got {tuple(pred_kpts.shape)}")
+    b, q, k, _ = pred_kpts.shape
+    if gt_kpts.dim() != 4 or gt_kpts.shape[0] != b or gt_kpts.shape[2] != k or gt_kpts.shape[3] != 3:
+        raise ValueError(f"gt_kpts must be [B={b}, G, K={k}, 3], got {tuple(gt_kpts.shape)}")
+    g = gt_kpts.shape[1]
+    if tuple(gt_areas.shape) != (b, g):
+        raise ValueError(f"gt_areas must be [B={b}, G={g}], got {tuple(gt_areas.shape)}")
+    if tuple(sigmas.shape) != (k,):
+        raise ValueError(f"sigmas must be [K={k}], got {tuple(sigmas.shape)}")
+    if logits is not None and tuple(logits.shape) != (b, q):
+        raise ValueError(f"logits must be [B={b}, Q={q}], got {tuple(logits.shape)}")
+
+
+def _launch(
+    logits: torch.Tensor | None,
+    pred_kpts: torch.Tensor,
+    gt_kpts: torch.Tensor,
+    gt_areas: torch.Tensor,
+    sigmas: torch.Tensor,
+    weights: tuple[float, float, float, float, float],
+) -> torch.Tensor:
+    """Run the kernel; ``logits`` None gives OKS, otherwise the cost with ``weights`` =
+    (w_class, w_kpt, w_oks, alpha, gamma). Inputs may be strided (e.g. ground truth expanded over
+    stages)."""
+    b, q, k, _ = pred_kpts.shape
+    g = gt_kpts.shape[1]
+    out = torch.empty((b, q, g), dtype=torch.float32, device=pred_kpts.device)
+    if out.numel() == 0:
+        return out
+    with_cost = logits is not None
+    # Without a cost, any tensor stands in for the logits pointer; the kernel never reads it.
+    logits_arg = logits if with_cost else gt_areas
+    stride_l = logits.stride() if with_cost else (0, 0)
+    grid = (b, triton.cdiv(q, _BLOCK_Q), triton.cdiv(g, _BLOCK_G))
+    _pose_cost_kernel[grid](
+        logits_arg,
+        pred_kpts,
+        gt_kpts,
+        gt_areas,
+        sigmas,
+        out,
+        q,
+        g,
+        *stride_l,
+        *pred_kpts.stride(),
+        *gt_kpts.stride(),
+        *gt_areas.stride(),
+        sigmas.stride(0),
+        *out.stride(),
+        *weights,
+        AREA_EPS,
+        K=k,
+        WITH_COST=with_cost,
+        BLOCK_Q=_BLOCK_Q,
+        BLOCK_G=_BLOCK_G,
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Registration
+# ---------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("jcra::pairwise_oks", mutates_args=())
+def _pairwise_oks_op(
+    pred_kpts: torch.Tensor, gt_kpts: torch.Tensor, gt_areas: torch.Tensor, sigmas: torch.Tensor
+) -> torch.Tensor:
+    if use_triton(pred_kpts):
+        return _launch(None, pred_kpts, gt_kpts, gt_areas, sigmas, (0.0, 0.0, 0.0, 0.0, 0.0))
+    return pairwise_oks_reference(pred_kpts, gt_kpts, gt_areas, sigmas).float()
+
+
+@_pairwise_oks_op.register_fake
+def _(pred_kpts, gt_kpts, gt_areas, sigmas):
+    return pred_kpts.new_empty(
+        (pred_kpts.shape[0], pred_kpts.shape[1], gt_kpts.shape[1]), dtype=torch.float32
+    )
+
+
+@torch.library.custom_op("jcra::pose_matching_cost", mutates_args=())
+def _pose_matching_cost_op(
+    logits: torch.Tensor,
+    pred_kpts: torch.Tensor,
+    gt_kpts: torch.Tensor,
+    gt_areas: torch.Tensor,
+    sigmas: torch.Tensor,
+    w_class: float,
+    w_kpt: float,
+    w_oks: float,
+    alpha: float,
+    gamma: float,
+) -> torch.Tensor:
+    if use_triton(pred_kpts):
+        return _launch(logits, pred_kpts, gt_kpts, gt_areas, sigmas, (w_class, w_kpt, w_oks, alpha, gamma))
+    return pose_matching_cost_reference(
+        logits,
+        pred_kpts,
+        gt_kpts,
+        gt_areas,
+        sigmas,
+        w_class=w_class,
+        w_kpt=w_kpt,
+        w_oks=w_oks,
+        alpha=alpha,
+        gamma=gamma,
+    ).float()
+
+
+@_pose_matching_cost_op.register_fake
+def _(logits, pred_kpts, gt_kpts, gt_areas, sigmas, w_class, w_kpt, w_oks, alpha, gamma):
+    return pred_kpts.new_empty(
+        (pred_kpts.shape[0], pred_kpts.shape[1], gt_kpts.shape[1]), dtype=torch.float32
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Public functions
+# ---------------------------------------------------------------------------------------------------
+
+
+def pairwise_oks(
+    pred_kpts: torch.Tensor, gt_kpts: torch.Tensor, gt_areas: torch.Tensor, sigmas: torch.Tensor
+) -> torch.Tensor:
+    """COCOeval OKS of every prediction against every ground truth of the same image.
+
+    pred_kpts ``[B, Q, K, 2]`` (x, y); gt_kpts ``[B, G, K, 3]`` (x, y, v with v > 0 labelled);
+    gt_areas ``[B, G]`` in coordinate units squared (``<= 0`` marks padding); sigmas ``[K]``
+    (:data:`COCO_SIGMAS`, :data:`CROWDPOSE_SIGMAS`). Any float dtype, computed in fp32; returns fp32
+    ``[B, Q, G]``, 0 for ground truth with no labelled keypoint or non-positive area. No gradient.
+    """
+    _check_inputs(pred_kpts, gt_kpts, gt_areas, sigmas)
+    return _pairwise_oks_op(pred_kpts, gt_kpts, gt_areas, sigmas)
+
+
+def pose_matching_cost(
+    logits: torch.Tensor,
+    pred_kpts: torch.Tensor,
+    gt_kpts: torch.Tensor,
+    gt_areas: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    w_class: float,
+    w_kpt: float,
+    w_oks: float,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+) -> torch.Tensor:
+    """Hungarian matching cost of every prediction against every ground truth: fp32 ``[B, Q, G]``.
+
+    logits ``[B, Q]`` (the person class); the other arguments as in :func:`pairwise_oks`.
+    ``cost = w_class * focal + w_kpt * L1 + w_oks * (1 - OKS)``, where focal is the DETR-family focal
+    class cost (:func:`focal_class_cost`) and L1 the mean absolute error over the ground truth's
+    labelled coordinates (:func:`keypoint_l1_reference`). No gradient.
+    """
+    _check_inputs(pred_kpts, gt_kpts, gt_areas, sigmas, logits)
+    return _pose_matching_cost_op(
+        logits,
+        pred_kpts,
+        gt_kpts,
+        gt_areas,
+        sigmas,
+        float(w_class),
+        float(w_kpt),
+        float(w_oks),
+        float(alpha),
+        float(gamma),
+    )
