@@ -1,0 +1,33 @@
+# `make demo` and `make test` are the README's two commands; both set up .venv on first use.
+# The venv sees the system's packages, so a GPU machine's own torch is used as it is; where no torch
+# is importable, the CPU build of torch 2.13.0 is installed (on this project's CI it lies on disk).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+
+.PHONY: setup demo test bench lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) torch==2.13.0
+	$(PY) -c "import triton" 2>/dev/null || $(PIP) triton==3.6.0
+	$(PIP) -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(PY) -m train.demo
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) -m pytest bench -q --benchmark-json=bench/results/latest.json
+
+lint: setup
+	$(PY) -m ruff check kernels jcra train bench tests
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache .benchmarks

@@ -1,0 +1,235 @@
+"""ms_deform_attn: the Triton kernels (Triton's interpreter on CPU) against the float64 reference."""
+
+import importlib
+import math
+
+import pytest
+import torch
+
+from jcra.deformable_attention import MSDeformAttn
+from kernels.dispatch import use_triton
+from kernels.ms_deform_attn import ms_deform_attn, ms_deform_attn_reference
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.skipif(not use_triton(torch.empty(0, device=DEVICE)), reason="Triton kernels not active")
+
+# (dtype, atol, rtol) against a float64 reference on the same (rounded) inputs, about twice what
+# PyTorch's own fp32 / reduced-precision arithmetic gives on such sums.
+DTYPES = [
+    (torch.float32, 2e-5, 2e-5),
+    (torch.bfloat16, 3e-2, 2e-2),
+    (torch.float16, 4e-3, 3e-3),
+]
+
+# (N, Lq, M, D, shapes, P): one level, five levels, odd maps, P up to 17, D in {8, 16, 32, 64} and 24.
+CASES = [
+    (1, 5, 1, 8, ((7, 5),), 1),
+    (2, 9, 2, 16, ((6, 9), (3, 5)), 3),
+    (1, 7, 2, 32, ((5, 5), (4, 3), (2, 2)), 8),
+    (2, 4, 1, 64, ((9, 7), (5, 4), (3, 2), (1, 1)), 17),
+    (2, 6, 3, 24, ((8, 6), (4, 3), (2, 2), (1, 2), (1, 1)), 2),
+]
+
+
+def make_inputs(N, Lq, M, D, shapes, P, dtype, seed, outside=0.3):
+    """Fresh random inputs; locations spread `outside` beyond [0, 1] on each side."""
+    gen = torch.Generator().manual_seed(seed)
+    S, L = sum(h * w for h, w in shapes), len(shapes)
+    value = torch.randn(N, S, M, D, generator=gen).to(DEVICE, dtype)
+    loc = (torch.rand(N, Lq, M, L, P, 2, generator=gen) * (1 + 2 * outside) - outside).to(DEVICE)
+    attn = torch.rand(N, Lq, M, L, P, generator=gen).to(DEVICE, dtype)
+    return value, loc, attn
+
+
+def run(fn, value, shapes, loc, attn, grad):
+    """Output and the three gradients of fn for an upstream gradient `grad`."""
+    inputs = [t.detach().clone().requires_grad_() for t in (value, loc, attn)]
+    out = fn(inputs[0], shapes, inputs[1], inputs[2])
+    out.backward(grad)
+    return [out.detach()] + [t.grad for t in inputs]
+
+
+def fused(value, shapes, loc, attn, **kwargs):
+    return ms_deform_attn(value, shapes, None, loc, attn, **kwargs)
+
+
+def reference64(value, shapes, loc, attn):
+    return ms_deform_attn_reference(value.double(), shapes, loc.double(), attn.double())
+
+
+def assert_matches(got, want, atol, rtol, names=("output", "grad value", "grad locations", "grad weights")):
+    for name, g, w in zip(names, got, want, strict=True):
+        assert not g.isnan().any(), f"{name} has NaN (unwritten elements?)"
+        scale = max(w.abs().max().item(), 1.0)
+        torch.testing.assert_close(g.double(), w.double(), atol=atol * scale, rtol=rtol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Fresh float allocations come back NaN-filled, so any element a kernel forgets to write shows."""
+
+    def poison(alloc):
+        def wrapped(*args, **kwargs):
+            out = alloc(*args, **kwargs)
+            return out.fill_(math.nan) if out.is_floating_point() else out
+
+        return wrapped
+
+    monkeypatch.setattr(torch, "empty", poison(torch.empty))
+    monkeypatch.setattr(torch, "empty_like", poison(torch.empty_like))
+    monkeypatch.setattr(torch.Tensor, "new_empty", poison(torch.Tensor.new_empty))
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES, ids=lambda x: str(x).replace("torch.", ""))
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+def test_matches_reference(case, dtype, atol, rtol, deterministic, poisoned):
+    N, Lq, M, D, shapes, P = CASES[case]
+    value, loc, attn = make_inputs(N, Lq, M, D, shapes, P, dtype, seed=1000 * case + 7)
+    grad = torch.randn(N, Lq, M * D, device=DEVICE).to(dtype)
+    got = run(lambda *a: fused(*a, deterministic=deterministic), value, shapes, loc, attn, grad)
+    want = run(reference64, value, shapes, loc, attn, grad.double())
+    assert got[0].dtype == dtype and got[1].dtype == dtype and got[2].dtype == torch.float32
+    assert_matches(got, want, atol, rtol)
+
+
+def test_noncontiguous_inputs_and_sum_backward():
+    """Views with odd strides in, and the expanded (stride-0) gradient that out.sum() sends back."""
+    N, Lq, M, D, shapes, P = 2, 5, 2, 16, ((5, 7), (3, 3)), 4
+    value, loc, attn = make_inputs(N, Lq, M, D, shapes, P, torch.float32, seed=3)
+    value_t = value.transpose(0, 1).contiguous().transpose(0, 1)  # same values, non-contiguous
+    loc_t = torch.stack([loc, loc], dim=-1)[..., 0]  # same values, stride 2 in the last dim
+    assert not value_t.is_contiguous() and not loc_t.is_contiguous()
+    got = run(lambda v, s, lc, a: fused(v, s, lc, a).sum(), value_t, shapes, loc_t, attn, torch.tensor(1.0))
+    want = run(lambda v, s, lc, a: reference64(v, s, lc, a).sum(), value, shapes, loc, attn, torch.tensor(1.0))
+    assert_matches(got, want, 2e-5, 2e-5)
+
+
+def test_spatial_shapes_as_tensors():
+    """Deformable-DETR's calling convention: shapes and level starts as int64 tensors."""
+    shapes = ((6, 5), (3, 3))
+    value, loc, attn = make_inputs(1, 4, 2, 8, shapes, 2, torch.float32, seed=11)
+    shapes_t = torch.tensor(shapes, dtype=torch.int64, device=DEVICE)
+    starts_t = torch.tensor([0, 30], dtype=torch.int64, device=DEVICE)
+    out = ms_deform_attn(value, shapes_t, starts_t, loc, attn)
+    torch.testing.assert_close(out.double(), reference64(value, shapes, loc, attn), atol=1e-5, rtol=1e-5)
+
+
+def test_far_outside_locations_give_zero():
+    """Locations far off the map (even huge ones) sample zeros and send back zero gradients."""
+    shapes = ((4, 4), (2, 2))
+    value, loc, attn = make_inputs(1, 3, 1, 8, shapes, 2, torch.float32, seed=5)
+    loc = torch.full_like(loc, 1e9)
+    loc[0, 0] = -1e9
+    got = run(fused, value, shapes, loc, attn, torch.ones(1, 3, 8))
+    for t in got:
+        assert torch.count_nonzero(t) == 0
+
+
+def test_deterministic_backward_is_bitwise_reproducible():
+    shapes = ((9, 8), (5, 4))
+    # Few positions, many queries: many samples land on the same value rows.
+    value, loc, attn = make_inputs(1, 40, 2, 16, shapes, 4, torch.float32, seed=21)
+    grad = torch.randn(1, 40, 32, device=DEVICE)
+    first = run(lambda *a: fused(*a, deterministic=True), value, shapes, loc, attn, grad)
+    second = run(lambda *a: fused(*a, deterministic=True), value, shapes, loc, attn, grad)
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_deterministic_follows_torch_switch(monkeypatch):
+    calls = []
+    msda = importlib.import_module("kernels.ms_deform_attn")  # the package re-exports a function of that name
+    original = msda._ms_deform_attn_backward_triton
+    monkeypatch.setattr(
+        msda, "_ms_deform_attn_backward_triton", lambda *a: calls.append(a[-1]) or original(*a)
+    )
+    shapes = ((3, 3),)
+    value, loc, attn = make_inputs(1, 2, 1, 8, shapes, 1, torch.float32, seed=2)
+    value.requires_grad_()
+    torch.use_deterministic_algorithms(True)
+    try:
+        fused(value, shapes, loc, attn).sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    fused(value, shapes, loc, attn).sum().backward()
+    assert calls == [True, False]
+
+
+def test_reference_gradcheck_float64():
+    shapes = ((3, 4), (2, 2))
+    value, loc, attn = make_inputs(1, 2, 2, 3, shapes, 2, torch.float64, seed=9, outside=0.2)
+    # Keep locations off the pixel grid lines, where bilinear sampling has kinks.
+    loc = loc.double().cpu()
+    inputs = [t.cpu().double().requires_grad_() for t in (value, loc, attn)]
+    assert torch.autograd.gradcheck(lambda v, lc, a: ms_deform_attn_reference(v, shapes, lc, a), inputs)
+
+
+def test_opcheck():
+    shapes = [5, 4, 2, 3]  # flattened (H, W) pairs, as the op takes them
+    value, loc, attn = make_inputs(2, 3, 2, 8, ((5, 4), (2, 3)), 2, torch.float32, seed=4)
+    value.requires_grad_()
+    args = (value, shapes, loc.requires_grad_(), attn.requires_grad_(), False)
+    torch.library.opcheck(torch.ops.jcra.ms_deform_attn.default, args)
+
+
+def test_compiled_module_fullgraph_matches_eager():
+    torch.manual_seed(0)
+    module = MSDeformAttn(embed_dim=32, num_heads=4, num_levels=2, num_points=3).to(DEVICE)
+    torch.nn.init.normal_(module.attention_weights.weight, std=0.5)  # non-uniform weights
+    shapes = ((6, 5), (3, 3))
+    S = sum(h * w for h, w in shapes)
+    query, value = torch.randn(2, 7, 32, device=DEVICE), torch.randn(2, S, 32, device=DEVICE)
+    ref_points = torch.rand(2, 7, 2, 2, device=DEVICE)
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(query, ref_points, value, shapes), module(query, ref_points, value, shapes))
+
+
+def test_module_fused_equals_reference_and_respects_padding():
+    torch.manual_seed(1)
+    module = MSDeformAttn(embed_dim=32, num_heads=4, num_levels=2, num_points=4).to(DEVICE)
+    shapes = ((5, 6), (3, 3))
+    S = sum(h * w for h, w in shapes)
+    query, value = torch.randn(1, 6, 32, device=DEVICE), torch.randn(1, S, 32, device=DEVICE)
+    ref_points = torch.rand(1, 6, 2, 2, device=DEVICE)
+    mask = torch.rand(1, S, device=DEVICE) < 0.3
+    out = module(query, ref_points, value, shapes, value_padding_mask=mask)
+    module.use_fused = False
+    torch.testing.assert_close(out, module(query, ref_points, value, shapes, value_padding_mask=mask))
+    # Padded positions are zeroed before sampling: changing them changes nothing.
+    noisy = torch.where(mask[..., None], torch.randn_like(value) * 100, value)
+    torch.testing.assert_close(out, module(query, ref_points, noisy, shapes, value_padding_mask=mask))
+
+
+def test_module_initialisation_is_deformable_detrs():
+    module = MSDeformAttn(embed_dim=64, num_heads=8, num_levels=4, num_points=4)
+    bias = module.sampling_offsets.bias.view(8, 4, 4, 2)
+    assert torch.count_nonzero(module.sampling_offsets.weight) == 0
+    assert torch.count_nonzero(module.attention_weights.weight) == 0
+    # Head 0 points along +x at radius 1..P on every level; head 2 (90 degrees) along +y.
+    torch.testing.assert_close(bias[0, 2, :, 0], torch.arange(1.0, 5.0))
+    torch.testing.assert_close(bias[2, 1, :, 1], torch.arange(1.0, 5.0))
+    assert bias[:, :, 0].abs().max(-1).values.eq(1).all()  # on the unit square's border
+
+
+BAD_INPUTS = [
+    ("value", lambda v, s, st, lc, a: (v[0], s, st, lc, a), "value must be"),
+    ("value", lambda v, s, st, lc, a: ((v * 10).long(), s, st, lc, a), "value must be a floating"),
+    ("spatial_shapes", lambda v, s, st, lc, a: (v, [(5, 4)], None, lc[:, :, :, :1], a[:, :, :, :1]), "S=26"),
+    ("spatial_shapes", lambda v, s, st, lc, a: (v, torch.tensor([5, 4, 2, 3]), st, lc, a), "spatial_shapes must"),
+    ("spatial_shapes", lambda v, s, st, lc, a: (v, [(5, 4), (0, 3)], st, lc, a), "positive"),
+    ("level_start_index", lambda v, s, st, lc, a: (v, s, [0, 19], lc, a), "level_start_index"),
+    ("sampling_locations", lambda v, s, st, lc, a: (v, s, st, lc[..., :1], a), "sampling_locations must be"),
+    ("sampling_locations", lambda v, s, st, lc, a: (v, s, st, lc[:, :, :1], a), "sampling_locations must be"),
+    ("attention_weights", lambda v, s, st, lc, a: (v, s, st, lc, a[..., :1]), "attention_weights must be"),
+    ("attention_weights", lambda v, s, st, lc, a: (v, s, st, lc, a.to("meta")), "attention_weights is on meta"),
+]
+
+
+@pytest.mark.parametrize("argument,mutate,message", BAD_INPUTS, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD_INPUTS)])
+def test_bad_input_names_the_argument(argument, mutate, message):
+    shapes = ((5, 4), (2, 3))
+    value, loc, attn = make_inputs(1, 3, 2, 8, shapes, 2, torch.float32, seed=0)
+    with pytest.raises(ValueError, match=message) as err:
+        ms_deform_attn(*mutate(value, shapes, [0, 20], loc, attn))
+    assert argument in str(err.value)
