@@ -11,7 +11,9 @@ from kernels.dispatch import use_triton
 from kernels.ms_deform_attn import ms_deform_attn, ms_deform_attn_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = pytest.mark.skipif(not use_triton(torch.empty(0, device=DEVICE)), reason="Triton kernels not active")
+pytestmark = pytest.mark.skipif(
+    not use_triton(torch.empty(0, device=DEVICE)), reason="Triton kernels not active"
+)
 
 # (dtype, atol, rtol) against a float64 reference on the same (rounded) inputs, about twice what
 # PyTorch's own fp32 / reduced-precision arithmetic gives on such sums.
@@ -61,7 +63,9 @@ def assert_matches(got, want, atol, rtol, names=("output", "grad value", "grad l
     for name, g, w in zip(names, got, want, strict=True):
         assert not g.isnan().any(), f"{name} has NaN (unwritten elements?)"
         scale = max(w.abs().max().item(), 1.0)
-        torch.testing.assert_close(g.double(), w.double(), atol=atol * scale, rtol=rtol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            g.double(), w.double(), atol=atol * scale, rtol=rtol, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 @pytest.fixture
@@ -101,7 +105,9 @@ def test_noncontiguous_inputs_and_sum_backward():
     loc_t = torch.stack([loc, loc], dim=-1)[..., 0]  # same values, stride 2 in the last dim
     assert not value_t.is_contiguous() and not loc_t.is_contiguous()
     got = run(lambda v, s, lc, a: fused(v, s, lc, a).sum(), value_t, shapes, loc_t, attn, torch.tensor(1.0))
-    want = run(lambda v, s, lc, a: reference64(v, s, lc, a).sum(), value, shapes, loc, attn, torch.tensor(1.0))
+    want = run(
+        lambda v, s, lc, a: reference64(v, s, lc, a).sum(), value, shapes, loc, attn, torch.tensor(1.0)
+    )
     assert_matches(got, want, 2e-5, 2e-5)
 
 
@@ -182,7 +188,9 @@ def test_compiled_module_fullgraph_matches_eager():
     query, value = torch.randn(2, 7, 32, device=DEVICE), torch.randn(2, S, 32, device=DEVICE)
     ref_points = torch.rand(2, 7, 2, 2, device=DEVICE)
     compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
-    torch.testing.assert_close(compiled(query, ref_points, value, shapes), module(query, ref_points, value, shapes))
+    torch.testing.assert_close(
+        compiled(query, ref_points, value, shapes), module(query, ref_points, value, shapes)
+    )
 
 
 def test_module_fused_equals_reference_and_respects_padding():
@@ -216,17 +224,27 @@ BAD_INPUTS = [
     ("value", lambda v, s, st, lc, a: (v[0], s, st, lc, a), "value must be"),
     ("value", lambda v, s, st, lc, a: ((v * 10).long(), s, st, lc, a), "value must be a floating"),
     ("spatial_shapes", lambda v, s, st, lc, a: (v, [(5, 4)], None, lc[:, :, :, :1], a[:, :, :, :1]), "S=26"),
-    ("spatial_shapes", lambda v, s, st, lc, a: (v, torch.tensor([5, 4, 2, 3]), st, lc, a), "spatial_shapes must"),
+    (
+        "spatial_shapes",
+        lambda v, s, st, lc, a: (v, torch.tensor([5, 4, 2, 3]), st, lc, a),
+        "spatial_shapes must",
+    ),
     ("spatial_shapes", lambda v, s, st, lc, a: (v, [(5, 4), (0, 3)], st, lc, a), "positive"),
     ("level_start_index", lambda v, s, st, lc, a: (v, s, [0, 19], lc, a), "level_start_index"),
     ("sampling_locations", lambda v, s, st, lc, a: (v, s, st, lc[..., :1], a), "sampling_locations must be"),
     ("sampling_locations", lambda v, s, st, lc, a: (v, s, st, lc[:, :, :1], a), "sampling_locations must be"),
     ("attention_weights", lambda v, s, st, lc, a: (v, s, st, lc, a[..., :1]), "attention_weights must be"),
-    ("attention_weights", lambda v, s, st, lc, a: (v, s, st, lc, a.to("meta")), "attention_weights is on meta"),
+    (
+        "attention_weights",
+        lambda v, s, st, lc, a: (v, s, st, lc, a.to("meta")),
+        "attention_weights is on meta",
+    ),
 ]
 
 
-@pytest.mark.parametrize("argument,mutate,message", BAD_INPUTS, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD_INPUTS)])
+@pytest.mark.parametrize(
+    "argument,mutate,message", BAD_INPUTS, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD_INPUTS)]
+)
 def test_bad_input_names_the_argument(argument, mutate, message):
     shapes = ((5, 4), (2, 3))
     value, loc, attn = make_inputs(1, 3, 2, 8, shapes, 2, torch.float32, seed=0)
