@@ -20,39 +20,19 @@ import triton.language as tl
 
 from kernels.dispatch import use_triton
 
-COCO_SIGMAS = (
-    torch.tensor(
-        [
-            0.26,
-            0.25,
-            0.25,
-            0.35,
-            0.35,
-            0.79,
-            0.79,
-            0.72,
-            0.72,
-            0.62,
-            0.62,
-            1.07,
-            1.07,
-            0.87,
-            0.87,
-            0.89,
-            0.89,
-        ],
-        dtype=torch.float64,
-    )
-    / 10.0
+
+def _sigma_table(tenths: list[float]) -> torch.Tensor:
+    """Sigmas from the tables as published (in tenths), in fp64 like COCOeval's."""
+    return torch.tensor(tenths, dtype=torch.float64) / 10.0
+
+
+COCO_SIGMAS = _sigma_table(
+    [0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89]
 )
 """Per-keypoint OKS sigmas of the 17 COCO keypoints (COCOeval's ``kpt_oks_sigmas``)."""
 
-CROWDPOSE_SIGMAS = (
-    torch.tensor(
-        [0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89, 0.79, 0.79],
-        dtype=torch.float64,
-    )
-    / 10.0
+CROWDPOSE_SIGMAS = _sigma_table(
+    [0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89, 0.79, 0.79]
 )
 """Per-keypoint OKS sigmas of the 14 CrowdPose keypoints (CrowdPose's ``crowdposetools``)."""
 
@@ -193,13 +173,16 @@ def _pose_cost_kernel(
     area_eps,
     # meta
     K: tl.constexpr,
+    COORD_DTYPE: tl.constexpr,
     WITH_COST: tl.constexpr,
     BLOCK_Q: tl.constexpr,
     BLOCK_G: tl.constexpr,
 ):
     """One program per (image, block of queries, block of ground truths), looping over keypoints.
 
-    K is a compile-time constant (17 or 14 in practice), which also lets the compiler unroll the loop.
+    K is a compile-time constant (17 or 14 in practice) and its loop is unrolled.
+    Everything is fp32 except the coordinate differences, taken in fp64 for fp64 inputs (COORD_DTYPE):
+    in fp32, pixel coordinates lose the digits that COCOeval-exact OKS needs.
 
     WITH_COST False writes OKS; True writes the full matching cost.
     """
@@ -220,17 +203,17 @@ def _pose_cost_kernel(
     exp_sum = tl.zeros((BLOCK_Q, BLOCK_G), dtype=tl.float32)
     l1_sum = tl.zeros((BLOCK_Q, BLOCK_G), dtype=tl.float32)
     count = tl.zeros((BLOCK_G,), dtype=tl.float32)
-    for k in range(0, K):
+    for k in tl.static_range(K):
         sigma = tl.load(sigma_ptr + k * stride_s).to(tl.float32)
         inv_var = 1.0 / (4.0 * sigma * sigma)
-        px = tl.load(pred_base + k * stride_pk, mask=mask_q, other=0.0).to(tl.float32)
-        py = tl.load(pred_base + k * stride_pk + stride_pc, mask=mask_q, other=0.0).to(tl.float32)
-        gx = tl.load(gt_base + k * stride_gk, mask=mask_g, other=0.0).to(tl.float32)
-        gy = tl.load(gt_base + k * stride_gk + stride_gc, mask=mask_g, other=0.0).to(tl.float32)
+        px = tl.load(pred_base + k * stride_pk, mask=mask_q, other=0.0).to(COORD_DTYPE)
+        py = tl.load(pred_base + k * stride_pk + stride_pc, mask=mask_q, other=0.0).to(COORD_DTYPE)
+        gx = tl.load(gt_base + k * stride_gk, mask=mask_g, other=0.0).to(COORD_DTYPE)
+        gy = tl.load(gt_base + k * stride_gk + stride_gc, mask=mask_g, other=0.0).to(COORD_DTYPE)
         gv = tl.load(gt_base + k * stride_gk + 2 * stride_gc, mask=mask_g, other=0.0).to(tl.float32)
         labelled = gv > 0  # [BLOCK_G]
-        dx = px[:, None] - gx[None, :]
-        dy = py[:, None] - gy[None, :]
+        dx = (px[:, None] - gx[None, :]).to(tl.float32)
+        dy = (py[:, None] - gy[None, :]).to(tl.float32)
         e = (dx * dx + dy * dy) * inv_var * inv_area2[None, :]
         exp_sum += tl.where(labelled[None, :], tl.exp(-e), 0.0)
         if WITH_COST:
@@ -263,10 +246,18 @@ def _pose_cost_kernel(
 # Launchers
 # ---------------------------------------------------------------------------------------------------
 
-# 32 x 32 fp32 accumulators (two of them) fit registers with 4 warps; G is usually far below 32 at
-# Q = 300, so a narrower G block would waste less, but the whole cost is a few microseconds either way.
-_BLOCK_Q = 32
-_BLOCK_G = 32
+# Tiles of at most 1024 (query, ground truth) pairs keep the fp32 accumulators in registers with the
+# default 4 warps. G is small (1 to ~20 people, rarely 100), so the G block follows it (a power of two,
+# at most 32) and the Q block takes the rest, instead of a fixed 32 x 32 tile that would be mostly
+# padding at G = 1.
+_TILE = 1024
+_MAX_BLOCK_G = 32
+
+
+def _blocks(g: int) -> tuple[int, int]:
+    """(BLOCK_Q, BLOCK_G) for G ground truths per image."""
+    block_g = min(_MAX_BLOCK_G, triton.next_power_of_2(max(g, 2)))
+    return min(128, _TILE // block_g), block_g
 
 
 def _check_inputs(
@@ -319,7 +310,8 @@ def _launch(
     # Without a cost, any tensor stands in for the logits pointer; the kernel never reads it.
     logits_arg = logits if with_cost else gt_areas
     stride_l = logits.stride() if with_cost else (0, 0)
-    grid = (b, triton.cdiv(q, _BLOCK_Q), triton.cdiv(g, _BLOCK_G))
+    block_q, block_g = _blocks(g)
+    grid = (b, triton.cdiv(q, block_q), triton.cdiv(g, block_g))
     _pose_cost_kernel[grid](
         logits_arg,
         pred_kpts,
@@ -338,9 +330,10 @@ def _launch(
         *weights,
         AREA_EPS,
         K=k,
+        COORD_DTYPE=tl.float64 if torch.float64 in (pred_kpts.dtype, gt_kpts.dtype) else tl.float32,
         WITH_COST=with_cost,
-        BLOCK_Q=_BLOCK_Q,
-        BLOCK_G=_BLOCK_G,
+        BLOCK_Q=block_q,
+        BLOCK_G=block_g,
     )
     return out
 
@@ -414,8 +407,9 @@ def pairwise_oks(
 
     pred_kpts ``[B, Q, K, 2]`` (x, y); gt_kpts ``[B, G, K, 3]`` (x, y, v with v > 0 labelled);
     gt_areas ``[B, G]`` in coordinate units squared (``<= 0`` marks padding); sigmas ``[K]``
-    (:data:`COCO_SIGMAS`, :data:`CROWDPOSE_SIGMAS`). Any float dtype, computed in fp32; returns fp32
-    ``[B, Q, G]``, 0 for ground truth with no labelled keypoint or non-positive area. No gradient.
+    (:data:`COCO_SIGMAS`, :data:`CROWDPOSE_SIGMAS`). Any float dtype, computed in fp32 (coordinate
+    differences in fp64 for fp64 inputs: COCOeval-exact OKS on pixel coordinates needs them); returns
+    fp32 ``[B, Q, G]``, 0 for ground truth with no labelled keypoint or non-positive area. No gradient.
     """
     _check_inputs(pred_kpts, gt_kpts, gt_areas, sigmas)
     return _pairwise_oks_op(pred_kpts, gt_kpts, gt_areas, sigmas)

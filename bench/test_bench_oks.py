@@ -1,0 +1,154 @@
+"""Pose matching cost and the whole Hungarian matcher: fused Triton kernel against PyTorch baselines.
+
+Cost providers: ``triton`` (the fused kernel, CUDA only), ``reference`` (the broadcast PyTorch
+formulation DETR-family pose codebases use, materialising ``[B, Q, G, K]``), ``reference+compile``
+(the same under ``torch.compile``) and ``per_image`` (a Python loop over images of the reference, as
+matchers that build the cost image by image do). Matcher providers: ``batched`` (one cost call over all
+stages and images, one host copy, scipy per image: :class:`jcra.matcher.HungarianMatcher`) and
+``per_image`` (cost, copy and scipy per stage and image).
+
+GPU sizes follow the issue (B = 8, Q = 300, G in {1, 5, 20, 100}, K = 17, seven stages for the
+matcher); on CPU the sizes are small and only the reference providers run (Triton would be its
+interpreter). Median time comes from pytest-benchmark; ``extra_info`` holds shapes, dtype, device,
+versions and, on CUDA, the peak memory of one call. Run: ``pytest bench/test_bench_oks.py``.
+"""
+
+import platform
+
+import pytest
+import torch
+import triton
+from scipy.optimize import linear_sum_assignment
+
+from jcra.matcher import HungarianMatcher
+from kernels.oks import COCO_SIGMAS, pose_matching_cost, pose_matching_cost_reference
+
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+B, Q, K, STAGES = (8, 300, 17, 7) if CUDA else (2, 60, 17, 7)
+GS = (1, 5, 20, 100) if CUDA else (1, 5, 20)
+WEIGHTS = {"w_class": 2.0, "w_kpt": 70.0, "w_oks": 2.0, "alpha": 0.25, "gamma": 2.0}
+
+
+def _sync():
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def _inputs(b, q, g, dtype=torch.float32, seed=0):
+    """Logits [b, q], predictions [b, q, K, 2], padded ground truth [b, g, K, 3] and areas [b, g]."""
+    gen = torch.Generator().manual_seed(seed)
+    gt = torch.rand(b, g, K, 3, generator=gen)
+    gt[..., 2] = torch.randint(0, 3, (b, g, K), generator=gen).float()
+    tensors = (
+        torch.randn(b, q, generator=gen),
+        torch.rand(b, q, K, 2, generator=gen),
+        gt,
+        0.01 + 0.3 * torch.rand(b, g, generator=gen),
+    )
+    return [t.to(DEVICE, dtype) for t in tensors]
+
+
+def _per_image(logits, pred, gt, area, sigmas, **weights):
+    return torch.stack(
+        [
+            pose_matching_cost_reference(
+                logits[i : i + 1], pred[i : i + 1], gt[i : i + 1], area[i : i + 1], sigmas, **weights
+            )[0]
+            for i in range(logits.shape[0])
+        ]
+    )
+
+
+_compiled_reference = torch.compile(pose_matching_cost_reference)
+
+COST_PROVIDERS = {
+    "triton": pose_matching_cost,
+    "reference": pose_matching_cost_reference,
+    "reference+compile": _compiled_reference,
+    "per_image": _per_image,
+}
+
+
+def _extra_info(benchmark, fn, args, shape, dtype):
+    benchmark.extra_info.update(
+        shape=shape,
+        dtype=str(dtype),
+        device=torch.cuda.get_device_name() if CUDA else platform.processor() or "cpu",
+        torch=torch.__version__,
+        triton=triton.__version__,
+    )
+    if CUDA:
+        # one call outside the timed rounds, so the peak is that of the op alone
+        _sync()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn(*args)
+        _sync()
+        benchmark.extra_info["peak_mem_bytes"] = torch.cuda.max_memory_allocated() - base
+
+
+@pytest.mark.parametrize("g", GS)
+@pytest.mark.parametrize("provider", list(COST_PROVIDERS))
+def test_bench_pose_matching_cost(benchmark, provider, g):
+    if provider == "triton" and not CUDA:
+        pytest.skip("Triton runs only as its interpreter without CUDA")
+    benchmark.group = f"pose_matching_cost B={B} Q={Q} G={g} K={K}"
+    cost_fn = COST_PROVIDERS[provider]
+    sigmas = COCO_SIGMAS.to(DEVICE, torch.float32)
+    args = (*_inputs(B, Q, g), sigmas)
+
+    def target():
+        out = cost_fn(*args, **WEIGHTS)
+        _sync()
+        return out
+
+    _extra_info(
+        benchmark, lambda *a: cost_fn(*a, **WEIGHTS), args, {"B": B, "Q": Q, "G": g, "K": K}, torch.float32
+    )
+    benchmark.pedantic(target, rounds=20 if CUDA else 5, warmup_rounds=3 if CUDA else 1)
+
+
+def _matcher_inputs(g):
+    logits, pred, _, _ = _inputs(STAGES * B, Q, 0, seed=1)
+    _, _, gt, area = _inputs(B, Q, g, seed=2)
+    targets = [{"keypoints": gt[i].cpu(), "area": area[i].cpu()} for i in range(B)]
+    return logits.reshape(STAGES, B, Q), pred.reshape(STAGES, B, Q, K, 2), targets
+
+
+def _matcher_per_image(logits, keypoints, targets, sigmas):
+    """Cost, host copy and scipy for every stage and image separately."""
+    matches = []
+    for s in range(logits.shape[0]):
+        stage = []
+        for b, target in enumerate(targets):
+            cost = pose_matching_cost_reference(
+                logits[s, b][None],
+                keypoints[s, b][None],
+                target["keypoints"][None].to(DEVICE),
+                target["area"][None].to(DEVICE),
+                sigmas,
+                **WEIGHTS,
+            )[0].cpu()
+            stage.append(linear_sum_assignment(cost.numpy()))
+        matches.append(stage)
+    return matches
+
+
+@pytest.mark.parametrize("g", GS)
+@pytest.mark.parametrize("provider", ["batched", "per_image"])
+def test_bench_matcher(benchmark, provider, g):
+    benchmark.group = f"matcher S={STAGES} B={B} Q={Q} G={g} K={K}"
+    sigmas = COCO_SIGMAS.to(DEVICE, torch.float32)
+    matcher = HungarianMatcher(sigmas, **WEIGHTS)
+    args = _matcher_inputs(g)
+    fn = matcher if provider == "batched" else lambda *a: _matcher_per_image(*a, sigmas)
+
+    def target():
+        out = fn(*args)
+        _sync()
+        return out
+
+    shape = {"S": STAGES, "B": B, "Q": Q, "G": g, "K": K}
+    _extra_info(benchmark, fn, args, shape, torch.float32)
+    benchmark.pedantic(target, rounds=10 if CUDA else 3, warmup_rounds=2 if CUDA else 1)

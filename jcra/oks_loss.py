@@ -1,0 +1,40 @@
+"""Differentiable OKS loss on matched (prediction, ground truth) pairs."""
+
+import torch
+
+from kernels.oks import keypoint_oks
+
+_MODES = ("linear", "log")
+
+
+def oks_loss(
+    pred: torch.Tensor,
+    gt: torch.Tensor,
+    area: torch.Tensor,
+    sigmas: torch.Tensor,
+    mode: str = "linear",
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Per-pair OKS loss, differentiable wrt ``pred``: ``[n]``.
+
+    pred ``[n, K, 2]`` (x, y); gt ``[n, K, 3]`` (x, y, v); area ``[n]`` in coordinate units squared;
+    sigmas ``[K]``. ``mode="linear"`` gives ``1 - OKS``, ``mode="log"`` gives ``-log(max(OKS, eps))``.
+    OKS is COCOeval's (:func:`kernels.oks.keypoint_oks`), computed in fp32 (fp64 for fp64 inputs); a
+    ground truth with no labelled keypoint or ``area <= 0`` has OKS 0, so callers should leave such
+    pairs out (their loss is constant, with zero gradient).
+    """
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    if pred.dim() != 3 or pred.shape[-1] != 2:
+        raise ValueError(f"pred must be [n, K, 2], got {tuple(pred.shape)}")
+    n, k, _ = pred.shape
+    if tuple(gt.shape) != (n, k, 3):
+        raise ValueError(f"gt must be [n={n}, K={k}, 3], got {tuple(gt.shape)}")
+    if tuple(area.shape) != (n,):
+        raise ValueError(f"area must be [n={n}], got {tuple(area.shape)}")
+    if tuple(sigmas.shape) != (k,):
+        raise ValueError(f"sigmas must be [K={k}], got {tuple(sigmas.shape)}")
+    oks = keypoint_oks(pred, gt, area, sigmas)
+    if mode == "linear":
+        return 1.0 - oks
+    return -torch.log(oks.clamp(min=eps))

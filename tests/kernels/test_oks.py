@@ -1,0 +1,339 @@
+"""kernels.oks: OKS against pycocotools on real annotations, the Triton kernel against the reference,
+the custom ops, and the OKS loss built on the same formula."""
+
+import contextlib
+import copy
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from jcra.oks_loss import oks_loss
+from kernels import oks
+from kernels.oks import (
+    COCO_SIGMAS,
+    CROWDPOSE_SIGMAS,
+    pairwise_oks,
+    pairwise_oks_reference,
+    pose_matching_cost,
+    pose_matching_cost_reference,
+)
+from tests.shared_data import shared_path
+
+WEIGHTS = {"w_class": 2.0, "w_kpt": 70.0, "w_oks": 2.0, "alpha": 0.25, "gamma": 2.0}
+
+# ---------------------------------------------------------------------------------------------------
+# Against COCOeval.computeOks on real annotations
+# ---------------------------------------------------------------------------------------------------
+
+
+def _coco(dataset: dict) -> COCO:
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _jittered_predictions(dataset: dict, seed: int) -> list[dict]:
+    """Three predictions per labelled person: the ground truth moved by noise of 2, 5 and 20 % of the
+    person's scale, with unlabelled keypoints (at 0, 0) moved too."""
+    rng = np.random.default_rng(seed)
+    preds = []
+    for ann in dataset["annotations"]:
+        if ann.get("iscrowd", 0) or ann["num_keypoints"] == 0:
+            continue
+        xyv = np.asarray(ann["keypoints"], dtype=np.float64).reshape(-1, 3)
+        for scale in (0.02, 0.05, 0.2):
+            xy = xyv[:, :2] + rng.normal(size=xyv[:, :2].shape) * scale * np.sqrt(ann["area"])
+            kpts = np.concatenate([xy, np.ones((len(xy), 1))], axis=1)
+            preds.append(
+                {
+                    "image_id": ann["image_id"],
+                    "category_id": 1,
+                    "keypoints": kpts.ravel().tolist(),
+                    "score": rng.random(),
+                }
+            )
+    return preds
+
+
+def _check_against_cocoeval(dataset: dict, preds: list[dict], sigmas: torch.Tensor) -> None:
+    """pairwise_oks on every image at once (padded) equals COCOeval.computeOks to 1e-6 for every
+    ground truth with a labelled keypoint, and is 0 for the others."""
+    gt = _coco(dataset)
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(copy.deepcopy(preds))
+    ev = COCOeval(gt, dt, "keypoints")
+    ev.params.kpt_oks_sigmas = sigmas.numpy()
+    ev._prepare()
+    img_ids = sorted({p["image_id"] for p in preds})
+    k = len(sigmas)
+    images = []
+    for img in img_ids:
+        expected = np.asarray(ev.computeOks(img, 1))
+        dts = ev._dts[img, 1]
+        # computeOks orders detections by score (stable) and keeps the first maxDets
+        dts = [dts[i] for i in np.argsort([-d["score"] for d in dts], kind="mergesort")][
+            : ev.params.maxDets[-1]
+        ]
+        gts = ev._gts[img, 1]
+        images.append((expected, dts, gts))
+    q = max(len(d) for _, d, _ in images)
+    g = max(len(t) for _, _, t in images)
+    pred = torch.zeros(len(images), q, k, 2, dtype=torch.float64)
+    target = torch.zeros(len(images), g, k, 3, dtype=torch.float64)
+    area = torch.zeros(len(images), g, dtype=torch.float64)
+    for i, (_, dts, gts) in enumerate(images):
+        for j, d in enumerate(dts):
+            pred[i, j] = torch.tensor(d["keypoints"], dtype=torch.float64).reshape(k, 3)[:, :2]
+        for j, t in enumerate(gts):
+            target[i, j] = torch.tensor(t["keypoints"], dtype=torch.float64).reshape(k, 3)
+            area[i, j] = t["area"]
+    checked = 0
+    # fp64 inputs agree to 1e-6; fp32 inputs round pixel coordinates by up to 3e-5 px, which moves OKS
+    # by a few 1e-6 at worst
+    for name, got, atol in (
+        ("kernel fp64 input", pairwise_oks(pred, target, area, sigmas), 1e-6),
+        ("kernel fp32 input", pairwise_oks(pred.float(), target.float(), area.float(), sigmas.float()), 5e-6),
+        ("reference fp64", pairwise_oks_reference(pred, target, area, sigmas), 1e-6),
+    ):
+        for i, (expected, dts, gts) in enumerate(images):
+            if len(expected) == 0:
+                continue
+            labelled = torch.tensor([np.count_nonzero(np.asarray(t["keypoints"])[2::3] > 0) > 0 for t in gts])
+            ours = got[i, : len(dts), : len(gts)].double()
+            want = torch.from_numpy(expected)
+            torch.testing.assert_close(ours[:, labelled], want[:, labelled], rtol=0, atol=atol, msg=name)
+            assert torch.all(ours[:, ~labelled] == 0), name
+            checked += int(labelled.sum()) * len(dts)
+    assert checked > 0
+
+
+def _load(path) -> dict:
+    """A COCO-format dataset; CrowdPose ground truth has no area field, so it gets its box area."""
+    dataset = json.loads(path.read_text())
+    for ann in dataset["annotations"]:
+        ann.setdefault("area", ann["bbox"][2] * ann["bbox"][3])
+    return dataset
+
+
+@pytest.mark.parametrize(
+    "path,sigmas",
+    [
+        (("coco-mini", "annotations", "person_keypoints_train2017.json"), COCO_SIGMAS),
+        (("mmpose-testdata", "coco", "test_coco.json"), COCO_SIGMAS),
+        (("mmpose-testdata", "ochuman", "test_ochuman.json"), COCO_SIGMAS),
+        (("mmpose-testdata", "crowdpose", "test_crowdpose.json"), CROWDPOSE_SIGMAS),
+    ],
+    ids=["coco-mini", "mmpose-coco", "ochuman", "crowdpose"],
+)
+def test_oks_matches_cocoeval_on_jittered_ground_truth(path, sigmas):
+    dataset = _load(shared_path(*path))
+    _check_against_cocoeval(dataset, _jittered_predictions(dataset, seed=0), sigmas)
+
+
+@pytest.mark.parametrize(
+    "gt_file,pred_file,sigmas",
+    [
+        ("example_coco_val.json", "example_coco_preds.json", COCO_SIGMAS),
+        ("example_crowdpose_val.json", "example_crowdpose_preds.json", CROWDPOSE_SIGMAS),
+    ],
+    ids=["coco", "crowdpose"],
+)
+def test_oks_matches_cocoeval_on_real_predictions(gt_file, pred_file, sigmas):
+    folder = shared_path("xtcocoapi-examples", "annotations")
+    preds = json.loads((folder / pred_file).read_text())
+    _check_against_cocoeval(_load(folder / gt_file), preds, sigmas)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Triton kernel (the interpreter on CPU) against the reference
+# ---------------------------------------------------------------------------------------------------
+
+
+def _random_batch(b, q, g, k, dtype, seed):
+    """Image-normalised poses with unlabelled keypoints, a ground truth with none labelled, and padding
+    (area 0) in the last image."""
+    gen = torch.Generator().manual_seed(seed)
+    gt = torch.rand(b, g, k, 3, generator=gen)
+    gt[..., 2] = torch.randint(0, 3, (b, g, k), generator=gen).float()
+    # predictions near the ground truth, so OKS spans (0, 1) rather than sitting at 0
+    centre = (
+        gt[:, torch.randint(0, max(g, 1), (q,), generator=gen) % max(g, 1), :, :2]
+        if g
+        else torch.rand(b, q, k, 2)
+    )
+    pred = centre + 0.05 * torch.randn(b, q, k, 2, generator=gen)
+    area = 0.01 + 0.3 * torch.rand(b, g, generator=gen)
+    if g > 1:
+        gt[0, 1, :, 2] = 0
+        area[-1, g // 2 :] = 0
+        gt[-1, g // 2 :] = 0
+    logits = 3 * torch.randn(b, q, generator=gen)
+    return [t.to(dtype) for t in (logits, pred, gt, area)]
+
+
+CASES = [
+    # (B, Q, G, K, dtype)
+    (2, 37, 5, 17, torch.float32),
+    (3, 1, 4, 17, torch.float32),  # Q = 1
+    (2, 9, 1, 17, torch.float32),  # G = 1
+    (2, 7, 0, 17, torch.float32),  # G = 0
+    (2, 5, 9, 14, torch.float32),  # Q < G, CrowdPose K
+    (1, 150, 35, 17, torch.float32),  # several blocks along Q and G
+    (2, 30, 6, 17, torch.bfloat16),
+]
+CASE_IDS = ["basic", "q1", "g1", "g0", "q<g-k14", "blocks", "bf16"]
+
+
+def _sigmas(k):
+    return (COCO_SIGMAS if k == 17 else CROWDPOSE_SIGMAS).float()
+
+
+@pytest.mark.parametrize("b,q,g,k,dtype", CASES, ids=CASE_IDS)
+def test_pairwise_oks_kernel_matches_reference(b, q, g, k, dtype):
+    _, pred, gt, area = _random_batch(b, q, g, k, dtype, seed=1)
+    got = pairwise_oks(pred, gt, area, _sigmas(k))
+    want = pairwise_oks_reference(pred.double(), gt.double(), area.double(), _sigmas(k).double())
+    assert got.dtype == torch.float32 and got.shape == (b, q, g)
+    # fp32 compute on both dtypes' values; exp of an fp32 exponent is good to a few 1e-8
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-6)
+    if g > 1:
+        assert torch.all(got[0, :, 1] == 0) and torch.all(got[-1, :, g // 2 :] == 0)
+
+
+@pytest.mark.parametrize("b,q,g,k,dtype", CASES, ids=CASE_IDS)
+def test_pose_matching_cost_kernel_matches_reference(b, q, g, k, dtype):
+    logits, pred, gt, area = _random_batch(b, q, g, k, dtype, seed=2)
+    got = pose_matching_cost(logits, pred, gt, area, _sigmas(k), **WEIGHTS)
+    want = pose_matching_cost_reference(
+        logits.double(), pred.double(), gt.double(), area.double(), _sigmas(k).double(), **WEIGHTS
+    )
+    assert got.dtype == torch.float32 and got.shape == (b, q, g)
+    # costs reach ~70 (the L1 weight); fp32 keeps about 7 digits
+    torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=2e-5)
+
+
+def test_kernel_reads_strided_inputs():
+    """Ground truth expanded over stages (stride 0) and a transposed prediction give the same result."""
+    logits, pred, gt, area = _random_batch(1, 20, 6, 17, torch.float32, seed=3)
+    pred_t = pred.transpose(-1, -2).contiguous().transpose(-1, -2)
+    args = (logits.expand(3, -1), pred_t.expand(3, -1, -1, -1), gt.expand(3, -1, -1, -1), area.expand(3, -1))
+    got = pose_matching_cost(*args, _sigmas(17), **WEIGHTS)
+    want = pose_matching_cost(logits, pred, gt, area, _sigmas(17), **WEIGHTS)
+    torch.testing.assert_close(got, want.expand(3, -1, -1), rtol=0, atol=0)
+
+
+def test_cpu_path_without_triton_is_the_reference(monkeypatch):
+    monkeypatch.setattr(oks, "use_triton", lambda tensor: False)
+    logits, pred, gt, area = _random_batch(2, 9, 4, 17, torch.float32, seed=4)
+    got = pose_matching_cost(logits, pred, gt, area, _sigmas(17), **WEIGHTS)
+    want = pose_matching_cost_reference(logits, pred, gt, area, _sigmas(17), **WEIGHTS)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_focal_class_cost_equals_detr_form():
+    """Our softplus form equals DETR's ``-log(p + 1e-8)`` form where the 1e-8 is negligible (|x| <= 4)."""
+    x = torch.linspace(-4, 4, 101, dtype=torch.float64)
+    p = x.sigmoid()
+    detr = 0.25 * (1 - p) ** 2 * -(p + 1e-8).log() - 0.75 * p**2 * -(1 - p + 1e-8).log()
+    torch.testing.assert_close(oks.focal_class_cost(x, 0.25, 2.0), detr, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name,mutate",
+    [
+        ("pred_kpts", lambda a: {**a, "pred_kpts": a["pred_kpts"][..., :1]}),
+        ("gt_kpts", lambda a: {**a, "gt_kpts": a["gt_kpts"][:, :, :14]}),  # K mismatch
+        ("gt_kpts", lambda a: {**a, "gt_kpts": a["gt_kpts"][:1]}),  # B mismatch
+        ("gt_areas", lambda a: {**a, "gt_areas": a["gt_areas"][:, :1]}),
+        ("sigmas", lambda a: {**a, "sigmas": CROWDPOSE_SIGMAS.float()}),
+        ("logits", lambda a: {**a, "logits": a["logits"][:, None]}),
+        ("gt_kpts", lambda a: {**a, "gt_kpts": a["gt_kpts"].long()}),
+    ],
+)
+def test_bad_inputs_raise_value_error_naming_the_argument(name, mutate):
+    logits, pred, gt, area = _random_batch(2, 4, 3, 17, torch.float32, seed=5)
+    args = mutate(
+        {"logits": logits, "pred_kpts": pred, "gt_kpts": gt, "gt_areas": area, "sigmas": _sigmas(17)}
+    )
+    with pytest.raises(ValueError, match=name):
+        pose_matching_cost(**args, **WEIGHTS)
+    if name != "logits":
+        with pytest.raises(ValueError, match=name):
+            pairwise_oks(args["pred_kpts"], args["gt_kpts"], args["gt_areas"], args["sigmas"])
+
+
+def test_opcheck():
+    logits, pred, gt, area = _random_batch(2, 5, 3, 17, torch.float32, seed=6)
+    sigmas = _sigmas(17)
+    torch.library.opcheck(torch.ops.jcra.pairwise_oks.default, (pred, gt, area, sigmas))
+    torch.library.opcheck(
+        torch.ops.jcra.pose_matching_cost.default, (logits, pred, gt, area, sigmas, 2.0, 70.0, 2.0, 0.25, 2.0)
+    )
+
+
+def test_compiled_fullgraph_equals_eager():
+    logits, pred, gt, area = _random_batch(2, 6, 3, 17, torch.float32, seed=7)
+    sigmas = _sigmas(17)
+
+    def fn(logits, pred, gt, area):
+        return pose_matching_cost(logits, pred, gt, area, sigmas, **WEIGHTS), pairwise_oks(
+            pred, gt, area, sigmas
+        )
+
+    compiled = torch.compile(fn, fullgraph=True)
+    for got, want in zip(compiled(logits, pred, gt, area), fn(logits, pred, gt, area), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# OKS loss (jcra.oks_loss), on the same formula
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_oks_loss_is_one_minus_pairwise_oks_on_the_diagonal():
+    _, pred, gt, area = _random_batch(1, 6, 6, 17, torch.float32, seed=8)
+    pred, gt, area = pred[0].double(), gt[0].double(), area[0].double()
+    full = pairwise_oks_reference(pred[None], gt[None], area[None], COCO_SIGMAS)[0].diagonal()
+    torch.testing.assert_close(oks_loss(pred, gt, area, COCO_SIGMAS), 1 - full)
+    torch.testing.assert_close(
+        oks_loss(pred, gt, area, COCO_SIGMAS, mode="log", eps=1e-6), -full.clamp(min=1e-6).log()
+    )
+
+
+@pytest.mark.parametrize("mode", ["linear", "log"])
+def test_oks_loss_gradcheck(mode):
+    _, pred, gt, area = _random_batch(1, 4, 4, 5, torch.float64, seed=9)
+    pred, gt, area = pred[0], gt[0], area[0] + 0.05
+    gt[..., 2] = 2  # every keypoint labelled, so OKS > eps and the log branch is smooth
+    pred.requires_grad_(True)
+    sigmas = COCO_SIGMAS[:5]
+    assert torch.autograd.gradcheck(lambda p: oks_loss(p, gt, area, sigmas, mode=mode), (pred,))
+
+
+def test_oks_loss_gradient_is_finite_and_zero_for_padding():
+    gen = torch.Generator().manual_seed(10)
+    gt = torch.cat([torch.rand(3, 17, 2, generator=gen), torch.full((3, 17, 1), 2.0)], dim=-1)
+    area = torch.full((3,), 0.1)
+    pred = (gt[..., :2] + 0.01 * torch.randn(3, 17, 2, generator=gen)).requires_grad_()
+    area[0] = 0  # padding
+    gt[1, :, 2] = 0  # nothing labelled
+    oks_loss(pred, gt, area, COCO_SIGMAS, mode="log").sum().backward()
+    assert torch.isfinite(pred.grad).all()
+    assert torch.all(pred.grad[:2] == 0) and pred.grad[2].abs().sum() > 0
+
+
+def test_oks_loss_rejects_bad_mode_and_shapes():
+    pred, gt, area = torch.zeros(2, 17, 2), torch.zeros(2, 17, 3), torch.ones(2)
+    with pytest.raises(ValueError, match="mode"):
+        oks_loss(pred, gt, area, COCO_SIGMAS, mode="square")
+    with pytest.raises(ValueError, match="gt"):
+        oks_loss(pred, gt[:, :14], area, COCO_SIGMAS)
+    with pytest.raises(ValueError, match="area"):
+        oks_loss(pred, gt, area[:1], COCO_SIGMAS)

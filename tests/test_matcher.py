@@ -1,0 +1,148 @@
+"""jcra.matcher: optimal assignments, batch equals each image alone, crowd and empty images."""
+
+import itertools
+
+import pytest
+import torch
+
+from jcra.matcher import HungarianMatcher
+from kernels.oks import COCO_SIGMAS, pose_matching_cost_reference
+
+K = 17
+WEIGHTS = {"w_class": 2.0, "w_kpt": 70.0, "w_oks": 2.0, "alpha": 0.25, "gamma": 2.0}
+
+
+def _targets(counts, gen, crowd_every=0):
+    """One target dict per image with ``counts[b]`` people in [0, 1] coordinates; with crowd_every = n,
+    every n-th person is a crowd region."""
+    targets = []
+    for g in counts:
+        kpts = torch.rand(g, K, 3, generator=gen)
+        kpts[..., 2] = torch.randint(0, 3, (g, K), generator=gen).float()
+        target = {"keypoints": kpts, "area": 0.02 + 0.2 * torch.rand(g, generator=gen)}
+        if crowd_every:
+            target["iscrowd"] = (torch.arange(g) % crowd_every == crowd_every - 1).long()
+        targets.append(target)
+    return targets
+
+
+def _predictions(s, b, q, gen):
+    return 3 * torch.randn(s, b, q, generator=gen), torch.rand(s, b, q, K, 2, generator=gen)
+
+
+def _image_cost(logits, keypoints, target):
+    """Reference cost ``[Q, G]`` (fp64) of one image's predictions against all its targets as given."""
+    return pose_matching_cost_reference(
+        logits[None].double(),
+        keypoints[None].double(),
+        target["keypoints"][None].double(),
+        target["area"][None].double(),
+        COCO_SIGMAS,
+        **WEIGHTS,
+    )[0]
+
+
+def _brute_force_min(cost):
+    """Smallest total cost over all one-to-one assignments of min(Q, G) pairs."""
+    q, g = len(cost), len(cost[0])
+    if q >= g:
+        return min(
+            sum(cost[r][c] for c, r in enumerate(rows)) for rows in itertools.permutations(range(q), g)
+        )
+    return min(sum(cost[r][c] for r, c in enumerate(cols)) for cols in itertools.permutations(range(g), q))
+
+
+def test_assignment_is_optimal_against_brute_force():
+    gen = torch.Generator().manual_seed(0)
+    matcher = HungarianMatcher(COCO_SIGMAS, **WEIGHTS)
+    for q, counts in [(4, [0, 1, 3, 4]), (3, [5, 2]), (5, [3, 3, 1]), (1, [2, 1])]:
+        logits, keypoints = _predictions(1, len(counts), q, gen)
+        targets = _targets(counts, gen)
+        matches = matcher(logits, keypoints, targets)
+        for b, (qi, ti) in enumerate(matches[0]):
+            cost = _image_cost(logits[0, b], keypoints[0, b], targets[b])
+            assert len(qi) == len(ti) == min(q, counts[b])
+            assert len(set(qi.tolist())) == len(qi) and len(set(ti.tolist())) == len(ti)
+            if len(qi):
+                # kernel cost in fp32, brute force in fp64
+                total = cost[qi, ti].sum().item()
+                assert total == pytest.approx(_brute_force_min(cost.tolist()), abs=1e-4)
+
+
+def test_batch_and_stages_equal_each_image_alone():
+    gen = torch.Generator().manual_seed(1)
+    s, q, counts = 3, 12, [4, 0, 7, 1]
+    logits, keypoints = _predictions(s, len(counts), q, gen)
+    targets = _targets(counts, gen, crowd_every=3)
+    matcher = HungarianMatcher(COCO_SIGMAS, **WEIGHTS)
+    batched = matcher(logits, keypoints, targets)
+    assert len(batched) == s and all(len(stage) == len(counts) for stage in batched)
+    for stage, b in itertools.product(range(s), range(len(counts))):
+        alone = matcher(
+            logits[stage : stage + 1, b : b + 1], keypoints[stage : stage + 1, b : b + 1], [targets[b]]
+        )
+        for got, want in zip(batched[stage][b], alone[0][0], strict=True):
+            assert got.dtype == torch.int64 and got.device.type == "cpu"
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_crowd_regions_are_never_matched_and_indices_refer_to_targets_as_given():
+    gen = torch.Generator().manual_seed(2)
+    counts = [6, 3]
+    logits, keypoints = _predictions(2, 2, 10, gen)
+    targets = _targets(counts, gen, crowd_every=2)
+    targets.append({**_targets([2], gen)[0], "iscrowd": torch.ones(2, dtype=torch.long)})  # all crowd
+    logits, keypoints = torch.cat([logits, logits[:, :1]], 1), torch.cat([keypoints, keypoints[:, :1]], 1)
+    matches = HungarianMatcher(COCO_SIGMAS)(logits, keypoints, targets)
+    for stage in matches:
+        for b, (qi, ti) in enumerate(stage):
+            crowd = targets[b]["iscrowd"].bool()
+            assert not crowd[ti].any()
+            assert sorted(ti.tolist()) == torch.nonzero(~crowd).reshape(-1).tolist()
+            cost = _image_cost(logits[0, b], keypoints[0, b], targets[b])
+            assert torch.isfinite(cost[qi, ti]).all()
+        assert len(stage[2][0]) == 0
+
+
+def test_one_cost_padded_to_the_largest_image():
+    """All stages and images go to the assignment as one [S * B, Q, max G] cost."""
+    seen = []
+
+    class Recording(HungarianMatcher):
+        def _assign(self, cost, num_gt):
+            seen.append((tuple(cost.shape), list(num_gt)))
+            return super()._assign(cost, num_gt)
+
+    gen = torch.Generator().manual_seed(3)
+    logits, keypoints = _predictions(7, 3, 8, gen)
+    Recording(COCO_SIGMAS)(logits, keypoints, _targets([2, 5, 0], gen))
+    assert seen == [((21, 8, 5), [2, 5, 0] * 7)]
+
+
+def test_images_without_people_give_empty_matches():
+    gen = torch.Generator().manual_seed(4)
+    logits, keypoints = _predictions(2, 2, 5, gen)
+    matches = HungarianMatcher(COCO_SIGMAS)(logits, keypoints, _targets([0, 0], gen))
+    for qi, ti in itertools.chain.from_iterable(matches):
+        assert qi.shape == ti.shape == (0,) and qi.dtype == ti.dtype == torch.int64
+
+
+@pytest.mark.parametrize(
+    "name,mutate",
+    [
+        ("logits", lambda lg, kp, tg: (lg[0], kp, tg)),
+        ("keypoints", lambda lg, kp, tg: (lg, kp[..., :14, :], tg)),
+        ("targets", lambda lg, kp, tg: (lg, kp, tg[:1])),
+        (
+            "keypoints",
+            lambda lg, kp, tg: (lg, kp, [{**tg[0], "keypoints": tg[0]["keypoints"][:, :14]}, tg[1]]),
+        ),
+        ("area", lambda lg, kp, tg: (lg, kp, [{**tg[0], "area": tg[0]["area"][:1]}, tg[1]])),
+        ("iscrowd", lambda lg, kp, tg: (lg, kp, [{**tg[0], "iscrowd": torch.zeros(1)}, tg[1]])),
+    ],
+)
+def test_bad_inputs_raise_value_error_naming_the_argument(name, mutate):
+    gen = torch.Generator().manual_seed(5)
+    logits, keypoints = _predictions(1, 2, 4, gen)
+    with pytest.raises(ValueError, match=name):
+        HungarianMatcher(COCO_SIGMAS)(*mutate(logits, keypoints, _targets([3, 2], gen)))
