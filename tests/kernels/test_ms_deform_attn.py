@@ -251,3 +251,32 @@ def test_bad_input_names_the_argument(argument, mutate, message):
     with pytest.raises(ValueError, match=message) as err:
         ms_deform_attn(*mutate(value, shapes, [0, 20], loc, attn))
     assert argument in str(err.value)
+
+
+def test_offsets_past_int32():
+    """N*S*M*D above 2^31: samples at the far end of `value` must read the right elements.
+
+    4.3 GB of fp16 that is never initialised except where sampled; samples sit on pixel centres, so
+    each output is exactly a weighted sum of picked elements (no reference pass over the whole tensor).
+    Only the forward kernel: the backward shares its offset helpers but would need an 8.6 GB fp32
+    value gradient. Triton's interpreter does integer arithmetic in wide numpy types, so on CPU this
+    checks the indexing but cannot show an int32 overflow; on a GPU it can.
+    """
+    H = W = 4100
+    N, M, D, P = 2, 1, 64, 3
+    assert N * H * W * M * D > 2**31
+    value = torch.empty(N, H * W, M, D, dtype=torch.float16, device=DEVICE)
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.stack(
+        [torch.randint(W - 50, W, (P,), generator=gen), torch.randint(H - 50, H, (P,), generator=gen)], -1
+    )
+    positions = pixels[:, 1] * W + pixels[:, 0]
+    picked = torch.randn(P, D, generator=gen).half()
+    value[1, positions.to(DEVICE), 0] = picked.to(DEVICE)
+    loc = torch.full((N, 1, M, 1, P, 2), 5.0)  # image 0 samples off the map: nothing is read there
+    loc[1, 0, 0, 0] = (pixels.float() + 0.5) / torch.tensor([W, H], dtype=torch.float32)
+    attn = torch.rand(N, 1, M, 1, P, generator=gen)
+    out = ms_deform_attn(value, ((H, W),), None, loc.to(DEVICE), attn.to(DEVICE)).cpu()
+    expected = (attn[1, 0, 0, 0][:, None] * picked.float()).sum(0)
+    torch.testing.assert_close(out[1, 0].float(), expected, atol=2e-3, rtol=2e-3)
+    assert torch.count_nonzero(out[0]) == 0
