@@ -15,9 +15,9 @@ class HungarianMatcher:
 
     The cost of every stage and image comes from one :func:`kernels.pose_matching_cost` call, padded
     to the batch's largest number of people; it crosses to the host in one copy, and scipy's
-    ``linear_sum_assignment`` solves each image. JCRA does not state its matching weights; class 2 and
-    keypoint L1 70 are PETR's, whose OKS weight is 7 (mmpose ``projects/petr`` config) where ours
-    defaults to 2. Runs outside the compiled graph, without gradients.
+    ``linear_sum_assignment`` solves each image. JCRA does not state its matching weights: the
+    defaults (class 2, keypoint L1 70, OKS 7) are reconstructed from PETR's assigner. Runs outside
+    the compiled graph, without gradients.
     """
 
     def __init__(
@@ -25,7 +25,7 @@ class HungarianMatcher:
         sigmas: Tensor,
         w_class: float = 2.0,
         w_kpt: float = 70.0,
-        w_oks: float = 2.0,
+        w_oks: float = 7.0,
         alpha: float = 0.25,
         gamma: float = 2.0,
     ):
