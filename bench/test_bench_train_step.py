@@ -1,0 +1,85 @@
+"""One JCRA training step (forward, matching, losses, backward, AdamW): fused kernels + torch.compile
+against the eager reference ops, timed side by side in one run.
+
+GPU: ``jcra_r50`` at batch 2 of 800x1333 images under bf16 autocast, 10 people an image. CPU: the
+tiny configuration at batch 2 of 128x160, fp32 (the fused op then runs its reference path, so the
+CPU numbers only keep the suite working). Reported: median step time, images/s, peak CUDA memory.
+"""
+
+import pytest
+import torch
+import triton
+
+from jcra import build_model
+from jcra.criterion import SetCriterion
+from jcra.matcher import HungarianMatcher
+from kernels.oks import COCO_SIGMAS
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+MODEL, IMAGE, PEOPLE = ("jcra_r50", (800, 1333), 10) if CUDA else ("jcra_tiny", (128, 160), 3)
+BATCH = 2
+PROVIDERS = {"fused+compile": (True, True), "reference": (False, False)}
+
+
+def random_targets(gen: torch.Generator) -> list[dict]:
+    """People with keypoints inside a box each, some keypoints unlabelled, in input pixels."""
+    h, w = IMAGE
+    targets = []
+    for _ in range(BATCH):
+        corner = torch.rand(PEOPLE, 1, 2, generator=gen) * torch.tensor([w * 0.7, h * 0.7])
+        extent = (0.1 + 0.2 * torch.rand(PEOPLE, 1, 2, generator=gen)) * torch.tensor([w, h])
+        xy = corner + torch.rand(PEOPLE, 17, 2, generator=gen) * extent
+        v = 2.0 * (torch.rand(PEOPLE, 17, 1, generator=gen) > 0.2)
+        targets.append(
+            {
+                "keypoints": torch.cat([xy, v], -1).to(DEVICE),
+                "area": extent.prod(-1).squeeze(-1).to(DEVICE),
+                "size": torch.tensor([h, w]),
+            }
+        )
+    return targets
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+def test_train_step(benchmark, provider):
+    benchmark.group = f"train step {MODEL} batch {BATCH} {IMAGE[0]}x{IMAGE[1]}"
+    fused, compiled = PROVIDERS[provider]
+    torch.manual_seed(0)
+    model = build_model(MODEL, use_fused_kernels=fused).to(DEVICE).train()
+    if compiled:
+        model.compile_transformer()
+    criterion = SetCriterion(17, COCO_SIGMAS, HungarianMatcher(COCO_SIGMAS))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    gen = torch.Generator().manual_seed(1)
+    images = torch.randn(BATCH, 3, *IMAGE, generator=gen).to(DEVICE)
+    mask = torch.zeros(BATCH, *IMAGE, dtype=torch.bool, device=DEVICE)
+    targets = random_targets(gen)
+
+    def step():
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=CUDA):
+            losses = criterion(model(images, mask), targets)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+        if CUDA:
+            torch.cuda.synchronize()
+
+    for _ in range(2):  # compile and warm up outside the timed rounds
+        step()
+    if CUDA:
+        torch.cuda.reset_peak_memory_stats()
+    benchmark.pedantic(step, rounds=10 if CUDA else 3, warmup_rounds=1)
+    benchmark.extra_info.update(
+        provider=provider,
+        model=MODEL,
+        batch=BATCH,
+        image=IMAGE,
+        people_per_image=PEOPLE,
+        dtype="bf16 autocast" if CUDA else "fp32",
+        device=torch.cuda.get_device_name() if CUDA else "cpu",
+        torch=torch.__version__,
+        triton=triton.__version__,
+        images_per_second=BATCH / benchmark.stats.stats.median,
+        peak_memory_mb=torch.cuda.max_memory_allocated() / 2**20 if CUDA else None,
+    )
