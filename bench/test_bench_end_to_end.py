@@ -1,0 +1,79 @@
+"""End to end, image batch in to COCO records out: JCRA against bottom-up baselines, in one run.
+
+Inputs are real photos (``../shared/data/unlabelled-coco-photos``; random images when absent),
+resized to 800x1333 on GPU (288x480 on CPU) and normalised like the evaluation pipeline. JCRA's cost
+does not depend on how many people an image holds (a fixed query set, top-k, no grouping, no NMS);
+the bottom-up baselines' post-processing does, so their end-to-end time is measured per crowd size
+in ``test_bench_bottom_up.py`` and the report combines both against the number of people.
+
+Providers: ``jcra`` (fused kernels + torch.compile + bf16 autocast; on CPU plain fp32, since the
+fused op then runs its reference) and ``jcra-reference`` (reference ops, eager, fp32).
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import triton
+from PIL import Image
+
+from jcra import build_model
+from jcra.postprocess import PostProcess
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+MODEL, IMAGE = ("jcra_r50", (800, 1333)) if CUDA else ("jcra_r18", (288, 480))
+BATCHES = (1, 8) if CUDA else (1, 2)
+PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "unlabelled-coco-photos"
+MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+
+
+def load_batch(batch: int) -> torch.Tensor:
+    """[batch, 3, H, W] normalised photos at IMAGE (random pixels when the photos are absent)."""
+    files = sorted(PHOTOS.glob("*.jpg"))[:batch]
+    if len(files) < batch:
+        pixels = torch.rand(batch, 3, *IMAGE, generator=torch.Generator().manual_seed(0))
+    else:
+        h, w = IMAGE
+        arrays = [np.asarray(Image.open(f).convert("RGB").resize((w, h), Image.BILINEAR)) for f in files]
+        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+    return ((pixels - MEAN[:, None, None]) / STD[:, None, None]).to(DEVICE)
+
+
+def build(provider: str):
+    model = build_model(MODEL, use_fused_kernels=provider == "jcra").to(DEVICE).eval()
+    if provider == "jcra" and CUDA:
+        model.compile_transformer()
+    return model
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("provider", ["jcra", "jcra-reference"])
+def test_end_to_end(benchmark, provider, batch):
+    benchmark.group = f"end to end batch {batch} {IMAGE[0]}x{IMAGE[1]}"
+    model, postprocess = build(provider), PostProcess(top_k=100)
+    images = load_batch(batch)
+    orig_sizes = torch.tensor([IMAGE] * batch)
+    autocast = provider == "jcra" and CUDA
+
+    @torch.no_grad()
+    def infer():
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
+            outputs = model(images)
+        return postprocess(outputs, orig_sizes, list(range(batch)))  # ends in a host copy: synchronised
+
+    records = infer()  # compile outside the timed rounds
+    assert len(records) == 100 * batch
+    benchmark.pedantic(infer, rounds=10 if CUDA else 3, warmup_rounds=1)
+    benchmark.extra_info.update(
+        provider=provider,
+        model=MODEL,
+        batch=batch,
+        image=IMAGE,
+        dtype="bf16 autocast" if autocast else "fp32",
+        device=torch.cuda.get_device_name() if CUDA else "cpu",
+        torch=torch.__version__,
+        triton=triton.__version__,
+        images_per_second=batch / benchmark.stats.stats.median,
+    )
