@@ -4,6 +4,7 @@ CUDA tensors run the Triton kernels; CPU tensors run the reference, or the Trito
 the interpreter when ``TRITON_INTERPRET=1`` is set before import (this is how CI tests them).
 """
 
+from kernels.linear_assignment import linear_assignment as linear_assignment
 from kernels.ms_deform_attn import ms_deform_attn as ms_deform_attn
 from kernels.ms_deform_attn import ms_deform_attn_reference as ms_deform_attn_reference
 from kernels.oks import pairwise_oks as pairwise_oks

@@ -1,0 +1,246 @@
+"""kernels.linear_assignment: the Triton solver (its interpreter on CPU) against scipy's optimum.
+
+Assignments may legitimately differ from scipy's where costs tie, so every check compares totals (in
+fp64 from the original costs), which images have which number of pairs, and that the pairs form a
+valid partial permutation sorted by ground truth.
+"""
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from kernels.dispatch import use_triton
+from kernels.linear_assignment import linear_assignment, linear_assignment_reference
+
+# the module itself (the package re-exports the function under the same name)
+la_module = importlib.import_module("kernels.linear_assignment")
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# (dtype, absolute tolerance on totals of costs in [0, 1) over at most 12 pairs)
+DTYPES = [(torch.float32, 1e-5), (torch.float64, 1e-12)]
+
+
+@pytest.fixture(autouse=True)
+def _triton_runs():
+    if not use_triton(torch.empty(0, device=DEVICE)):
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1 (set by tests/conftest.py without CUDA)")
+
+
+def _random_problem(b, q, g, seed, dtype=torch.float32, ties=False):
+    """Cost ``[b, q, g]`` on DEVICE (integers 0..3 when ``ties``) and num_gt ``[b]`` covering 0 and g."""
+    gen = torch.Generator().manual_seed(seed)
+    if ties:
+        cost = torch.randint(0, 4, (b, q, g), generator=gen).to(dtype)
+    else:
+        cost = torch.rand(b, q, g, generator=gen, dtype=torch.float64).to(dtype)
+    num_gt = torch.randint(0, g + 1, (b,), generator=gen)
+    num_gt[0] = g
+    if b > 1:
+        num_gt[1] = 0
+    return cost.to(DEVICE), num_gt
+
+
+def _scipy_totals(cost: torch.Tensor, num_gt: torch.Tensor) -> tuple[list[float], list[int]]:
+    """scipy's optimal total (fp64) and number of pairs of every image."""
+    totals, counts = [], []
+    for image, n_gt in enumerate(num_gt.tolist()):
+        block = cost[image, :, :n_gt].double().cpu().numpy()
+        rows, cols = linear_sum_assignment(block) if block.size else ([], [])
+        totals.append(float(block[rows, cols].sum()))
+        counts.append(len(rows))
+    return totals, counts
+
+
+def _check(cost, num_gt, result, atol):
+    """Valid padded partial permutations, sorted by ground truth, with scipy's optimal totals."""
+    query_index, gt_index, valid = result
+    b, q, g = cost.shape
+    n = min(q, g)
+    for t, dtype in zip(result, (torch.int64, torch.int64, torch.bool), strict=True):
+        assert t.shape == (b, n) and t.dtype == dtype and t.device == cost.device
+    totals, counts = _scipy_totals(cost, num_gt)
+    cost64 = cost.double().cpu()
+    for image in range(b):
+        m = counts[image]
+        qi, gi, ok = query_index[image].cpu(), gt_index[image].cpu(), valid[image].cpu()
+        assert ok[:m].all() and not ok[m:].any(), f"image {image}: valid {ok.tolist()}, expected {m} pairs"
+        assert (qi[m:] == -1).all() and (gi[m:] == -1).all(), f"image {image}: padding not -1"
+        qi, gi = qi[:m], gi[:m]
+        assert (gi[1:] > gi[:-1]).all(), f"image {image}: gt_index {gi.tolist()} not strictly increasing"
+        assert ((0 <= gi) & (gi < num_gt[image])).all(), f"image {image}: gt_index {gi.tolist()}"
+        assert ((0 <= qi) & (qi < q)).all() and len(set(qi.tolist())) == m, f"image {image}: {qi.tolist()}"
+        total = float(cost64[image, qi, gi].sum())
+        assert total == pytest.approx(totals[image], abs=atol), (
+            f"image {image}: {total} vs scipy {totals[image]}"
+        )
+
+
+@pytest.mark.parametrize(("dtype", "atol"), DTYPES)
+@pytest.mark.parametrize(
+    ("q", "g"),
+    [(12, 8), (9, 3), (7, 7), (4, 7), (1, 5), (11, 1)],
+    ids=["Q>G", "odd", "Q=G", "Q<G", "Q=1", "G=1"],
+)
+def test_random_costs_match_scipy(q, g, dtype, atol):
+    cost, num_gt = _random_problem(6, q, g, seed=q * 100 + g, dtype=dtype)
+    _check(cost, num_gt, linear_assignment(cost, num_gt), atol)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ties_match_scipy(seed):
+    """Integer costs from {0..3}: many optimal assignments and tied Dijkstra steps; totals are exact."""
+    q, g = (10, 6) if seed % 2 == 0 else (5, 8)
+    cost, num_gt = _random_problem(8, q, g, seed=seed, ties=True)
+    _check(cost, num_gt, linear_assignment(cost, num_gt), atol=0.0)
+
+
+def test_constant_costs():
+    """Every assignment ties; the solver must still return a full, valid one."""
+    cost = torch.full((2, 6, 4), 2.5, device=DEVICE)
+    num_gt = torch.tensor([4, 3])
+    _check(cost, num_gt, linear_assignment(cost, num_gt), atol=0.0)
+
+
+@pytest.mark.parametrize(("q", "g"), [(5, 0), (0, 3), (0, 0)])
+def test_empty_sides(q, g):
+    cost = torch.rand(3, q, g, device=DEVICE)
+    num_gt = torch.full((3,), g)
+    query_index, gt_index, valid = linear_assignment(cost, num_gt)
+    assert query_index.shape == gt_index.shape == valid.shape == (3, 0)
+
+
+def test_empty_batch():
+    result = linear_assignment(torch.rand(0, 5, 3, device=DEVICE), torch.zeros(0, dtype=torch.int64))
+    assert all(t.shape == (0, 3) for t in result)
+
+
+def test_batch_equals_each_image_alone():
+    cost, num_gt = _random_problem(5, 9, 6, seed=7)
+    batched = linear_assignment(cost, num_gt)
+    for image in range(5):
+        n_gt = int(num_gt[image])
+        alone = linear_assignment(cost[image : image + 1, :, :n_gt].contiguous(), num_gt[image : image + 1])
+        n = min(9, n_gt)
+        for got, want in zip(alone, batched, strict=True):
+            torch.testing.assert_close(got[0, :n], want[image, :n])
+
+
+def test_strided_and_half_inputs():
+    """A non-contiguous view and fp16 (solved in fp32) give the optimum of the values as stored."""
+    base, num_gt = _random_problem(4, 7, 10, seed=3)
+    cost = base.transpose(1, 2)  # [4, 10, 7], strides (70, 1, 10)
+    num_gt = num_gt.clamp(max=7)
+    _check(cost, num_gt, linear_assignment(cost, num_gt), atol=1e-5)
+    half = base.half()
+    _check(half, num_gt.clamp(max=10), linear_assignment(half, num_gt.clamp(max=10)), atol=1e-3)
+
+
+def test_triton_equals_reference_format():
+    """The Triton solver and the scipy path give the same validity and totals on one batch."""
+    cost, num_gt = _random_problem(6, 8, 5, seed=11, dtype=torch.float64)
+    solver = linear_assignment(cost, num_gt)
+    reference = linear_assignment_reference(cost, num_gt)
+    assert torch.equal(solver[2], reference[2])
+    rows = torch.arange(6, device=DEVICE)[:, None]
+    totals = [
+        (cost[rows, qi.clamp(min=0), gi.clamp(min=0)] * ok).sum(1) for qi, gi, ok in (solver, reference)
+    ]
+    torch.testing.assert_close(totals[0], totals[1], rtol=0, atol=1e-12)
+
+
+def test_cpu_path_runs_scipy(monkeypatch):
+    """Without Triton (plain CPU), the op runs the reference and keeps the format and device."""
+    monkeypatch.setattr(la_module, "use_triton", lambda tensor: False)
+    cost, num_gt = _random_problem(4, 5, 7, seed=5)
+    _check(cost, num_gt, linear_assignment(cost, num_gt), atol=1e-5)
+
+
+def test_wide_problems_fall_back_to_scipy(monkeypatch):
+    monkeypatch.setattr(la_module, "_MAX_BLOCK", 4)
+    monkeypatch.setattr(la_module, "_launch", None)  # would raise if called
+    cost, num_gt = _random_problem(3, 7, 3, seed=12)
+    _check(cost, num_gt, linear_assignment(cost, num_gt), atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_shapes_sweep(seed):
+    """Eight problems per seed of random Q <= 12, G <= 8, float or tied costs, fp32 or fp64."""
+    gen = torch.Generator().manual_seed(1000 + seed)
+    q, g = (int(torch.randint(1, hi + 1, (1,), generator=gen)) for hi in (12, 8))
+    dtype, atol = DTYPES[seed % 2]
+    cost, num_gt = _random_problem(8, q, g, seed=seed, dtype=dtype, ties=seed % 3 == 0)
+    _check(cost, num_gt, linear_assignment(cost, num_gt), atol)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_cost_names_image(bad):
+    cost, _ = _random_problem(3, 6, 4, seed=2)
+    num_gt = torch.tensor([4, 2, 3])
+    cost[1, 5, 0] = bad
+    with pytest.raises(ValueError, match=r"image\(s\) \[1\]"):
+        linear_assignment(cost, num_gt)
+    # Unchecked: the image comes back without pairs, the others are solved.
+    query_index, gt_index, valid = linear_assignment(cost, num_gt, check_finite=False)
+    assert not valid[1].any() and (query_index[1] == -1).all() and (gt_index[1] == -1).all()
+    keep = torch.tensor([0, 2])
+    _check(cost[keep], num_gt[keep], tuple(t[keep] for t in (query_index, gt_index, valid)), atol=1e-5)
+
+
+def test_non_finite_padding_is_ignored():
+    """Columns past num_gt are padding: NaN there is never read."""
+    cost, _ = _random_problem(2, 6, 4, seed=4)
+    num_gt = torch.tensor([2, 4])
+    cost[0, :, 2:] = float("nan")
+    _check(cost, num_gt, linear_assignment(cost, num_gt), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("cost", "num_gt", "match"),
+    [
+        (torch.rand(6, 4), [4], "cost must be"),
+        (torch.randint(0, 3, (1, 6, 4)), [4], "cost must be"),
+        (torch.rand(2, 6, 4), [4], "num_gt must be"),
+        (torch.rand(2, 6, 4), [4, 5], "num_gt must lie"),
+        (torch.rand(2, 6, 4), [4, -1], "num_gt must lie"),
+        (torch.rand(2, 6, 4), torch.tensor([4.0, 1.0]), "num_gt must hold integers"),
+    ],
+)
+def test_bad_arguments(cost, num_gt, match):
+    with pytest.raises(ValueError, match=match):
+        linear_assignment(cost.to(DEVICE), num_gt)
+
+
+def test_num_gt_on_device_and_as_list():
+    cost, num_gt = _random_problem(3, 6, 4, seed=9)
+    want = linear_assignment(cost, num_gt)
+    for other in (num_gt.to(DEVICE), num_gt.tolist(), num_gt.int()):
+        for got, expected in zip(linear_assignment(cost, other), want, strict=True):
+            assert torch.equal(got, expected)
+
+
+def test_opcheck():
+    cost, num_gt = _random_problem(3, 6, 4, seed=6)
+    torch.library.opcheck(torch.ops.jcra.linear_assignment, (cost, num_gt.to(DEVICE)))
+
+
+def test_compiled_op_equals_eager():
+    cost, num_gt = _random_problem(3, 6, 4, seed=8)
+    num_gt = num_gt.to(DEVICE)
+    compiled = torch.compile(torch.ops.jcra.linear_assignment, fullgraph=True)
+    for got, want in zip(compiled(cost, num_gt), torch.ops.jcra.linear_assignment(cost, num_gt), strict=True):
+        assert torch.equal(got, want)
+
+
+def test_scipy_total_helper_can_fail():
+    """The total check rejects a valid but suboptimal assignment (identity on a cost favouring a swap)."""
+    cost = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], device=DEVICE)
+    identity = (
+        torch.tensor([[0, 1]], device=DEVICE),
+        torch.tensor([[0, 1]], device=DEVICE),
+        torch.ones(1, 2, dtype=torch.bool, device=DEVICE),
+    )
+    with pytest.raises(AssertionError):
+        _check(cost, torch.tensor([2]), identity, atol=1e-6)
+    assert np.isclose(_scipy_totals(cost, torch.tensor([2]))[0][0], 0.0)
