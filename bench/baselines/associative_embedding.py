@@ -1,0 +1,189 @@
+"""Associative embedding (Newell et al. 2017) as HigherHRNet (Cheng et al. 2020) decodes it.
+
+The network gives K keypoint heatmaps and K one-dimensional tag maps at stride 4. Post-processing:
+max-pool NMS on the heatmaps, top-k peaks per joint, then joints are grouped into people one joint
+type at a time in a fixed order: each new joint's peaks are assigned to the people found so far by a
+Hungarian assignment (scipy) on the cost ``round(tag distance) * 100 - heatmap score``, a peak whose tag
+is farther than ``tag_threshold`` from every person starts a new one. Last, refinement fills each
+person's missing joints at the heatmap location whose tag best matches the person's mean tag, and
+every keypoint moves a quarter pixel towards its higher neighbour.
+"""
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+# HigherHRNet's grouping order for COCO: head, shoulders, hips, then limbs outward.
+COCO_JOINT_ORDER = (0, 1, 2, 3, 4, 5, 6, 11, 12, 7, 8, 9, 10, 13, 14, 15, 16)
+
+
+class StrideFourHead(nn.Module):
+    """Backbone feature map upsampled to stride 4 by deconvolutions, then a 1x1 conv to ``out_channels``.
+
+    ``backbone`` maps images [B, 3, H, W] to a feature map [B, in_channels, H / s, W / s] with
+    ``s = feature_stride`` (a list or tuple of maps, such as ResNet's C3-C5, is indexed by
+    ``feature_index``). Output: [B, out_channels, H / 4, W / 4].
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        in_channels: int,
+        feature_stride: int,
+        out_channels: int,
+        hidden: int = 256,
+        feature_index: int = -1,
+    ):
+        super().__init__()
+        if feature_stride < 4 or feature_stride & (feature_stride - 1):
+            raise ValueError(f"feature_stride must be a power of two >= 4, got {feature_stride}")
+        self.backbone, self.feature_index = backbone, feature_index
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, hidden, 1)]
+        # One 4x4 stride-2 deconvolution per factor of two, as HigherHRNet's deconv module does.
+        for _ in range(int(math.log2(feature_stride // 4))):
+            layers += [
+                nn.ConvTranspose2d(hidden, hidden, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(hidden),
+                nn.ReLU(),
+            ]
+        layers += [nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU()]
+        self.trunk = nn.Sequential(*layers)
+        self.out = nn.Conv2d(hidden, out_channels, 1)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Stride-4 features [B, hidden, H / 4, W / 4]."""
+        feats = self.backbone(images)
+        if isinstance(feats, (list, tuple)):
+            feats = feats[self.feature_index]
+        return self.trunk(feats)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.out(self.features(images))
+
+
+class AssociativeEmbeddingHead(StrideFourHead):
+    """Heatmaps and tag maps at stride 4: ``forward(images) -> (heatmaps, tags)``, each [B, K, H/4, W/4]."""
+
+    def __init__(
+        self, backbone: nn.Module, in_channels: int, feature_stride: int, num_keypoints: int = 17, **kw
+    ):
+        super().__init__(backbone, in_channels, feature_stride, 2 * num_keypoints, **kw)
+        self.num_keypoints = num_keypoints
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = super().forward(images)
+        return out[:, : self.num_keypoints].sigmoid(), out[:, self.num_keypoints :]
+
+
+def peak_nms(maps: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Zero every value of ``maps`` [C, h, w] that is not the maximum of its ``kernel`` window."""
+    pooled = F.max_pool2d(maps[None], kernel, 1, kernel // 2)[0]
+    return maps * (pooled == maps)
+
+
+def _quarter_offset(heatmaps: torch.Tensor, k: torch.Tensor, y: torch.Tensor, x: torch.Tensor):
+    """Quarter-pixel shift of integer peaks (y, x) on heatmaps[k] towards the higher neighbour: (dx, dy)."""
+    _, h, w = heatmaps.shape
+
+    def at(yy, xx):
+        return heatmaps[k, yy.clamp(0, h - 1), xx.clamp(0, w - 1)]
+
+    dx = 0.25 * torch.sign(at(y, x + 1) - at(y, x - 1))
+    dy = 0.25 * torch.sign(at(y + 1, x) - at(y - 1, x))
+    return dx, dy
+
+
+def _group(vals: np.ndarray, tags: np.ndarray, xy: np.ndarray, order, threshold: float, tag_threshold: float):
+    """Greedy-in-joint-order Hungarian grouping of peaks into people.
+
+    vals, tags [K, M]; xy [K, M, 2]. Returns people [P, K, 4] (x, y, score, tag; score 0 when the joint
+    is missing).
+    """
+    k_joints = vals.shape[0]
+    people: list[np.ndarray] = []
+    tag_sums: list[list[float]] = []
+    for k in order:
+        keep = vals[k] > threshold
+        v, t, p = vals[k][keep], tags[k][keep], xy[k][keep]
+        if v.size == 0:
+            continue
+        new = np.arange(v.size)
+        if people:
+            means = np.array([np.mean(s) for s in tag_sums])
+            dist = np.abs(t[:, None] - means[None, :])
+            cost = np.round(dist) * 100 - v[:, None]
+            # Extra columns with a prohibitive cost let surplus peaks stay unassigned.
+            if v.size > len(people):
+                cost = np.concatenate([cost, np.full((v.size, v.size - len(people)), 1e10)], 1)
+            rows, cols = linear_sum_assignment(cost)
+            assigned = [
+                (r, c)
+                for r, c in zip(rows, cols, strict=True)
+                if c < len(people) and dist[r, c] < tag_threshold
+            ]
+            for r, c in assigned:
+                people[c][k] = (*p[r], v[r], t[r])
+                tag_sums[c].append(t[r])
+            new = np.setdiff1d(new, [r for r, _ in assigned])
+        for r in new:
+            person = np.zeros((k_joints, 4))
+            person[k] = (*p[r], v[r], t[r])
+            people.append(person)
+            tag_sums.append([t[r]])
+    return np.stack(people) if people else np.zeros((0, k_joints, 4))
+
+
+def decode_associative_embedding(
+    heatmaps: torch.Tensor,
+    tags: torch.Tensor,
+    stride: int = 4,
+    max_people: int = 30,
+    detection_threshold: float = 0.1,
+    tag_threshold: float = 1.0,
+    nms_kernel: int = 5,
+    joint_order: tuple[int, ...] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """People from one image's maps: heatmaps, tags [K, h, w] -> poses [P, K, 3], scores [P].
+
+    Poses are ``(x, y, score)`` in image pixels (map coordinates times ``stride``); a person's score is
+    the mean heatmap value of its joints. At most ``max_people`` peaks per joint are considered.
+    """
+    if heatmaps.dim() != 3 or tags.shape != heatmaps.shape:
+        raise ValueError(f"heatmaps and tags must both be [K, h, w], got {heatmaps.shape}, {tags.shape}")
+    k_joints, h, w = heatmaps.shape
+    order = (
+        joint_order if joint_order is not None else COCO_JOINT_ORDER if k_joints == 17 else range(k_joints)
+    )
+    heatmaps, tags = heatmaps.float(), tags.float()
+    vals, idx = peak_nms(heatmaps, nms_kernel).flatten(1).topk(min(max_people, h * w), dim=1)
+    peak_tags = tags.flatten(1).gather(1, idx)
+    xy = torch.stack([idx % w, idx // w], -1)
+    # One copy to host: the grouping is sequential and runs in scipy, as in the published code.
+    vals_np, tags_np, xy_np = (t.cpu().numpy() for t in (vals, peak_tags, xy))
+    people = torch.from_numpy(_group(vals_np, tags_np, xy_np, order, detection_threshold, tag_threshold))
+    people = people.to(heatmaps.device, torch.float32)
+    if people.shape[0] == 0:
+        return heatmaps.new_zeros(0, k_joints, 3), heatmaps.new_zeros(0)
+    return _refine(heatmaps, tags, people, stride)
+
+
+def _refine(heatmaps: torch.Tensor, tags: torch.Tensor, people: torch.Tensor, stride: int):
+    """Fill missing joints where ``heat - round(|tag - person tag|)`` peaks, quarter-pixel adjust, scale."""
+    k_joints, h, w = heatmaps.shape
+    found = people[..., 2] > 0  # [P, K]
+    mean_tag = (people[..., 3] * found).sum(1) / found.sum(1)  # [P]
+    fit = heatmaps[None] - torch.round((tags[None] - mean_tag[:, None, None, None]).abs())  # [P, K, h, w]
+    best = fit.flatten(2).argmax(2)  # [P, K]
+    fill_x, fill_y = (best % w).float(), (best // w).float()
+    fill_val = heatmaps.flatten(1).gather(1, best.transpose(0, 1)).transpose(0, 1)
+    x = torch.where(found, people[..., 0], fill_x)
+    y = torch.where(found, people[..., 1], fill_y)
+    score = torch.where(found, people[..., 2], fill_val)
+    k = torch.arange(k_joints, device=heatmaps.device).expand_as(best)
+    dx, dy = _quarter_offset(heatmaps, k, y.long(), x.long())
+    poses = torch.stack([(x + dx) * stride, (y + dy) * stride, score], -1)
+    return poses, people[..., 2].sum(1) / k_joints

@@ -1,0 +1,164 @@
+"""Maps a trained bottom-up network would give, rendered from ground-truth poses, and crowd synthesis.
+
+Poses are ``[P, K, 3]`` float tensors in image pixels: ``(x, y, v)`` with COCO visibility ``v`` (0 means
+not labelled and is never rendered). Maps are at ``stride`` (4 for both baselines): map pixel ``(i, j)``
+covers image point ``(stride * j, stride * i)``.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+
+def load_people(annotation_file: str | Path, min_keypoints: int = 8) -> list[torch.Tensor]:
+    """Each annotated person of a COCO keypoint file with at least ``min_keypoints`` labels, as [K, 3]."""
+    annotations = json.loads(Path(annotation_file).read_text())["annotations"]
+    return [
+        torch.tensor(a["keypoints"], dtype=torch.float32).view(-1, 3)
+        for a in annotations
+        if not a.get("iscrowd", 0) and a.get("num_keypoints", 0) >= min_keypoints
+    ]
+
+
+def _grid(n: int, height: int, width: int) -> tuple[int, int]:
+    """Rows and columns of the most square-celled grid holding ``n`` people."""
+    cols = max(1, round(math.sqrt(n * width / (2 * height))))
+    return math.ceil(n / cols), cols
+
+
+def synthesize_crowd(
+    people: list[torch.Tensor], n: int, height: int, width: int, seed: int = 0
+) -> torch.Tensor:
+    """Paste ``n`` people (drawn from ``people``) into a ``height x width`` canvas: [n, K, 3].
+
+    Each person is scaled to fill 60-90 % of one grid cell and placed at random inside it, so people
+    are close but their joints stay apart, as in a dense but resolvable crowd.
+    """
+    if n < 1 or not people:
+        raise ValueError(f"n must be >= 1 and people non-empty, got n={n}, {len(people)} people")
+    gen = torch.Generator().manual_seed(seed)
+    rows, cols = _grid(n, height, width)
+    cell_h, cell_w = height / rows, width / cols
+    pick = torch.randint(len(people), (n,), generator=gen)
+    crowd = []
+    for slot in range(n):
+        person = people[int(pick[slot])].clone()
+        labelled = person[:, 2] > 0
+        xy = person[labelled, :2]
+        lo, hi = xy.min(0).values, xy.max(0).values
+        extent = (hi - lo).clamp(min=1.0)
+        fill = 0.6 + 0.3 * torch.rand((), generator=gen)
+        scale = fill * min(cell_w / extent[0], cell_h / extent[1])
+        room = torch.tensor([cell_w, cell_h]) - scale * extent
+        origin = torch.tensor([slot % cols * cell_w, slot // cols * cell_h])
+        origin = origin + room * torch.rand(2, generator=gen)
+        person[:, :2] = torch.where(labelled[:, None], (person[:, :2] - lo) * scale + origin, 0.0)
+        crowd.append(person)
+    return torch.stack(crowd)
+
+
+# A standing person, (x, y) in units of its height, COCO keypoint order.
+_TEMPLATE = torch.tensor(
+    [
+        [0.00, 0.06], [-0.03, 0.04], [0.03, 0.04], [-0.06, 0.05], [0.06, 0.05],
+        [-0.12, 0.20], [0.12, 0.20], [-0.16, 0.36], [0.16, 0.36], [-0.18, 0.50], [0.18, 0.50],
+        [-0.08, 0.52], [0.08, 0.52], [-0.09, 0.75], [0.09, 0.75], [-0.10, 0.97], [0.10, 0.97],
+    ]
+)  # fmt: skip
+
+
+def random_poses(n: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """Synthetic fallback when no annotations are at hand: ``n`` plausible jittered poses, [n, 17, 3]."""
+    gen = torch.Generator().manual_seed(seed)
+    people = [
+        torch.cat(
+            [_TEMPLATE + 0.02 * torch.randn(_TEMPLATE.shape, generator=gen), torch.full((17, 1), 2.0)], 1
+        )
+        * torch.tensor([100.0, 100.0, 1.0])
+        for _ in range(max(n, 4))
+    ]
+    return synthesize_crowd(people, n, height, width, seed)
+
+
+def _map_grid(out_hw: tuple[int, int], stride: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image-pixel coordinates of map pixel centres: ys [h, 1], xs [1, w]."""
+    h, w = out_hw
+    ys = torch.arange(h, device=device, dtype=torch.float32)[:, None] * stride
+    xs = torch.arange(w, device=device, dtype=torch.float32)[None, :] * stride
+    return ys, xs
+
+
+def _gaussians(points: torch.Tensor, out_hw, stride: int, sigma: float) -> torch.Tensor:
+    """Unit-peak Gaussians at ``points`` [..., 3] (x, y, v; zero where v == 0): [..., h, w]."""
+    ys, xs = _map_grid(out_hw, stride, points.device)
+    d2 = (xs - points[..., 0, None, None]) ** 2 + (ys - points[..., 1, None, None]) ** 2
+    g = torch.exp(-d2 / (2 * (sigma * stride) ** 2))
+    return g * (points[..., 2, None, None] > 0)
+
+
+def render_heatmaps(poses: torch.Tensor, out_hw: tuple[int, int], stride: int = 4, sigma: float = 2.0):
+    """Keypoint heatmaps [K, h, w]: max over people of a Gaussian (``sigma`` in map pixels) per joint."""
+    return _gaussians(poses.transpose(0, 1), out_hw, stride, sigma).amax(1)
+
+
+def render_tags(poses: torch.Tensor, out_hw: tuple[int, int], stride: int = 4, sigma: float = 2.0):
+    """Associative-embedding tag maps [K, h, w]: each pixel holds the tag of the person whose joint is
+    nearest, person ``p`` having tag ``p`` (trained tags separate people by about one unit)."""
+    owner = _gaussians(poses.transpose(0, 1), out_hw, stride, sigma).argmax(1)
+    return owner.float()
+
+
+def pose_centres(poses: torch.Tensor) -> torch.Tensor:
+    """Mean of the labelled keypoints of each pose, [P, 2] (DEKR's centre)."""
+    labelled = (poses[..., 2:] > 0).float()
+    return (poses[..., :2] * labelled).sum(1) / labelled.sum(1).clamp(min=1)
+
+
+def render_dekr(poses: torch.Tensor, out_hw: tuple[int, int], stride: int = 4, sigma: float = 2.0):
+    """DEKR targets: heatmaps [K + 1, h, w] (keypoints, then centre) and offsets [2K, h, w] in map pixels.
+
+    Offsets at a pixel point from it to the keypoints of the person whose centre is nearest (channels
+    ``2k, 2k + 1`` are x, y of joint k); unlabelled joints get offset zero.
+    """
+    centres = pose_centres(poses)
+    labelled = (poses[..., 2] > 0).any(1, keepdim=True).float()
+    centre_points = torch.cat([centres, labelled], 1)
+    centre_g = _gaussians(centre_points, out_hw, stride, sigma)
+    owner = centre_g.argmax(0)
+    ys, xs = _map_grid(out_hw, stride, poses.device)
+    owned = poses[owner]  # [h, w, K, 3]
+    offsets = torch.stack([owned[..., 0] - xs[..., None], owned[..., 1] - ys[..., None]], -1) / stride
+    offsets = offsets * (owned[..., 2:] > 0)
+    offsets = offsets.flatten(2).permute(2, 0, 1)
+    heatmaps = torch.cat([render_heatmaps(poses, out_hw, stride, sigma), centre_g.amax(0, keepdim=True)])
+    return heatmaps, offsets.contiguous()
+
+
+def add_noise(maps: torch.Tensor, std: float, seed: int = 0) -> torch.Tensor:
+    """``maps`` plus seeded Gaussian noise of standard deviation ``std`` (units of the map)."""
+    gen = torch.Generator().manual_seed(seed)
+    return maps + std * torch.randn(maps.shape, generator=gen).to(maps.device)
+
+
+def pose_areas(poses: torch.Tensor) -> torch.Tensor:
+    """Area of the box around each pose's labelled keypoints [P] (pixels^2), the OKS scale."""
+    labelled = poses[..., 2] > 0
+    big = torch.finfo(poses.dtype).max
+    lo = torch.where(labelled[..., None], poses[..., :2], big).amin(1)
+    hi = torch.where(labelled[..., None], poses[..., :2], -big).amax(1)
+    return (hi - lo).clamp(min=1).prod(1)
+
+
+__all__ = [
+    "add_noise",
+    "load_people",
+    "pose_areas",
+    "pose_centres",
+    "random_poses",
+    "render_dekr",
+    "render_heatmaps",
+    "render_tags",
+    "synthesize_crowd",
+]

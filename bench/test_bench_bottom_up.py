@@ -1,0 +1,116 @@
+"""Bottom-up baselines: post-processing time against the number of people, and network head time.
+
+Post-processing (associative embedding as HigherHRNet decodes it, DEKR) runs on the maps a trained
+network would give: rendered from real COCO poses pasted into crowds of N people (``../shared/data``;
+random plausible poses when it is absent), with noise. GPU: maps at stride 4 of an 800x1333 input,
+N in {1, 5, 10, 20, 50}; CPU: a 512x768 input and N in {1, 5, 20}. The heads (ResNet-50 C5 upsampled to
+stride 4) are timed separately on random inputs of the same size, batch 1 and 8 on GPU.
+Run: ``pytest bench/test_bench_bottom_up.py``.
+"""
+
+import platform
+
+import pytest
+import scipy
+import torch
+
+from bench.baselines.associative_embedding import AssociativeEmbeddingHead, decode_associative_embedding
+from bench.baselines.dekr import DEKRHead, decode_dekr
+from bench.baselines.render import (
+    add_noise,
+    load_people,
+    random_poses,
+    render_dekr,
+    render_heatmaps,
+    render_tags,
+    synthesize_crowd,
+)
+from jcra.backbone import resnet
+from tests.shared_data import SHARED_DATA
+
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+STRIDE = 4
+IMAGE_HW = (800, 1333) if CUDA else (512, 768)
+MAP_HW = (-(-IMAGE_HW[0] // STRIDE), -(-IMAGE_HW[1] // STRIDE))
+PEOPLE = (1, 5, 10, 20, 50) if CUDA else (1, 5, 20)
+BATCHES = (1, 8) if CUDA else (1,)
+NOISE = 0.02
+ANNOTATIONS = SHARED_DATA / "coco-mini" / "annotations" / "person_keypoints_train2017.json"
+
+
+def _sync():
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def _crowd(n: int) -> tuple[torch.Tensor, str]:
+    """Ground-truth poses [n, 17, 3] and where they came from."""
+    if ANNOTATIONS.exists():
+        return synthesize_crowd(load_people(ANNOTATIONS), n, *IMAGE_HW, seed=n), "coco-mini crowd"
+    return random_poses(n, *IMAGE_HW, seed=n), "synthetic poses"
+
+
+def _ae_maps(gt):
+    heat = add_noise(render_heatmaps(gt, MAP_HW, STRIDE), NOISE, 0).clamp(0, 1)
+    return heat, add_noise(render_tags(gt, MAP_HW, STRIDE), NOISE, 1)
+
+
+def _dekr_maps(gt):
+    heat, offsets = render_dekr(gt, MAP_HW, STRIDE)
+    return add_noise(heat, NOISE, 0).clamp(0, 1), add_noise(offsets, 2 * NOISE, 1)
+
+
+METHODS = {
+    "associative_embedding": (_ae_maps, decode_associative_embedding),
+    "dekr": (_dekr_maps, decode_dekr),
+}
+HEADS = {"associative_embedding": AssociativeEmbeddingHead, "dekr": DEKRHead}
+
+
+def _info(benchmark, **shape):
+    benchmark.extra_info.update(
+        **shape,
+        device=torch.cuda.get_device_name() if CUDA else platform.processor() or "cpu",
+        torch=torch.__version__,
+        scipy=scipy.__version__,
+    )
+
+
+@pytest.mark.parametrize("people", PEOPLE)
+@pytest.mark.parametrize("method", list(METHODS))
+def test_bench_postprocess(benchmark, method, people):
+    benchmark.group = f"bottom-up postprocess, {people} people"
+    render, decode = METHODS[method]
+    gt, source = _crowd(people)
+    maps = [m.to(DEVICE) for m in render(gt)]
+    max_people = max(30, 2 * people)
+
+    def target():
+        out = decode(*maps, STRIDE, max_people=max_people)
+        _sync()
+        return out
+
+    _info(benchmark, people=people, map_hw=MAP_HW, image_hw=IMAGE_HW, source=source, noise=NOISE)
+    poses, _ = benchmark.pedantic(target, rounds=20 if CUDA else 3, warmup_rounds=3 if CUDA else 1)
+    benchmark.extra_info["people_found"] = int(poses.shape[0])
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("method", list(HEADS))
+def test_bench_network(benchmark, method, batch):
+    benchmark.group = f"bottom-up network, batch {batch}"
+    backbone = resnet(50)
+    head = HEADS[method](backbone, backbone.out_channels[-1], feature_stride=32).to(DEVICE).eval()
+    dtype = torch.bfloat16 if CUDA else torch.float32
+    images = torch.randn(batch, 3, *IMAGE_HW, device=DEVICE)
+
+    @torch.inference_mode()
+    def target():
+        with torch.autocast(DEVICE.type, dtype, enabled=CUDA):
+            out = head(images)
+        _sync()
+        return out
+
+    _info(benchmark, batch=batch, image_hw=IMAGE_HW, dtype=str(dtype), backbone="resnet50 C5")
+    benchmark.pedantic(target, rounds=10 if CUDA else 2, warmup_rounds=2 if CUDA else 1)
