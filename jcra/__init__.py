@@ -1,1 +1,6 @@
 """JCRA: joint coordinate regression and association for multi-person pose estimation."""
+
+from jcra.deformable_attention import MSDeformAttn
+from jcra.model import JCRA, build_model
+
+__all__ = ["JCRA", "MSDeformAttn", "build_model"]

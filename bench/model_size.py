@@ -1,0 +1,70 @@
+"""Parameters and FLOPs of a JCRA configuration at one input size (default: R-50 at 800 x 1333).
+
+    python bench/model_size.py [--name jcra_r50] [--height 800] [--width 1333]
+
+FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` on meta tensors (no compute, no memory),
+counting a multiply-add as 2 FLOPs. The counter does not see deformable attention's sampling
+(``grid_sample`` in the reference path, the fused op on GPUs); it is added analytically: per query,
+head, level and point, bilinear interpolation of D channels (4 corners x multiply-add) plus the
+attention-weighted sum (multiply-add), 10 * D FLOPs. Papers in this field (PETR included) report
+mmcv's count, which counts a multiply-add once: compare their "GFLOPs" with the GMACs column.
+"""
+
+import argparse
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from jcra import build_model
+from jcra.deformable_attention import MSDeformAttn
+
+
+def sampling_flops(model, height: int, width: int) -> dict[str, int]:
+    """Deformable attention sampling FLOPs per part (encoder, decoder) for one image."""
+    strides = model.neck.strides
+    tokens = sum(-(-height // s) * -(-width // s) for s in strides)
+
+    def per_query(attn: MSDeformAttn) -> int:
+        head_dim = attn.embed_dim // attn.num_heads
+        return 10 * head_dim * attn.num_heads * attn.num_levels * attn.num_points
+
+    encoder = sum(tokens * per_query(m) for m in model.encoder.modules() if isinstance(m, MSDeformAttn))
+    decoder = sum(
+        model.num_queries * per_query(m) for m in model.decoder.modules() if isinstance(m, MSDeformAttn)
+    )
+    return {"encoder": encoder, "decoder": decoder}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", default="jcra_r50")
+    parser.add_argument("--height", type=int, default=800)
+    parser.add_argument("--width", type=int, default=1333)
+    args = parser.parse_args()
+
+    model = build_model(args.name, use_fused_kernels=False).eval()
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"{args.name}: {params / 1e6:.2f} M parameters ({trainable / 1e6:.2f} M trainable)")
+
+    model = model.to("meta")
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.empty(1, 3, args.height, args.width, device="meta"))
+    per_module = counter.get_flop_counts()
+    counted = {
+        part: sum(per_module.get(f"JCRA.{part}", {}).values())
+        for part in ("backbone", "neck", "encoder", "decoder")
+    }
+    sampled = sampling_flops(model, args.height, args.width)
+    total = counter.get_total_flops() + sum(sampled.values())
+    print(f"FLOPs at {args.height}x{args.width}, batch 1 (multiply-add = 2 FLOPs):")
+    for part, flops in counted.items():
+        extra = sampled.get(part, 0)
+        note = f" (incl. {extra / 1e9:.1f} G deformable sampling)" if extra else ""
+        print(f"  {part:9s} {(flops + extra) / 1e9:8.1f} GFLOPs{note}")
+    print(f"  total     {total / 1e9:8.1f} GFLOPs = {total / 2e9:.1f} GMACs")
+
+
+if __name__ == "__main__":
+    main()

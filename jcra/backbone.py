@@ -1,0 +1,207 @@
+"""ResNet backbones (torchvision-compatible parameter names) returning C3-C5, and an optional Swin.
+
+torchvision is not a dependency (its wheels pin one torch build); the ResNet here has the same
+state-dict keys, so ImageNet weights load through ``torchvision.models`` when it is installed and
+``pretrained=True``. The stem and stage 1 are frozen and every BatchNorm is frozen (DETR-family
+practice, PETR's too).
+
+Padding: when given the images' valid sizes, every block zeroes its output outside the valid region
+before the next 3x3 conv or max-pool sees it. Zero padding from the batch then looks exactly like
+a conv's own zero padding, so an image's features do not depend on how much it was padded
+(ceil-mode sizes: a stride-s map of an h-pixel image has ceil(h / s) valid rows).
+"""
+
+import torch
+from torch import nn
+
+_RESNET_LAYERS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d with fixed statistics and affine parameters, all buffers (not trained)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.pop(prefix + "num_batches_tracked", None)  # BatchNorm2d checkpoints carry it
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale[:, None, None].to(x.dtype) + shift[:, None, None].to(x.dtype)
+
+
+def valid_mask(valid_hw: torch.Tensor, stride: int, height: int, width: int) -> torch.Tensor:
+    """[B, 1, height, width] float, 1 inside each image's valid region at ``stride``.
+
+    valid_hw: [B, 2] int64 (h, w) of each unpadded image in input pixels; the valid region of a
+    stride-s map is ceil(h / s) x ceil(w / s), what a stack of padded stride-2 layers produces.
+    """
+    valid = (valid_hw + stride - 1) // stride
+    rows = torch.arange(height, device=valid_hw.device)[None, :, None] < valid[:, 0, None, None]
+    cols = torch.arange(width, device=valid_hw.device)[None, None, :] < valid[:, 1, None, None]
+    return (rows & cols)[:, None].float()
+
+
+def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return x if mask is None else x * mask.to(x.dtype)
+
+
+def _downsample(in_ch: int, out_ch: int, stride: int) -> nn.Sequential | None:
+    if stride == 1 and in_ch == out_ch:
+        return None
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), FrozenBatchNorm2d(out_ch))
+
+
+class BasicBlock(nn.Module):
+    """ResNet-18/34 block; ``mask_in``/``mask_out`` are valid masks at its input/output stride."""
+
+    expansion = 1
+
+    def __init__(self, in_ch: int, width: int, stride: int = 1):
+        super().__init__()
+        out_ch = width * self.expansion
+        self.conv1 = nn.Conv2d(in_ch, width, 3, stride, 1, bias=False)
+        self.bn1 = FrozenBatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
+        self.bn2 = FrozenBatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _downsample(in_ch, out_ch, stride)
+
+    def forward(self, x, mask_in=None, mask_out=None):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = _masked(self.relu(self.bn1(self.conv1(x))), mask_out)
+        out = self.bn2(self.conv2(out))
+        return _masked(self.relu(out + identity), mask_out)
+
+
+class Bottleneck(nn.Module):
+    """ResNet-50/101 block, stride on the 3x3 conv (torchvision's "v1.5")."""
+
+    expansion = 4
+
+    def __init__(self, in_ch: int, width: int, stride: int = 1):
+        super().__init__()
+        out_ch = width * self.expansion
+        self.conv1 = nn.Conv2d(in_ch, width, 1, bias=False)
+        self.bn1 = FrozenBatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = FrozenBatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
+        self.bn3 = FrozenBatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _downsample(in_ch, out_ch, stride)
+
+    def forward(self, x, mask_in=None, mask_out=None):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = _masked(self.relu(self.bn1(self.conv1(x))), mask_in)
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return _masked(self.relu(out + identity), mask_out)
+
+
+class ResNet(nn.Module):
+    """ResNet trunk returning C3, C4, C5 (strides 8, 16, 32).
+
+    depth: 18, 34, 50 or 101. base_width: stage-1 width (64 in the standard nets; smaller for test
+    configs). Stem and stage 1 are frozen (no gradients). ``out_channels`` and ``strides`` describe the
+    outputs.
+    """
+
+    strides = (8, 16, 32)
+
+    def __init__(self, depth: int = 50, base_width: int = 64):
+        super().__init__()
+        if depth not in _RESNET_LAYERS:
+            raise ValueError(f"depth must be one of {sorted(_RESNET_LAYERS)}, got {depth}")
+        block = Bottleneck if depth >= 50 else BasicBlock
+        self.conv1 = nn.Conv2d(3, base_width, 7, 2, 3, bias=False)
+        self.bn1 = FrozenBatchNorm2d(base_width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        in_ch, channels = base_width, []
+        for i, blocks in enumerate(_RESNET_LAYERS[depth]):
+            width = base_width * 2**i
+            layer = [block(in_ch, width, 1 if i == 0 else 2)]
+            in_ch = width * block.expansion
+            layer += [block(in_ch, width) for _ in range(blocks - 1)]
+            self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
+            channels.append(in_ch)
+        self.out_channels = tuple(channels[1:])
+        for module in (self.conv1, self.layer1):
+            module.requires_grad_(False)
+
+    def forward(self, images: torch.Tensor, valid_hw: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """images [B, 3, H, W]; valid_hw [B, 2] int64 (h, w) unpadded sizes, or None (no padding)."""
+
+        masks: dict[int, torch.Tensor | None] = {}
+        for stride in (1, 2, 4, 8, 16, 32):
+            h, w = images.shape[-2:]
+            size = ((h + stride - 1) // stride, (w + stride - 1) // stride)
+            masks[stride] = None if valid_hw is None else valid_mask(valid_hw, stride, *size)
+        x = _masked(images, masks[1])
+        x = _masked(self.relu(self.bn1(self.conv1(x))), masks[2])
+        x = _masked(self.maxpool(x), masks[4])
+        outputs, stride = [], 4
+        for i, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4)):
+            for j, block in enumerate(layer):
+                out_stride = stride * 2 if (i > 0 and j == 0) else stride
+                x = block(x, masks[stride], masks[out_stride])
+                stride = out_stride
+            if i > 0:
+                outputs.append(x)
+        return outputs
+
+
+def resnet(depth: int = 50, base_width: int = 64, pretrained: bool = False) -> ResNet:
+    """A :class:`ResNet`; ``pretrained`` loads torchvision's ImageNet weights (needs torchvision)."""
+    model = ResNet(depth, base_width)
+    if pretrained:
+        if base_width != 64:
+            raise ValueError(f"pretrained weights need base_width=64, got {base_width}")
+        try:
+            from torchvision import models
+        except ImportError as err:
+            raise ImportError("pretrained=True needs torchvision (pip install torchvision)") from err
+        weights = getattr(models, f"ResNet{depth}_Weights").DEFAULT
+        state = {k: v for k, v in weights.get_state_dict(progress=True).items() if not k.startswith("fc.")}
+        model.load_state_dict(state)
+    return model
+
+
+class SwinBackbone(nn.Module):
+    """A timm Swin Transformer returning its last three stages (strides 8, 16, 32) as NCHW maps.
+
+    Needs timm >= 1.0 (an optional extra; ``strict_img_size=False`` accepts any input size, best a
+    multiple of 32); not exercised in CI, where timm is absent. Padding is not masked inside the
+    backbone: windowed attention is not padding-invariant, so mixed-size batches give slightly
+    size-dependent features.
+    """
+
+    strides = (8, 16, 32)
+
+    def __init__(self, name: str = "swin_large_patch4_window12_384", pretrained: bool = False):
+        super().__init__()
+        try:
+            import timm
+        except ImportError as err:
+            raise ImportError("Swin backbones need timm (pip install timm)") from err
+        self.body = timm.create_model(
+            name, pretrained=pretrained, features_only=True, out_indices=(1, 2, 3), strict_img_size=False
+        )
+        self.out_channels = tuple(self.body.feature_info.channels())
+
+    def forward(self, images: torch.Tensor, valid_hw: torch.Tensor | None = None) -> list[torch.Tensor]:
+        feats = self.body(images)
+        # timm's Swin gives NHWC maps; move channels first where the last axis holds them
+        return [
+            f.permute(0, 3, 1, 2).contiguous() if f.shape[-1] == c and f.shape[1] != c else f
+            for f, c in zip(feats, self.out_channels, strict=True)
+        ]

@@ -1,0 +1,200 @@
+"""Set criterion: Hungarian-matched focal classification, keypoint L1 and OKS losses, plus heatmap loss.
+
+Weights default to PETR's (class 2, keypoint L1 70, OKS 2, heatmap 4); JCRA does not give its own.
+Every decoder layer and the encoder's proposals are matched and supervised (Deformable-DETR's
+auxiliary and two-stage losses); the heatmap loss is CornerNet's focal loss on Gaussian targets.
+"""
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jcra.backbone import valid_mask
+from jcra.matcher import HungarianMatcher
+from jcra.oks_loss import oks_loss
+
+DEFAULT_WEIGHTS = {"cls": 2.0, "kpt": 70.0, "oks": 2.0, "hm": 4.0}
+
+
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """RetinaNet's focal loss per element (same shape as ``logits``), computed in fp32."""
+    logits, targets = logits.float(), targets.float()
+    p = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+    return alpha_t * ce * (1 - p_t) ** gamma
+
+
+def heatmap_focal_loss(logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    """CornerNet's penalty-reduced focal loss, summed over valid cells, divided by the peaks (>= 1).
+
+    logits, target [B, K, H, W] (target 1 at keypoints, Gaussian around); valid [B, 1, H, W] bool.
+    """
+    logits = logits.float()
+    pos = (target == 1) & valid
+    neg = (target < 1) & valid
+    p = logits.sigmoid()
+    pos_loss = -F.logsigmoid(logits) * (1 - p).square()
+    neg_loss = -F.logsigmoid(-logits) * p.square() * (1 - target).pow(4)
+    total = torch.where(pos, pos_loss, 0.0).sum() + torch.where(neg, neg_loss, 0.0).sum()
+    return total / pos.sum().clamp(min=1)
+
+
+def gaussian_heatmap(keypoints: Tensor, height: int, width: int, stride: int, sigma: float) -> Tensor:
+    """Target heatmap [K, height, width] of one image: per keypoint type, the max over people.
+
+    keypoints [G, K, 3] (x, y, v) in input pixels; each labelled keypoint puts a Gaussian of std
+    ``sigma`` cells, peaking at exactly 1, on the cell that contains it (cell centres at
+    ``(i + 0.5) * stride``).
+    """
+    cells = (keypoints[..., :2] / stride).floor()  # [G, K, 2]
+    ys = torch.arange(height, device=keypoints.device, dtype=keypoints.dtype)
+    xs = torch.arange(width, device=keypoints.device, dtype=keypoints.dtype)
+    gy = torch.exp(-(ys - cells[..., 1:]).square() / (2 * sigma**2))  # [G, K, H]
+    gx = torch.exp(-(xs - cells[..., :1]).square() / (2 * sigma**2))  # [G, K, W]
+    labelled = (keypoints[..., 2] > 0).to(keypoints.dtype)[..., None, None]
+    # one [G, K, H, W] temporary: about 20 MB for 20 people at 800 x 1333
+    heatmap = gy[..., :, None] * gx[..., None, :] * labelled
+    return heatmap.amax(0) if len(keypoints) else heatmap.new_zeros(keypoints.shape[1], height, width)
+
+
+class SetCriterion(nn.Module):
+    """JCRA's training losses; ``forward(outputs, targets)`` returns the weighted total and its parts.
+
+    num_keypoints: K. sigmas [K]: OKS sigmas. matcher: a :class:`HungarianMatcher`. weights: any of
+    ``cls``, ``kpt``, ``oks``, ``hm`` (defaults :data:`DEFAULT_WEIGHTS`). oks_mode: "linear"
+    (1 - OKS, PETR's) or "log". heatmap_stride and heatmap_sigma (cells): the heatmap target's
+    geometry (sigma 2 is our choice; PETR's is not stated).
+
+    Normalisation: classification and OKS sums are divided by the number of non-crowd people in the
+    batch, L1 by the number of labelled keypoint coordinates (both summed over processes under
+    torch.distributed, then divided by the world size, as DETR does).
+    """
+
+    def __init__(
+        self,
+        num_keypoints: int,
+        sigmas: Tensor,
+        matcher: HungarianMatcher,
+        weights: dict[str, float] | None = None,
+        oks_mode: str = "linear",
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        heatmap_stride: int = 8,
+        heatmap_sigma: float = 2.0,
+    ):
+        super().__init__()
+        sigmas = torch.as_tensor(sigmas, dtype=torch.float32)
+        if tuple(sigmas.shape) != (num_keypoints,):
+            raise ValueError(f"sigmas must be [num_keypoints={num_keypoints}], got {tuple(sigmas.shape)}")
+        unknown = sorted(set(weights or {}) - set(DEFAULT_WEIGHTS))
+        if unknown:
+            raise ValueError(f"weights has unknown keys {unknown}; valid: {sorted(DEFAULT_WEIGHTS)}")
+        self.num_keypoints, self.matcher, self.oks_mode = num_keypoints, matcher, oks_mode
+        self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
+        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
+        self.heatmap_stride, self.heatmap_sigma = heatmap_stride, heatmap_sigma
+        self.register_buffer("sigmas", sigmas, persistent=False)
+
+    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
+        """outputs: the model's training output; targets: per image ``keypoints`` [G, K, 3] and ``area``
+        [G] in pixels of the unpadded input, ``size`` [2] (h, w), optionally ``iscrowd`` [G].
+
+        Returns ``loss`` (weighted total) and unweighted parts: ``loss_cls``, ``loss_kpt``, ``loss_oks``
+        for the last layer, the same with suffix ``_d{i}`` for earlier layers and ``_enc`` for the
+        proposals, and ``loss_hm``.
+        """
+        device = outputs["logits"].device
+        norm = [self._normalised(t, device) for t in targets]
+        num_people, num_coords = self._counts(targets, device)
+
+        decoder = [
+            *outputs.get("aux_outputs", []),
+            {"logits": outputs["logits"], "keypoints": outputs["keypoints"]},
+        ]
+        stages = [(f"_d{i}", s) for i, s in enumerate(decoder[:-1])] + [("", decoder[-1])]
+        matches = self.matcher(
+            torch.stack([s["logits"] for _, s in stages]).detach().float(),
+            torch.stack([s["keypoints"] for _, s in stages]).detach().float(),
+            norm,
+        )
+        if "enc_outputs" in outputs:
+            enc = outputs["enc_outputs"]
+            stages.append(("_enc", enc))
+            matches += self.matcher(
+                enc["logits"][None].detach().float(), enc["keypoints"][None].detach().float(), norm
+            )
+
+        losses: dict[str, Tensor] = {}
+        for (suffix, stage), stage_matches in zip(stages, matches, strict=True):
+            parts = self._pose_losses(stage, stage_matches, norm, num_people, num_coords)
+            losses.update({f"loss_{name}{suffix}": value for name, value in parts.items()})
+        if "heatmap" in outputs:
+            losses["loss_hm"] = self._heatmap_loss(outputs["heatmap"], targets)
+        losses["loss"] = sum(self.weights[key.split("_")[1]] * value for key, value in losses.items())
+        return losses
+
+    def _normalised(self, target: dict, device: torch.device) -> dict:
+        """Target with keypoints in [0, 1] of the unpadded image and area divided by w * h."""
+        kpts = target["keypoints"].to(device, torch.float32)
+        if kpts.dim() != 3 or kpts.shape[1:] != (self.num_keypoints, 3):
+            raise ValueError(
+                f"targets['keypoints'] must be [G, {self.num_keypoints}, 3], got {tuple(kpts.shape)}"
+            )
+        h, w = target["size"].to(device, torch.float32).unbind()
+        scale = torch.stack([w, h, torch.ones_like(w)])
+        out = {"keypoints": kpts / scale, "area": target["area"].to(device, torch.float32) / (w * h)}
+        if "iscrowd" in target:
+            out["iscrowd"] = target["iscrowd"]
+        return out
+
+    @staticmethod
+    def _counts(targets: list[dict], device: torch.device) -> tuple[Tensor, Tensor]:
+        """Non-crowd people and their labelled coordinates, averaged over processes, at least 1.
+
+        Summed on the targets' device without reading values back to the host.
+        """
+        counts = []
+        for t in targets:
+            labelled = (t["keypoints"][..., 2] > 0).float().sum(-1)  # [G] labelled keypoints per person
+            keep = torch.ones_like(labelled) if "iscrowd" not in t else (t["iscrowd"] == 0).to(labelled)
+            counts.append(torch.stack([keep.sum(), 2.0 * (labelled * keep).sum()]).to(device))
+        counts = torch.stack(counts).sum(0)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(counts)
+            counts = counts / dist.get_world_size()
+        counts = counts.clamp(min=1.0)
+        return counts[0], counts[1]
+
+    def _pose_losses(self, stage: dict, matches, norm, num_people: Tensor, num_coords: Tensor) -> dict:
+        logits, keypoints = stage["logits"], stage["keypoints"]
+        batch = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(matches)]).to(logits.device)
+        query = torch.cat([q for q, _ in matches]).to(logits.device)
+        labels = torch.zeros_like(logits, dtype=torch.float32)
+        labels[batch, query] = 1.0
+        loss_cls = sigmoid_focal_loss(logits, labels, self.focal_alpha, self.focal_gamma).sum() / num_people
+
+        gt = torch.cat(
+            [t["keypoints"][i.to(t["keypoints"].device)] for t, (_, i) in zip(norm, matches, strict=True)]
+        )
+        area = torch.cat([t["area"][i.to(t["area"].device)] for t, (_, i) in zip(norm, matches, strict=True)])
+        pred = keypoints[batch, query].float()  # [n, K, 2]
+        labelled = (gt[..., 2:] > 0).float()
+        loss_kpt = ((pred - gt[..., :2]).abs() * labelled).sum() / num_coords
+        usable = (labelled.sum((1, 2)) > 0) & (area > 0)  # OKS of people without keypoints is undefined
+        oks = oks_loss(pred, gt, area, self.sigmas.to(pred.device), mode=self.oks_mode)
+        loss_oks = torch.where(usable, oks, 0.0).sum() / num_people
+        return {"cls": loss_cls, "kpt": loss_kpt, "oks": loss_oks}
+
+    def _heatmap_loss(self, heatmap: Tensor, targets: list[dict]) -> Tensor:
+        _, _, height, width = heatmap.shape
+        stride, sigma = self.heatmap_stride, self.heatmap_sigma
+        goals = [
+            gaussian_heatmap(t["keypoints"].to(heatmap.device, torch.float32), height, width, stride, sigma)
+            for t in targets
+        ]
+        sizes = torch.stack([t["size"] for t in targets]).to(heatmap.device)
+        valid = valid_mask(sizes, stride, height, width) > 0
+        return heatmap_focal_loss(heatmap, torch.stack(goals), valid)

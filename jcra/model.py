@@ -1,0 +1,206 @@
+"""JCRA: backbone, multi-scale neck, keypoint encoder, top-k pose queries, one-stage pose decoder.
+
+``build_model(name, **overrides)`` builds a named configuration; :class:`JCRA` takes the submodules
+and plain numbers (Hydra builds it from YAML the same way).
+"""
+
+import torch
+from torch import nn
+
+from jcra.backbone import SwinBackbone, resnet
+from jcra.decoder import PoseDecoder
+from jcra.deformable_attention import MSDeformAttn
+from jcra.encoder import DeformableEncoder, grid_centres
+from jcra.heads import ClassHead, HeatmapHead, KeypointHead
+from jcra.neck import MultiScaleNeck
+
+MASKED_LOGIT = -1e4
+"""Encoder logit of padded tokens: never selected, never matched, zero loss, finite in fp16."""
+
+
+class JCRA(nn.Module):
+    """One-stage multi-person pose estimator (arXiv 2307.01004).
+
+    Images go through the backbone and neck to multi-scale tokens, which the encoder refines; every
+    token proposes a person (a class logit and K keypoints around its grid centre), the top
+    ``num_queries`` proposals become the pose queries, and the decoder refines them layer by layer.
+    Keypoints are (x, y) in [0, 1] of each image's unpadded size throughout. There is no
+    joint-refinement decoder (PETR's second stage): one decoder stage, which is JCRA's point against
+    PETR. Numbers JCRA does not give (proposal head, query initialisation, extent scale) follow PETR
+    and Deformable-DETR's two-stage variant; each module's docstring says which.
+
+    use_fused_kernels: run deformable attention through the fused op (``kernels.ms_deform_attn``);
+    False runs the plain-PyTorch reference (fast CPU tests, debugging).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        neck: MultiScaleNeck,
+        encoder: DeformableEncoder,
+        decoder: PoseDecoder,
+        num_keypoints: int = 17,
+        num_queries: int = 300,
+        use_fused_kernels: bool = True,
+    ):
+        super().__init__()
+        d_model = neck.d_model
+        self.backbone, self.neck, self.encoder, self.decoder = backbone, neck, encoder, decoder
+        self.num_keypoints, self.num_queries = num_keypoints, num_queries
+        # encoder proposals (Deformable-DETR's two-stage head): projected memory, class, keypoints
+        self.enc_proj = nn.Sequential(nn.Linear(d_model, d_model), nn.LayerNorm(d_model))
+        self.enc_class = ClassHead(d_model)
+        self.enc_keypoints = KeypointHead(d_model, num_keypoints)
+        self.heatmap_head = HeatmapHead(d_model, num_keypoints)
+        self.use_fused_kernels = use_fused_kernels
+
+    @property
+    def use_fused_kernels(self) -> bool:
+        return self._use_fused_kernels
+
+    @use_fused_kernels.setter
+    def use_fused_kernels(self, value: bool) -> None:
+        self._use_fused_kernels = bool(value)
+        for module in self.modules():
+            if isinstance(module, MSDeformAttn):
+                module.use_fused = self._use_fused_kernels
+
+    def forward(self, images: torch.Tensor, padding_mask: torch.Tensor | None = None) -> dict:
+        """images [B, 3, H, W] normalised; padding_mask [B, H, W] bool, True where padded (bottom/right).
+
+        Returns ``logits`` [B, Q] and ``keypoints`` [B, Q, K, 2] (x, y in [0, 1] of each unpadded image).
+        In training also ``aux_outputs`` (earlier decoder layers), ``enc_outputs`` (every token's
+        proposal, padded tokens at logit -1e4) and ``heatmap`` [B, K, H/8, W/8] logits.
+        """
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
+        B, _, H, W = images.shape
+        if padding_mask is not None and tuple(padding_mask.shape) != (B, H, W):
+            raise ValueError(f"padding_mask must be [B={B}, H={H}, W={W}], got {tuple(padding_mask.shape)}")
+        valid_hw = self._valid_sizes(images, padding_mask)
+        feats = self.backbone(images, None if padding_mask is None else valid_hw)
+        maps, masks, pos, valid = self.neck(feats, valid_hw)
+
+        spatial_shapes = tuple((m.shape[-2], m.shape[-1]) for m in maps)
+        src = torch.cat([m.flatten(2).transpose(1, 2) for m in maps], 1)  # [B, S, C]
+        pos_flat = torch.cat([p.flatten(2).transpose(1, 2) for p in pos], 1)
+        mask_flat = torch.cat([m.flatten(1) for m in masks], 1)  # [B, S]
+        valid_ratios = _valid_ratios(valid, spatial_shapes)
+        valid = torch.stack(valid, 1)  # [B, L, 2] (rows, cols)
+        centres = grid_centres(spatial_shapes, valid)
+
+        memory = self.encoder(src, pos_flat, spatial_shapes, mask_flat, valid_ratios, centres)
+
+        enc_logits, enc_keypoints, tgt, init = self._proposals(memory, mask_flat, centres)
+        logits, keypoints = self.decoder(tgt, init.detach(), memory, spatial_shapes, mask_flat, valid_ratios)
+        out = {"logits": logits[-1], "keypoints": keypoints[-1]}
+        if self.training:
+            out["aux_outputs"] = [
+                {"logits": lg, "keypoints": kp} for lg, kp in zip(logits[:-1], keypoints[:-1], strict=True)
+            ]
+            out["enc_outputs"] = {"logits": enc_logits, "keypoints": enc_keypoints}
+            h0, w0 = spatial_shapes[0]
+            out["heatmap"] = self.heatmap_head(memory[:, : h0 * w0].transpose(1, 2).reshape(B, -1, h0, w0))
+        return out
+
+    def _proposals(self, memory: torch.Tensor, padding_mask: torch.Tensor, centres: torch.Tensor):
+        """Every token proposes a pose around its centre; the best ``num_queries`` become the queries.
+
+        Returns all tokens' logits [B, S] (padded ones at :data:`MASKED_LOGIT`) and keypoints
+        [B, S, K, 2], and the selected queries' content [B, Q, C] and keypoints [B, Q, K, 2].
+        """
+        enc_memory = self.enc_proj(memory)
+        logits = self.enc_class(enc_memory).masked_fill(padding_mask, MASKED_LOGIT)
+        centre = centres.clamp(max=1.0)[:, :, None].expand(-1, -1, self.num_keypoints, -1)
+        keypoints = self.enc_keypoints(enc_memory, centre)
+        top = logits.topk(self.num_queries, dim=1).indices  # [B, Q]
+        tgt = enc_memory.gather(1, top[..., None].expand(-1, -1, enc_memory.shape[-1]))
+        init = keypoints.gather(1, top[..., None, None].expand(-1, -1, *keypoints.shape[2:]))
+        return logits, keypoints, tgt, init
+
+    def compile_transformer(
+        self, backend: str = "inductor", mode: str | None = None, dynamic: bool = True
+    ) -> None:
+        """Compile the encoder and decoder in place with ``torch.compile(fullgraph=True)``.
+
+        Spatial shapes are Python ints, so neither graph breaks. ``dynamic=True`` marks sizes
+        symbolic: one graph serves every image size (no recompile per batch shape), which suits
+        training on randomly resized images; the fused attention kernel reads its level table from a
+        device tensor, so it needs no recompile either. With ``dynamic=False``, pad images to a few
+        bucket sizes instead (one graph each, within Dynamo's recompile limit). The backbone and neck
+        are plain convolutions that compile as they are (``torch.compile(model, fullgraph=True)``
+        compiles the whole model too); the matcher stays outside any graph.
+        """
+        for module in (self.encoder, self.decoder):
+            module.compile(fullgraph=True, dynamic=dynamic, backend=backend, mode=mode)
+
+    @staticmethod
+    def _valid_sizes(images: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """[B, 2] int64 (h, w) of each unpadded image, from the mask's valid rows and columns."""
+        if padding_mask is None:
+            padding_mask = torch.zeros_like(images[:, 0], dtype=torch.bool)
+        valid = ~padding_mask
+        return torch.stack([valid.any(2).sum(1), valid.any(1).sum(1)], 1)
+
+
+def _valid_ratios(valid: list[torch.Tensor], spatial_shapes) -> torch.Tensor:
+    """Valid fraction of each level's map: [B, L, 2] (x, y), from valid (rows, cols) [B, 2] per level.
+
+    Divides by the Python sizes, so no size tensor crosses from the host.
+    """
+    ratios = [
+        torch.stack([v[:, 1] / w, v[:, 0] / h], -1) for v, (h, w) in zip(valid, spatial_shapes, strict=True)
+    ]
+    return torch.stack(ratios, 1).float()
+
+
+_RESNET_CONFIG = dict(d_model=256, enc_layers=6, dec_layers=6, num_heads=8, num_points=4, ffn_dim=1024)
+CONFIGS: dict[str, dict] = {
+    "jcra_r50": dict(backbone="resnet", depth=50, base_width=64, num_queries=300, **_RESNET_CONFIG),
+    "jcra_r18": dict(backbone="resnet", depth=18, base_width=64, num_queries=300, **_RESNET_CONFIG),
+    "jcra_swinl": dict(
+        backbone="swin", swin_name="swin_large_patch4_window12_384", num_queries=300, **_RESNET_CONFIG
+    ),
+    "jcra_tiny": dict(
+        backbone="resnet",
+        depth=18,
+        base_width=16,
+        num_queries=30,
+        d_model=64,
+        enc_layers=1,
+        dec_layers=2,
+        num_heads=4,
+        num_points=2,
+        ffn_dim=128,
+    ),  # fmt: skip
+}
+"""Named configurations; every key (and ``num_keypoints``, ``pretrained``, ``dropout``,
+``use_fused_kernels``) can be overridden in :func:`build_model`."""
+
+_DEFAULTS = dict(num_keypoints=17, pretrained=False, dropout=0.1, use_fused_kernels=True, num_levels=4)
+
+
+def build_model(name: str = "jcra_r50", **overrides) -> JCRA:
+    """Build a named configuration (``jcra_r50``, ``jcra_r18``, ``jcra_swinl``, ``jcra_tiny``).
+
+    overrides: any configuration key, e.g. ``num_keypoints=14`` (CrowdPose), ``pretrained=True``
+    (ImageNet backbone weights through torchvision or timm), ``use_fused_kernels=False``.
+    """
+    if name not in CONFIGS:
+        raise ValueError(f"name must be one of {sorted(CONFIGS)}, got {name!r}")
+    cfg = {**_DEFAULTS, **CONFIGS[name]}
+    unknown = sorted(set(overrides) - set(cfg) - {"swin_name", "depth", "base_width"})
+    if unknown:
+        raise ValueError(f"unknown overrides {unknown}; valid keys: {sorted(cfg)}")
+    cfg.update(overrides)
+    if cfg["backbone"] == "swin":
+        backbone: nn.Module = SwinBackbone(cfg["swin_name"], pretrained=cfg["pretrained"])
+    else:
+        backbone = resnet(cfg["depth"], cfg["base_width"], pretrained=cfg["pretrained"])
+    d, k, levels, dropout = cfg["d_model"], cfg["num_keypoints"], cfg["num_levels"], cfg["dropout"]
+    neck = MultiScaleNeck(backbone.out_channels, backbone.strides, d, levels)
+    encoder = DeformableEncoder(
+        d, cfg["enc_layers"], cfg["num_heads"], levels, cfg["num_points"], cfg["ffn_dim"], dropout
+    )
+    decoder = PoseDecoder(d, k, cfg["dec_layers"], cfg["num_heads"], levels, cfg["ffn_dim"], dropout)
+    return JCRA(backbone, neck, encoder, decoder, k, cfg["num_queries"], cfg["use_fused_kernels"])

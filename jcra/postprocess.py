@@ -1,0 +1,45 @@
+"""From model outputs to COCO keypoint result records: top-k by score, no NMS, no grouping."""
+
+import torch
+from torch import Tensor
+
+
+class PostProcess:
+    """Keep each image's ``top_k`` highest-scoring queries as COCO results.
+
+    Records: ``image_id``, ``category_id`` 1 (person), ``keypoints`` [x, y, v] * K in original image
+    pixels, ``score`` = sigmoid(logit). v is 1 for every keypoint: the model predicts every keypoint
+    and no per-keypoint confidence; COCOeval reads only x and y of results.
+    """
+
+    def __init__(self, top_k: int = 100):
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        self.top_k = top_k
+
+    @torch.no_grad()
+    def __call__(self, outputs: dict, orig_sizes: Tensor, image_ids) -> list[dict]:
+        """outputs: ``logits`` [B, Q], ``keypoints`` [B, Q, K, 2] in [0, 1] of each image;
+        orig_sizes [B, 2] (h, w) pixels; image_ids: B ids. Returns the records of all images."""
+        logits, keypoints = outputs["logits"], outputs["keypoints"]
+        B, Q = logits.shape
+        if orig_sizes.shape != (B, 2):
+            raise ValueError(f"orig_sizes must be [B={B}, 2], got {tuple(orig_sizes.shape)}")
+        if len(image_ids) != B:
+            raise ValueError(f"image_ids must hold B={B} ids, got {len(image_ids)}")
+        scores, top = logits.float().sigmoid().topk(min(self.top_k, Q), dim=1)  # [B, k]
+        kpts = keypoints.float().gather(1, top[..., None, None].expand(-1, -1, *keypoints.shape[2:]))
+        scale = orig_sizes.to(kpts.device, torch.float32).flip(-1)[:, None, None]  # (w, h)
+        kpts = kpts * scale
+        triples = torch.cat([kpts, torch.ones_like(kpts[..., :1])], -1).flatten(2)  # [B, k, 3K]
+        triples, scores = triples.cpu().tolist(), scores.cpu().tolist()  # one copy each to the host
+        return [
+            {"image_id": _plain(image_id), "category_id": 1, "keypoints": kp, "score": s}
+            for image_id, kps, ss in zip(image_ids, triples, scores, strict=True)
+            for kp, s in zip(kps, ss, strict=True)
+        ]
+
+
+def _plain(image_id):
+    """A Python int (COCO ids) from an int, a 0-d tensor or a numpy integer."""
+    return int(image_id.item()) if hasattr(image_id, "item") else int(image_id)

@@ -1,0 +1,70 @@
+"""jcra.backbone: frozen BatchNorm, torchvision-compatible keys, frozen stages, padding invariance."""
+
+import pytest
+import torch
+from torch import nn
+
+from jcra.backbone import FrozenBatchNorm2d, ResNet, resnet
+
+
+def test_frozen_batchnorm_equals_batchnorm_in_eval():
+    gen = torch.Generator().manual_seed(0)
+    bn = nn.BatchNorm2d(6).double().eval()
+    with torch.no_grad():
+        for t in (bn.weight, bn.bias, bn.running_mean):
+            t.copy_(torch.randn(6, generator=gen))
+        bn.running_var.copy_(torch.rand(6, generator=gen) + 0.1)
+    frozen = FrozenBatchNorm2d(6).double()
+    frozen.load_state_dict(bn.state_dict())  # carries num_batches_tracked, which is dropped
+    x = torch.randn(2, 6, 5, 7, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(frozen(x), bn(x))
+    assert not list(frozen.parameters())
+
+
+def test_resnet50_has_torchvision_state_dict_layout():
+    state = ResNet(50).state_dict()
+    # torchvision's resnet50 holds 320 entries: 53 convs, 53 BatchNorms x 5, fc weight and bias;
+    # ours drops fc and num_batches_tracked
+    assert len(state) == 53 + 53 * 4
+    for key in ("conv1.weight", "bn1.running_var", "layer1.0.downsample.0.weight", "layer4.2.bn3.bias"):
+        assert key in state
+    assert tuple(state["layer3.5.conv2.weight"].shape) == (256, 256, 3, 3)
+    assert ResNet(50).out_channels == (512, 1024, 2048)
+    assert ResNet(18).out_channels == (128, 256, 512)
+
+
+def test_stem_and_stage_one_are_frozen():
+    model = ResNet(18, base_width=8)
+    for name, p in model.named_parameters():
+        assert p.requires_grad == (not name.startswith(("conv1.", "layer1."))), name
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_padding_does_not_change_features(depth):
+    """An odd-sized image alone and zero-padded in a batch gives the same valid features."""
+    torch.manual_seed(0)
+    model = ResNet(depth, base_width=8).eval()
+    for block in model.modules():
+        if isinstance(block, FrozenBatchNorm2d):  # non-trivial statistics, so padding would leak
+            block.bias.normal_()
+    h, w = 75, 101
+    image = torch.randn(1, 3, h, w)
+    padded = torch.zeros(2, 3, 128, 160)
+    padded[0, :, :h, :w] = image[0]
+    padded[1] = torch.randn(3, 128, 160)
+    valid_hw = torch.tensor([[h, w], [128, 160]])
+    with torch.no_grad():
+        alone = model(image)
+        batched = model(padded, valid_hw)
+    for stride, a, b in zip(model.strides, alone, batched, strict=True):
+        vh, vw = -(-h // stride), -(-w // stride)
+        assert a.shape[-2:] == (vh, vw)
+        torch.testing.assert_close(b[:1, :, :vh, :vw], a, rtol=1e-4, atol=1e-5)
+        assert not b[0, :, vh:].any() and not b[0, :, :, vw:].any()
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="depth"):
+        ResNet(42)
+    with pytest.raises(ValueError, match="base_width"):
+        resnet(18, base_width=16, pretrained=True)

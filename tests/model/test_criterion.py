@@ -1,0 +1,165 @@
+"""jcra.criterion: focal losses against their formulas, heatmap targets, loss parts, overfitting."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from jcra.criterion import SetCriterion, gaussian_heatmap, heatmap_focal_loss, sigmoid_focal_loss
+from jcra.matcher import HungarianMatcher
+from jcra.oks_loss import oks_loss
+from kernels.oks import COCO_SIGMAS
+from tests.shared_data import SHARED_DATA
+
+K = 17
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+
+
+def test_sigmoid_focal_loss_matches_its_formula():
+    gen = torch.Generator().manual_seed(0)
+    x = 4 * torch.randn(50, generator=gen, dtype=torch.float64)
+    t = (torch.rand(50, generator=gen) > 0.5).double()
+    p = x.sigmoid()
+    expected = torch.where(t == 1, -0.25 * (1 - p) ** 2 * p.log(), -0.75 * p**2 * (1 - p).log())
+    torch.testing.assert_close(sigmoid_focal_loss(x, t).double(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_gaussian_heatmap_peaks_on_labelled_cells():
+    kpts = torch.zeros(2, 3, 3)
+    kpts[0] = torch.tensor([[20.0, 9.0, 2], [5.0, 5.0, 0], [60.0, 30.0, 1]])
+    kpts[1] = torch.tensor([[23.0, 14.0, 2], [40.0, 8.0, 2], [63.9, 31.9, 1]])
+    hm = gaussian_heatmap(kpts, 5, 9, stride=8, sigma=1.0)
+    assert hm.shape == (3, 5, 9)
+    assert hm[0, 1, 2] == 1 and hm.max() <= 1  # both people's keypoint 0 in cell (row 1, col 2)
+    assert hm[1].max() == 1 and hm[1, 1, 5] == 1 and hm[1, 0, 0] < 1  # the unlabelled one adds nothing
+    assert hm[2, 3, 7] == 1 and math.isclose(float(hm[2, 3, 6]), math.exp(-0.5), rel_tol=1e-6)
+    assert (hm == 1).sum() == 3
+
+
+def test_heatmap_focal_loss_matches_its_formula():
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 4, 5, generator=gen, dtype=torch.float64)
+    target = torch.rand(2, 3, 4, 5, generator=gen, dtype=torch.float64) * 0.9
+    target[0, 1, 2, 3] = target[1, 0, 0, 0] = target[1, 2, 3, 4] = 1
+    valid = torch.ones(2, 1, 4, 5, dtype=torch.bool)
+    valid[1, :, 3:] = False  # drops the third peak and a row of negatives
+    p = logits.sigmoid()
+    pos = -(p.log() * (1 - p) ** 2)
+    neg = -((1 - p).log() * p**2 * (1 - target) ** 4)
+    v = valid.expand_as(logits)
+    expected = (pos[(target == 1) & v].sum() + neg[(target < 1) & v].sum()) / 2
+    torch.testing.assert_close(
+        heatmap_focal_loss(logits, target, valid).double(), expected, rtol=1e-5, atol=0
+    )
+
+
+def _criterion(**kwargs):
+    return SetCriterion(K, COCO_SIGMAS, HungarianMatcher(COCO_SIGMAS), **kwargs)
+
+
+def test_loss_parts_with_known_matching():
+    """One query sits near the only person, the rest far away: each part against a direct computation."""
+    gen = torch.Generator().manual_seed(2)
+    h, w = 80, 120
+    gt = torch.rand(1, K, 3, generator=gen) * torch.tensor([w, h, 1.0])
+    gt[..., 2] = 2.0 * (torch.arange(K) % 3 > 0)
+    target = {"keypoints": gt, "area": torch.tensor([900.0]), "size": torch.tensor([h, w])}
+    keypoints = torch.rand(1, 5, K, 2, generator=gen) * 0.1 + 0.9
+    near = gt[0, :, :2] / torch.tensor([w, h]) + 0.01 * torch.randn(K, 2, generator=gen)
+    keypoints[0, 3] = near
+    logits = torch.randn(1, 5, generator=gen)
+    losses = _criterion(weights={"oks": 3.0})({"logits": logits, "keypoints": keypoints}, [target])
+    labels = torch.zeros(1, 5)
+    labels[0, 3] = 1
+    gt_norm = gt[0] / torch.tensor([w, h, 1.0])
+    labelled = gt_norm[:, 2] > 0
+    expected = {
+        "loss_cls": sigmoid_focal_loss(logits, labels).sum(),
+        "loss_kpt": (near - gt_norm[:, :2]).abs()[labelled].mean(),
+        "loss_oks": oks_loss(near[None], gt_norm[None], torch.tensor([900.0 / (h * w)]), COCO_SIGMAS)[
+            0
+        ].float(),
+    }
+    for key, value in expected.items():
+        torch.testing.assert_close(losses[key], value, rtol=1e-5, atol=1e-6)
+    total = 2 * expected["loss_cls"] + 70 * expected["loss_kpt"] + 3 * expected["loss_oks"]
+    torch.testing.assert_close(losses["loss"], total, rtol=1e-5, atol=1e-5)
+
+
+def test_crowd_and_empty_images():
+    gen = torch.Generator().manual_seed(3)
+    kpts = torch.rand(2, K, 3, generator=gen) * torch.tensor([50.0, 40.0, 1.0])
+    kpts[..., 2] = 2
+    targets = [
+        {"keypoints": kpts, "area": torch.tensor([300.0, 200.0]), "size": torch.tensor([40, 50]),
+         "iscrowd": torch.tensor([0, 1])},
+        {"keypoints": torch.zeros(0, K, 3), "area": torch.zeros(0), "size": torch.tensor([40, 50])},
+    ]  # fmt: skip
+    outputs = {"logits": torch.randn(2, 4, generator=gen), "keypoints": torch.rand(2, 4, K, 2, generator=gen)}
+    losses = _criterion()(outputs, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    # exactly one positive (the crowd region is never matched), normalised by one person
+    candidates = []
+    for q in range(4):
+        labels = torch.zeros(2, 4)
+        labels[0, q] = 1
+        candidates.append(sigmoid_focal_loss(outputs["logits"], labels).sum())
+    assert min(abs(float(c - losses["loss_cls"])) for c in candidates) < 1e-5
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="sigmas"):
+        SetCriterion(14, COCO_SIGMAS, HungarianMatcher(COCO_SIGMAS))
+    with pytest.raises(ValueError, match="weights"):
+        _criterion(weights={"bbox": 1.0})
+
+
+def _real_sample(size=(128, 192)):
+    """COCO val image 785 (one person, 17 keypoints) resized to ``size``, or None without the data."""
+    root = SHARED_DATA / "mmpose-testdata" / "coco"
+    if not (root / "test_coco.json").exists():
+        return None
+    from PIL import Image
+
+    coco = json.loads((root / "test_coco.json").read_text())
+    ann = next(a for a in coco["annotations"] if a["image_id"] == 785)
+    image = Image.open(root / "000000000785.jpg").convert("RGB")
+    sx, sy = size[1] / image.width, size[0] / image.height
+    image = torch.from_numpy(np.array(image.resize(size[::-1]))).permute(2, 0, 1).float() / 255
+    kpts = torch.tensor(ann["keypoints"], dtype=torch.float32).view(K, 3) * torch.tensor([sx, sy, 1.0])
+    return image, kpts, ann["area"] * sx * sy
+
+
+def _generated_sample(size=(128, 192)):
+    """A bright stick figure on noise, with its 17 keypoints."""
+    gen = torch.Generator().manual_seed(5)
+    image = 0.2 * torch.rand(3, *size, generator=gen)
+    kpts = torch.zeros(K, 3)
+    kpts[:, 0] = 70 + 50 * torch.rand(K, generator=gen)
+    kpts[:, 1] = 20 + 90 * torch.rand(K, generator=gen)
+    kpts[:, 2] = 2
+    for x, y, _ in kpts.round().long().tolist():
+        image[:, y - 2 : y + 3, x - 2 : x + 3] = 1.0
+    return image, kpts, 50.0 * 90.0
+
+
+def test_overfits_one_image(tiny_model):
+    """Loss falls by half within 25 Adam steps on one image (real COCO when present, else generated)."""
+    image, kpts, area = _real_sample() or _generated_sample()
+    images = ((image - IMAGENET_MEAN) / IMAGENET_STD)[None]
+    target = {"keypoints": kpts[None], "area": torch.tensor([area]), "size": torch.tensor(image.shape[1:])}
+    criterion = _criterion()
+    optimiser = torch.optim.AdamW([p for p in tiny_model.parameters() if p.requires_grad], lr=1e-3)
+    tiny_model.train()
+    history = []
+    for _ in range(25):
+        loss = criterion(tiny_model(images), [target])["loss"]
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        history.append(loss.item())
+    assert all(math.isfinite(v) for v in history), history
+    assert np.mean(history[-5:]) < 0.5 * np.mean(history[:3]), history

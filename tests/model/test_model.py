@@ -1,0 +1,139 @@
+"""jcra.model: output contract, gradients, padding invariance, configs, torch.compile."""
+
+import pytest
+import torch
+
+from jcra import JCRA, MSDeformAttn, build_model
+from jcra.criterion import SetCriterion
+from jcra.matcher import HungarianMatcher
+from kernels.oks import COCO_SIGMAS
+from tests.model.conftest import pad_batch, randomise_zero_init
+
+Q, K = 30, 17
+
+
+def _targets(sizes, gen):
+    """Random people in pixels of each (h, w) image, some keypoints unlabelled."""
+    targets = []
+    for (h, w), g in zip(sizes, (3, 1), strict=True):
+        kpts = torch.rand(g, K, 3, generator=gen) * torch.tensor([w, h, 1.0])
+        kpts[..., 2] = 2.0 * (torch.rand(g, K, generator=gen) > 0.3)
+        targets.append(
+            {"keypoints": kpts, "area": torch.full((g,), h * w / 6.0), "size": torch.tensor([h, w])}
+        )
+    return targets
+
+
+def test_eval_output_contract(tiny_model):
+    gen = torch.Generator().manual_seed(1)
+    images, mask = pad_batch(
+        [torch.randn(3, 128, 160, generator=gen), torch.randn(3, 97, 131, generator=gen)]
+    )
+    out = tiny_model.eval()(images, mask)
+    assert set(out) == {"logits", "keypoints"}
+    assert out["logits"].shape == (2, Q)
+    assert out["keypoints"].shape == (2, Q, K, 2)
+    assert out["keypoints"].min() >= 0 and out["keypoints"].max() <= 1
+    assert tiny_model(images)["keypoints"].shape == (2, Q, K, 2)  # no mask: nothing padded
+
+
+def test_forward_backward_reaches_every_trainable_parameter(tiny_model):
+    """Two images of different sizes through model and criterion; every trainable tensor gets a
+    non-zero finite gradient (zero-initialised layers randomised first, or the layers before them
+    would get exact zeros on the first step)."""
+    gen = torch.Generator().manual_seed(2)
+    randomise_zero_init(tiny_model, gen)
+    sizes = [(128, 160), (100, 140)]
+    images, mask = pad_batch([torch.randn(3, h, w, generator=gen) for h, w in sizes])
+    out = tiny_model.train()(images, mask)
+    assert len(out["aux_outputs"]) == 1
+    assert out["enc_outputs"]["logits"].shape[1] == out["enc_outputs"]["keypoints"].shape[1]
+    assert out["heatmap"].shape == (2, K, 16, 20)
+    criterion = SetCriterion(K, COCO_SIGMAS, HungarianMatcher(COCO_SIGMAS))
+    losses = criterion(out, _targets(sizes, gen))
+    assert torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    for name, p in tiny_model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, name
+            assert torch.isfinite(p.grad).all() and p.grad.any(), name
+        else:
+            assert name.startswith(("backbone.conv1.", "backbone.layer1.")), name
+
+
+def test_padding_invariance(tiny_model):
+    """Each image alone equals the same image zero-padded in a batch (its predictions, in order)."""
+    gen = torch.Generator().manual_seed(3)
+    randomise_zero_init(tiny_model, gen)
+    tiny_model.eval()
+    images = [torch.randn(3, 99, 133, generator=gen), torch.randn(3, 128, 160, generator=gen)]
+    batch, mask = pad_batch(images)
+    with torch.no_grad():
+        together = tiny_model(batch, mask)
+        for b, image in enumerate(images):
+            alone = tiny_model(image[None])
+            torch.testing.assert_close(together["logits"][b], alone["logits"][0], rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(together["keypoints"][b], alone["keypoints"][0], rtol=1e-4, atol=1e-5)
+
+
+def test_build_model_configs_and_overrides():
+    model = build_model("jcra_tiny", num_keypoints=14, num_queries=7, use_fused_kernels=False)
+    assert isinstance(model, JCRA)
+    out = model.eval()(torch.randn(1, 3, 64, 96))
+    assert out["keypoints"].shape == (1, 7, 14, 2)
+    attention = [m for m in model.modules() if isinstance(m, MSDeformAttn)]
+    assert attention and not any(m.use_fused for m in attention)
+    model.use_fused_kernels = True
+    assert all(m.use_fused for m in attention)
+    r50 = build_model("jcra_r50")
+    assert r50.num_queries == 300 and len(r50.encoder.layers) == 6 and len(r50.decoder.layers) == 6
+    assert r50.backbone.out_channels == (512, 1024, 2048)
+    with pytest.raises(ValueError, match="name"):
+        build_model("jcra_r51")
+    with pytest.raises(ValueError, match="num_keypoint"):
+        build_model("jcra_tiny", num_keypoint=17)
+
+
+def test_bad_inputs_raise(tiny_model):
+    with pytest.raises(ValueError, match="images"):
+        tiny_model(torch.randn(3, 64, 64))
+    with pytest.raises(ValueError, match="padding_mask"):
+        tiny_model(torch.randn(1, 3, 64, 64), torch.zeros(1, 64, 63, dtype=torch.bool))
+
+
+def test_compiled_encoder_and_decoder_match_eager_without_recompiling(tiny_model):
+    """fullgraph (no graph break) with dynamic shapes: two image sizes, one graph per module; Dynamo and
+    AOTAutograd as in production, Inductor left out for CI time."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    gen = torch.Generator().manual_seed(4)
+    randomise_zero_init(tiny_model, gen)
+    tiny_model.eval()
+    inputs = [pad_batch([torch.randn(3, h, w, generator=gen), torch.randn(3, h - 9, w - 13, generator=gen)])
+              for h, w in ((128, 160), (96, 200))]  # fmt: skip
+    with torch.no_grad():
+        eager = [tiny_model(*x) for x in inputs]
+        tiny_model.compile_transformer(backend="aot_eager")  # inductor codegen costs a minute of CI CPU
+        compiled = [tiny_model(*x) for x in inputs]
+    for e, c in zip(eager, compiled, strict=True):
+        torch.testing.assert_close(c["logits"], e["logits"], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(c["keypoints"], e["keypoints"], rtol=1e-4, atol=1e-5)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+    torch._dynamo.reset()
+
+
+def test_whole_training_forward_is_one_graph(tiny_model):
+    """The full model in training mode (aux, proposals and heatmap outputs) traces without a graph
+    break, and a second image size reuses the graph; Dynamo's eager backend keeps this cheap."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    gen = torch.Generator().manual_seed(5)
+    compiled = torch.compile(tiny_model.train(), fullgraph=True, dynamic=True, backend="eager")
+    for h, w in ((128, 160), (96, 200)):
+        images, mask = pad_batch(
+            [torch.randn(3, h, w, generator=gen), torch.randn(3, h - 5, w - 7, generator=gen)]
+        )
+        out = compiled(images, mask)
+        (out["logits"].sum() + out["heatmap"].sum() + out["enc_outputs"]["keypoints"].sum()).backward()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()

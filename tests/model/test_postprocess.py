@@ -1,0 +1,41 @@
+"""jcra.postprocess: top-k by score, keypoints in original pixels, COCO record layout."""
+
+import pytest
+import torch
+
+from jcra.postprocess import PostProcess
+
+
+def test_records_are_top_k_in_original_pixels():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, generator=gen)
+    keypoints = torch.rand(2, 6, 3, 2, generator=gen)
+    sizes = torch.tensor([[480, 640], [300, 200]])
+    records = PostProcess(top_k=4)({"logits": logits, "keypoints": keypoints}, sizes, [7, torch.tensor(9)])
+    assert len(records) == 8
+    for b, image_id in enumerate((7, 9)):
+        mine = [r for r in records if r["image_id"] == image_id]
+        order = logits[b].argsort(descending=True)[:4]
+        scores = [r["score"] for r in mine]
+        torch.testing.assert_close(torch.tensor(scores), logits[b, order].sigmoid())
+        for r, q in zip(mine, order.tolist(), strict=True):
+            assert r["category_id"] == 1 and isinstance(r["image_id"], int)
+            triples = torch.tensor(r["keypoints"]).view(3, 3)
+            expected = keypoints[b, q] * torch.tensor([sizes[b, 1], sizes[b, 0]]).float()
+            torch.testing.assert_close(triples[:, :2], expected)
+            assert (triples[:, 2] == 1).all()
+
+
+def test_top_k_larger_than_queries_keeps_all():
+    out = {"logits": torch.zeros(1, 3), "keypoints": torch.rand(1, 3, 17, 2)}
+    assert len(PostProcess(100)(out, torch.tensor([[10, 10]]), [1])) == 3
+
+
+def test_bad_arguments_raise():
+    out = {"logits": torch.zeros(2, 3), "keypoints": torch.rand(2, 3, 17, 2)}
+    with pytest.raises(ValueError, match="top_k"):
+        PostProcess(0)
+    with pytest.raises(ValueError, match="orig_sizes"):
+        PostProcess()(out, torch.tensor([[10, 10]]), [1, 2])
+    with pytest.raises(ValueError, match="image_ids"):
+        PostProcess()(out, torch.tensor([[10, 10], [5, 5]]), [1])
