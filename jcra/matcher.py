@@ -5,6 +5,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from kernels.linear_assignment import linear_assignment
 from kernels.oks import pose_matching_cost
 
 Match = tuple[Tensor, Tensor]
@@ -14,10 +15,11 @@ class HungarianMatcher:
     """One-to-one assignment minimising ``w_class * focal + w_kpt * L1 + w_oks * (1 - OKS)``.
 
     The cost of every stage and image comes from one :func:`kernels.pose_matching_cost` call, padded
-    to the batch's largest number of people; it crosses to the host in one copy, and scipy's
-    ``linear_sum_assignment`` solves each image. JCRA does not state its matching weights: the
-    defaults (class 2, keypoint L1 70, OKS 7) are reconstructed from PETR's assigner. Runs outside
-    the compiled graph, without gradients.
+    to the batch's largest number of people. solver "auto" solves it where it lies: CUDA costs by the
+    batched Triton solver (:func:`kernels.linear_assignment`, no host sync: the matches stay on the
+    GPU), CPU costs by scipy's ``linear_sum_assignment`` after one copy; "triton" or "scipy" forces
+    one. JCRA does not state its matching weights: the defaults (class 2, keypoint L1 70, OKS 7) are
+    reconstructed from PETR's assigner. Runs outside the compiled graph, without gradients.
     """
 
     def __init__(
@@ -28,12 +30,16 @@ class HungarianMatcher:
         w_oks: float = 7.0,
         alpha: float = 0.25,
         gamma: float = 2.0,
+        solver: str = "auto",
     ):
         if sigmas.dim() != 1:
             raise ValueError(f"sigmas must be [K], got {tuple(sigmas.shape)}")
         self.sigmas = sigmas.float()
         self.w_class, self.w_kpt, self.w_oks = float(w_class), float(w_kpt), float(w_oks)
         self.alpha, self.gamma = float(alpha), float(gamma)
+        if solver not in ("auto", "triton", "scipy"):
+            raise ValueError(f"solver must be 'auto', 'triton' or 'scipy', got {solver!r}")
+        self.solver = solver
 
     @torch.no_grad()
     def __call__(self, logits: Tensor, keypoints: Tensor, targets: list[dict]) -> list[list[Match]]:
@@ -44,8 +50,9 @@ class HungarianMatcher:
         targets: B dicts with "keypoints" ``[G_b, K, 3]`` (x, y normalised to ``[0, 1]``, v), "area"
         ``[G_b]`` normalised by ``w * h``, optionally "iscrowd" ``[G_b]`` (crowd entries are never
         matched; the flags are read on the host, free when they are CPU tensors as the data pipeline
-        gives them). Returns ``matches[s][b] = (query_index, target_index)``: int64 CPU tensors of equal
-        length ``min(Q, people)``, target_index indexing the image's targets as given.
+        gives them). Returns ``matches[s][b] = (query_index, target_index)``: int64 tensors of equal
+        length ``min(Q, people)`` on the solver's device (CPU for scipy), target_index indexing the
+        image's targets as given.
         """
         if logits.dim() != 3:
             raise ValueError(f"logits must be [S, B, Q], got {tuple(logits.shape)}")
@@ -75,8 +82,12 @@ class HungarianMatcher:
         )
         num_gt = [len(idx) for idx in kept] * s
         matches = self._assign(cost, num_gt)
+        everyone = [len(idx) == t["keypoints"].shape[0] for idx, t in zip(kept, targets, strict=True)]
         return [
-            [(qi, kept[i][ti]) for i, (qi, ti) in enumerate(matches[stage * b : (stage + 1) * b])]
+            [
+                (qi, ti if everyone[i] else kept[i].to(ti.device)[ti])
+                for i, (qi, ti) in enumerate(matches[stage * b : (stage + 1) * b])
+            ]
             for stage in range(s)
         ]
 
@@ -118,9 +129,15 @@ class HungarianMatcher:
     def _assign(self, cost: Tensor, num_gt: list[int]) -> list[Match]:
         """Optimal assignment per image from a padded cost ``[N, Q, G]`` (any device).
 
-        Image n uses the first ``num_gt[n]`` columns. This is the one host copy per call; a batched
-        GPU solver (``kernels.linear_assignment``) can replace this method on CUDA.
+        Image n uses the first ``num_gt[n]`` columns. The Triton solver's pairs are sliced on the
+        device by the host-known counts ``min(Q, num_gt[n])``, so nothing is read back. It skips the
+        finiteness check (a sync): a non-finite cost comes from non-finite predictions, whose loss is
+        non-finite too and stops training.
         """
+        if self.solver == "triton" or (self.solver == "auto" and cost.is_cuda):
+            query, gt, _ = linear_assignment(cost, num_gt, check_finite=False)
+            pairs = [min(cost.shape[1], g) for g in num_gt]
+            return [(query[n, :p], gt[n, :p]) for n, p in enumerate(pairs)]
         cost_cpu = cost.cpu().numpy()
         return [_solve(cost_cpu[n, :, :g]) for n, g in enumerate(num_gt)]
 

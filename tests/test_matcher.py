@@ -104,6 +104,29 @@ def test_crowd_regions_are_never_matched_and_indices_refer_to_targets_as_given()
         assert len(stage[2][0]) == 0
 
 
+def test_triton_solver_matches_scipy_optimum_with_crowd_and_empty_images():
+    """solver="triton" (the CUDA path; the interpreter here) gives scipy's optimal totals, and its
+    target indices refer to the targets as given (crowd entries skipped)."""
+    gen = torch.Generator().manual_seed(5)
+    counts = [5, 0, 3, 12]
+    logits, keypoints = _predictions(2, len(counts), 9, gen)
+    targets = _targets(counts, gen, crowd_every=4)
+    scipy_matches = HungarianMatcher(COCO_SIGMAS, **WEIGHTS, solver="scipy")(logits, keypoints, targets)
+    triton_matches = HungarianMatcher(COCO_SIGMAS, **WEIGHTS, solver="triton")(logits, keypoints, targets)
+    for stage, b in itertools.product(range(2), range(len(counts))):
+        (qs, ts), (qt, tt) = scipy_matches[stage][b], triton_matches[stage][b]
+        assert len(qt) == len(tt) == len(qs)
+        assert len(set(qt.tolist())) == len(qt)
+        assert not targets[b].get("iscrowd", torch.zeros(counts[b]))[tt].bool().any()
+        cost = _image_cost(logits[stage, b], keypoints[stage, b], targets[b])
+        assert cost[qt, tt].sum().item() == pytest.approx(cost[qs, ts].sum().item(), abs=1e-4)
+
+
+def test_unknown_solver_is_rejected():
+    with pytest.raises(ValueError, match="solver"):
+        HungarianMatcher(COCO_SIGMAS, solver="auction")
+
+
 def test_one_cost_padded_to_the_largest_image():
     """All stages and images go to the assignment as one [S * B, Q, max G] cost."""
     seen = []
