@@ -1,6 +1,7 @@
 """JCRA: joint coordinate regression and association for multi-person pose estimation."""
 
 from jcra.deformable_attention import MSDeformAttn
+from jcra.evaluation import evaluate_keypoints
 from jcra.model import JCRA, build_model
 
-__all__ = ["JCRA", "MSDeformAttn", "build_model"]
+__all__ = ["JCRA", "MSDeformAttn", "build_model", "evaluate_keypoints"]

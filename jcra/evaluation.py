@@ -1,0 +1,186 @@
+"""COCO keypoint metrics of result records, through pycocotools' ``COCOeval(iouType="keypoints")``.
+
+Results are COCO result records: ``image_id``, ``category_id``, ``keypoints`` [x, y, v] * K flat in
+image pixels, ``score`` (what :class:`jcra.postprocess.PostProcess` returns). The OKS sigmas follow
+the ground truth's K: COCO's for 17 keypoints, CrowdPose's for 14, the caller's otherwise.
+
+CrowdPose ground truth differs from COCO's in two ways handled here. Its annotations carry no
+``area``, so a missing one is taken as ``0.53 * w * h`` of the box, the area crowdposetools (and
+xtcocotools with ``use_area=False``) use in OKS; ``APM``/``APL`` then bin by that area too. Its images
+carry a crowd index in [0, 1], by which CrowdPose reports AP on easy (< 0.1), medium (0.1 to 0.8) and
+hard (> 0.8) images; those three are added when the images have ``crowdIndex``.
+"""
+
+import contextlib
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from kernels.oks import COCO_SIGMAS, CROWDPOSE_SIGMAS
+
+METRIC_NAMES = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
+"""Names of ``COCOeval.stats[0:10]`` for keypoints, in that order."""
+
+CROWD_LEVELS = ("AP_easy", "AP_medium", "AP_hard")
+"""AP over CrowdPose's crowd-index subsets: < 0.1, 0.1 to 0.8 (both included), > 0.8."""
+
+_DEFAULT_SIGMAS = {17: COCO_SIGMAS, 14: CROWDPOSE_SIGMAS}
+
+# Area given to a ground truth without one (CrowdPose): the box's, shrunk to roughly the person's
+# share of it, as crowdposetools does in OKS.
+_BOX_AREA_FRACTION = 0.53
+
+
+def _load_json(path: Path, what: str):
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{what} {path} is not valid JSON: {err}") from err
+
+
+def _load_ground_truth(ann_file: Path) -> dict:
+    data = _load_json(ann_file, "ann_file")
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(key), list) for key in ("images", "annotations", "categories")
+    ):
+        raise ValueError(
+            f"ann_file {ann_file} is not a COCO annotation file: "
+            "it needs 'images', 'annotations' and 'categories' lists"
+        )
+    for i, ann in enumerate(data["annotations"]):
+        if "area" not in ann:
+            if "bbox" not in ann:
+                raise ValueError(f"ann_file {ann_file}: annotations[{i}] has neither 'area' nor 'bbox'")
+            ann["area"] = _BOX_AREA_FRACTION * ann["bbox"][2] * ann["bbox"][3]
+    return data
+
+
+def _num_keypoints(data: dict, ann_file: Path) -> int:
+    lengths = {len(ann["keypoints"]) for ann in data["annotations"] if "keypoints" in ann}
+    if len(lengths) != 1 or next(iter(lengths)) % 3:
+        raise ValueError(
+            f"ann_file {ann_file}: annotations must all hold 3 * K keypoint values, got lengths "
+            f"{sorted(lengths)}"
+        )
+    return next(iter(lengths)) // 3
+
+
+def _resolve_sigmas(sigmas, num_keypoints: int) -> np.ndarray:
+    if sigmas is None:
+        if num_keypoints not in _DEFAULT_SIGMAS:
+            raise ValueError(
+                f"no default OKS sigmas for K={num_keypoints} keypoints (only 17 COCO, 14 CrowdPose); "
+                "pass sigmas"
+            )
+        sigmas = _DEFAULT_SIGMAS[num_keypoints]
+    if isinstance(sigmas, torch.Tensor):
+        sigmas = sigmas.detach().cpu().numpy()
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    if sigmas.shape != (num_keypoints,) or not (sigmas > 0).all():
+        raise ValueError(
+            f"sigmas must be {num_keypoints} positive values (one per keypoint), got shape {sigmas.shape}"
+        )
+    return sigmas
+
+
+def _load_results(results, num_keypoints: int, image_ids: set, ann_file: Path) -> list[dict]:
+    if isinstance(results, (str, Path)):
+        path = Path(results)
+        results = _load_json(path, "results file")
+        if not isinstance(results, list):
+            raise ValueError(f"results file {path} must hold a JSON list of result records")
+    elif not isinstance(results, Sequence):
+        raise TypeError(f"results must be a list of result records or a path, got {type(results)}")
+    records = []
+    for i, record in enumerate(results):
+        if not isinstance(record, dict):
+            raise ValueError(f"results[{i}] is not a result record (dict), got {type(record)}")
+        missing = {"image_id", "category_id", "keypoints", "score"} - set(record)
+        if missing:
+            raise ValueError(f"results[{i}] lacks {sorted(missing)}")
+        if len(record["keypoints"]) != 3 * num_keypoints:
+            raise ValueError(
+                f"results[{i}] has {len(record['keypoints'])} keypoint values, expected "
+                f"3 * K = {3 * num_keypoints}"
+            )
+        # loadRes writes id, bbox and area into each record; keep the caller's dicts as they are
+        records.append(dict(record))
+    unknown = {record["image_id"] for record in records} - image_ids
+    if unknown:
+        raise ValueError(
+            f"results hold image_ids not in ann_file {ann_file}: {sorted(unknown, key=str)[:10]}"
+        )
+    return records
+
+
+def _stats(gt: COCO, dt: COCO, sigmas: np.ndarray, img_ids: list | None = None) -> np.ndarray:
+    """COCOeval's ten keypoint stats ([10], -1 where no ground truth counts), over img_ids if given."""
+    coco_eval = COCOeval(gt, dt, iouType="keypoints")
+    coco_eval.params.kpt_oks_sigmas = sigmas
+    if img_ids is not None:
+        coco_eval.params.imgIds = img_ids
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    return coco_eval.stats
+
+
+def _crowd_subsets(images: list[dict]) -> dict[str, list]:
+    """Image ids per CrowdPose level; images without ``crowdIndex`` fall in none."""
+    subsets = {name: [] for name in CROWD_LEVELS}
+    for image in images:
+        crowd_index = image.get("crowdIndex")
+        if crowd_index is None:
+            continue
+        level = "AP_easy" if crowd_index < 0.1 else "AP_hard" if crowd_index > 0.8 else "AP_medium"
+        subsets[level].append(image["id"])
+    return subsets
+
+
+def evaluate_keypoints(results, ann_file, *, sigmas=None) -> dict[str, float]:
+    """COCO keypoint AP/AR of ``results`` against the ground truth in ``ann_file``.
+
+    results: list of result records (``image_id``, ``category_id``, ``keypoints`` of 3 * K floats,
+    ``score``) or the path of a JSON file holding one. ann_file: COCO-format keypoint annotations.
+    sigmas: per-keypoint OKS sigmas [K]; by default COCO's (K = 17) or CrowdPose's (K = 14).
+
+    Returns :data:`METRIC_NAMES` in order (``COCOeval.stats[0:10]``, in [0, 1]; -1 where an area range
+    holds no ground truth), and when the images carry ``crowdIndex`` also :data:`CROWD_LEVELS`, which
+    are nan for a level with no images. Empty results give 0 for every metric (nan levels stay nan).
+    """
+    ann_file = Path(ann_file)
+    data = _load_ground_truth(ann_file)
+    num_keypoints = _num_keypoints(data, ann_file)
+    sigmas = _resolve_sigmas(sigmas, num_keypoints)
+    records = _load_results(results, num_keypoints, {image["id"] for image in data["images"]}, ann_file)
+    subsets = _crowd_subsets(data["images"]) if any("crowdIndex" in image for image in data["images"]) else {}
+
+    if not records:  # loadRes cannot take an empty list, and no detection scores 0 anyway
+        metrics = dict.fromkeys(METRIC_NAMES, 0.0)
+        metrics.update({name: 0.0 if ids else math.nan for name, ids in subsets.items()})
+        return metrics
+
+    gt = COCO()
+    gt.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+        dt = gt.loadRes(records)
+    metrics = dict(zip(METRIC_NAMES, map(float, _stats(gt, dt, sigmas)), strict=True))
+    for name, ids in subsets.items():
+        metrics[name] = float(_stats(gt, dt, sigmas, ids)[0]) if ids else math.nan
+    return metrics
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """One line, e.g. ``AP 0.861 | AP50 0.993 | ...``, in the order of ``metrics``."""
+    return " | ".join(f"{name} {value:.3f}" for name, value in metrics.items())

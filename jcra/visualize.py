@@ -1,0 +1,144 @@
+"""Draw COCO keypoint records on images and tile images into one PNG; Pillow only, no matplotlib."""
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+# One colour per person, cycled; saturated and far apart in hue so neighbours stay distinguishable.
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (170, 110, 40),
+)
+
+
+def _to_pil(image, name: str = "image") -> Image.Image:
+    """A new RGB PIL image from a PIL image, a numpy [H, W, 3] uint8 array or a torch [3, H, W] uint8
+    tensor; the input is never shared, so drawing cannot modify it."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")  # convert copies even when the mode is already RGB
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise TypeError(
+                f"{name} as a numpy array must be [H, W, 3] uint8, got {image.shape} {image.dtype}"
+            )
+        return Image.fromarray(np.ascontiguousarray(image), "RGB")
+    if isinstance(image, torch.Tensor):
+        if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+            raise TypeError(
+                f"{name} as a tensor must be [3, H, W] uint8, got {tuple(image.shape)} {image.dtype}"
+            )
+        return Image.fromarray(image.detach().cpu().permute(1, 2, 0).contiguous().numpy(), "RGB")
+    raise TypeError(
+        f"{name} must be a PIL image, a numpy [H, W, 3] uint8 array or a torch [3, H, W] uint8 tensor, "
+        f"got {type(image).__name__}"
+    )
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only the fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def draw_keypoints(
+    image,
+    records: Sequence[dict],
+    skeleton: Sequence[tuple[int, int]],
+    *,
+    radius: int | None = None,
+    width: int | None = None,
+    min_visibility: float = 0.0,
+) -> Image.Image:
+    """Draw each person of ``records`` on a new RGB copy of ``image``; the input is left unchanged.
+
+    image: PIL image, numpy [H, W, 3] uint8 or torch [3, H, W] uint8. records: COCO-style dicts whose
+    ``keypoints`` is [x1, y1, v1, ..., xK, yK, vK] in image pixels (x right, y down). v is a ground-truth
+    visibility in {0, 1, 2} or a result's confidence; a keypoint is drawn when v > ``min_visibility``
+    (the default 0 skips unlabelled ground truth). A record's ``score``, if present, is written above
+    its top-most drawn keypoint. skeleton: 0-based (i, j) keypoint pairs joined by a line when both
+    ends are drawn. radius, width: keypoint radius and limb width in pixels; by default they scale with
+    the image's longer side. Person n gets ``PALETTE[n % len(PALETTE)]``.
+    """
+    canvas = _to_pil(image)
+    long_side = max(canvas.size)
+    radius = max(2, round(0.006 * long_side)) if radius is None else radius
+    width = max(1, round(0.004 * long_side)) if width is None else width
+    if radius < 1 or width < 1:
+        raise ValueError(f"radius and width must be >= 1 pixel, got radius={radius}, width={width}")
+
+    people = []
+    for n, record in enumerate(records):
+        flat = [float(value) for value in record["keypoints"]]
+        if len(flat) % 3:
+            raise ValueError(f"records[{n}]['keypoints'] must hold 3K values, got {len(flat)}")
+        K = len(flat) // 3
+        for i, j in skeleton:
+            if not (0 <= i < K and 0 <= j < K):
+                raise ValueError(f"skeleton pair ({i}, {j}) is out of range for records[{n}] with K={K}")
+        people.append(flat)
+
+    draw = ImageDraw.Draw(canvas)
+    font = _font(max(10, 3 * radius))
+    for n, (record, flat) in enumerate(zip(records, people, strict=True)):
+        colour = PALETTE[n % len(PALETTE)]
+        triples = [flat[3 * k : 3 * k + 3] for k in range(len(flat) // 3)]
+        # Non-finite coordinates (a diverged model) are skipped rather than passed to ImageDraw.
+        points = {
+            k: (x, y) for k, (x, y, v) in enumerate(triples) if v > min_visibility and math.isfinite(x + y)
+        }
+        # Limbs first so the keypoint discs sit on top of the line ends.
+        for i, j in skeleton:
+            if i in points and j in points:
+                draw.line([points[i], points[j]], fill=colour, width=width)
+        for x, y in points.values():
+            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour)
+        if "score" in record and points:
+            x, y = min(points.values(), key=lambda p: p[1])
+            left, top, right, bottom = draw.textbbox((0, 0), f"{record['score']:.2f}", font=font)
+            # Above the keypoint, kept inside the image so a person at the top edge still shows a score.
+            tx = min(max(0.0, x - (right - left) / 2), canvas.width - (right - left))
+            ty = max(0.0, y - radius - (bottom - top) - 2) - top
+            draw.text((tx, ty), f"{record['score']:.2f}", fill=colour, font=font)
+    return canvas
+
+
+def save_grid(images: Sequence, path: str | Path, *, columns: int = 4, cell: int = 256) -> Path:
+    """Tile ``images`` row-major into a PNG at ``path`` (parent folders created); returns the path.
+
+    Each image is scaled, aspect kept, so its longer side is ``cell`` pixels and centred in a black
+    ``cell`` x ``cell`` square; the grid is min(columns, N) cells wide and ceil(N / columns) cells tall.
+    Images may be any type ``draw_keypoints`` accepts.
+    """
+    if len(images) == 0:
+        raise ValueError("images must hold at least one image, got an empty sequence")
+    if columns < 1 or cell < 1:
+        raise ValueError(f"columns and cell must be >= 1, got columns={columns}, cell={cell}")
+    cols = min(columns, len(images))
+    rows = math.ceil(len(images) / cols)
+    grid = Image.new("RGB", (cols * cell, rows * cell))
+    for n, image in enumerate(images):
+        tile = _to_pil(image, f"images[{n}]")
+        scale = cell / max(tile.size)
+        size = (max(1, round(tile.width * scale)), max(1, round(tile.height * scale)))
+        tile = tile.resize(size, Image.BILINEAR)
+        row, col = divmod(n, cols)
+        grid.paste(tile, (col * cell + (cell - size[0]) // 2, row * cell + (cell - size[1]) // 2))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path, format="PNG")
+    return path

@@ -1,0 +1,223 @@
+"""jcra.evaluation: stats against pinned pycocotools numbers and a direct COCOeval, CrowdPose sigmas
+and crowd levels, perfect and empty results, and the errors bad input gives."""
+
+import contextlib
+import copy
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from jcra import evaluate_keypoints
+from jcra.evaluation import CROWD_LEVELS, METRIC_NAMES, format_metrics
+from kernels.oks import CROWDPOSE_SIGMAS
+from tests.shared_data import shared_path
+
+
+def _examples(name: str):
+    return shared_path("xtcocoapi-examples", "annotations", name)
+
+
+def _perfect_results(gt: dict) -> list[dict]:
+    """Every non-crowd annotation with a labelled keypoint, as a result of score 1."""
+    return [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "keypoints": a["keypoints"],
+            "score": 1.0,
+        }
+        for a in gt["annotations"]
+        if not a["iscrowd"] and a["num_keypoints"] > 0
+    ]
+
+
+def _direct_stats(gt: dict, results: list[dict], sigmas, img_ids=None) -> np.ndarray:
+    """COCOeval run by hand, the reference for evaluate_keypoints."""
+    coco = COCO()
+    coco.dataset = copy.deepcopy(gt)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+        coco_eval = COCOeval(coco, coco.loadRes(copy.deepcopy(results)), iouType="keypoints")
+        coco_eval.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
+        if img_ids is not None:
+            coco_eval.params.imgIds = img_ids
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    return coco_eval.stats
+
+
+def _crowdpose_gt_with_area() -> dict:
+    """The CrowdPose example GT with crowdposetools' area (0.53 of the box) filled in."""
+    gt = json.loads(_examples("example_crowdpose_val.json").read_text())
+    for ann in gt["annotations"]:
+        ann["area"] = 0.53 * ann["bbox"][2] * ann["bbox"][3]
+    return gt
+
+
+# ---------------------------------------------------------------------------------------------------
+# Real annotations and predictions
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("as_path", [True, False], ids=["path", "list"])
+def test_coco_example_matches_pinned_stats(as_path):
+    expected = json.loads(shared_path("xtcocoapi-examples", "expected_stats.json").read_text())
+    preds_file = _examples("example_coco_preds.json")
+    results = preds_file if as_path else json.loads(preds_file.read_text())
+    before = copy.deepcopy(results)
+
+    metrics = evaluate_keypoints(results, _examples("example_coco_val.json"))
+
+    assert list(metrics) == list(METRIC_NAMES)  # no crowdIndex in COCO images: no crowd levels
+    np.testing.assert_allclose(list(metrics.values()), expected["stats"], rtol=0, atol=1e-9)
+    assert results == before  # the caller's records are not written into
+
+
+def test_crowdpose_example_uses_crowdpose_sigmas_and_levels():
+    gt = _crowdpose_gt_with_area()
+    preds = json.loads(_examples("example_crowdpose_preds.json").read_text())
+
+    metrics = evaluate_keypoints(preds, _examples("example_crowdpose_val.json"))
+
+    assert list(metrics) == [*METRIC_NAMES, *CROWD_LEVELS]
+    assert all(0.0 <= value <= 1.0 for value in metrics.values()), metrics
+    expected = _direct_stats(gt, preds, CROWDPOSE_SIGMAS.numpy())
+    np.testing.assert_allclose([metrics[n] for n in METRIC_NAMES], expected, rtol=0, atol=1e-12)
+
+    levels = {
+        "AP_easy": [im["id"] for im in gt["images"] if im["crowdIndex"] < 0.1],
+        "AP_medium": [im["id"] for im in gt["images"] if 0.1 <= im["crowdIndex"] <= 0.8],
+        "AP_hard": [im["id"] for im in gt["images"] if im["crowdIndex"] > 0.8],
+    }
+    for name, ids in levels.items():
+        assert ids, f"the example has no {name} image"
+        expected_ap = _direct_stats(gt, preds, CROWDPOSE_SIGMAS.numpy(), ids)[0]
+        assert metrics[name] == pytest.approx(expected_ap, abs=1e-12), name
+
+    wider = evaluate_keypoints(preds, _examples("example_crowdpose_val.json"), sigmas=2 * CROWDPOSE_SIGMAS)
+    assert wider["AP"] > metrics["AP"]  # a wider tolerance can only raise OKS
+
+
+@pytest.mark.parametrize("name", ["example_coco_val.json", "example_crowdpose_val.json"])
+def test_perfect_results_score_one(name):
+    ann_file = _examples(name)
+    metrics = evaluate_keypoints(_perfect_results(json.loads(ann_file.read_text())), ann_file)
+    assert metrics["AP"] == pytest.approx(1.0, abs=1e-9)
+    assert metrics["AR"] == pytest.approx(1.0, abs=1e-9)
+    for level in CROWD_LEVELS:
+        if level in metrics:
+            assert metrics[level] == pytest.approx(1.0, abs=1e-9), level
+
+
+def test_empty_results_give_zeros():
+    coco = evaluate_keypoints([], _examples("example_coco_val.json"))
+    assert coco == dict.fromkeys(METRIC_NAMES, 0.0)
+    crowdpose = evaluate_keypoints([], _examples("example_crowdpose_val.json"))
+    assert crowdpose == dict.fromkeys([*METRIC_NAMES, *CROWD_LEVELS], 0.0)
+
+
+def test_format_metrics_is_one_line():
+    line = format_metrics({"AP": 0.86089, "AP50": 1.0})
+    assert line == "AP 0.861 | AP50 1.000"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Small synthetic files: other K, crowd levels with an empty subset, bad input
+# ---------------------------------------------------------------------------------------------------
+
+
+def _tiny_gt(num_keypoints: int, crowd_indices=None) -> dict:
+    """One labelled person of ``num_keypoints`` visible keypoints per image (ids 1, 2, ...)."""
+    crowd_indices = crowd_indices or [None]
+    images, annotations = [], []
+    for i, crowd_index in enumerate(crowd_indices, start=1):
+        image = {"id": i, "width": 100, "height": 100}
+        if crowd_index is not None:
+            image["crowdIndex"] = crowd_index
+        images.append(image)
+        keypoints = [v for k in range(num_keypoints) for v in (10.0 + 5 * k, 20.0 + 3 * k, 2)]
+        annotations.append(
+            {
+                "id": i,
+                "image_id": i,
+                "category_id": 1,
+                "iscrowd": 0,
+                "num_keypoints": num_keypoints,
+                "keypoints": keypoints,
+                "bbox": [10.0, 20.0, 5.0 * num_keypoints, 3.0 * num_keypoints],
+                "area": 15.0 * num_keypoints**2,
+            }
+        )
+    categories = [{"id": 1, "name": "person", "keypoints": [str(k) for k in range(num_keypoints)]}]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def _write(tmp_path, name, payload) -> Path:
+    path = tmp_path / name
+    path.write_text(payload if isinstance(payload, str) else json.dumps(payload))
+    return path
+
+
+def test_other_keypoint_count_needs_sigmas(tmp_path):
+    gt = _tiny_gt(5)
+    ann_file = _write(tmp_path, "gt.json", gt)
+    with pytest.raises(ValueError, match="sigmas"):
+        evaluate_keypoints(_perfect_results(gt), ann_file)
+    with pytest.raises(ValueError, match="sigmas"):
+        evaluate_keypoints(_perfect_results(gt), ann_file, sigmas=[0.05] * 4)
+    metrics = evaluate_keypoints(_perfect_results(gt), ann_file, sigmas=[0.05] * 5)
+    assert metrics["AP"] == pytest.approx(1.0)
+
+
+def test_crowd_level_without_images_is_nan(tmp_path):
+    gt = _tiny_gt(14, crowd_indices=[0.05, 0.9])
+    metrics = evaluate_keypoints(_perfect_results(gt), _write(tmp_path, "gt.json", gt))
+    assert metrics["AP_easy"] == pytest.approx(1.0)
+    assert math.isnan(metrics["AP_medium"])
+    assert metrics["AP_hard"] == pytest.approx(1.0)
+
+
+def test_missing_files_are_named(tmp_path):
+    gt = _tiny_gt(17)
+    with pytest.raises(FileNotFoundError, match="ann_file.*nope.json"):
+        evaluate_keypoints([], tmp_path / "nope.json")
+    ann_file = _write(tmp_path, "gt.json", gt)
+    with pytest.raises(FileNotFoundError, match="results.*preds.json"):
+        evaluate_keypoints(tmp_path / "preds.json", ann_file)
+
+
+def test_malformed_json_is_named(tmp_path):
+    bad = _write(tmp_path, "bad.json", '{"images": [')
+    with pytest.raises(ValueError, match="bad.json"):
+        evaluate_keypoints([], bad)
+    not_coco = _write(tmp_path, "list.json", [1, 2])
+    with pytest.raises(ValueError, match="list.json"):
+        evaluate_keypoints([], not_coco)
+    ann_file = _write(tmp_path, "gt.json", _tiny_gt(17))
+    with pytest.raises(ValueError, match="bad.json"):
+        evaluate_keypoints(bad, ann_file)
+
+
+def test_bad_records_are_named(tmp_path):
+    gt = _tiny_gt(17, crowd_indices=[None, None])
+    ann_file = _write(tmp_path, "gt.json", gt)
+    results = _perfect_results(gt)
+    short = copy.deepcopy(results)
+    short[1]["keypoints"] = short[1]["keypoints"][:-3]
+    with pytest.raises(ValueError, match=r"results\[1\].*48.*51"):
+        evaluate_keypoints(short, ann_file)
+    unknown = copy.deepcopy(results)
+    unknown[0]["image_id"] = 999
+    with pytest.raises(ValueError, match="image_ids.*999"):
+        evaluate_keypoints(unknown, ann_file)
+    no_score = copy.deepcopy(results)
+    del no_score[0]["score"]
+    with pytest.raises(ValueError, match=r"results\[0\].*score"):
+        evaluate_keypoints(no_score, ann_file)

@@ -1,0 +1,137 @@
+"""jcra.visualize: drawn pixels land where the keypoints and limbs are, input types, validation,
+a real COCO photo, and the PNG grid."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from jcra.visualize import PALETTE, draw_keypoints, save_grid
+from tests.shared_data import shared_path
+
+# COCO's 19 limbs, 0-based (the annotation file lists them 1-based).
+COCO_SKELETON = [
+    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
+    (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
+]  # fmt: skip
+
+BLACK = (0, 0, 0)
+SIZE = (200, 120)  # (w, h)
+
+
+def _person(points, dx=0.0):
+    """A record from [(x, y, v), ...], shifted right by dx pixels."""
+    return {"keypoints": [c for x, y, v in points for c in (x + dx, y, v)]}
+
+
+# Keypoint 2 is unlabelled (v=0); limbs 0-1 (horizontal) and 1-3 (vertical) have both ends visible.
+PERSON = [(20.0, 30.0, 2), (60.0, 30.0, 1), (40.0, 80.0, 0), (60.0, 90.0, 2)]
+SKELETON = [(0, 1), (1, 3), (0, 2)]
+
+
+def _px(image: Image.Image, x: float, y: float):
+    return image.getpixel((round(x), round(y)))
+
+
+def test_pixels_of_one_person():
+    src = Image.new("RGB", SIZE)
+    out = draw_keypoints(src, [_person(PERSON)], SKELETON, radius=3, width=2)
+    assert out is not src and out.mode == "RGB" and out.size == SIZE
+    for x, y, v in PERSON:
+        assert _px(out, x, y) == (PALETTE[0] if v else BLACK), (x, y, v)
+    assert _px(out, 40, 30) == PALETTE[0]  # midpoint of limb 0-1
+    assert _px(out, 60, 60) == PALETTE[0]  # midpoint of limb 1-3
+    assert _px(out, 30, 55) == BLACK  # midpoint of limb 0-2, whose end 2 is unlabelled
+    for x, y in [(150, 100), (190, 10), (5, 115), (100, 60)]:
+        assert _px(out, x, y) == BLACK, (x, y)
+    assert src.getextrema() == ((0, 0), (0, 0), (0, 0))  # the input stays black
+
+
+def test_min_visibility_and_score_text():
+    # Results: the third value is a confidence; only those above min_visibility are drawn.
+    result = {**_person([(20.0, 60.0, 0.9), (60.0, 60.0, 0.2)]), "score": 0.87}
+    out = np.asarray(draw_keypoints(Image.new("RGB", SIZE), [result], [(0, 1)], min_visibility=0.5))
+    assert tuple(out[60, 20]) == PALETTE[0]
+    assert tuple(out[60, 60]) == BLACK
+    assert tuple(out[60, 40]) == BLACK  # the limb needs both ends
+    # The score is written above the top-most drawn keypoint (y=60) and nowhere below the person.
+    above, below = out[:55].any(axis=2), out[66:].any(axis=2)
+    assert above.any() and not below.any()
+
+
+def test_two_people_get_different_colours():
+    people = [_person(PERSON), _person(PERSON, dx=100.0)]
+    out = draw_keypoints(Image.new("RGB", SIZE), people, SKELETON, radius=3)
+    first, second = _px(out, 20, 30), _px(out, 120, 30)
+    assert BLACK not in (first, second) and first != second
+    # Deterministic: the same call draws the same pixels.
+    assert out.tobytes() == draw_keypoints(Image.new("RGB", SIZE), people, SKELETON, radius=3).tobytes()
+
+
+def test_numpy_and_tensor_inputs():
+    array = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
+    tensor = torch.zeros(3, SIZE[1], SIZE[0], dtype=torch.uint8)
+    expected = draw_keypoints(Image.new("RGB", SIZE), [_person(PERSON)], SKELETON).tobytes()
+    for image in (array, tensor):
+        out = draw_keypoints(image, [_person(PERSON)], SKELETON)
+        assert isinstance(out, Image.Image) and out.size == SIZE
+        assert out.tobytes() == expected
+    assert not array.any() and not tensor.any()
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "photo.jpg",
+        np.zeros((8, 8, 3), np.float32),
+        np.zeros((8, 8), np.uint8),
+        torch.zeros(8, 8, 3, dtype=torch.uint8),
+        torch.zeros(3, 8, 8),
+    ],
+    ids=["str", "numpy-float", "numpy-2d", "tensor-hwc", "tensor-float"],
+)
+def test_bad_image_type(image):
+    with pytest.raises(TypeError, match="image"):
+        draw_keypoints(image, [], [])
+
+
+def test_bad_records_and_skeleton():
+    image = Image.new("RGB", SIZE)
+    records = [_person(PERSON), {"keypoints": [1.0, 2.0, 2.0, 3.0]}]
+    with pytest.raises(ValueError, match=r"records\[1\]"):
+        draw_keypoints(image, records, SKELETON)
+    for pair in [(0, 4), (-1, 0)]:
+        with pytest.raises(ValueError, match="skeleton"):
+            draw_keypoints(image, [_person(PERSON)], [pair])
+
+
+def test_real_coco_photo():
+    root = shared_path("coco-mini")
+    with open(root / "annotations" / "person_keypoints_train2017.json") as f:
+        dataset = json.load(f)
+    labelled = {a["image_id"] for a in dataset["annotations"] if a["num_keypoints"] > 0}
+    info = next(i for i in dataset["images"] if i["id"] in labelled)
+    records = [a for a in dataset["annotations"] if a["image_id"] == info["id"]]
+    src = Image.open(root / "train2017" / info["file_name"]).convert("RGB")
+    before = src.tobytes()
+    out = draw_keypoints(src, records, COCO_SKELETON)
+    assert out.size == src.size == (info["width"], info["height"])
+    assert src.tobytes() == before
+    changed = (np.asarray(out) != np.asarray(src)).any(axis=2).sum()
+    assert changed > 100, changed
+
+
+def test_save_grid(tmp_path):
+    red = Image.new("RGB", (100, 50), (255, 0, 0))
+    images = [red, Image.new("RGB", (30, 60)), Image.new("RGB", (64, 64))]
+    path = save_grid(images, tmp_path / "sub" / "grid.png", columns=2, cell=32)
+    with Image.open(path) as grid:
+        assert grid.format == "PNG" and grid.size == (64, 64)
+        # The 100x50 red image becomes 32x16, centred vertically in the first cell.
+        assert grid.getpixel((16, 16)) == (255, 0, 0) and grid.getpixel((16, 2)) == BLACK
+    with Image.open(save_grid(images, tmp_path / "row.png", cell=32)) as row:
+        assert row.size == (96, 32)  # fewer images than columns: one row as wide as the images
+    with pytest.raises(ValueError, match="images"):
+        save_grid([], tmp_path / "empty.png")
