@@ -1,0 +1,151 @@
+"""COCO-format keypoint datasets (COCO 2017, CrowdPose, OCHuman) as a torch ``Dataset``.
+
+The annotation file and every listed image are checked when the dataset is built, so a missing file,
+a malformed annotation or an unreadable image stops a run before training starts, naming the file.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+
+class CocoKeypoints(Dataset):
+    """Person keypoints of a COCO-format annotation file.
+
+    Item: ``(image, target)``; without ``transforms`` the image is a uint8 tensor [3, H, W]. Target:
+    ``keypoints`` [G, K, 3] float (x, y in pixels, v: 0 unlabelled, 1 occluded, 2 visible), ``boxes``
+    [G, 4] xyxy pixels, ``area`` [G] pixels², ``iscrowd`` [G] (zeros), ``image_id`` int, ``orig_size``
+    and ``size`` [2] (h, w). Crowd regions and people without a labelled keypoint are never targets.
+
+    ann_file: the annotation JSON; image_dir: folder of the images' ``file_name``s; transforms: a
+    callable ``(PIL image, target) -> (tensor, target)`` (see :func:`jcra.data.build_transforms`);
+    skip_empty: drop images without targets (training, as PETR); check_images: open every image's header
+    now (catches missing, empty and non-image files early).
+    """
+
+    def __init__(self, ann_file, image_dir, transforms=None, *, skip_empty=False, check_images=True):
+        self.ann_file, self.image_dir, self.transforms = Path(ann_file), Path(image_dir), transforms
+        data = _read_annotations(self.ann_file)
+        if not self.image_dir.is_dir():
+            raise FileNotFoundError(f"image_dir: {self.image_dir} is not a folder")
+        self.num_keypoints = _num_keypoints(data, self.ann_file)
+        self.images = {image["id"]: image for image in data["images"]}
+        self.annotations: dict = {image_id: [] for image_id in self.images}
+        for ann in data["annotations"]:
+            self.annotations[ann["image_id"]].append(ann)
+        self.targets = {image_id: self._people(image_id) for image_id in sorted(self.images)}
+        self.ids = [i for i, (kpts, *_) in self.targets.items() if not skip_empty or len(kpts)]
+        if check_images:
+            self._check_images()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        image_id = self.ids[index]
+        path = self.image_path(image_id)
+        try:
+            image = Image.open(path).convert("RGB")
+        except (OSError, UnidentifiedImageError) as err:
+            raise OSError(f"cannot read image {path}: {err}") from err
+        keypoints, boxes, area = self.targets[image_id]
+        size = torch.tensor([image.height, image.width])
+        target = {
+            "keypoints": torch.from_numpy(keypoints).clone(),
+            "boxes": torch.from_numpy(boxes).clone(),
+            "area": torch.from_numpy(area).clone(),
+            "iscrowd": torch.zeros(len(area), dtype=torch.int64),
+            "image_id": image_id,
+            "orig_size": size,
+            "size": size.clone(),
+        }
+        if self.transforms is None:
+            return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1), target
+        return self.transforms(image, target)
+
+    def image_path(self, image_id: int) -> Path:
+        return self.image_dir / self.images[image_id]["file_name"]
+
+    def _people(self, image_id: int):
+        """Non-crowd people with a labelled keypoint: keypoints [G, K, 3], boxes [G, 4], area [G]."""
+        kpts, boxes, areas = [], [], []
+        for ann in self.annotations[image_id]:
+            k = np.asarray(ann["keypoints"], dtype=np.float32).reshape(self.num_keypoints, 3)
+            if ann.get("iscrowd", 0) or not (k[:, 2] > 0).any():
+                continue
+            k[k[:, 2] <= 0] = 0.0
+            x, y, w, h = ann.get("bbox") or _keypoint_box(k)
+            kpts.append(k)
+            boxes.append([x, y, x + w, y + h])
+            areas.append(ann.get("area") or w * h)
+        return (
+            np.stack(kpts) if kpts else np.zeros((0, self.num_keypoints, 3), np.float32),
+            np.asarray(boxes, np.float32).reshape(-1, 4),
+            np.asarray(areas, np.float32),
+        )
+
+    def _check_images(self) -> None:
+        """Every listed image exists and has a readable header (PIL reads only the header here)."""
+        for image_id in tqdm(self.ids, desc=f"checking {self.image_dir}", disable=len(self.ids) < 5000):
+            path = self.image_path(image_id)
+            if not path.is_file():
+                raise FileNotFoundError(f"image {path} is listed in {self.ann_file} but missing")
+            try:
+                with Image.open(path) as image:
+                    image.size  # noqa: B018 (parsed from the header)
+            except (OSError, UnidentifiedImageError) as err:
+                raise OSError(f"cannot read image {path} (listed in {self.ann_file}): {err}") from err
+
+
+def _read_annotations(ann_file: Path) -> dict:
+    """The parsed annotation JSON, with its structure checked."""
+    if not ann_file.is_file():
+        raise FileNotFoundError(f"ann_file: {ann_file} does not exist")
+    try:
+        data = json.loads(ann_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"ann_file: {ann_file} is not valid JSON: {err}") from err
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ValueError(f"ann_file: {ann_file} has no 'images' list (not a COCO annotation file)")
+    if not isinstance(data.get("annotations"), list):
+        raise ValueError(f"ann_file: {ann_file} has no 'annotations' list (not a COCO annotation file)")
+    for image in data["images"]:
+        if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
+            raise ValueError(f"ann_file: {ann_file} has an image without 'id' or 'file_name': {image!r:.200}")
+    return data
+
+
+def _num_keypoints(data: dict, ann_file: Path) -> int:
+    """K from the person category's keypoint names (else the first annotation); every annotation agrees."""
+    names = next((c.get("keypoints") for c in data.get("categories", []) if c.get("keypoints")), None)
+    anns = data["annotations"]
+    if names:
+        k = len(names)
+    elif anns and "keypoints" in anns[0]:
+        k = len(anns[0]["keypoints"]) // 3
+    else:
+        raise ValueError(f"ann_file: {ann_file} names no keypoints (no category 'keypoints', no annotations)")
+    image_ids = {image["id"] for image in data["images"]}
+    for ann in anns:
+        kpts = ann.get("keypoints")
+        if not isinstance(kpts, list) or len(kpts) != 3 * k:
+            got = len(kpts) if isinstance(kpts, list) else type(kpts).__name__
+            raise ValueError(
+                f"ann_file: {ann_file}: annotation {ann.get('id')} has {got} keypoint values, "
+                f"expected {3 * k}"
+            )
+        if ann.get("image_id") not in image_ids:
+            raise ValueError(f"ann_file: {ann_file}: annotation {ann.get('id')} refers to unknown image_id")
+    return k
+
+
+def _keypoint_box(keypoints: np.ndarray) -> list[float]:
+    """xywh box around the labelled keypoints (for annotations without a ``bbox``)."""
+    xy = keypoints[keypoints[:, 2] > 0, :2]
+    (x0, y0), (x1, y1) = xy.min(0), xy.max(0)
+    return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]

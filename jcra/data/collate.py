@@ -1,0 +1,24 @@
+"""Batching images of different sizes: zero padding at the bottom and right, and the mask saying where."""
+
+import torch
+from torch import Tensor
+
+SIZE_DIVISOR = 32
+"""Padded sides are multiples of the backbone's largest stride, so every level's map covers the image."""
+
+
+def collate(batch: list[tuple[Tensor, dict]], size_divisor: int = SIZE_DIVISOR):
+    """(image [3, h, w], target) pairs -> (images [B, 3, H, W], padding_mask [B, H, W] bool, True on
+    padding, targets list); H and W are the largest h and w rounded up to ``size_divisor``."""
+    if not batch:
+        raise ValueError("collate: batch is empty")
+    images, targets = zip(*batch, strict=True)
+    height = -(-max(im.shape[-2] for im in images) // size_divisor) * size_divisor
+    width = -(-max(im.shape[-1] for im in images) // size_divisor) * size_divisor
+    out = images[0].new_zeros(len(images), 3, height, width)
+    padding_mask = torch.ones(len(images), height, width, dtype=torch.bool)
+    for i, image in enumerate(images):
+        h, w = image.shape[-2:]
+        out[i, :, :h, :w] = image
+        padding_mask[i, :h, :w] = False
+    return out, padding_mask, list(targets)

@@ -1,0 +1,70 @@
+"""Keypoint layouts of the supported datasets: names, OKS sigmas, left/right flip pairs, skeleton.
+
+Indices are 0-based. Sigmas are COCOeval's (COCO) and crowdposetools' (CrowdPose), shared with the
+OKS kernels so training, matching and evaluation use one table.
+"""
+
+from dataclasses import dataclass
+
+from kernels.oks import COCO_SIGMAS, CROWDPOSE_SIGMAS
+
+
+@dataclass(frozen=True)
+class KeypointLayout:
+    """names: K keypoint names; sigmas: K OKS sigmas; flip_pairs: (left, right) index pairs swapped by a
+    horizontal flip; skeleton: (i, j) index pairs drawn as limbs."""
+
+    name: str
+    names: tuple[str, ...]
+    sigmas: tuple[float, ...]
+    flip_pairs: tuple[tuple[int, int], ...]
+    skeleton: tuple[tuple[int, int], ...]
+
+    @property
+    def num_keypoints(self) -> int:
+        return len(self.names)
+
+
+_SIDES = ("shoulder", "elbow", "wrist", "hip", "knee", "ankle")
+
+COCO = KeypointLayout(
+    name="coco",
+    names=("nose", "left_eye", "right_eye", "left_ear", "right_ear")
+    + tuple(f"{side}_{part}" for part in _SIDES for side in ("left", "right")),
+    sigmas=tuple(COCO_SIGMAS.tolist()),
+    flip_pairs=tuple((k, k + 1) for k in range(1, 17, 2)),
+    skeleton=(
+        (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7),
+        (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
+    ),
+)  # fmt: skip
+"""COCO 2017 person keypoints (also OCHuman's); the skeleton is the annotation file's, made 0-based."""
+
+CROWDPOSE = KeypointLayout(
+    name="crowdpose",
+    names=tuple(f"{side}_{part}" for part in _SIDES for side in ("left", "right")) + ("head", "neck"),
+    sigmas=tuple(CROWDPOSE_SIGMAS.tolist()),
+    flip_pairs=tuple((k, k + 1) for k in range(0, 12, 2)),
+    skeleton=(
+        (12, 13), (13, 0), (13, 1), (0, 2), (2, 4), (1, 3), (3, 5), (0, 6), (1, 7), (6, 7),
+        (6, 8), (8, 10), (7, 9), (9, 11),
+    ),
+)  # fmt: skip
+"""CrowdPose's 14 keypoints: twelve limb joints, then head top and neck."""
+
+LAYOUTS = {"coco": COCO, "ochuman": COCO, "crowdpose": CROWDPOSE}
+
+
+def get_layout(name: str) -> KeypointLayout:
+    """The layout called ``name`` (``coco``, ``ochuman`` or ``crowdpose``)."""
+    if name not in LAYOUTS:
+        raise ValueError(f"keypoint_layout must be one of {sorted(LAYOUTS)}, got {name!r}")
+    return LAYOUTS[name]
+
+
+def layout_for(num_keypoints: int) -> KeypointLayout:
+    """The layout with ``num_keypoints`` keypoints (17: COCO, 14: CrowdPose)."""
+    for layout in (COCO, CROWDPOSE):
+        if layout.num_keypoints == num_keypoints:
+            return layout
+    raise ValueError(f"no keypoint layout has {num_keypoints} keypoints (known: 17 COCO, 14 CrowdPose)")

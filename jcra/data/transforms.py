@@ -1,0 +1,288 @@
+"""Training and evaluation transforms on ``(image, target)`` pairs, keypoints kept on their pixels.
+
+Images are float tensors [3, H, W] in 0..255 until :class:`Normalize`. Target keys as
+:class:`jcra.data.CocoKeypoints` gives them; geometric transforms move ``keypoints`` (labelled ones only:
+unlabelled stay (0, 0, 0)), ``boxes``, ``area`` and ``size``. Coordinates are continuous pixels: pixel
+column c spans [c, c + 1), so a horizontal flip maps x to W - x. Randomness comes from torch's global
+generator, which training checkpoints, so a resumed run draws the same augmentations.
+
+The training recipe is Deformable DETR's / PETR's (photometric distortion, flip, then either a
+multi-scale resize or resize-crop-resize) with a random rotation added; crop sizes scale with the
+largest training scale (PETR: 384-600 crops after a 400/500/600 resize at scale 800).
+"""
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PERSON_KEYS = ("keypoints", "boxes", "area", "iscrowd")
+"""Target entries with one row per person (filtered together when a crop removes someone)."""
+
+
+def build_transforms(train: bool, *, flip_pairs, scales, max_size: int, rotation: float = 30.0):
+    """The training pipeline, or the evaluation one (resize to ``scales[0]``, normalise).
+
+    flip_pairs: the layout's (left, right) keypoint pairs; scales: short sides (pixels) to sample;
+    max_size: cap on the long side (pixels); rotation: largest random rotation (degrees, 0 disables).
+    """
+    scales = [int(s) for s in scales]
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"scales must be positive pixel sizes, got {scales}")
+    if max_size < max(scales):
+        raise ValueError(f"max_size ({max_size}) must be at least the largest scale ({max(scales)})")
+    if not train:
+        return Compose([ToTensor(), Resize(scales[:1], max_size), Normalize()])
+    top = max(scales)
+    crop_then_resize = Compose(
+        [
+            Resize([round(top * r) for r in (0.5, 0.625, 0.75)], max_size=None),
+            RandomCrop(round(top * 0.48), round(top * 0.75)),
+            Resize(scales, max_size),
+        ]
+    )
+    geometric = [RandomHorizontalFlip(flip_pairs)]
+    if rotation > 0:
+        geometric.append(RandomRotation(rotation))
+    return Compose(
+        [
+            ToTensor(),
+            PhotometricDistortion(),
+            *geometric,
+            RandomChoice(Resize(scales, max_size), crop_then_resize),
+            Normalize(),
+        ]
+    )
+
+
+class Compose:
+    def __init__(self, transforms):
+        self.transforms = list(transforms)
+
+    def __call__(self, image, target):
+        for transform in self.transforms:
+            image, target = transform(image, target)
+        return image, target
+
+
+class ToTensor:
+    """PIL image (or uint8 tensor [3, H, W]) to a float tensor [3, H, W] in 0..255."""
+
+    def __call__(self, image, target):
+        if not isinstance(image, Tensor):
+            image = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+        return image.float(), target
+
+
+class Normalize:
+    """ImageNet mean and std, on 0..1 intensities."""
+
+    def __call__(self, image: Tensor, target):
+        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        return (image / 255.0 - mean) / std, target
+
+
+class PhotometricDistortion:
+    """Brightness, contrast, saturation and hue jitter, each applied with probability 1/2 (mmdet's
+    ranges: brightness +-32 levels, contrast and saturation x0.5-1.5, hue +-18 degrees)."""
+
+    def __init__(self, brightness=32.0, contrast=(0.5, 1.5), saturation=(0.5, 1.5), hue=18.0):
+        self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+
+    def __call__(self, image: Tensor, target):
+        if _coin():
+            image = image + _uniform(-self.brightness, self.brightness)
+        if _coin():
+            image = image * _uniform(*self.contrast)
+        if _coin():
+            gray = (image * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
+            image = gray + (image - gray) * _uniform(*self.saturation)
+        if _coin():
+            image = _rotate_hue(image, math.radians(_uniform(-self.hue, self.hue)))
+        return image.clamp(0.0, 255.0), target
+
+
+class RandomHorizontalFlip:
+    """Mirror with probability ``p``; left and right keypoints swap places (``flip_pairs``)."""
+
+    def __init__(self, flip_pairs, p: float = 0.5):
+        self.p = p
+        self.perm = None if flip_pairs is None else _flip_permutation(flip_pairs)
+
+    def __call__(self, image: Tensor, target):
+        if not _coin(self.p):
+            return image, target
+        width = image.shape[-1]
+        target = dict(target)
+        kpts = target["keypoints"].clone()
+        if self.perm is not None:
+            perm = self.perm + list(range(len(self.perm), kpts.shape[1]))
+            kpts = kpts[:, perm]
+        labelled = kpts[..., 2] > 0
+        kpts[..., 0] = torch.where(labelled, width - kpts[..., 0], kpts[..., 0])
+        target["keypoints"] = kpts
+        if "boxes" in target:
+            x0, y0, x1, y1 = target["boxes"].unbind(-1)
+            target["boxes"] = torch.stack([width - x1, y0, width - x0, y1], -1)
+        return image.flip(-1), target
+
+
+class RandomRotation:
+    """Rotate by an angle uniform in [-max_degrees, max_degrees] about the centre with probability
+    ``p``; the canvas grows so nothing is cut (new corners are black), areas are unchanged."""
+
+    def __init__(self, max_degrees: float, p: float = 0.5):
+        self.max_degrees, self.p = max_degrees, p
+
+    def __call__(self, image: Tensor, target):
+        if not _coin(self.p):
+            return image, target
+        theta = math.radians(_uniform(-self.max_degrees, self.max_degrees))
+        cos, sin = math.cos(theta), math.sin(theta)
+        h, w = image.shape[-2:]
+        new_w = math.ceil(w * abs(cos) + h * abs(sin) - 1e-6)
+        new_h = math.ceil(w * abs(sin) + h * abs(cos) - 1e-6)
+        rot = torch.tensor([[cos, sin], [-sin, cos]])  # counter-clockwise on screen (y points down)
+        centre, new_centre = torch.tensor([w / 2, h / 2]), torch.tensor([new_w / 2, new_h / 2])
+
+        # Sample: output pixel centre q comes from source point c + R^T (q - c').
+        ys, xs = torch.meshgrid(torch.arange(new_h) + 0.5, torch.arange(new_w) + 0.5, indexing="ij")
+        src = (torch.stack([xs, ys], -1) - new_centre) @ rot + centre
+        grid = src / torch.tensor([w, h]) * 2 - 1  # align_corners=False: -1 and 1 are the outer edges
+        image = F.grid_sample(image[None], grid[None], mode="bilinear", align_corners=False)[0]
+
+        forward = lambda xy: (xy - centre) @ rot.T + new_centre
+        target = _move_keypoints(target, forward)
+        if "boxes" in target and len(target["boxes"]):
+            x0, y0, x1, y1 = target["boxes"].unbind(-1)
+            corners = torch.stack([torch.stack(c, -1) for c in ((x0, y0), (x1, y0), (x0, y1), (x1, y1))], 1)
+            moved = forward(corners)
+            target["boxes"] = torch.cat([moved.amin(1), moved.amax(1)], -1)
+        target["size"] = torch.tensor([new_h, new_w])
+        return image, target
+
+
+class Resize:
+    """Short side to one of ``scales`` (chosen at random), long side capped at ``max_size`` (DETR's rule)."""
+
+    def __init__(self, scales, max_size: int | None):
+        self.scales, self.max_size = list(scales), max_size
+
+    def __call__(self, image: Tensor, target):
+        h, w = image.shape[-2:]
+        # One scale (evaluation) draws nothing, so evaluating never moves the training random stream.
+        pick = int(torch.randint(len(self.scales), ())) if len(self.scales) > 1 else 0
+        new_h, new_w = resized_shape(h, w, self.scales[pick], self.max_size)
+        image = F.interpolate(image[None], (new_h, new_w), mode="bilinear", antialias=True)[0]
+        sx, sy = new_w / w, new_h / h
+        target = _move_keypoints(target, lambda xy: xy * torch.tensor([sx, sy]))
+        if "boxes" in target:
+            target["boxes"] = target["boxes"] * torch.tensor([sx, sy, sx, sy])
+        target["area"] = target["area"] * (sx * sy)
+        target["size"] = torch.tensor([new_h, new_w])
+        return image, target
+
+
+def resized_shape(h: int, w: int, scale: int, max_size: int | None) -> tuple[int, int]:
+    """(h, w) with the short side ``scale`` unless that makes the long side exceed ``max_size``."""
+    short, long = min(h, w), max(h, w)
+    if max_size is not None and long / short * scale > max_size:
+        scale = int(round(max_size * short / long))
+    if h <= w:
+        return scale, max(1, int(round(scale * w / h)))
+    return max(1, int(round(scale * h / w))), scale
+
+
+class RandomCrop:
+    """Crop a random window with sides uniform in [min_size, max_size] (capped by the image).
+
+    Keypoints left outside become unlabelled; boxes are clipped and each area shrinks with its box;
+    people with no labelled keypoint left are removed.
+    """
+
+    def __init__(self, min_size: int, max_size: int):
+        self.min_size, self.max_size = min_size, max_size
+
+    def __call__(self, image: Tensor, target):
+        h, w = image.shape[-2:]
+        ch, cw = (self._side(n) for n in (h, w))
+        top, left = int(torch.randint(h - ch + 1, ())), int(torch.randint(w - cw + 1, ()))
+        image = image[:, top : top + ch, left : left + cw]
+        target = _move_keypoints(target, lambda xy: xy - torch.tensor([left, top], dtype=xy.dtype))
+        kpts = target["keypoints"]
+        inside = (kpts[..., 0] >= 0) & (kpts[..., 0] < cw) & (kpts[..., 1] >= 0) & (kpts[..., 1] < ch)
+        target["keypoints"] = kpts * inside[..., None]
+        if "boxes" in target:
+            boxes = target["boxes"]
+            clipped = (boxes - torch.tensor([left, top, left, top])).clamp(min=0)
+            clipped = torch.minimum(clipped, torch.tensor([cw, ch, cw, ch]))
+            before, after = _box_area(boxes), _box_area(clipped)
+            shrink = torch.where(before > 0, after / before.clamp(min=1e-6), torch.ones_like(before))
+            target["area"] = target["area"] * shrink
+            target["boxes"] = clipped
+        target["size"] = torch.tensor([ch, cw])
+        return image, _keep_people(target, (target["keypoints"][..., 2] > 0).any(-1))
+
+    def _side(self, n: int) -> int:
+        high = min(n, self.max_size)
+        low = min(self.min_size, high)
+        return int(torch.randint(low, high + 1, ()))
+
+
+class RandomChoice:
+    """One of two transforms, each with probability 1/2."""
+
+    def __init__(self, first, second):
+        self.first, self.second = first, second
+
+    def __call__(self, image, target):
+        return (self.first if _coin() else self.second)(image, target)
+
+
+def _coin(p: float = 0.5) -> bool:
+    return bool(torch.rand(()) < p)
+
+
+def _uniform(low: float, high: float) -> float:
+    return float(torch.empty(()).uniform_(low, high))
+
+
+def _flip_permutation(flip_pairs) -> list[int]:
+    """perm with flipped[k] = original[perm[k]] over the keypoints named in ``flip_pairs``."""
+    size = max(max(pair) for pair in flip_pairs) + 1 if flip_pairs else 0
+    perm = list(range(size))
+    for left, right in flip_pairs:
+        perm[left], perm[right] = right, left
+    return perm
+
+
+def _move_keypoints(target: dict, move) -> dict:
+    """A copy of ``target`` with ``move`` ([N, 2] -> [N, 2] pixels) applied to the labelled keypoints."""
+    target = dict(target)
+    kpts = target["keypoints"].clone()
+    labelled = kpts[..., 2] > 0
+    kpts[labelled, :2] = move(kpts[labelled, :2]).to(kpts.dtype)
+    target["keypoints"] = kpts
+    return target
+
+
+def _keep_people(target: dict, keep: Tensor) -> dict:
+    return {k: v[keep] if k in PERSON_KEYS else v for k, v in target.items()}
+
+
+def _box_area(boxes: Tensor) -> Tensor:
+    return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+
+
+def _rotate_hue(image: Tensor, angle: float) -> Tensor:
+    """Rotate the chroma plane of YIQ by ``angle`` radians (a hue shift keeping luma)."""
+    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    cos, sin = math.cos(angle), math.sin(angle)
+    rotate = torch.tensor([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]])
+    matrix = torch.linalg.inv(to_yiq) @ rotate @ to_yiq
+    return torch.einsum("ij,jhw->ihw", matrix, image)

@@ -1,0 +1,169 @@
+"""CocoKeypoints on real COCO-format files (../shared/data) and on every kind of bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from jcra.data import CocoKeypoints
+from tests.shared_data import shared_path
+
+COCO_MINI = ("coco-mini", "annotations/person_keypoints_train2017.json", "train2017")
+
+
+def coco_mini():
+    root = shared_path(COCO_MINI[0])
+    return root / COCO_MINI[1], root / COCO_MINI[2]
+
+
+def test_coco_mini_counts_and_crowd_handling():
+    ann_file, image_dir = coco_mini()
+    raw = json.loads(ann_file.read_text())
+    dataset = CocoKeypoints(ann_file, image_dir)
+    assert len(dataset) == len(raw["images"]) == 80
+    people = sum(len(kpts) for kpts, _, _ in dataset.targets.values())
+    expected = [
+        a for a in raw["annotations"] if not a["iscrowd"] and any(v > 0 for v in a["keypoints"][2::3])
+    ]
+    assert people == len(expected) == 86  # 172 annotations: 5 crowd regions, 81 without keypoints
+    assert sum(a["iscrowd"] for a in raw["annotations"]) == 5
+    with_people = sum(1 for kpts, _, _ in dataset.targets.values() if len(kpts))
+    assert len(CocoKeypoints(ann_file, image_dir, skip_empty=True)) == with_people < 80
+
+
+def test_item_matches_the_annotation_file():
+    ann_file, image_dir = coco_mini()
+    raw = json.loads(ann_file.read_text())
+    dataset = CocoKeypoints(ann_file, image_dir)
+    index = next(i for i, image_id in enumerate(dataset.ids) if len(dataset.targets[image_id][0]) >= 2)
+    image, target = dataset[index]
+    info = next(im for im in raw["images"] if im["id"] == target["image_id"])
+    assert image.dtype == torch.uint8 and tuple(image.shape) == (3, info["height"], info["width"])
+    assert target["orig_size"].tolist() == target["size"].tolist() == [info["height"], info["width"]]
+    anns = [
+        a
+        for a in raw["annotations"]
+        if a["image_id"] == info["id"] and not a["iscrowd"] and max(a["keypoints"][2::3]) > 0
+    ]
+    expected = torch.tensor([a["keypoints"] for a in anns], dtype=torch.float32).view(-1, 17, 3)
+    expected[expected[..., 2] == 0] = 0
+    torch.testing.assert_close(target["keypoints"], expected)
+    torch.testing.assert_close(target["area"], torch.tensor([a["area"] for a in anns], dtype=torch.float32))
+    assert target["iscrowd"].tolist() == [0] * len(anns)
+
+
+@pytest.mark.parametrize(
+    ("folder", "ann", "num_keypoints"),
+    [
+        ("mmpose-testdata/crowdpose", "test_crowdpose.json", 14),
+        ("mmpose-testdata/ochuman", "test_ochuman.json", 17),
+        ("mmpose-testdata/coco", "test_coco.json", 17),
+    ],
+)
+def test_other_layouts_load(folder, ann, num_keypoints):
+    root = shared_path(folder)
+    dataset = CocoKeypoints(root / ann, root)
+    assert dataset.num_keypoints == num_keypoints
+    _, target = dataset[0]
+    assert target["keypoints"].shape[1:] == (num_keypoints, 3)
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """A valid two-image dataset in tmp_path to break in different ways."""
+    from PIL import Image
+
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (20, 10)).save(tmp_path / name)
+    keypoints = np.zeros((17, 3))
+    keypoints[0] = (5, 5, 2)
+    data = {
+        "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
+        "annotations": [{"id": 7, "image_id": 1, "keypoints": keypoints.ravel().tolist(), "area": 4.0}],
+        "categories": [{"id": 1, "name": "person"}],
+    }
+    return tmp_path, data
+
+
+def write(tmp_path, data):
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+    return path
+
+
+def test_tiny_is_valid(tiny):
+    tmp_path, data = tiny
+    dataset = CocoKeypoints(write(tmp_path, data), tmp_path)
+    assert len(dataset) == 2
+    _, target = dataset[0]
+    assert target["keypoints"].shape == (1, 17, 3) and target["boxes"].shape == (1, 4)
+
+
+def test_missing_annotation_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="ann_file.*nope.json"):
+        CocoKeypoints(tmp_path / "nope.json", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("breakage", "error", "message"),
+    [
+        ("not json", ValueError, "not valid JSON"),
+        ("[]", ValueError, "no 'images' list"),
+        ('{"images": []}', ValueError, "no 'annotations' list"),
+        ('{"images": [{"id": 1}], "annotations": []}', ValueError, "without 'id' or 'file_name'"),
+    ],
+)
+def test_malformed_annotation_file(tmp_path, breakage, error, message):
+    path = write(tmp_path, breakage)
+    with pytest.raises(error, match=message) as info:
+        CocoKeypoints(path, tmp_path)
+    assert str(path) in str(info.value)
+
+
+def test_wrong_keypoint_length(tiny):
+    tmp_path, data = tiny
+    data["annotations"].append({"id": 8, "image_id": 2, "keypoints": [1.0, 2.0, 2.0] * 16, "area": 1.0})
+    with pytest.raises(ValueError, match=r"annotation 8 has 48 keypoint values, expected 51"):
+        CocoKeypoints(write(tmp_path, data), tmp_path)
+
+
+def test_annotation_of_unknown_image(tiny):
+    tmp_path, data = tiny
+    data["annotations"][0]["image_id"] = 99
+    with pytest.raises(ValueError, match="annotation 7 refers to unknown image_id"):
+        CocoKeypoints(write(tmp_path, data), tmp_path)
+
+
+def test_missing_image(tiny):
+    tmp_path, data = tiny
+    (tmp_path / "b.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"b\.png is listed in .*ann\.json but missing"):
+        CocoKeypoints(write(tmp_path, data), tmp_path)
+
+
+def test_unreadable_image(tiny):
+    tmp_path, data = tiny
+    (tmp_path / "b.png").write_bytes(b"definitely not a png")
+    with pytest.raises(OSError, match=r"cannot read image .*b\.png"):
+        CocoKeypoints(write(tmp_path, data), tmp_path)
+
+
+def test_unreadable_image_found_late_still_names_it(tiny):
+    tmp_path, data = tiny
+    dataset = CocoKeypoints(write(tmp_path, data), tmp_path, check_images=False)
+    (tmp_path / "a.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(OSError, match=r"cannot read image .*a\.png"):
+        dataset[0]
+
+
+def test_missing_image_dir(tiny):
+    tmp_path, data = tiny
+    ann = write(tmp_path, data)
+    shutil.rmtree(tmp_path / "sub", ignore_errors=True)
+    with pytest.raises(FileNotFoundError, match="image_dir"):
+        CocoKeypoints(ann, tmp_path / "sub")

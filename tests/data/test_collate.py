@@ -1,0 +1,24 @@
+"""Batching: images padded bottom/right to multiples of 32, the mask True exactly on padding."""
+
+import pytest
+import torch
+
+from jcra.data import collate
+
+
+def test_padding_and_mask():
+    images = [torch.rand(3, 50, 70), torch.rand(3, 65, 33)]
+    targets = [{"image_id": 1}, {"image_id": 2}]
+    batch, mask, out_targets = collate(list(zip(images, targets, strict=True)))
+    assert batch.shape == (2, 3, 96, 96) and mask.shape == (2, 96, 96) and mask.dtype == torch.bool
+    for i, image in enumerate(images):
+        h, w = image.shape[-2:]
+        torch.testing.assert_close(batch[i, :, :h, :w], image)
+        assert not mask[i, :h, :w].any() and mask[i].sum() == 96 * 96 - h * w
+        assert (batch[i][:, mask[i]] == 0).all()
+    assert out_targets == targets
+
+
+def test_empty_batch():
+    with pytest.raises(ValueError, match="empty"):
+        collate([])

@@ -1,0 +1,228 @@
+"""Transforms keep keypoints on their pixels (draw markers, transform, look), flips swap sides."""
+
+import pytest
+import torch
+
+from jcra.data import CocoKeypoints, build_transforms
+from jcra.data.keypoint_layouts import COCO, CROWDPOSE
+from jcra.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Compose,
+    RandomCrop,
+    RandomHorizontalFlip,
+    RandomRotation,
+    Resize,
+    ToTensor,
+    resized_shape,
+)
+from tests.data.test_coco import coco_mini
+
+MARK = 5  # half side of the white square drawn at each keypoint (pixels)
+
+
+def marked_sample(generator: torch.Generator, h=180, w=260, people=3, k=17):
+    """A black image with a white square centred on every labelled keypoint, and its target."""
+    xy = torch.rand(people, k, 2, generator=generator) * torch.tensor([w - 2 * MARK, h - 2 * MARK]) + MARK
+    xy = xy.floor() + 0.5  # pixel centres
+    v = torch.randint(0, 3, (people, k), generator=generator).float()
+    v[:, 0] = 2  # everyone has a labelled keypoint
+    keypoints = torch.cat([xy, v[..., None]], -1) * (v[..., None] > 0)
+    image = torch.zeros(3, h, w)
+    for x, y, vis in keypoints.view(-1, 3).tolist():
+        if vis > 0:
+            image[:, int(y) - MARK : int(y) + MARK + 1, int(x) - MARK : int(x) + MARK + 1] = 255.0
+    lo, hi = xy.amin(1) - MARK, xy.amax(1) + MARK
+    boxes = torch.cat([lo, hi], -1)
+    target = {
+        "keypoints": keypoints,
+        "boxes": boxes,
+        "area": (hi - lo).prod(-1),
+        "iscrowd": torch.zeros(people, dtype=torch.int64),
+        "image_id": 1,
+        "orig_size": torch.tensor([h, w]),
+        "size": torch.tensor([h, w]),
+    }
+    return image, target
+
+
+def assert_keypoints_on_marks(image: torch.Tensor, target: dict):
+    """Every labelled keypoint lies inside the image on a bright pixel; size matches the image."""
+    assert target["size"].tolist() == list(image.shape[-2:])
+    kpts = target["keypoints"].view(-1, 3)
+    labelled = kpts[kpts[:, 2] > 0]
+    h, w = image.shape[-2:]
+    assert ((labelled[:, 0] >= 0) & (labelled[:, 0] < w) & (labelled[:, 1] >= 0) & (labelled[:, 1] < h)).all()
+    gray = image.mean(0)
+    values = gray[labelled[:, 1].long(), labelled[:, 0].long()]
+    assert (values > 0.5 * gray.max()).all(), f"keypoints off their marks: {values.tolist()}"
+    assert (kpts[kpts[:, 2] == 0] == 0).all(), "unlabelled keypoints must stay (0, 0, 0)"
+
+
+def denormalise(image: torch.Tensor) -> torch.Tensor:
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (image * std + mean) * 255
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        RandomHorizontalFlip(COCO.flip_pairs, p=1.0),
+        RandomRotation(40.0, p=1.0),
+        Resize([101, 150], max_size=200),
+        RandomCrop(60, 120),
+        Compose(
+            [RandomHorizontalFlip(COCO.flip_pairs, p=1.0), RandomRotation(30, p=1.0), RandomCrop(80, 160)]
+        ),
+    ],
+    ids=["flip", "rotation", "resize", "crop", "flip+rotation+crop"],
+)
+def test_geometric_transform_keeps_keypoints_on_their_pixels(transform):
+    generator = torch.Generator().manual_seed(torch.seed() % 2**31)  # fresh inputs every run
+    for _ in range(8):
+        image, target = marked_sample(generator)
+        out_image, out_target = transform(image, target)
+        assert_keypoints_on_marks(out_image, out_target)
+
+
+def test_training_pipeline_keeps_keypoints_on_their_pixels():
+    transforms = build_transforms(True, flip_pairs=COCO.flip_pairs, scales=[160, 192, 224], max_size=300)
+    generator = torch.Generator().manual_seed(torch.seed() % 2**31)
+    for _ in range(12):
+        image, target = marked_sample(generator)
+        out_image, out_target = transforms(image.to(torch.uint8), target)
+        assert out_image.dtype == torch.float32 and max(out_image.shape[-2:]) <= 300
+        assert_keypoints_on_marks(denormalise(out_image), out_target)
+
+
+def test_flip_swaps_left_and_right():
+    generator = torch.Generator().manual_seed(0)
+    image, target = marked_sample(generator, w=101)
+    _, flipped = RandomHorizontalFlip(COCO.flip_pairs, p=1.0)(image, target)
+    for left, right in COCO.flip_pairs:
+        for a, b in ((left, right), (right, left)):
+            src, dst = target["keypoints"][:, b], flipped["keypoints"][:, a]
+            labelled = src[:, 2] > 0
+            torch.testing.assert_close(dst[labelled, 0], 101 - src[labelled, 0])
+            torch.testing.assert_close(dst[:, 1:], src[:, 1:])
+    torch.testing.assert_close(flipped["keypoints"][:, 0, 0], 101 - target["keypoints"][:, 0, 0])  # nose
+
+
+def test_flip_twice_is_identity_on_a_real_photo():
+    ann_file, image_dir = coco_mini()
+    dataset = CocoKeypoints(ann_file, image_dir, transforms=ToTensor(), skip_empty=True)
+    image, target = dataset[0]
+    flip = RandomHorizontalFlip(COCO.flip_pairs, p=1.0)
+    once_image, once = flip(image, target)
+    again_image, again = flip(once_image, once)
+    assert not torch.equal(once_image, image)
+    torch.testing.assert_close(again_image, image)
+    # w - (w - x) in fp32 at x ~ 640 is off by an ulp or two
+    torch.testing.assert_close(again["keypoints"], target["keypoints"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(again["boxes"], target["boxes"], atol=1e-4, rtol=0)
+
+
+def test_crowdpose_flip_pairs():
+    assert CROWDPOSE.flip_pairs[0] == (0, 1) and CROWDPOSE.names[12:] == ("head", "neck")
+    keypoints = torch.zeros(1, 14, 3)
+    keypoints[0, :, 0] = torch.arange(14.0) + 1
+    keypoints[0, :, 2] = 2
+    target = {"keypoints": keypoints, "area": torch.ones(1), "size": torch.tensor([5, 20])}
+    _, flipped = RandomHorizontalFlip(CROWDPOSE.flip_pairs, p=1.0)(torch.zeros(3, 5, 20), target)
+    # left shoulder (0) takes the right shoulder's mirrored place; head and neck keep their indices
+    sources = (2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 13, 14)
+    assert flipped["keypoints"][0, :, 0].tolist() == [20 - x for x in sources]
+
+
+def test_crop_unlabels_outside_keypoints_drops_empty_people_and_shrinks_areas():
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(10):
+        image, target = marked_sample(generator, people=5)
+        out_image, out = RandomCrop(50, 90)(image, target)
+        h, w = out_image.shape[-2:]
+        assert 50 <= h <= 90 and 50 <= w <= 90
+        assert ((out["keypoints"][..., 2] > 0).any(-1)).all(), "people without keypoints must be removed"
+        assert (out["boxes"][:, 0::2] <= w).all() and (out["boxes"][:, 1::2] <= h).all()
+        assert (out["boxes"] >= 0).all()
+        assert len(out["area"]) == len(out["boxes"]) == len(out["keypoints"]) == len(out["iscrowd"])
+        assert (out["area"] <= target["area"].max() + 1e-3).all()
+
+
+def test_rotation_grows_the_canvas_and_keeps_areas():
+    image, target = marked_sample(torch.Generator().manual_seed(2), h=100, w=200)
+    torch.manual_seed(0)
+    out_image, out = RandomRotation(90.0, p=1.0)(image, target)
+    h, w = out_image.shape[-2:]
+    assert h >= 100 and w >= 100 and h * w >= 100 * 200
+    torch.testing.assert_close(out["area"], target["area"])
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "scale", "max_size", "expected"),
+    [
+        (480, 640, 800, 1333, (800, 1067)),
+        (640, 480, 800, 1333, (1067, 800)),
+        (100, 1000, 800, 1333, (133, 1330)),
+    ],
+)
+def test_resized_shape_caps_the_long_side(h, w, scale, max_size, expected):
+    assert resized_shape(h, w, scale, max_size) == expected
+
+
+def test_resize_scales_keypoints_and_areas():
+    image, target = marked_sample(torch.Generator().manual_seed(3), h=100, w=200)
+    out_image, out = Resize([50], max_size=None)(image, target)
+    assert tuple(out_image.shape[-2:]) == (50, 100)
+    labelled = target["keypoints"][..., 2] > 0
+    torch.testing.assert_close(out["keypoints"][labelled][:, :2], target["keypoints"][labelled][:, :2] / 2)
+    torch.testing.assert_close(out["area"], target["area"] / 4)
+
+
+def test_people_free_images_pass_every_transform():
+    transforms = build_transforms(True, flip_pairs=COCO.flip_pairs, scales=[64, 96], max_size=128)
+    target = {
+        "keypoints": torch.zeros(0, 17, 3),
+        "boxes": torch.zeros(0, 4),
+        "area": torch.zeros(0),
+        "iscrowd": torch.zeros(0, dtype=torch.int64),
+        "image_id": 3,
+        "orig_size": torch.tensor([70, 90]),
+        "size": torch.tensor([70, 90]),
+    }
+    for _ in range(10):
+        image, out = transforms(torch.zeros(3, 70, 90, dtype=torch.uint8), target)
+        assert out["keypoints"].shape == (0, 17, 3) and out["size"].tolist() == list(image.shape[-2:])
+
+
+def test_evaluation_transforms_are_deterministic_and_draw_no_random_numbers():
+    transforms = build_transforms(False, flip_pairs=COCO.flip_pairs, scales=[120], max_size=200)
+    image, target = marked_sample(torch.Generator().manual_seed(4))
+    state = torch.get_rng_state()
+    first, _ = transforms(image, target)
+    second, out = transforms(image, target)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.testing.assert_close(first, second)
+    assert tuple(first.shape[-2:]) == (120, 173)
+    assert_keypoints_on_marks(denormalise(first), out)
+
+
+def test_photometric_distortion_stays_in_range():
+    from jcra.data.transforms import PhotometricDistortion
+
+    image = torch.rand(3, 30, 40) * 255
+    for _ in range(20):
+        out, _ = PhotometricDistortion()(image, {})
+        assert out.min() >= 0 and out.max() <= 255
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(scales=[], max_size=10), "scales"),
+        (dict(scales=[0], max_size=10), "scales"),
+        (dict(scales=[64], max_size=32), "max_size"),
+    ],
+)
+def test_bad_transform_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_transforms(True, flip_pairs=COCO.flip_pairs, **kwargs)
