@@ -29,7 +29,7 @@ PEOPLE_WEIGHTS = np.array([24, 20, 15, 11, 8, 7, 5, 4, 3, 3], dtype=float)
 TORSO, NECK_TO_HEAD, HEAD_RADIUS = 0.30, 0.11, 0.065
 SHOULDER_HALF, HIP_HALF = 0.11, 0.075
 UPPER_ARM, FOREARM, THIGH, SHIN = 0.17, 0.15, 0.24, 0.23
-LIMB_WIDTH, TORSO_WIDTH_PAD = 0.055, 0.02
+LIMB_WIDTH, TORSO_WIDTH_PAD = 0.08, 0.04
 
 SKIN_TONES = np.array([[255, 220, 190], [234, 192, 160], [198, 144, 110], [141, 85, 60], [90, 56, 40]])
 
@@ -137,7 +137,7 @@ def textured_background(rng: np.random.Generator, w: int, h: int) -> Image.Image
 def random_figure(rng: np.random.Generator, w: int, h: int, count: int) -> dict:
     """Joint positions [17, 2] (pixels) of a random pose, its height, and where its feet meet the ground."""
     largest = 0.95 if count <= 2 else 0.8 if count <= 5 else 0.6
-    height = h * math.exp(rng.uniform(math.log(0.22), math.log(largest)))
+    height = h * math.exp(rng.uniform(math.log(0.3), math.log(largest)))
     pelvis = np.array([rng.uniform(0.05, 0.95) * w, rng.uniform(0.25, 0.85) * h])
     joints = pose_joints(rng) * height + pelvis
     return {"joints": joints, "height": height, "ground": pelvis[1] + 0.47 * height}
