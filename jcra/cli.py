@@ -1,0 +1,187 @@
+"""The ``jcra`` console command: ``predict`` (results JSON and drawn skeletons) and ``evaluate`` (COCO AP).
+
+jcra predict CHECKPOINT IMAGES... --out DIR [--score-threshold 0.3] [--device cpu]
+jcra evaluate CHECKPOINT --ann-file F --image-dir D [--out DIR]
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def load_model(checkpoint: str | Path, device: torch.device):
+    """The model of a training checkpoint in eval mode, and the checkpoint's data settings."""
+    from jcra import build_model
+    from train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    model_config = state["model_config"]
+    overrides = {**model_config["overrides"], "pretrained": False}  # the weights come from the checkpoint
+    if device.type != "cuda":
+        overrides["use_fused_kernels"] = False  # Triton needs a GPU; the reference ops run anywhere
+    model = build_model(model_config["name"], **overrides)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state["data_config"]
+
+
+def image_paths(inputs: list[str]) -> list[Path]:
+    """Image files from files and folders (a folder's images sorted by name)."""
+    paths: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            paths += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise ValueError(f"IMAGES: {str(item)!r} is neither an image file nor a folder")
+    if not paths:
+        raise ValueError(f"IMAGES: no images found in {inputs}")
+    return paths
+
+
+def unlabelled_target(image, num_keypoints: int, image_id: int) -> dict:
+    """A target with no people, so the evaluation transforms can run on an unannotated image."""
+    size = torch.tensor([image.height, image.width])
+    return {
+        "keypoints": torch.zeros(0, num_keypoints, 3),
+        "area": torch.zeros(0),
+        "iscrowd": torch.zeros(0),
+        "image_id": image_id,
+        "orig_size": size,
+        "size": size.clone(),
+    }
+
+
+def predict(
+    checkpoint: str | Path,
+    images: list[str],
+    out: str | Path,
+    score_threshold: float = 0.3,
+    device: str = "auto",
+    top_k: int = 100,
+) -> Path:
+    """Run the model on each image; write ``out/results.json`` (COCO records, ``image_id`` the image's
+    index in the sorted list, ``file_name`` its path) and ``out/<stem>.png`` with skeletons scoring at
+    least ``score_threshold`` drawn. Returns the results path."""
+    from PIL import Image
+
+    from jcra.data import build_transforms
+    from jcra.postprocess import PostProcess
+    from jcra.visualize import draw_keypoints
+    from train.train import keypoint_layout, resolve_device
+
+    if not 0.0 <= score_threshold <= 1.0:
+        raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
+    dev = resolve_device(device)
+    paths = image_paths(images)
+    model, data_config = load_model(checkpoint, dev)
+    layout = keypoint_layout(data_config["keypoint_layout"])
+    transforms = build_transforms(
+        False,
+        flip_pairs=layout.flip_pairs,
+        scales=[data_config["val_scale"]],
+        max_size=data_config["max_size"],
+    )
+    postprocess = PostProcess(top_k)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for index, path in enumerate(paths):
+        image = Image.open(path).convert("RGB")
+        tensor, _ = transforms(image, unlabelled_target(image, len(layout.sigmas), index))
+        with torch.no_grad():
+            outputs = model(tensor[None].to(dev))
+        records = postprocess(outputs, torch.tensor([[image.height, image.width]]), [index])
+        for record in records:
+            record["file_name"] = str(path)
+        results += records
+        shown = [r for r in records if r["score"] >= score_threshold]
+        draw_keypoints(image, shown, layout.skeleton).save(out / f"{path.stem}.png")
+    results_path = out / "results.json"
+    results_path.write_text(json.dumps(results))
+    return results_path
+
+
+def evaluate(
+    checkpoint: str | Path,
+    ann_file: str,
+    image_dir: str,
+    out: str | Path | None = None,
+    device: str = "auto",
+    batch_size: int = 4,
+) -> dict:
+    """COCO keypoint AP of a checkpoint on a COCO-format set; writes ``out/results.json`` and
+    ``out/metrics.json`` when ``out`` is given."""
+    from train.train import TrainConfig, build_dataset, data_loader, evaluate, keypoint_layout, resolve_device
+
+    for name, value, ok in (("ann_file", ann_file, Path(ann_file).is_file()),
+                            ("image_dir", image_dir, Path(image_dir).is_dir())):  # fmt: skip
+        if not ok:
+            raise ValueError(f"{name}: {value!r} does not exist")
+    dev = resolve_device(device)
+    model, data_config = load_model(checkpoint, dev)
+    cfg = TrainConfig(
+        out_dir=str(out or "."),
+        train_ann=ann_file,
+        train_images=image_dir,
+        val_ann=ann_file,
+        val_images=image_dir,
+        val_scale=data_config["val_scale"],
+        max_size=data_config["max_size"],
+        batch_size=batch_size,
+    )
+    layout = keypoint_layout(data_config["keypoint_layout"])
+    loader = data_loader(build_dataset(ann_file, image_dir, False, cfg, layout), cfg)
+    metrics, results = evaluate(model, loader, ann_file, dev)
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "results.json").write_text(json.dumps(results))
+        (Path(out) / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jcra", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    pr = sub.add_parser("predict", help="results JSON and drawn skeletons for images or folders")
+    pr.add_argument("checkpoint")
+    pr.add_argument("images", nargs="+", help="image files or folders")
+    pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument("--score-threshold", type=float, default=0.3, help="draw people scoring at least this")
+    pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    pr.add_argument("--top-k", type=int, default=100)
+    ev = sub.add_parser("evaluate", help="COCO keypoint AP of a checkpoint")
+    ev.add_argument("checkpoint")
+    ev.add_argument("--ann-file", required=True)
+    ev.add_argument("--image-dir", required=True)
+    ev.add_argument("--out", default=None, help="folder for results.json and metrics.json")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--batch-size", type=int, default=4)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``jcra`` console script; bad input exits with status 2 and the message."""
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "predict":
+            path = predict(
+                args.checkpoint, args.images, args.out, args.score_threshold, args.device, args.top_k
+            )
+            print(f"[jcra] results: {path}\n[jcra] drawings: {path.parent}/*.png")
+        else:
+            metrics = evaluate(
+                args.checkpoint, args.ann_file, args.image_dir, args.out, args.device, args.batch_size
+            )
+            print(json.dumps(metrics, indent=1))
+    except ValueError as error:
+        parser().exit(2, f"jcra: error: {error}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,36 @@
+"""Shared fixtures of the training tests: tiny synthetic data and a tiny deterministic configuration."""
+
+import pytest
+
+from train.train import TrainConfig
+
+IMAGE_SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    """Tiny synthetic COCO-format splits: 6 train and 2 val images of 64 x 64 pixels."""
+    generate = pytest.importorskip("jcra.data.synthetic").generate
+    out = tmp_path_factory.mktemp("synthetic")
+    return {
+        k: str(v) for k, v in generate(out, num_train=6, num_val=2, seed=0, image_size=IMAGE_SIZE).items()
+    }
+
+
+def tiny_config(data: dict, out_dir, **changes) -> TrainConfig:
+    """The tiny model at 64 pixels, batch 2 (3 steps per epoch), reference ops, deterministic."""
+    values = dict(
+        out_dir=str(out_dir),
+        **data,
+        model="jcra_tiny",
+        model_overrides={"use_fused_kernels": False},
+        train_scales=[IMAGE_SIZE],
+        val_scale=IMAGE_SIZE,
+        max_size=IMAGE_SIZE,
+        epochs=2,
+        batch_size=2,
+        lr=1e-3,
+        device="cpu",
+        log_every=1,
+    )
+    return TrainConfig(**{**values, **changes})

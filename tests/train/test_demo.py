@@ -1,0 +1,30 @@
+"""The embedded demo end to end at toy size: data, training, evaluation, drawings, printed paths."""
+
+import json
+
+import pytest
+
+import train.demo as demo
+from tests.train.conftest import IMAGE_SIZE
+
+
+def test_demo_runs_and_prints_outputs(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("jcra.data.synthetic")
+    monkeypatch.setattr(demo, "DATA_DIR", tmp_path / "data")
+    monkeypatch.setattr(demo, "SYNTHETIC", dict(num_train=4, num_val=2, seed=0, image_size=IMAGE_SIZE))
+    sizes = [
+        f"train.train_scales=[{IMAGE_SIZE}]",
+        f"train.val_scale={IMAGE_SIZE}",
+        f"train.max_size={IMAGE_SIZE}",
+    ]
+    run_dir = tmp_path / "run"
+    result = demo.run([f"train.out_dir={run_dir}", "train.device=cpu", "train.max_steps=1", *sizes])
+    assert result["step"] == 1 and "AP" in result["metrics"]
+    out = capsys.readouterr().out
+    for name in ("checkpoint.pt", "metrics.jsonl", "val_results.json", "drawings"):
+        assert str(run_dir / name) in out
+    assert len(list((run_dir / "drawings").glob("*.png"))) == 2
+    assert json.loads((run_dir / "drawings" / "results.json").read_text())
+    paths = json.loads((tmp_path / "data" / "paths.json").read_text())
+    demo.ensure_data(tmp_path / "data")  # second call reuses the index instead of regenerating
+    assert json.loads((tmp_path / "data" / "paths.json").read_text()) == paths

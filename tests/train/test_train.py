@@ -1,0 +1,203 @@
+"""Training loop on CPU: a short run end to end, bitwise resume, DDP on gloo, NaN stop, bad input."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from tests.train.conftest import IMAGE_SIZE, tiny_config
+from train.checkpoint import load_checkpoint, save_checkpoint
+from train.train import ResumableSampler, TrainConfig, config_from, train
+
+
+def test_short_run_end_to_end(data, tmp_path):
+    result = train(tiny_config(data, tmp_path, eval_every=1))
+    assert result["step"] == 6 and result["epoch"] == 2
+    assert set(result["metrics"]) >= {"AP", "AP50"} and 0.0 <= result["metrics"]["AP"] <= 1.0
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [line for line in lines if line["kind"] == "train"]
+    assert [line["step"] for line in train_lines] == list(range(1, 7))
+    assert all(torch.isfinite(torch.tensor(line["loss"])) for line in train_lines)
+    assert sum(line["kind"] == "val" for line in lines) == 2  # eval_every=1 over 2 epochs
+    records = json.loads((tmp_path / "val_results.json").read_text())
+    assert records and {"image_id", "category_id", "keypoints", "score"} <= set(records[0])
+    state = load_checkpoint(result["checkpoint"])
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (6, 2, 0)
+    assert state["model_config"]["name"] == "jcra_tiny"
+
+
+def test_resume_after_interruption_is_bitwise(data, tmp_path):
+    """Stop after 2 steps and resume to 5 (across the epoch boundary) == 5 steps uninterrupted."""
+    full = train(tiny_config(data, tmp_path / "full", max_steps=5))
+    train(tiny_config(data, tmp_path / "cut", max_steps=2))
+    resumed = train(tiny_config(data, tmp_path / "cut", max_steps=5, resume=True))
+    assert resumed["step"] == full["step"] == 5
+    a, b = load_checkpoint(full["checkpoint"]), load_checkpoint(resumed["checkpoint"])
+    assert (a["epoch"], a["batch_in_epoch"]) == (b["epoch"], b["batch_in_epoch"]) == (1, 2)
+    for name, value in a["model"].items():
+        torch.testing.assert_close(b["model"][name], value, rtol=0, atol=0, msg=name)
+    for index, slot in a["optimizer"]["state"].items():
+        for key, value in slot.items():
+            torch.testing.assert_close(b["optimizer"]["state"][index][key], value, rtol=0, atol=0)
+    assert a["scheduler"] == b["scheduler"]
+    torch.testing.assert_close(a["rng"][0]["torch"], b["rng"][0]["torch"], rtol=0, atol=0)
+
+
+def test_gradient_accumulation_matches_larger_batch_step_count(data, tmp_path):
+    result = train(tiny_config(data, tmp_path, batch_size=1, grad_accum=2, epochs=1))
+    assert result["step"] == 3
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch):
+    import train.train as loop
+
+    build = loop.build_criterion
+    calls = {"n": 0}
+
+    def poisoned(cfg, layout):
+        criterion = build(cfg, layout)
+        forward = criterion.forward
+
+        def forward_nan(outputs, targets):
+            calls["n"] += 1
+            losses = forward(outputs, targets)
+            return {**losses, "loss": losses["loss"] * float("nan")} if calls["n"] == 3 else losses
+
+        criterion.forward = forward_nan
+        return criterion
+
+    monkeypatch.setattr(loop, "build_criterion", poisoned)
+    with pytest.raises(FloatingPointError, match="non-finite loss .* step 3.*intact"):
+        train(tiny_config(data, tmp_path, checkpoint_every=1))
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"batch_size": -1}, "batch_size"),
+        ({"lr": float("nan")}, "lr"),
+        ({"clip_grad": 0}, "clip_grad"),
+        ({"precision": "fp8"}, "precision"),
+        ({"train_scales": []}, "train_scales"),
+        ({"max_steps": 0}, "max_steps"),
+        ({"weight_decay": -1.0}, "weight_decay"),
+        ({"train_ann": "/nonexistent/train.json"}, "train_ann"),
+        ({"val_images": "/nonexistent/images"}, "val_images"),
+        ({"model": "jcra_r1000"}, "name"),
+        ({"model_overrides": {"no_such_key": 1}}, "no_such_key"),
+        ({"batch_size": 8}, "exceeds"),
+    ],
+)
+def test_bad_input_fails_before_training(data, tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        train(tiny_config(data, tmp_path, **change))
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_hydra_configs_compose():
+    from hydra import compose, initialize
+
+    with initialize(version_base=None, config_path="../../train/conf"):
+        demo = config_from(compose("config").train)
+        r50 = config_from(compose("config", overrides=["experiment=coco_r50"]).train)
+        crowd = config_from(compose("config", overrides=["experiment=crowdpose"]).train)
+        swin = config_from(compose("config", overrides=["experiment=coco_swinl"]).train)
+        with pytest.raises(ValueError, match="unknown config keys"):
+            config_from(compose("config", overrides=["+train.bogus=1"]).train)
+    assert demo.model == "jcra_tiny" and demo.model_overrides["use_fused_kernels"] is False
+    assert (r50.model, r50.lr, r50.lr_backbone_mult, r50.lr_offsets_mult) == ("jcra_r50", 2e-4, 0.1, 0.1)
+    assert (r50.weight_decay, r50.clip_grad, r50.epochs, r50.lr_drop_epochs) == (1e-4, 0.1, 100, [80])
+    assert r50.batch_size * r50.grad_accum * 8 == 32
+    assert (crowd.keypoint_layout, swin.model) == ("crowdpose", "jcra_swinl")
+
+
+def test_sampler_splits_and_resumes():
+    samplers = [ResumableSampler(7, seed=3, rank=r, world_size=2) for r in range(2)]
+    for s in samplers:
+        s.set_epoch(1)
+    orders = [list(s) for s in samplers]
+    assert all(len(o) == len(s) == 4 for o, s in zip(orders, samplers, strict=True))
+    assert set(orders[0]) | set(orders[1]) == set(range(7))
+    samplers[0].set_epoch(1, start=3)
+    assert list(samplers[0]) == orders[0][3:]
+    samplers[0].set_epoch(2)
+    assert list(samplers[0]) != orders[0]
+    with pytest.raises(ValueError, match="rank"):
+        ResumableSampler(7, rank=2, world_size=2)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"step": 1})
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"step": 2})
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    with pytest.raises(ValueError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    result = train(cfg)
+    torch.save({"step": result["step"]}, f"{out}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_two_gloo_processes(data, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tiny_config(data, tmp_path / "run", batch_size=1, epochs=1, max_steps=2)
+    mp.spawn(_ddp_worker, args=(2, port, cfg, str(tmp_path)), nprocs=2, join=True)
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["step"] == 2 and len(state["rng"]) == 2
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert ranks[0]["step"] == ranks[1]["step"] == 2
+
+
+def test_bf16_autocast_trains(data, tmp_path):
+    result = train(tiny_config(data, tmp_path, precision="bf16", max_steps=2))
+    state = load_checkpoint(result["checkpoint"])
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_hydra_command_line(data, tmp_path):
+    """``python -m train.train`` trains with overrides, and rejects a bad value before training."""
+    paths = [f"train.{k}={v}" for k, v in data.items()]
+    common = [sys.executable, "-m", "train.train", *paths, f"train.out_dir={tmp_path}", "train.device=cpu"]
+    sizes = [
+        f"train.train_scales=[{IMAGE_SIZE}]",
+        f"train.val_scale={IMAGE_SIZE}",
+        f"train.max_size={IMAGE_SIZE}",
+    ]
+    ok = subprocess.run([*common, *sizes, "train.max_steps=1"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "[jcra] checkpoint:" in ok.stdout and (tmp_path / "checkpoint.pt").is_file()
+    bad = subprocess.run([*common, "train.batch_size=0"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "batch_size must be >= 1" in bad.stderr
+
+
+def test_compiled_training_steps(data, tmp_path):
+    """compile=True trains through the compiled encoder and decoder (two image sizes, one graph)."""
+    cfg = tiny_config(data, tmp_path, compile=True, max_steps=2, train_scales=[48, IMAGE_SIZE])
+    result = train(cfg)
+    assert result["step"] == 2
+    state = load_checkpoint(result["checkpoint"])
+    assert all(not name.startswith("_orig_mod") for name in state["model"])

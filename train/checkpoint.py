@@ -1,0 +1,52 @@
+"""Atomic checkpoints holding everything a killed run needs to continue at the same step."""
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def rng_state() -> dict:
+    """The Python, NumPy and torch (CPU and CUDA) generator states."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, then a rename,
+    so a run killed mid-write leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`; ValueError naming ``path`` if missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint path {str(path)!r} does not exist")
+    # RNG states are NumPy/Python objects, so the full unpickler is needed; checkpoints are our own.
+    return torch.load(path, map_location=map_location, weights_only=False)

@@ -1,0 +1,529 @@
+"""Training: the loop as plain functions on a plain :class:`TrainConfig`; hydra only in :func:`main`.
+
+``python -m train.train [overrides]`` (hydra app, configs in ``train/conf``); ``torchrun --nproc-per-node N
+-m train.train ...`` for DistributedDataParallel.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs, as plain values (the hydra config maps onto it one to one).
+
+    Sizes are pixels; ``batch_size`` is per process and per micro-batch, so the effective batch is
+    ``batch_size * grad_accum * world_size``. ``lr_drop_epochs`` are epochs after which the learning rate
+    is multiplied by ``lr_gamma``. ``max_steps`` (optimizer steps, for tests and the demo) stops early and
+    checkpoints. ``eval_every`` epochs (0: only after the last).
+    """
+
+    out_dir: str
+    train_ann: str
+    train_images: str
+    val_ann: str
+    val_images: str
+    model: str = "jcra_tiny"
+    model_overrides: dict = field(default_factory=dict)
+    keypoint_layout: str = "coco"
+    train_scales: list = field(default_factory=lambda: [256])
+    val_scale: int = 256
+    max_size: int = 256
+    rotation: float = 30.0
+    epochs: int = 1
+    batch_size: int = 2
+    grad_accum: int = 1
+    lr: float = 2e-4
+    lr_backbone_mult: float = 0.1
+    lr_offsets_mult: float = 0.1
+    weight_decay: float = 1e-4
+    clip_grad: float = 0.1
+    lr_drop_epochs: list = field(default_factory=list)
+    lr_gamma: float = 0.1
+    precision: str = "fp32"
+    compile: bool = False
+    device: str = "auto"
+    num_workers: int = 0
+    seed: int = 0
+    max_steps: int | None = None
+    eval_every: int = 0
+    checkpoint_every: int = 0
+    log_every: int = 10
+    resume: bool = False
+    matcher_weights: dict = field(default_factory=dict)
+    loss_weights: dict = field(default_factory=dict)
+    top_k: int = 100
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field, and check the dataset files exist."""
+        positive = ("epochs", "batch_size", "grad_accum", "val_scale", "max_size", "log_every", "top_k")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("num_workers", "eval_every", "checkpoint_every", "seed"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "clip_grad", "lr_gamma"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        for name in ("weight_decay", "lr_backbone_mult", "lr_offsets_mult", "rotation"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not self.train_scales or any(int(s) < 1 for s in self.train_scales):
+            raise ValueError(f"train_scales must be a non-empty list of sizes >= 1, got {self.train_scales}")
+        if any(not 0 < int(e) for e in self.lr_drop_epochs):
+            raise ValueError(f"lr_drop_epochs must be epochs >= 1, got {self.lr_drop_epochs}")
+        for name in ("train_ann", "val_ann"):
+            if not Path(getattr(self, name)).is_file():
+                raise ValueError(f"{name}: annotation file {getattr(self, name)!r} does not exist")
+        for name in ("train_images", "val_images"):
+            if not Path(getattr(self, name)).is_dir():
+                raise ValueError(f"{name}: image folder {getattr(self, name)!r} does not exist")
+
+
+class ResumableSampler(Sampler[int]):
+    """A seeded shuffle per epoch, split over processes, that can start part way through an epoch.
+
+    Epoch e's order is ``randperm(size)`` from a generator seeded ``seed + e``, padded by wrapping to a
+    multiple of ``world_size``; process r takes every ``world_size``-th index from r. ``set_epoch(e,
+    start)`` skips this process's first ``start`` indices (those a resumed run already trained on).
+    """
+
+    def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.per_rank = math.ceil(size / world_size)
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        order = order.repeat(math.ceil(self.per_rank * self.world_size / self.size))
+        order = order[: self.per_rank * self.world_size][self.rank :: self.world_size]
+        return iter(order[self.start :].tolist())
+
+    def __len__(self) -> int:
+        """Indices per process per epoch (the full count, independent of ``start``)."""
+        return self.per_rank
+
+
+# ---------------------------------------------------------------------------------------------- setup
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is the local CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """Join the process group torchrun (or a test's spawn) described in the environment: (rank, world)."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def keypoint_layout(name: str):
+    """The named layout (sigmas, flip pairs, skeleton) from ``jcra.data``."""
+    from jcra.data import keypoint_layouts
+
+    return keypoint_layouts.get_layout(name)
+
+
+def build_model_from(model: str, overrides: dict) -> nn.Module:
+    """A model from its name and plain overrides (what checkpoints store)."""
+    from jcra import build_model
+
+    return build_model(model, **dict(overrides))
+
+
+def build_criterion(cfg: TrainConfig, layout) -> nn.Module:
+    """Matcher and losses with the layout's OKS sigmas."""
+    from jcra.criterion import SetCriterion
+    from jcra.matcher import HungarianMatcher
+
+    sigmas = torch.as_tensor(layout.sigmas, dtype=torch.float32)
+    matcher = HungarianMatcher(sigmas, **dict(cfg.matcher_weights))
+    return SetCriterion(len(sigmas), sigmas, matcher, weights=dict(cfg.loss_weights) or None)
+
+
+def build_dataset(ann_file: str, image_dir: str, train: bool, cfg: TrainConfig, layout):
+    """The COCO-format dataset with the training or evaluation transforms."""
+    from jcra.data import CocoKeypoints, build_transforms
+
+    scales = list(cfg.train_scales) if train else [cfg.val_scale]
+    transforms = build_transforms(
+        train, flip_pairs=layout.flip_pairs, scales=scales, max_size=cfg.max_size, rotation=cfg.rotation
+    )
+    return CocoKeypoints(ann_file, image_dir, transforms=transforms, skip_empty=train)
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Three AdamW groups: backbone and sampling offsets at reduced learning rates (Deformable DETR's)."""
+    groups: dict[str, list] = {"backbone": [], "offsets": [], "rest": []}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        key = (
+            "backbone"
+            if name.startswith("backbone.")
+            else "offsets"
+            if "sampling_offsets" in name
+            else "rest"
+        )
+        groups[key].append(param)
+    mult = {"backbone": cfg.lr_backbone_mult, "offsets": cfg.lr_offsets_mult, "rest": 1.0}
+    return [{"params": p, "lr": cfg.lr * mult[k], "name": k} for k, p in groups.items() if p]
+
+
+def move_targets(targets: list[dict], device: torch.device) -> list[dict]:
+    """Targets' tensors on ``device`` (the matcher reads ``iscrowd`` on the host, so it stays there)."""
+    return [
+        {k: v.to(device) if torch.is_tensor(v) and k != "iscrowd" else v for k, v in t.items()}
+        for t in targets
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- logging
+
+
+class MetricsLog:
+    """Metrics to a JSON-lines file, and to TensorBoard when ``torch.utils.tensorboard`` imports."""
+
+    def __init__(self, out_dir: Path, enabled: bool, append: bool):
+        """append: keep earlier lines (a resumed run); otherwise start the file afresh."""
+        self.enabled = enabled
+        self.path = out_dir / "metrics.jsonl"
+        if enabled and not append:
+            self.path.unlink(missing_ok=True)
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+            except ImportError:  # tensorboard is optional
+                self.writer = None
+
+    def log(self, step: int, kind: str, values: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, "kind": kind, **values}) + "\n")
+        if self.writer is not None:
+            for k, v in values.items():
+                if isinstance(v, int | float):
+                    self.writer.add_scalar(f"{kind}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+
+
+@torch.no_grad()
+def predict_loader(model: nn.Module, loader, device: torch.device, top_k: int = 100, precision="fp32"):
+    """COCO result records for every image of ``loader`` (batches from ``jcra.data.collate``)."""
+    from jcra.postprocess import PostProcess
+
+    postprocess = PostProcess(top_k)
+    was_training = model.training
+    model.eval()
+    results = []
+    for images, padding_mask, targets in loader:
+        with autocast(device, precision):
+            outputs = model(images.to(device), padding_mask.to(device))
+        orig_sizes = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets])
+        results += postprocess(outputs, orig_sizes, [t["image_id"] for t in targets])
+    model.train(was_training)
+    return results
+
+
+def evaluate(model: nn.Module, loader, ann_file: str, device: torch.device, top_k=100, precision="fp32"):
+    """COCO keypoint AP of ``model`` on ``loader``'s images against ``ann_file``: (metrics, results)."""
+    from jcra.evaluation import evaluate_keypoints
+
+    results = predict_loader(model, loader, device, top_k, precision)
+    return evaluate_keypoints(results, ann_file), results
+
+
+def autocast(device: torch.device, precision: str):
+    """Mixed precision context: bf16 or fp16 autocast, or a disabled one for fp32."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    return torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32")
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train (or resume) per ``cfg``; returns ``{"step", "epoch", "metrics", "checkpoint"}``.
+
+    Checkpoints ``<out_dir>/checkpoint.pt`` after each epoch, every ``checkpoint_every`` steps and at
+    ``max_steps``. With ``resume`` (and the file present; otherwise it starts afresh) it continues from
+    that file at the same step: parameters, optimizer, scheduler, scaler, RNG and the sampler's epoch
+    and position are restored (bitwise on CPU with ``num_workers=0``). A non-finite loss raises
+    FloatingPointError before the update, leaving the last checkpoint as it was.
+    """
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    rank, world = init_distributed(device)
+    out_dir = Path(cfg.out_dir)
+    ckpt_path = out_dir / "checkpoint.pt"
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed + rank)
+
+    layout = keypoint_layout(cfg.keypoint_layout)
+    overrides = {"num_keypoints": len(layout.sigmas), **dict(cfg.model_overrides)}
+    model = build_model_from(cfg.model, overrides).to(device)
+    criterion = build_criterion(cfg, layout).to(device)
+    train_set = build_dataset(cfg.train_ann, cfg.train_images, True, cfg, layout)
+    val_set = build_dataset(cfg.val_ann, cfg.val_images, False, cfg, layout)
+    sampler = ResumableSampler(len(train_set), seed=cfg.seed, rank=rank, world_size=world)
+    loader = data_loader(train_set, cfg, sampler=sampler)
+    val_loader = data_loader(val_set, cfg)
+    steps_per_epoch = len(sampler) // cfg.batch_size // cfg.grad_accum
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"batch_size * grad_accum ({cfg.batch_size * cfg.grad_accum}) exceeds the "
+            f"{len(sampler)} training images per process"
+        )
+
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    milestones = [int(e) * steps_per_epoch for e in cfg.lr_drop_epochs]
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=cfg.lr_gamma)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    step, epoch, batch_in_epoch = 0, 0, 0
+    if cfg.resume and ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+
+    if cfg.compile:  # encoder and decoder, sizes symbolic: no recompile per random training scale
+        model.compile_transformer()
+    forward_model = model
+    if world > 1:
+        forward_model = nn.parallel.DistributedDataParallel(
+            forward_model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    log = MetricsLog(out_dir, enabled=rank == 0, append=step > 0)
+    total_steps = steps_per_epoch * cfg.epochs if cfg.max_steps is None else cfg.max_steps
+    metrics: dict = {}
+
+    def checkpoint() -> None:
+        rngs = gather_objects(rng_state(), world)
+        if rank == 0:
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "rng": rngs,
+                    "step": step,
+                    "epoch": epoch,
+                    "batch_in_epoch": batch_in_epoch,
+                    "model_config": {"name": cfg.model, "overrides": overrides},
+                    "data_config": {
+                        "keypoint_layout": cfg.keypoint_layout,
+                        "val_scale": cfg.val_scale,
+                        "max_size": cfg.max_size,
+                    },
+                    "train_config": dataclasses.asdict(cfg),
+                    "metrics": metrics,
+                },
+            )
+
+    progress = progress_bar(total_steps, step, enabled=rank == 0)
+    model.train()
+    while epoch < cfg.epochs and step < total_steps:
+        sampler.set_epoch(epoch, start=batch_in_epoch * cfg.batch_size)
+        batches = iter(loader)
+        while batch_in_epoch + cfg.grad_accum <= steps_per_epoch * cfg.grad_accum and step < total_steps:
+            tic = time.perf_counter()
+            losses = accumulate(forward_model, criterion, batches, cfg, device, scaler)
+            loss = reduce_mean(losses["loss"], world)
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite loss {loss} at step {step + 1} (epoch {epoch}); stopped before the update, "
+                    f"the last good checkpoint {ckpt_path} is intact. Try a lower lr or precision=fp32."
+                )
+            scaler.unscale_(optimizer)
+            grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad))
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            batch_in_epoch += cfg.grad_accum
+            speed = cfg.batch_size * cfg.grad_accum * world / (time.perf_counter() - tic)
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{speed:.1f}")
+            if step % cfg.log_every == 0 or step == total_steps:
+                values = {k: float(v) for k, v in losses.items() if not k.endswith(tuple("0123456789"))}
+                log.log(step, "train", {**values, "loss": loss, "grad_norm": grad_norm, "images_per_s": speed,
+                                        "lr": optimizer.param_groups[-1]["lr"], "epoch": epoch})  # fmt: skip
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                checkpoint()
+        if batch_in_epoch + cfg.grad_accum > steps_per_epoch * cfg.grad_accum:
+            epoch, batch_in_epoch = epoch + 1, 0
+            last = epoch == cfg.epochs or step >= total_steps
+            if (cfg.eval_every and epoch % cfg.eval_every == 0) or last:
+                metrics = run_evaluation(model, val_loader, cfg, device, rank, world, out_dir)
+                log.log(step, "val", metrics)
+        checkpoint()
+    progress.close()
+    if not metrics:
+        metrics = run_evaluation(model, val_loader, cfg, device, rank, world, out_dir)
+        log.log(step, "val", metrics)
+        checkpoint()
+    log.close()
+    return {"step": step, "epoch": epoch, "metrics": metrics, "checkpoint": str(ckpt_path)}
+
+
+def accumulate(model, criterion, batches, cfg: TrainConfig, device, scaler) -> dict:
+    """Forward and backward ``grad_accum`` micro-batches; returns their mean losses (detached)."""
+    totals: dict = {}
+    for i in range(cfg.grad_accum):
+        images, padding_mask, targets = next(batches)
+        sync = i == cfg.grad_accum - 1 or not hasattr(model, "no_sync")
+        context = torch.enable_grad() if sync else model.no_sync()
+        with context:
+            with autocast(device, cfg.precision):
+                outputs = model(images.to(device), padding_mask.to(device))
+            losses = criterion(outputs, move_targets(targets, device))
+            scaler.scale(losses["loss"] / cfg.grad_accum).backward()
+        for k, v in losses.items():
+            totals[k] = totals.get(k, 0.0) + v.detach().float() / cfg.grad_accum
+    return totals
+
+
+def run_evaluation(model, val_loader, cfg: TrainConfig, device, rank: int, world: int, out_dir: Path) -> dict:
+    """Evaluate on rank 0 over the whole val split (others wait); writes ``val_results.json``."""
+    metrics: dict = {}
+    if rank == 0:
+        metrics, results = evaluate(model, val_loader, cfg.val_ann, device, cfg.top_k, cfg.precision)
+        (out_dir / "val_results.json").write_text(json.dumps(results))
+        print("[jcra] eval: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
+    if world > 1:
+        dist.barrier()
+    return metrics
+
+
+def data_loader(dataset, cfg: TrainConfig, sampler=None) -> DataLoader:
+    """Training loader (``sampler`` given: full batches in the sampler's order) or evaluation loader.
+
+    The loader owns a seeded generator, so creating an iterator never draws from the global RNG (that
+    would make a resumed run's random stream differ from an uninterrupted one).
+    """
+    from jcra.data import collate
+
+    generator = torch.Generator().manual_seed(cfg.seed)
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        shuffle=False,
+        drop_last=sampler is not None,
+        collate_fn=collate,
+        num_workers=cfg.num_workers,
+        generator=generator,
+        persistent_workers=False,
+    )
+
+
+def reduce_mean(value: torch.Tensor, world: int) -> float:
+    """The mean of a scalar over processes, as a Python float (one host sync per step)."""
+    value = value.detach().float().clone()
+    if world > 1:
+        dist.all_reduce(value)
+        value /= world
+    return float(value)
+
+
+def gather_objects(obj, world: int) -> list:
+    """Every process's ``obj`` (a one-element list without distributed)."""
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def progress_bar(total: int, initial: int, enabled: bool):
+    """A tqdm bar (disabled on ranks other than 0)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------------------------------------- hydra
+
+
+def config_from(node) -> TrainConfig:
+    """A :class:`TrainConfig` from the composed hydra config's ``train`` node (unknown keys raise)."""
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(node, resolve=True)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown config keys {unknown}; valid: {sorted(known)}")
+    return TrainConfig(**values)
+
+
+def main() -> None:
+    """The hydra entry point: compose ``train/conf/config.yaml`` with the command line, then train."""
+    import hydra
+
+    @hydra.main(version_base=None, config_path="conf", config_name="config")
+    def run(cfg) -> None:
+        result = train(config_from(cfg.train))
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"[jcra] checkpoint: {result['checkpoint']}")
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    run()
+
+
+if __name__ == "__main__":
+    main()
