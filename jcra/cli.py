@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.checkpoint, args.ann_file, args.image_dir, args.out, args.device, args.batch_size
             )
             print(json.dumps(metrics, indent=1))
-    except ValueError as error:
+    except (ValueError, OSError) as error:  # bad arguments, missing or unreadable files
         parser().exit(2, f"jcra: error: {error}\n")
     return 0
 

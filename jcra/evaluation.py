@@ -13,7 +13,6 @@ hard (> 0.8) images; those three are added when the images have ``crowdIndex``.
 
 import contextlib
 import io
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from jcra.data.coco import read_json
 from kernels.oks import COCO_SIGMAS, CROWDPOSE_SIGMAS
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
@@ -38,17 +38,8 @@ _DEFAULT_SIGMAS = {17: COCO_SIGMAS, 14: CROWDPOSE_SIGMAS}
 _BOX_AREA_FRACTION = 0.53
 
 
-def _load_json(path: Path, what: str):
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{what} {path} is not valid JSON: {err}") from err
-
-
 def _load_ground_truth(ann_file: Path) -> dict:
-    data = _load_json(ann_file, "ann_file")
+    data = read_json(ann_file, "ann_file")
     if not isinstance(data, dict) or not all(
         isinstance(data.get(key), list) for key in ("images", "annotations", "categories")
     ):
@@ -95,7 +86,7 @@ def _resolve_sigmas(sigmas, num_keypoints: int) -> np.ndarray:
 def _load_results(results, num_keypoints: int, image_ids: set, ann_file: Path) -> list[dict]:
     if isinstance(results, (str, Path)):
         path = Path(results)
-        results = _load_json(path, "results file")
+        results = read_json(path, "results")
         if not isinstance(results, list):
             raise ValueError(f"results file {path} must hold a JSON list of result records")
     elif not isinstance(results, Sequence):

@@ -102,14 +102,19 @@ class CocoKeypoints(Dataset):
                 raise OSError(f"cannot read image {path} (listed in {self.ann_file}): {err}") from err
 
 
+def read_json(path: Path, what: str):
+    """The parsed JSON file ``path``; a missing or malformed file raises an error naming ``what`` and it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{what}: {path} is not valid JSON: {err}") from err
+
+
 def _read_annotations(ann_file: Path) -> dict:
     """The parsed annotation JSON, with its structure checked."""
-    if not ann_file.is_file():
-        raise FileNotFoundError(f"ann_file: {ann_file} does not exist")
-    try:
-        data = json.loads(ann_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"ann_file: {ann_file} is not valid JSON: {err}") from err
+    data = read_json(ann_file, "ann_file")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"ann_file: {ann_file} has no 'images' list (not a COCO annotation file)")
     if not isinstance(data.get("annotations"), list):
