@@ -118,10 +118,6 @@ def evaluate(
     ``out/metrics.json`` when ``out`` is given."""
     from train.train import TrainConfig, build_dataset, data_loader, evaluate, keypoint_layout, resolve_device
 
-    for name, value, ok in (("ann_file", ann_file, Path(ann_file).is_file()),
-                            ("image_dir", image_dir, Path(image_dir).is_dir())):  # fmt: skip
-        if not ok:
-            raise ValueError(f"{name}: {value!r} does not exist")
     dev = resolve_device(device)
     model, data_config = load_model(checkpoint, dev)
     cfg = TrainConfig(

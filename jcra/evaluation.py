@@ -22,6 +22,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from jcra.data.coco import num_keypoints as count_keypoints
 from jcra.data.coco import read_json
 from kernels.oks import COCO_SIGMAS, CROWDPOSE_SIGMAS
 
@@ -53,16 +54,6 @@ def _load_ground_truth(ann_file: Path) -> dict:
                 raise ValueError(f"ann_file {ann_file}: annotations[{i}] has neither 'area' nor 'bbox'")
             ann["area"] = _BOX_AREA_FRACTION * ann["bbox"][2] * ann["bbox"][3]
     return data
-
-
-def _num_keypoints(data: dict, ann_file: Path) -> int:
-    lengths = {len(ann["keypoints"]) for ann in data["annotations"] if "keypoints" in ann}
-    if len(lengths) != 1 or next(iter(lengths)) % 3:
-        raise ValueError(
-            f"ann_file {ann_file}: annotations must all hold 3 * K keypoint values, got lengths "
-            f"{sorted(lengths)}"
-        )
-    return next(iter(lengths)) // 3
 
 
 def _resolve_sigmas(sigmas, num_keypoints: int) -> np.ndarray:
@@ -151,7 +142,7 @@ def evaluate_keypoints(results, ann_file, *, sigmas=None) -> dict[str, float]:
     """
     ann_file = Path(ann_file)
     data = _load_ground_truth(ann_file)
-    num_keypoints = _num_keypoints(data, ann_file)
+    num_keypoints = count_keypoints(data, ann_file)
     sigmas = _resolve_sigmas(sigmas, num_keypoints)
     records = _load_results(results, num_keypoints, {image["id"] for image in data["images"]}, ann_file)
     subsets = _crowd_subsets(data["images"]) if any("crowdIndex" in image for image in data["images"]) else {}

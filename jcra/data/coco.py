@@ -33,7 +33,7 @@ class CocoKeypoints(Dataset):
         data = _read_annotations(self.ann_file)
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image_dir: {self.image_dir} is not a folder")
-        self.num_keypoints = _num_keypoints(data, self.ann_file)
+        self.num_keypoints = num_keypoints(data, self.ann_file)
         self.images = {image["id"]: image for image in data["images"]}
         self.annotations: dict = {image_id: [] for image_id in self.images}
         for ann in data["annotations"]:
@@ -125,8 +125,9 @@ def _read_annotations(ann_file: Path) -> dict:
     return data
 
 
-def _num_keypoints(data: dict, ann_file: Path) -> int:
-    """K from the person category's keypoint names (else the first annotation); every annotation agrees."""
+def num_keypoints(data: dict, ann_file: Path) -> int:
+    """K of a parsed annotation file: the person category's keypoint names (else the first
+    annotation); ValueError naming ``ann_file`` for an annotation without 3 * K values or image."""
     names = next((c.get("keypoints") for c in data.get("categories", []) if c.get("keypoints")), None)
     anns = data["annotations"]
     if names:
