@@ -6,8 +6,10 @@ FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` on meta tensors (no
 counting a multiply-add as 2 FLOPs. The counter does not see deformable attention's sampling
 (``grid_sample`` in the reference path, the fused op on GPUs); it is added analytically: per query,
 head, level and point, bilinear interpolation of D channels (4 corners x multiply-add) plus the
-attention-weighted sum (multiply-add), 10 * D FLOPs. Papers in this field (PETR included) report
-mmcv's count, which counts a multiply-add once: compare their "GFLOPs" with the GMACs column.
+attention-weighted sum (multiply-add), 10 * D FLOPs; the decoder's keypoint heads add 8 FLOPs per
+channel, keypoint and query (a bilinear sample of the memory at each keypoint). Papers in this
+field (PETR included) report mmcv's count, which counts a multiply-add once: compare their "GFLOPs"
+with the GMACs column.
 """
 
 import argparse
@@ -16,11 +18,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from jcra import build_model
+from jcra.decoder import LocalKeypointHead
 from jcra.deformable_attention import MSDeformAttn
 
 
 def sampling_flops(model, height: int, width: int) -> dict[str, int]:
-    """Deformable attention sampling FLOPs per part (encoder, decoder) for one image."""
+    """Bilinear sampling FLOPs per part (encoder, decoder) for one image."""
     strides = model.neck.strides
     tokens = sum(-(-height // s) * -(-width // s) for s in strides)
 
@@ -31,6 +34,10 @@ def sampling_flops(model, height: int, width: int) -> dict[str, int]:
     encoder = sum(tokens * per_query(m) for m in model.encoder.modules() if isinstance(m, MSDeformAttn))
     decoder = sum(
         model.num_queries * per_query(m) for m in model.decoder.modules() if isinstance(m, MSDeformAttn)
+    ) + sum(
+        model.num_queries * model.num_keypoints * 8 * m.local_proj.in_features
+        for m in model.decoder.modules()
+        if isinstance(m, LocalKeypointHead)
     )
     return {"encoder": encoder, "decoder": decoder}
 
@@ -61,7 +68,7 @@ def main() -> None:
     print(f"FLOPs at {args.height}x{args.width}, batch 1 (multiply-add = 2 FLOPs):")
     for part, flops in counted.items():
         extra = sampled.get(part, 0)
-        note = f" (incl. {extra / 1e9:.1f} G deformable sampling)" if extra else ""
+        note = f" (incl. {extra / 1e9:.1f} G bilinear sampling)" if extra else ""
         print(f"  {part:9s} {(flops + extra) / 1e9:8.1f} GFLOPs{note}")
     print(f"  total     {total / 1e9:8.1f} GFLOPs = {total / 2e9:.1f} GMACs")
 

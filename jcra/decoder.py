@@ -6,14 +6,22 @@ current keypoint k, with offsets scaled by the pose's extent (its keypoints' bou
 PETR's factor; the box is clamped below at ``min_extent``, our choice, so a collapsed pose still
 samples a neighbourhood). Keypoints are refined in inverse-sigmoid space and the reference is detached
 between layers (Deformable-DETR's iterative refinement).
+
+Our addition (:class:`LocalKeypointHead`): each layer's keypoint head also reads the memory's finest
+level (stride 8) at each current keypoint, and updates keypoint k from the query and keypoint k's own
+sample. Cross-attention pools all keypoints into one query vector; a head reading only that vector
+moved the keypoints little per layer (in the demo, L1 error 0.023 -> 0.020 over four layers) and the
+demo reached val AP 0.27; reading the memory at the keypoints it reached 0.39-0.40 in the same steps
+(README, "The embedded demo"). All four levels gave no more than the finest alone.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from jcra.deformable_attention import MSDeformAttn
 from jcra.encoder import FFN, Shapes
-from jcra.heads import MLP, ClassHead, KeypointHead
+from jcra.heads import MLP, ClassHead, inverse_sigmoid
 
 
 class PoseDeformAttn(MSDeformAttn):
@@ -48,6 +56,44 @@ class PoseDecoderLayer(nn.Module):
         return self.ffn(self.norm2(tgt + self.dropout2(attended)))
 
 
+def sample_finest_level(
+    memory: torch.Tensor, width: int, height: int, padding_mask: torch.Tensor, points: torch.Tensor
+) -> torch.Tensor:
+    """Bilinear samples of the first (finest) level of memory [B, S, C] at points [B, N, 2] (x, y) in
+    [0, 1] of its padded ``height x width`` map -> [B, N, C]; padding and outside the map read zero."""
+    B, _, C = memory.shape
+    tokens = memory[:, : height * width].masked_fill(padding_mask[:, : height * width, None], 0.0)
+    level_map = tokens.transpose(1, 2).reshape(B, C, height, width)
+    # fp32 as in the attention (a bf16 location is off by up to half a pixel at 256 px); a contiguous
+    # grid, since grid_sample on a strided one is ~10x slower on CPU
+    grid = (2.0 * points[:, :, None].float() - 1.0).contiguous()  # [B, N, 1, 2]
+    samples = F.grid_sample(level_map.float(), grid, align_corners=False)[..., 0].transpose(1, 2)
+    return samples.to(memory.dtype)
+
+
+class LocalKeypointHead(nn.Module):
+    """Refines each keypoint from its query and the memory sampled at the keypoint itself.
+
+    x [B, Q, C]; ref [B, Q, K, 2] (x, y) in [0, 1]; local [B, Q, K, C]. Keypoint k's update is
+    ``MLP(relu(A_k x + B local_k))`` in inverse-sigmoid space; the last layer starts at zero, so a
+    fresh head returns its reference.
+    """
+
+    def __init__(self, d_model: int, num_keypoints: int):
+        super().__init__()
+        self.num_keypoints = num_keypoints
+        self.query_proj = nn.Linear(d_model, num_keypoints * d_model)
+        self.local_proj = nn.Linear(d_model, d_model)
+        self.mlp = MLP(d_model, d_model, 2, 2)
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, x: torch.Tensor, ref: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+        per_keypoint = self.query_proj(x).view(*x.shape[:-1], self.num_keypoints, -1)
+        delta = self.mlp(torch.relu(per_keypoint + self.local_proj(local)))
+        return (inverse_sigmoid(ref.float()) + delta.float()).sigmoid()
+
+
 class PoseDecoder(nn.Module):
     """``num_layers`` decoder layers, each followed by its own class and keypoint heads.
 
@@ -76,7 +122,9 @@ class PoseDecoder(nn.Module):
         )
         self.query_pos = MLP(2 * num_keypoints, d_model, d_model, 2)
         self.class_heads = nn.ModuleList(ClassHead(d_model) for _ in range(num_layers))
-        self.keypoint_heads = nn.ModuleList(KeypointHead(d_model, num_keypoints) for _ in range(num_layers))
+        self.keypoint_heads = nn.ModuleList(
+            LocalKeypointHead(d_model, num_keypoints) for _ in range(num_layers)
+        )
 
     def forward(
         self,
@@ -96,6 +144,8 @@ class PoseDecoder(nn.Module):
         ref = keypoints.detach()
         # per level: the valid frame's [0, 1] maps to [0, valid ratio] of the padded map
         ratios = valid_ratios[:, None, :, None, :]  # [B, 1, L, 1, 2]
+        height, width = spatial_shapes[0]
+        finest_ratio = valid_ratios[:, None, None, 0]  # [B, 1, 1, 2]
         for layer, class_head, keypoint_head in zip(
             self.layers, self.class_heads, self.keypoint_heads, strict=True
         ):
@@ -105,7 +155,10 @@ class PoseDecoder(nn.Module):
             tgt = layer(
                 tgt, query_pos, ref[:, :, None] * ratios, offset_scale, memory, spatial_shapes, padding_mask
             )
-            keypoints = keypoint_head(tgt, ref)
+            B, Q, K, _ = ref.shape
+            points = (ref * finest_ratio).view(B, Q * K, 2)
+            local = sample_finest_level(memory, width, height, padding_mask, points).view(B, Q, K, -1)
+            keypoints = keypoint_head(tgt, ref, local)
             all_logits.append(class_head(tgt))
             all_keypoints.append(keypoints)
             ref = keypoints.detach()

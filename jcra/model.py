@@ -27,7 +27,8 @@ class JCRA(nn.Module):
     Keypoints are (x, y) in [0, 1] of each image's unpadded size throughout. There is no
     joint-refinement decoder (PETR's second stage): one decoder stage, which is JCRA's point against
     PETR. Numbers JCRA does not give (proposal head, query initialisation, extent scale) follow PETR
-    and Deformable-DETR's two-stage variant; each module's docstring says which.
+    and Deformable-DETR's two-stage variant; each module's docstring says which. The decoder's keypoint
+    heads read the memory at each keypoint: our addition (:mod:`jcra.decoder`).
 
     use_fused_kernels: run deformable attention through the fused op (``kernels.ms_deform_attn``);
     False runs the plain-PyTorch reference (fast CPU tests, debugging).

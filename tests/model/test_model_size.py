@@ -13,4 +13,4 @@ def test_model_size_script_reports_parameters_and_flops():
         capture_output=True, text=True, check=True, timeout=120,
     )  # fmt: skip
     assert "M parameters" in result.stdout
-    assert "deformable sampling" in result.stdout and "GMACs" in result.stdout
+    assert "bilinear sampling" in result.stdout and "GMACs" in result.stdout

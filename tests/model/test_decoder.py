@@ -1,0 +1,53 @@
+"""jcra.decoder: the keypoint-local refinement (sampling the memory at each keypoint) and its head."""
+
+import torch
+
+from jcra.decoder import LocalKeypointHead, sample_finest_level
+
+H, W = 5, 7  # the finest level, odd sizes; a coarser level's tokens follow in memory
+
+
+def _memory(gen: torch.Generator, B: int = 2, C: int = 3) -> torch.Tensor:
+    return torch.randn(B, H * W + 3 * 4, C, generator=gen)
+
+
+def test_samples_at_cell_centres_are_the_tokens_and_zero_far_outside():
+    gen = torch.Generator().manual_seed(0)
+    memory = _memory(gen)
+    padding = torch.zeros(memory.shape[:2], dtype=torch.bool)
+    # token (row 2, col 5) at its cell centre; a point left of the map
+    points = torch.tensor([(5.5 / W, 2.5 / H), (-1.0, 0.5)]).expand(2, -1, -1)
+    out = sample_finest_level(memory, W, H, padding, points)  # [B, N=2, C]
+    torch.testing.assert_close(out[:, 0], memory[:, 2 * W + 5])
+    assert (out[:, 1] == 0).all()
+    # halfway between two horizontal neighbours: their mean
+    mid = sample_finest_level(memory, W, H, padding, torch.tensor([[(3.0 / W, 1.5 / H)]]).expand(2, -1, -1))
+    torch.testing.assert_close(mid[:, 0], (memory[:, W + 2] + memory[:, W + 3]) / 2)
+
+
+def test_padded_tokens_read_as_zero():
+    gen = torch.Generator().manual_seed(1)
+    memory = _memory(gen)
+    padding = torch.zeros(memory.shape[:2], dtype=torch.bool)
+    padding[0, 6] = True  # row 0, col 6 of image 0
+    out = sample_finest_level(memory, W, H, padding, torch.tensor([[(6.5 / W, 0.5 / H)]]).expand(2, -1, -1))
+    assert (out[0, 0] == 0).all()
+    torch.testing.assert_close(out[1, 0], memory[1, 6])
+
+
+def test_a_fresh_head_returns_its_reference_and_a_trained_one_reads_the_memory():
+    gen = torch.Generator().manual_seed(2)
+    B, Q, K, C = 2, 4, 17, 8
+    head = LocalKeypointHead(C, K)
+    ref = torch.rand(B, Q, K, 2, generator=gen) * 0.9 + 0.05
+    x = torch.randn(B, Q, C, generator=gen)
+    local = torch.randn(B, Q, K, C, generator=gen, requires_grad=True)
+    torch.testing.assert_close(head(x, ref, local), ref)
+
+    with torch.no_grad():
+        head.mlp[-1].weight.normal_(generator=gen)
+    assert not torch.allclose(head(x, ref, local), ref)
+    # keypoint k's update reads keypoint k's samples only
+    grad = torch.autograd.grad(head(x, ref, local)[0, 0, 3].sum(), local)[0]
+    assert grad[0, 0, 3].abs().sum() > 0
+    assert grad.abs().sum() == grad[0, 0, 3].abs().sum()
