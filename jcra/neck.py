@@ -11,28 +11,7 @@ import math
 import torch
 from torch import nn
 
-from jcra.backbone import valid_mask
-
-
-class MaskedGroupNorm(nn.GroupNorm):
-    """GroupNorm whose statistics cover only the valid positions; padded positions come out zero.
-
-    x [B, C, H, W]; mask [B, 1, H, W] float, 1 where valid (every image needs one valid position).
-    Equals ``nn.GroupNorm`` when the mask is all ones.
-    """
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        G = self.num_groups
-        compute = torch.float64 if x.dtype == torch.float64 else torch.float32  # fp32 stats under autocast
-        xg = x.to(compute).view(B, G, C // G, H * W)
-        m = mask.to(compute).view(B, 1, 1, H * W)
-        count = m.sum(-1, keepdim=True) * (C // G)
-        mean = (xg * m).sum((-2, -1), keepdim=True) / count
-        var = ((xg - mean).square() * m).sum((-2, -1), keepdim=True) / count
-        out = ((xg - mean) * (var + self.eps).rsqrt() * m).view(B, C, H, W)
-        out = out * self.weight[:, None, None] + self.bias[:, None, None] * mask
-        return out.to(x.dtype)
+from jcra.backbone import MaskedGroupNorm, valid_mask
 
 
 def sine_position_encoding(valid_hw: torch.Tensor, height: int, width: int, dim: int) -> torch.Tensor:

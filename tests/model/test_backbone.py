@@ -1,10 +1,11 @@
-"""jcra.backbone: frozen BatchNorm, torchvision-compatible keys, frozen stages, padding invariance."""
+"""jcra.backbone: frozen BatchNorm, torchvision-compatible keys, frozen stages or GroupNorm from
+scratch, padding invariance."""
 
 import pytest
 import torch
 from torch import nn
 
-from jcra.backbone import FrozenBatchNorm2d, ResNet, resnet
+from jcra.backbone import FrozenBatchNorm2d, MaskedGroupNorm, ResNet, resnet
 
 
 def test_frozen_batchnorm_equals_batchnorm_in_eval():
@@ -33,20 +34,32 @@ def test_resnet50_has_torchvision_state_dict_layout():
     assert ResNet(18).out_channels == (128, 256, 512)
 
 
-def test_stem_and_stage_one_are_frozen():
+def test_stem_and_stage_one_are_frozen_for_imagenet_weights():
     model = ResNet(18, base_width=8)
     for name, p in model.named_parameters():
         assert p.requires_grad == (not name.startswith(("conv1.", "layer1."))), name
 
 
+def test_from_scratch_every_layer_trains_with_group_norm():
+    model = resnet(50, base_width=8)
+    assert all(p.requires_grad for p in model.parameters())
+    norms = [m for m in model.modules() if isinstance(m, (FrozenBatchNorm2d, MaskedGroupNorm))]
+    assert len(norms) == 53 and all(isinstance(m, MaskedGroupNorm) for m in norms)
+    # the same keys as torchvision's layout, less the running statistics
+    assert "layer1.0.downsample.1.weight" in model.state_dict()
+
+
+@pytest.mark.parametrize("frozen", [True, False])
 @pytest.mark.parametrize("depth", [18, 50])
-def test_padding_does_not_change_features(depth):
+def test_padding_does_not_change_features(depth, frozen):
     """An odd-sized image alone and zero-padded in a batch gives the same valid features."""
     torch.manual_seed(0)
-    model = ResNet(depth, base_width=8).eval()
-    for block in model.modules():
-        if isinstance(block, FrozenBatchNorm2d):  # non-trivial statistics, so padding would leak
-            block.bias.normal_()
+    model = ResNet(depth, base_width=8, frozen=frozen).eval()
+    with torch.no_grad():
+        for norm in model.modules():  # non-trivial shifts and scales, so padding would leak
+            if isinstance(norm, FrozenBatchNorm2d | MaskedGroupNorm):
+                norm.bias.normal_()
+                norm.weight.uniform_(0.5, 1.5)
     h, w = 75, 101
     image = torch.randn(1, 3, h, w)
     padded = torch.zeros(2, 3, 128, 160)

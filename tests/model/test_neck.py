@@ -5,7 +5,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from jcra.neck import MaskedGroupNorm, MultiScaleNeck, sine_position_encoding
+from jcra.backbone import MaskedGroupNorm
+from jcra.neck import MultiScaleNeck, sine_position_encoding
 
 
 def _group_norm(num_groups=4, channels=8):
