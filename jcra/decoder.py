@@ -56,19 +56,24 @@ class PoseDecoderLayer(nn.Module):
         return self.ffn(self.norm2(tgt + self.dropout2(attended)))
 
 
-def sample_finest_level(
-    memory: torch.Tensor, width: int, height: int, padding_mask: torch.Tensor, points: torch.Tensor
+def finest_level_map(
+    memory: torch.Tensor, height: int, width: int, padding_mask: torch.Tensor
 ) -> torch.Tensor:
-    """Bilinear samples of the first (finest) level of memory [B, S, C] at points [B, N, 2] (x, y) in
-    [0, 1] of its padded ``height x width`` map -> [B, N, C]; padding and outside the map read zero."""
+    """The first (finest) level of memory [B, S, C] as an fp32 map [B, C, height, width], padding zeroed.
+
+    fp32 as in the attention: sampled in bf16, a location is off by up to half a pixel at 256 px.
+    """
     B, _, C = memory.shape
     tokens = memory[:, : height * width].masked_fill(padding_mask[:, : height * width, None], 0.0)
-    level_map = tokens.transpose(1, 2).reshape(B, C, height, width)
-    # fp32 as in the attention (a bf16 location is off by up to half a pixel at 256 px); a contiguous
-    # grid, since grid_sample on a strided one is ~10x slower on CPU
+    return tokens.float().transpose(1, 2).reshape(B, C, height, width)
+
+
+def sample_map(level_map: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of level_map [B, C, H, W] at points [B, N, 2] (x, y) in [0, 1] of the map
+    -> [B, N, C] (fp32); zero outside the map."""
+    # a contiguous grid: grid_sample on a strided one is ~10x slower on CPU
     grid = (2.0 * points[:, :, None].float() - 1.0).contiguous()  # [B, N, 1, 2]
-    samples = F.grid_sample(level_map.float(), grid, align_corners=False)[..., 0].transpose(1, 2)
-    return samples.to(memory.dtype)
+    return F.grid_sample(level_map, grid, align_corners=False)[..., 0].transpose(1, 2)
 
 
 class LocalKeypointHead(nn.Module):
@@ -144,7 +149,7 @@ class PoseDecoder(nn.Module):
         ref = keypoints.detach()
         # per level: the valid frame's [0, 1] maps to [0, valid ratio] of the padded map
         ratios = valid_ratios[:, None, :, None, :]  # [B, 1, L, 1, 2]
-        height, width = spatial_shapes[0]
+        finest = finest_level_map(memory, *spatial_shapes[0], padding_mask)
         finest_ratio = valid_ratios[:, None, None, 0]  # [B, 1, 1, 2]
         for layer, class_head, keypoint_head in zip(
             self.layers, self.class_heads, self.keypoint_heads, strict=True
@@ -157,7 +162,7 @@ class PoseDecoder(nn.Module):
             )
             B, Q, K, _ = ref.shape
             points = (ref * finest_ratio).view(B, Q * K, 2)
-            local = sample_finest_level(memory, width, height, padding_mask, points).view(B, Q, K, -1)
+            local = sample_map(finest, points).view(B, Q, K, -1).to(tgt.dtype)
             keypoints = keypoint_head(tgt, ref, local)
             all_logits.append(class_head(tgt))
             all_keypoints.append(keypoints)

@@ -2,7 +2,7 @@
 
 import torch
 
-from jcra.decoder import LocalKeypointHead, sample_finest_level
+from jcra.decoder import LocalKeypointHead, finest_level_map, sample_map
 
 H, W = 5, 7  # the finest level, odd sizes; a coarser level's tokens follow in memory
 
@@ -17,11 +17,12 @@ def test_samples_at_cell_centres_are_the_tokens_and_zero_far_outside():
     padding = torch.zeros(memory.shape[:2], dtype=torch.bool)
     # token (row 2, col 5) at its cell centre; a point left of the map
     points = torch.tensor([(5.5 / W, 2.5 / H), (-1.0, 0.5)]).expand(2, -1, -1)
-    out = sample_finest_level(memory, W, H, padding, points)  # [B, N=2, C]
+    level_map = finest_level_map(memory, H, W, padding)
+    out = sample_map(level_map, points)  # [B, N=2, C]
     torch.testing.assert_close(out[:, 0], memory[:, 2 * W + 5])
     assert (out[:, 1] == 0).all()
     # halfway between two horizontal neighbours: their mean
-    mid = sample_finest_level(memory, W, H, padding, torch.tensor([[(3.0 / W, 1.5 / H)]]).expand(2, -1, -1))
+    mid = sample_map(level_map, torch.tensor([[(3.0 / W, 1.5 / H)]]).expand(2, -1, -1))
     torch.testing.assert_close(mid[:, 0], (memory[:, W + 2] + memory[:, W + 3]) / 2)
 
 
@@ -30,7 +31,8 @@ def test_padded_tokens_read_as_zero():
     memory = _memory(gen)
     padding = torch.zeros(memory.shape[:2], dtype=torch.bool)
     padding[0, 6] = True  # row 0, col 6 of image 0
-    out = sample_finest_level(memory, W, H, padding, torch.tensor([[(6.5 / W, 0.5 / H)]]).expand(2, -1, -1))
+    level_map = finest_level_map(memory, H, W, padding)
+    out = sample_map(level_map, torch.tensor([[(6.5 / W, 0.5 / H)]]).expand(2, -1, -1))
     assert (out[0, 0] == 0).all()
     torch.testing.assert_close(out[1, 0], memory[1, 6])
 
