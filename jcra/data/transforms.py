@@ -193,9 +193,10 @@ def resized_shape(h: int, w: int, scale: int, max_size: int | None) -> tuple[int
     short, long = min(h, w), max(h, w)
     if max_size is not None and long / short * scale > max_size:
         scale = int(round(max_size * short / long))
-    if h <= w:
-        return scale, max(1, int(round(scale * w / h)))
-    return max(1, int(round(scale * h / w))), scale
+    new_long = max(1, int(round(scale * long / short)))
+    if max_size is not None:
+        new_long = min(new_long, max_size)  # the rounded short side can push it one pixel over
+    return (scale, new_long) if h <= w else (new_long, scale)
 
 
 class RandomCrop:

@@ -85,6 +85,15 @@ def test_geometric_transform_keeps_keypoints_on_their_pixels(transform):
         assert_keypoints_on_marks(out_image, out_target)
 
 
+def test_resized_shape_never_exceeds_the_long_side_cap():
+    for h in range(90, 130):
+        for w in range(90, 130):
+            for scale in (96, 112, 128):
+                new_h, new_w = resized_shape(h, w, scale, 120)
+                assert max(new_h, new_w) <= 120, (h, w, scale)
+                assert min(new_h, new_w) == scale or max(new_h, new_w) >= 119, (h, w, scale)
+
+
 def test_training_pipeline_keeps_keypoints_on_their_pixels():
     transforms = build_transforms(True, flip_pairs=COCO.flip_pairs, scales=[160, 192, 224], max_size=300)
     generator = torch.Generator().manual_seed(torch.seed() % 2**31)
