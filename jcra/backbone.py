@@ -76,10 +76,6 @@ Norm = Callable[[int], nn.Module]
 SCRATCH_GROUPS = 8
 
 
-def frozen_batch_norm(channels: int) -> nn.Module:
-    return FrozenBatchNorm2d(channels)
-
-
 def group_norm(channels: int) -> nn.Module:
     return MaskedGroupNorm(math.gcd(SCRATCH_GROUPS, channels), channels)
 
@@ -116,7 +112,7 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_ch: int, width: int, stride: int = 1, norm: Norm = frozen_batch_norm):
+    def __init__(self, in_ch: int, width: int, stride: int = 1, norm: Norm = FrozenBatchNorm2d):
         super().__init__()
         out_ch = width * self.expansion
         self.conv1 = nn.Conv2d(in_ch, width, 3, stride, 1, bias=False)
@@ -138,7 +134,7 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_ch: int, width: int, stride: int = 1, norm: Norm = frozen_batch_norm):
+    def __init__(self, in_ch: int, width: int, stride: int = 1, norm: Norm = FrozenBatchNorm2d):
         super().__init__()
         out_ch = width * self.expansion
         self.conv1 = nn.Conv2d(in_ch, width, 1, bias=False)
@@ -174,7 +170,7 @@ class ResNet(nn.Module):
         if depth not in _RESNET_LAYERS:
             raise ValueError(f"depth must be one of {sorted(_RESNET_LAYERS)}, got {depth}")
         block = Bottleneck if depth >= 50 else BasicBlock
-        norm = frozen_batch_norm if frozen else group_norm
+        norm = FrozenBatchNorm2d if frozen else group_norm
         self.conv1 = nn.Conv2d(3, base_width, 7, 2, 3, bias=False)
         self.bn1 = norm(base_width)
         self.relu = nn.ReLU(inplace=True)
