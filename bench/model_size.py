@@ -7,7 +7,7 @@ counting a multiply-add as 2 FLOPs. The counter does not see deformable attentio
 (``grid_sample`` in the reference path, the fused op on GPUs); it is added analytically: per query,
 head, level and point, bilinear interpolation of D channels (4 corners x multiply-add) plus the
 attention-weighted sum (multiply-add), 10 * D FLOPs; the decoder's keypoint heads add 8 FLOPs per
-channel, keypoint and query (a bilinear sample of the memory at each keypoint). Papers in this
+channel, keypoint and query (a bilinear sample of each local map at each keypoint). Papers in this
 field (PETR included) report mmcv's count, which counts a multiply-add once: compare their "GFLOPs"
 with the GMACs column.
 """
@@ -61,7 +61,7 @@ def main() -> None:
     per_module = counter.get_flop_counts()
     counted = {
         part: sum(per_module.get(f"JCRA.{part}", {}).values())
-        for part in ("backbone", "neck", "encoder", "decoder")
+        for part in ("backbone", "neck", "detail_proj", "encoder", "decoder")
     }
     sampled = sampling_flops(model, args.height, args.width)
     total = counter.get_total_flops() + sum(sampled.values())
@@ -69,8 +69,8 @@ def main() -> None:
     for part, flops in counted.items():
         extra = sampled.get(part, 0)
         note = f" (incl. {extra / 1e9:.1f} G bilinear sampling)" if extra else ""
-        print(f"  {part:9s} {(flops + extra) / 1e9:8.1f} GFLOPs{note}")
-    print(f"  total     {total / 1e9:8.1f} GFLOPs = {total / 2e9:.1f} GMACs")
+        print(f"  {part:11s} {(flops + extra) / 1e9:8.1f} GFLOPs{note}")
+    print(f"  total       {total / 1e9:8.1f} GFLOPs = {total / 2e9:.1f} GMACs")
 
 
 if __name__ == "__main__":

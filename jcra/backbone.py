@@ -1,4 +1,4 @@
-"""ResNet backbones (torchvision-compatible parameter names) returning C3-C5, and an optional Swin.
+"""ResNet backbones (torchvision-compatible parameter names) returning C2-C5, and an optional Swin.
 
 torchvision is not a dependency (its wheels pin one torch build); the ResNet here has the same
 state-dict keys, so ImageNet weights load through ``torchvision.models`` when it is installed and
@@ -155,7 +155,7 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """ResNet trunk returning C3, C4, C5 (strides 8, 16, 32).
+    """ResNet trunk returning C2, C3, C4, C5 (strides 4, 8, 16, 32).
 
     depth: 18, 34, 50 or 101. base_width: stage-1 width (64 in the standard nets; smaller for test
     configs). frozen: FrozenBatchNorm2d everywhere and the stem and stage 1 without gradients (for
@@ -163,7 +163,7 @@ class ResNet(nn.Module):
     ``out_channels`` and ``strides`` describe the outputs.
     """
 
-    strides = (8, 16, 32)
+    strides = (4, 8, 16, 32)
 
     def __init__(self, depth: int = 50, base_width: int = 64, frozen: bool = True):
         super().__init__()
@@ -183,7 +183,7 @@ class ResNet(nn.Module):
             layer += [block(in_ch, width, 1, norm) for _ in range(blocks - 1)]
             self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
             channels.append(in_ch)
-        self.out_channels = tuple(channels[1:])
+        self.out_channels = tuple(channels)
         if frozen:
             for module in (self.conv1, self.layer1):
                 module.requires_grad_(False)
@@ -205,8 +205,7 @@ class ResNet(nn.Module):
                 out_stride = stride * 2 if (i > 0 and j == 0) else stride
                 x = block(x, masks[stride], masks[out_stride])
                 stride = out_stride
-            if i > 0:
-                outputs.append(x)
+            outputs.append(x)
         return outputs
 
 
@@ -228,7 +227,7 @@ def resnet(depth: int = 50, base_width: int = 64, pretrained: bool = False) -> R
 
 
 class SwinBackbone(nn.Module):
-    """A timm Swin Transformer returning its last three stages (strides 8, 16, 32) as NCHW maps.
+    """A timm Swin Transformer returning its four stages (strides 4, 8, 16, 32) as NCHW maps.
 
     Needs timm >= 1.0 (an optional extra; ``strict_img_size=False`` accepts any input size, best a
     multiple of 32); not exercised in CI, where timm is absent. Padding is not masked inside the
@@ -236,7 +235,7 @@ class SwinBackbone(nn.Module):
     size-dependent features.
     """
 
-    strides = (8, 16, 32)
+    strides = (4, 8, 16, 32)
 
     def __init__(self, name: str = "swin_large_patch4_window12_384", pretrained: bool = False):
         super().__init__()
@@ -245,7 +244,7 @@ class SwinBackbone(nn.Module):
         except ImportError as err:
             raise ImportError("Swin backbones need timm (pip install timm)") from err
         self.body = timm.create_model(
-            name, pretrained=pretrained, features_only=True, out_indices=(1, 2, 3), strict_img_size=False
+            name, pretrained=pretrained, features_only=True, out_indices=(0, 1, 2, 3), strict_img_size=False
         )
         self.out_channels = tuple(self.body.feature_info.channels())
 

@@ -7,8 +7,8 @@ and plain numbers (Hydra builds it from YAML the same way).
 import torch
 from torch import nn
 
-from jcra.backbone import SwinBackbone, resnet
-from jcra.decoder import PoseDecoder
+from jcra.backbone import SwinBackbone, resnet, valid_mask
+from jcra.decoder import PoseDecoder, finest_level_map
 from jcra.deformable_attention import MSDeformAttn
 from jcra.encoder import DeformableEncoder, grid_centres
 from jcra.heads import ClassHead, HeatmapHead, KeypointHead
@@ -53,6 +53,7 @@ class JCRA(nn.Module):
         self.enc_class = ClassHead(d_model)
         self.enc_keypoints = KeypointHead(d_model, num_keypoints)
         self.heatmap_head = HeatmapHead(d_model, num_keypoints)
+        self.detail_proj = nn.Conv2d(backbone.out_channels[0], d_model, 1)
         self.use_fused_kernels = use_fused_kernels
 
     @property
@@ -79,7 +80,7 @@ class JCRA(nn.Module):
         if padding_mask is not None and tuple(padding_mask.shape) != (B, H, W):
             raise ValueError(f"padding_mask must be [B={B}, H={H}, W={W}], got {tuple(padding_mask.shape)}")
         valid_hw = self._valid_sizes(images, padding_mask)
-        feats = self.backbone(images, None if padding_mask is None else valid_hw)
+        detail, *feats = self.backbone(images, None if padding_mask is None else valid_hw)
         maps, masks, pos, valid = self.neck(feats, valid_hw)
 
         spatial_shapes = tuple((m.shape[-2], m.shape[-1]) for m in maps)
@@ -93,7 +94,16 @@ class JCRA(nn.Module):
         memory = self.encoder(src, pos_flat, spatial_shapes, mask_flat, valid_ratios, centres)
 
         enc_logits, enc_keypoints, tgt, init = self._proposals(memory, mask_flat, centres)
-        logits, keypoints = self.decoder(tgt, init.detach(), memory, spatial_shapes, mask_flat, valid_ratios)
+        finest = finest_level_map(memory, *spatial_shapes[0], mask_flat)
+        detail_stride = self.backbone.strides[0]
+        detail = self.detail_proj(detail).float() * valid_mask(valid_hw, detail_stride, *detail.shape[-2:])
+        local_maps = [
+            (finest, _image_extent(valid_hw, finest, self.neck.strides[0])),
+            (detail, _image_extent(valid_hw, detail, detail_stride)),
+        ]
+        logits, keypoints = self.decoder(
+            tgt, init.detach(), memory, spatial_shapes, mask_flat, valid_ratios, local_maps
+        )
         out = {"logits": logits[-1], "keypoints": keypoints[-1]}
         if self.training:
             out["aux_outputs"] = [
@@ -142,6 +152,16 @@ class JCRA(nn.Module):
             padding_mask = torch.zeros_like(images[:, 0], dtype=torch.bool)
         valid = ~padding_mask
         return torch.stack([valid.any(2).sum(1), valid.any(1).sum(1)], 1)
+
+
+def _image_extent(valid_hw: torch.Tensor, level_map: torch.Tensor, stride: int) -> torch.Tensor:
+    """The unpadded image's extent in a stride-``stride`` map [B, C, h, w] as fractions [B, 2] (x, y).
+
+    Exactly the image's pixels, not whole cells as in :func:`_valid_ratios` (which follows
+    Deformable-DETR): the keypoint heads sample at the keypoints themselves.
+    """
+    h, w = level_map.shape[-2:]
+    return torch.stack([valid_hw[:, 1] / (w * stride), valid_hw[:, 0] / (h * stride)], -1).float()
 
 
 def _valid_ratios(valid: list[torch.Tensor], spatial_shapes) -> torch.Tensor:
@@ -199,7 +219,8 @@ def build_model(name: str = "jcra_r50", **overrides) -> JCRA:
     else:
         backbone = resnet(cfg["depth"], cfg["base_width"], pretrained=cfg["pretrained"])
     d, k, levels, dropout = cfg["d_model"], cfg["num_keypoints"], cfg["num_levels"], cfg["dropout"]
-    neck = MultiScaleNeck(backbone.out_channels, backbone.strides, d, levels)
+    # the neck reads C3-C5; C2 (stride 4) feeds the keypoint heads through JCRA.detail_proj
+    neck = MultiScaleNeck(backbone.out_channels[1:], backbone.strides[1:], d, levels)
     encoder = DeformableEncoder(
         d, cfg["enc_layers"], cfg["num_heads"], levels, cfg["num_points"], cfg["ffn_dim"], dropout
     )

@@ -30,8 +30,8 @@ def test_resnet50_has_torchvision_state_dict_layout():
     for key in ("conv1.weight", "bn1.running_var", "layer1.0.downsample.0.weight", "layer4.2.bn3.bias"):
         assert key in state
     assert tuple(state["layer3.5.conv2.weight"].shape) == (256, 256, 3, 3)
-    assert ResNet(50).out_channels == (512, 1024, 2048)
-    assert ResNet(18).out_channels == (128, 256, 512)
+    assert ResNet(50).out_channels == (256, 512, 1024, 2048)
+    assert ResNet(18).out_channels == (64, 128, 256, 512)
 
 
 def test_stem_and_stage_one_are_frozen_for_imagenet_weights():

@@ -87,7 +87,7 @@ def test_build_model_configs_and_overrides():
     assert all(m.use_fused for m in attention)
     r50 = build_model("jcra_r50")
     assert r50.num_queries == 300 and len(r50.encoder.layers) == 6 and len(r50.decoder.layers) == 6
-    assert r50.backbone.out_channels == (512, 1024, 2048)
+    assert r50.backbone.out_channels == (256, 512, 1024, 2048)
     with pytest.raises(ValueError, match="name"):
         build_model("jcra_r51")
     with pytest.raises(ValueError, match="num_keypoint"):
