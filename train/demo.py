@@ -1,7 +1,7 @@
 """The embedded demo: ``python -m train.demo [hydra overrides]``.
 
 Generates the synthetic people (once, under ``outputs/demo/data``), trains the demo configuration
-(``train/conf`` defaults: tiny model on CPU, about twelve minutes on 2 cores), evaluates COCO keypoint AP
+(``train/conf`` defaults: tiny model on CPU, about 13 minutes on 2 cores), evaluates COCO keypoint AP
 on the synthetic val split, draws predictions for a few val images, and prints where everything is.
 """
 
