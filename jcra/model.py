@@ -53,7 +53,7 @@ class JCRA(nn.Module):
         self.enc_class = ClassHead(d_model)
         self.enc_keypoints = KeypointHead(d_model, num_keypoints)
         self.heatmap_head = HeatmapHead(d_model, num_keypoints)
-        self.detail_proj = nn.Conv2d(backbone.out_channels[0], d_model, 1)
+        self.detail_proj = nn.Linear(backbone.out_channels[0], d_model)  # a 1x1 conv, channels last
         self.use_fused_kernels = use_fused_kernels
 
     @property
@@ -96,7 +96,8 @@ class JCRA(nn.Module):
         enc_logits, enc_keypoints, tgt, init = self._proposals(memory, mask_flat, centres)
         finest = finest_level_map(memory, *spatial_shapes[0], mask_flat)
         detail_stride = self.backbone.strides[0]
-        detail = self.detail_proj(detail).float() * valid_mask(valid_hw, detail_stride, *detail.shape[-2:])
+        detail_valid = valid_mask(valid_hw, detail_stride, *detail.shape[-2:]).permute(0, 2, 3, 1)
+        detail = self.detail_proj(detail.permute(0, 2, 3, 1)).float() * detail_valid  # [B, h, w, C]
         local_maps = [
             (finest, _image_extent(valid_hw, finest, self.neck.strides[0])),
             (detail, _image_extent(valid_hw, detail, detail_stride)),
@@ -155,12 +156,12 @@ class JCRA(nn.Module):
 
 
 def _image_extent(valid_hw: torch.Tensor, level_map: torch.Tensor, stride: int) -> torch.Tensor:
-    """The unpadded image's extent in a stride-``stride`` map [B, C, h, w] as fractions [B, 2] (x, y).
+    """The unpadded image's extent in a stride-``stride`` map [B, h, w, C] as fractions [B, 2] (x, y).
 
     Exactly the image's pixels, not whole cells as in :func:`_valid_ratios` (which follows
     Deformable-DETR): the keypoint heads sample at the keypoints themselves.
     """
-    h, w = level_map.shape[-2:]
+    h, w = level_map.shape[1:3]
     return torch.stack([valid_hw[:, 1] / (w * stride), valid_hw[:, 0] / (h * stride)], -1).float()
 
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from jcra.decoder import LocalKeypointHead, finest_level_map, sample_map
 from jcra.model import _image_extent
@@ -66,9 +67,37 @@ def test_keypoints_sample_their_own_pixels_in_a_padded_map(stride):
     h, w = 96 // stride, 128 // stride
     centres_x = ((torch.arange(w) + 0.5) * stride).expand(h, w)
     centres_y = ((torch.arange(h)[:, None] + 0.5) * stride).expand(h, w)
-    level_map = torch.stack([centres_x, centres_y]).expand(2, -1, -1, -1)  # [B, 2, h, w]
+    level_map = torch.stack([centres_x, centres_y], -1).expand(2, -1, -1, -1)  # [B, h, w, 2]
     extent = _image_extent(valid_hw, level_map, stride)
     # away from the outer half cell, where bilinear sampling of a ramp is exact
     keypoints = torch.rand(2, 50, 2, generator=gen) * 0.8 + 0.1  # (x, y) of the unpadded image
     out = sample_map(level_map, keypoints * extent[:, None])
     torch.testing.assert_close(out, keypoints * valid_hw.flip(-1)[:, None].float())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sampling_matches_grid_sample_and_its_gradient(dtype):
+    """sample_map against F.grid_sample (align_corners=False, zero padding) on a fresh odd-sized
+    map, at points inside, on the border, outside and far outside; values and map gradient."""
+    gen = torch.Generator().manual_seed(4)
+    B, C = 3, 5
+    h, w = torch.randint(1, 12, (2,), generator=gen).tolist()
+    level_map = torch.randn(B, h, w, C, generator=gen, dtype=dtype, requires_grad=True)
+    points = torch.rand(B, 40, 2, generator=gen, dtype=dtype) * 1.4 - 0.2
+    points[:, :4] = torch.tensor([[0.0, 0.0], [1.0, 1.0], [-3.0, 0.5], [0.5, 7.0]], dtype=dtype)
+    out = sample_map(level_map, points)
+    grid = (2 * points[:, :, None] - 1).to(dtype)
+    ref = F.grid_sample(level_map.permute(0, 3, 1, 2), grid, align_corners=False)[..., 0].transpose(1, 2)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.to(dtype), ref, **tol)
+    upstream = torch.randn(out.shape, generator=gen, dtype=dtype)
+    (grad,) = torch.autograd.grad((out * upstream).sum(), level_map)
+    (ref_grad,) = torch.autograd.grad((ref * upstream).sum(), level_map)
+    torch.testing.assert_close(grad, ref_grad, **tol)
+
+
+def test_non_finite_points_sample_zero():
+    level_map = torch.randn(1, 4, 4, 3)
+    points = torch.tensor([[[float("nan"), 0.5], [0.5, float("inf")], [0.5, 0.5]]])
+    out = sample_map(level_map, points)
+    assert (out[0, :2] == 0).all() and out[0, 2].abs().sum() > 0
