@@ -164,10 +164,10 @@ class PoseDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode queries tgt [B, Q, C] from initial keypoints [B, Q, K, 2] (valid frame, in [0, 1]).
 
-        memory [B, S, C], padding_mask [B, S], valid_ratios [B, L, 2] (x, y). local_maps: the
-        keypoint heads' ``num_local_maps`` pairs of a map [B, C, h, w] (fp32, zero where padded) and
-        the valid frame's extent in it [B, 2] (x, y, fractions of the map). Returns per layer logits
-        [D, B, Q] and keypoints [D, B, Q, K, 2] in the valid frame.
+        memory [B, S, C], padding_mask [B, S], valid_ratios [B, L, 2] (x, y). local_maps: the keypoint
+        heads' ``num_local_maps`` pairs of a channels-last map [B, h, w, C] (fp32, zero where padded)
+        and the valid frame's extent in it [B, 2] (x, y, fractions of the map). Returns per layer
+        logits [D, B, Q] and keypoints [D, B, Q, K, 2] in the valid frame.
         """
         all_logits, all_keypoints = [], []
         ref = keypoints.detach()

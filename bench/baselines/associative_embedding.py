@@ -25,7 +25,7 @@ class StrideFourHead(nn.Module):
     """Backbone feature map upsampled to stride 4 by deconvolutions, then a 1x1 conv to ``out_channels``.
 
     ``backbone`` maps images [B, 3, H, W] to a feature map [B, in_channels, H / s, W / s] with
-    ``s = feature_stride`` (a list or tuple of maps, such as ResNet's C3-C5, is indexed by
+    ``s = feature_stride`` (a list or tuple of maps, such as ResNet's C2-C5, is indexed by
     ``feature_index``). Output: [B, out_channels, H / 4, W / 4].
     """
 
