@@ -94,14 +94,7 @@ class JCRA(nn.Module):
         memory = self.encoder(src, pos_flat, spatial_shapes, mask_flat, valid_ratios, centres)
 
         enc_logits, enc_keypoints, tgt, init = self._proposals(memory, mask_flat, centres)
-        finest = finest_level_map(memory, *spatial_shapes[0], mask_flat)
-        detail_stride = self.backbone.strides[0]
-        detail_valid = valid_mask(valid_hw, detail_stride, *detail.shape[-2:]).permute(0, 2, 3, 1)
-        detail = self.detail_proj(detail.permute(0, 2, 3, 1)).float() * detail_valid  # [B, h, w, C]
-        local_maps = [
-            (finest, _image_extent(valid_hw, finest, self.neck.strides[0])),
-            (detail, _image_extent(valid_hw, detail, detail_stride)),
-        ]
+        local_maps = self._local_maps(memory, spatial_shapes[0], mask_flat, detail, valid_hw)
         logits, keypoints = self.decoder(
             tgt, init.detach(), memory, spatial_shapes, mask_flat, valid_ratios, local_maps
         )
@@ -145,6 +138,18 @@ class JCRA(nn.Module):
         """
         for module in (self.encoder, self.decoder):
             module.compile(fullgraph=True, dynamic=dynamic, backend=backend, mode=mode)
+
+    def _local_maps(self, memory, finest_hw, padding_mask, c2, valid_hw) -> list:
+        """The keypoint heads' channels-last maps with the image's extent in each: the memory's finest
+        level (stride 8) and C2 [B, C2, H/4, W/4] projected to d_model, both zero where padded."""
+        finest = finest_level_map(memory, *finest_hw, padding_mask)
+        stride = self.backbone.strides[0]
+        valid = valid_mask(valid_hw, stride, *c2.shape[-2:]).permute(0, 2, 3, 1)
+        detail = self.detail_proj(c2.permute(0, 2, 3, 1)).float() * valid  # [B, h, w, C]
+        return [
+            (finest, _image_extent(valid_hw, finest, self.neck.strides[0])),
+            (detail, _image_extent(valid_hw, detail, stride)),
+        ]
 
     @staticmethod
     def _valid_sizes(images: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
