@@ -180,7 +180,9 @@ def _pose_cost_kernel(
 ):
     """One program per (image, block of queries, block of ground truths), looping over keypoints.
 
-    K is a compile-time constant (17 or 14 in practice) and its loop is unrolled.
+    K is a compile-time constant (17 or 14 in practice), but its loop is a plain ``range``: unrolled
+    (``tl.static_range``), the compiler hoists all K keypoints' loads and, at 8 pairs a thread, ptxas
+    for sm_90 fell to 32 registers and a 3.7 KB spill stack; rolled it takes 80 registers, no spills.
     Everything is fp32 except the coordinate differences, taken in fp64 for fp64 inputs (COORD_DTYPE):
     in fp32, pixel coordinates lose the digits that COCOeval-exact OKS needs.
 
@@ -203,7 +205,7 @@ def _pose_cost_kernel(
     exp_sum = tl.zeros((BLOCK_Q, BLOCK_G), dtype=tl.float32)
     l1_sum = tl.zeros((BLOCK_Q, BLOCK_G), dtype=tl.float32)
     count = tl.zeros((BLOCK_G,), dtype=tl.float32)
-    for k in tl.static_range(K):
+    for k in range(K):
         sigma = tl.load(sigma_ptr + k * stride_s).to(tl.float32)
         inv_var = 1.0 / (4.0 * sigma * sigma)
         px = tl.load(pred_base + k * stride_pk, mask=mask_q, other=0.0).to(COORD_DTYPE)
