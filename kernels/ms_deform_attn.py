@@ -319,14 +319,66 @@ def _gather_grad_value_kernel(
 # ----------------------------------------------------------------------------------------------------
 # 3. Launchers
 # ----------------------------------------------------------------------------------------------------
-# BLOCK_D covers D in one tile (D is 32 in the model). BLOCK_Q keeps a corner tile near 2K elements:
-# enough rows in flight to hide gather latency, few enough registers for four corners plus the
-# accumulator (backward also holds grad_out and two derivative tiles, hence half). These are
-# heuristics chosen without a GPU this session; autotuning them is the open next step.
-def _blocks(D: int, backward: bool) -> tuple[int, int]:
-    block_d = max(triton.next_power_of_2(D), 4)
-    budget = 1024 if backward else 2048
-    return max(min(budget // block_d, 128), 4), block_d
+# BLOCK_D covers D in one tile (D is 32 in the model). BLOCK_Q and num_warps set how many elements of
+# a [BLOCK_Q, BLOCK_D] corner tile a thread holds. The level and point loops are unrolled, so several
+# corner tiles are in flight at once and registers grow with that count: for L = 4, D = 32 on sm_90
+# (ptxas, Triton 3.6) 4 elements a thread take ~115 registers, 8 take ~170 and 16 take ~250; the
+# backward, which also holds grad_out and two derivative tiles, spills at 16. So a config is a
+# candidate for a given BLOCK_D when a thread holds 4 to 16 elements (4 to 8 backward). Fewer registers
+# leave room for more resident warps to hide gather latency; more elements put more loads in flight per
+# warp. Which wins is the GPU's call: on CUDA a launch of at least _TUNE_MIN_ROWS query-heads autotunes
+# over the candidates once per (L, P, D, dtypes). Smaller launches (tests, small decoders: launch-bound
+# anyway) and the interpreter take the first candidate, the one with the most elements a thread.
+_CANDIDATES = ((128, 4), (64, 4), (32, 4), (16, 4), (8, 4), (4, 4), (64, 8), (32, 8))  # (BLOCK_Q, warps)
+_MAX_PER_THREAD = {"forward": 16, "backward": 8}
+_TUNE_MIN_ROWS = 1 << 14
+
+
+def _candidates(block_d: int, direction: str) -> list[tuple[int, int]]:
+    fits = [
+        (block_q, warps)
+        for block_q, warps in _CANDIDATES
+        if 4 <= block_q * block_d // (32 * warps) <= _MAX_PER_THREAD[direction]
+    ]
+    return fits or [_CANDIDATES[-3]]  # D so wide that even 4 rows exceed the budget: 4 rows, 4 warps
+
+
+def _bench_config(kernel_call, quantiles):
+    """Time one candidate in 10 ms of warm-up and 40 of repeats (Triton: 25 and 100): ~1 s a tuning."""
+    return triton.testing.do_bench(kernel_call, warmup=10, rep=40, quantiles=quantiles)
+
+
+def _autotuned(kernel, direction: str, **options):
+    """``kernel`` wrapped by triton.autotune over the candidates that fit its BLOCK_D."""
+
+    def prune(configs, named_args, **kwargs):
+        fits = _candidates(kwargs["BLOCK_D"], direction)
+        return [c for c in configs if (c.kwargs["BLOCK_Q"], c.num_warps) in fits]
+
+    return triton.autotune(
+        [triton.Config({"BLOCK_Q": block_q}, num_warps=warps) for block_q, warps in _CANDIDATES],
+        key=["L", "P", "D"],
+        prune_configs_by={"early_config_prune": prune},
+        do_bench=_bench_config,
+        **options,
+    )(kernel)
+
+
+_fwd_tuned = _autotuned(_ms_deform_attn_fwd_kernel, "forward")
+_bwd_tuned = _autotuned(_ms_deform_attn_bwd_kernel, "backward", reset_to_zero=["grad_value_ptr"])
+
+
+def _launch(kernel, tuned, direction: str, lq: int, batch_heads: int, *args, **meta) -> None:
+    """Grid (Lq blocks, N * M); autotuned on large CUDA launches, else the first fitting candidate."""
+
+    def grid(cfg):
+        return (triton.cdiv(lq, cfg["BLOCK_Q"]), batch_heads)
+
+    if args[0].is_cuda and lq * batch_heads >= _TUNE_MIN_ROWS:
+        tuned[grid](*args, **meta)
+    else:
+        block_q, warps = _candidates(meta["BLOCK_D"], direction)[0]
+        kernel[grid({"BLOCK_Q": block_q})](*args, **meta, BLOCK_Q=block_q, num_warps=warps)
 
 
 @functools.lru_cache(maxsize=256)
@@ -340,16 +392,19 @@ def _level_table(shapes: Shapes, device: torch.device) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.int64).to(device)
 
 
+def _block_d(D: int) -> int:
+    return max(triton.next_power_of_2(D), 4)
+
+
 def _ms_deform_attn_forward_triton(value, shapes, loc, attn):
     N, S, M, D = value.shape
     Lq, L, P = loc.shape[1], loc.shape[3], loc.shape[4]
     out = value.new_empty(N, Lq, M * D)
-    block_q, block_d = _blocks(D, backward=False)
-    grid = (triton.cdiv(Lq, block_q), N * M)
-    _ms_deform_attn_fwd_kernel[grid](
+    _launch(
+        _ms_deform_attn_fwd_kernel, _fwd_tuned, "forward", Lq, N * M,
         value, _level_table(shapes, value.device), loc, attn, out,
         Lq, S, M, D,
-        L=L, P=P, BLOCK_Q=block_q, BLOCK_D=block_d, num_warps=4,
+        L=L, P=P, BLOCK_D=_block_d(D),
     )  # fmt: skip
     return out
 
@@ -367,13 +422,13 @@ def _ms_deform_attn_backward_triton(grad_out, value, shapes, loc, attn, determin
     else:
         grad_value = torch.zeros(N, S, M, D, dtype=torch.float32, device=value.device)
         dst = coef = grad_value  # unused
-    block_q, block_d = _blocks(D, backward=True)
-    grid = (triton.cdiv(Lq, block_q), N * M)
-    _ms_deform_attn_bwd_kernel[grid](
+    block_d = _block_d(D)
+    _launch(
+        _ms_deform_attn_bwd_kernel, _bwd_tuned, "backward", Lq, N * M,
         grad_out, value, _level_table(shapes, value.device), loc, attn,
         grad_value, grad_loc, grad_attn, dst, coef,
         Lq, S, M, D,
-        L=L, P=P, BLOCK_Q=block_q, BLOCK_D=block_d, DETERMINISTIC=deterministic, num_warps=4,
+        L=L, P=P, BLOCK_D=block_d, DETERMINISTIC=deterministic,
     )  # fmt: skip
     if deterministic:
         rows = N * S * M

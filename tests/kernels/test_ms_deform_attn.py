@@ -10,6 +10,9 @@ from jcra.deformable_attention import MSDeformAttn
 from kernels.dispatch import use_triton
 from kernels.ms_deform_attn import ms_deform_attn, ms_deform_attn_reference
 
+# the module itself (the package re-exports a function of that name)
+msda = importlib.import_module("kernels.ms_deform_attn")
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(
     not use_triton(torch.empty(0, device=DEVICE)), reason="Triton kernels not active"
@@ -97,6 +100,33 @@ def test_matches_reference(case, dtype, atol, rtol, deterministic, poisoned):
     assert_matches(got, want, atol, rtol)
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="autotuning runs only for CUDA launches")
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES[:2], ids=["float32", "bfloat16"])
+def test_autotuned_launch_matches_reference(dtype, atol, rtol):
+    """A launch large enough to autotune (N * Lq * M >= 2^14) runs the chosen config correctly, and
+    the atomic value gradient is zeroed again after the tuning runs."""
+    shapes = ((40, 60), (20, 30), (10, 15), (5, 8))
+    S = sum(h * w for h, w in shapes)
+    value, loc, attn = make_inputs(2, S, 8, 32, shapes, 4, dtype, seed=11)
+    assert 2 * S * 8 >= msda._TUNE_MIN_ROWS
+    grad = torch.randn(2, S, 8 * 32, device=DEVICE).to(dtype)
+    got = run(fused, value, shapes, loc, attn, grad)
+    want = run(reference64, value, shapes, loc, attn, grad.double())
+    assert_matches(got, want, atol, rtol)
+
+
+@pytest.mark.parametrize("block_d", [4, 8, 16, 32, 64, 128, 256, 512])
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_launch_candidates_fit_the_register_budget(block_d, direction):
+    """Every candidate config holds 4 to 16 (backward 8) tile elements a thread; very wide D gets the
+    smallest tile rather than none."""
+    fits = msda._candidates(block_d, direction)
+    assert fits
+    per_thread = [block_q * block_d // (32 * warps) for block_q, warps in fits]
+    most = msda._MAX_PER_THREAD[direction]
+    assert all(4 <= n <= most for n in per_thread) or fits == [(4, 4)]
+
+
 def test_noncontiguous_inputs_and_sum_backward():
     """Views with odd strides in, and the expanded (stride-0) gradient that out.sum() sends back."""
     N, Lq, M, D, shapes, P = 2, 5, 2, 16, ((5, 7), (3, 3)), 4
@@ -145,7 +175,6 @@ def test_deterministic_backward_is_bitwise_reproducible():
 
 def test_deterministic_follows_torch_switch(monkeypatch):
     calls = []
-    msda = importlib.import_module("kernels.ms_deform_attn")  # the package re-exports a function of that name
     original = msda._ms_deform_attn_backward_triton
     monkeypatch.setattr(
         msda, "_ms_deform_attn_backward_triton", lambda *a: calls.append(a[-1]) or original(*a)
@@ -197,7 +226,7 @@ def test_compiled_module_fullgraph_matches_eager():
 def test_compiled_backward_matches_eager(path, monkeypatch):
     """Compiled training graphs call the backward op below the autograd key, on either path."""
     if path == "reference":
-        monkeypatch.setattr(importlib.import_module("kernels.ms_deform_attn"), "use_triton", lambda t: False)
+        monkeypatch.setattr(msda, "use_triton", lambda t: False)
     torch.manual_seed(2)
     module = MSDeformAttn(embed_dim=32, num_heads=4, num_levels=2, num_points=3).to(DEVICE)
     shapes = ((6, 5), (3, 3))
