@@ -57,6 +57,7 @@ def sections(out: Path) -> dict[str, tuple[list[str], int]]:
             360,
         ),
         "train_step": (suite("bench/test_bench_train_step.py", name="train_step"), 300),
+        "profile": (["-m", "bench.profile_end_to_end", "--provider", "jcra-reference", "--batch", "1"], 90),
     }
 
 

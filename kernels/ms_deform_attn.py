@@ -168,7 +168,7 @@ def _scatter_corner(
         tl.store(coef_ptr + entry, tl.where(inside, coef, 0.0), mask=q_mask)
     else:
         ptrs = grad_value_ptr + offset[:, None] + d[None, :]
-        tl.atomic_add(ptrs, coef[:, None] * g, mask=inside[:, None] & d_mask[None, :])
+        tl.atomic_add(ptrs, coef[:, None] * g, mask=inside[:, None] & d_mask[None, :], sem="relaxed")
 
 
 @triton.jit

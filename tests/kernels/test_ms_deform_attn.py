@@ -134,10 +134,9 @@ def test_noncontiguous_inputs_and_sum_backward():
     value_t = value.transpose(0, 1).contiguous().transpose(0, 1)  # same values, non-contiguous
     loc_t = torch.stack([loc, loc], dim=-1)[..., 0]  # same values, stride 2 in the last dim
     assert not value_t.is_contiguous() and not loc_t.is_contiguous()
-    got = run(lambda v, s, lc, a: fused(v, s, lc, a).sum(), value_t, shapes, loc_t, attn, torch.tensor(1.0))
-    want = run(
-        lambda v, s, lc, a: reference64(v, s, lc, a).sum(), value, shapes, loc, attn, torch.tensor(1.0)
-    )
+    one = torch.tensor(1.0, device=DEVICE)
+    got = run(lambda v, s, lc, a: fused(v, s, lc, a).sum(), value_t, shapes, loc_t, attn, one)
+    want = run(lambda v, s, lc, a: reference64(v, s, lc, a).sum(), value, shapes, loc, attn, one)
     assert_matches(got, want, 2e-5, 2e-5)
 
 
@@ -157,7 +156,7 @@ def test_far_outside_locations_give_zero():
     value, loc, attn = make_inputs(1, 3, 1, 8, shapes, 2, torch.float32, seed=5)
     loc = torch.full_like(loc, 1e9)
     loc[0, 0] = -1e9
-    got = run(fused, value, shapes, loc, attn, torch.ones(1, 3, 8))
+    got = run(fused, value, shapes, loc, attn, torch.ones(1, 3, 8, device=DEVICE))
     for t in got:
         assert torch.count_nonzero(t) == 0
 

@@ -1,0 +1,58 @@
+"""Where JCRA's end-to-end inference time goes: torch.profiler over a few batches, top ops printed.
+
+    python -m bench.profile_end_to_end --provider jcra-reference --batch 1 --steps 5
+
+Same model, inputs and post-processing as ``bench/test_bench_end_to_end.py``. Prints the wall time
+per batch, the device time the profiler saw (busy time well under wall time means the GPU waits on
+the host: launch overhead or syncs), and the ops with the most device and host time.
+"""
+
+import argparse
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from bench.test_bench_end_to_end import CUDA, DEVICE, IMAGE, build, load_batch
+from jcra.postprocess import PostProcess
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--provider", choices=["jcra", "jcra-reference"], default="jcra-reference")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--rows", type=int, default=25, help="ops listed per table")
+    args = parser.parse_args(argv)
+    model, postprocess = build(args.provider), PostProcess(top_k=100)
+    images = load_batch(args.batch)
+    orig_sizes = torch.tensor([IMAGE] * args.batch)
+    autocast = args.provider == "jcra" and CUDA
+
+    @torch.no_grad()
+    def infer():
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
+            outputs = model(images)
+        return postprocess(outputs, orig_sizes, list(range(args.batch)))
+
+    for _ in range(3):  # compile and warm up
+        infer()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if CUDA else [])
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(args.steps):
+            infer()
+    wall_ms = (time.perf_counter() - start) * 1e3 / args.steps
+    events = prof.key_averages()
+    device_ms = sum(e.self_device_time_total for e in events) / 1e3 / args.steps
+    print(f"{args.provider} batch {args.batch} {IMAGE}: {wall_ms:.1f} ms wall a batch under the profiler, ")
+    print(f"{device_ms:.1f} ms of device kernels a batch ({device_ms / wall_ms:.0%} busy)")
+    if CUDA:
+        print(events.table(sort_by="self_device_time_total", row_limit=args.rows))
+    print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows))
+
+
+if __name__ == "__main__":
+    main()
