@@ -113,21 +113,18 @@ class HungarianMatcher:
     ) -> tuple[Tensor, Tensor]:
         """Kept targets padded to the batch's largest count: keypoints ``[B, G, K, 3]``, areas ``[B, G]``.
 
-        Padding has area 0 and no labelled keypoint; its columns are cut off before assignment. The
-        padded tensors are filled where the targets lie (host targets: on the host, then one copy to
-        ``device`` rather than one per image).
+        Padding has area 0 and no labelled keypoint; its columns are cut off before assignment.
         """
         g = max((len(idx) for idx in kept), default=0)
-        home = targets[0]["keypoints"].device if targets else device
-        gt_kpts = torch.zeros((len(targets), g, k, 3), device=home)
-        gt_areas = torch.zeros((len(targets), g), device=home)
+        gt_kpts = torch.zeros((len(targets), g, k, 3), device=device)
+        gt_areas = torch.zeros((len(targets), g), device=device)
         for i, (target, idx) in enumerate(zip(targets, kept, strict=True)):
             kpts, area = target["keypoints"], target["area"]
             if len(idx) < kpts.shape[0]:
                 kpts, area = kpts[idx.to(kpts.device)], area[idx.to(area.device)]
-            gt_kpts[i, : len(idx)] = kpts.to(home)
-            gt_areas[i, : len(idx)] = area.to(home)
-        return gt_kpts.to(device), gt_areas.to(device)
+            gt_kpts[i, : len(idx)] = kpts.to(device)
+            gt_areas[i, : len(idx)] = area.to(device)
+        return gt_kpts, gt_areas
 
     def _assign(self, cost: Tensor, num_gt: list[int]) -> list[Match]:
         """Optimal assignment per image from a padded cost ``[N, Q, G]`` (any device).
