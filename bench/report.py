@@ -1,36 +1,53 @@
-"""Turn a pytest-benchmark JSON into a markdown table and PNG plots.
+"""Turn pytest-benchmark JSON files of one run into a markdown table, PNG plots and summary.json.
 
-    python -m bench.report bench/results/latest.json --out bench/results/<run-name>
+    python -m bench.report bench/results/<run-name>/*.json --out bench/results/<run-name>
 
-Every benchmark records ``extra_info["provider"]``; within one benchmark group (same shape, mode and
-dtype, timed in the same run) each provider's speedup is the baseline's median over its own. The
-baseline is the first provider present from ``BASELINES``: kernels earn their place against the
-compiled reference.
+A benchmark's provider is ``extra_info["provider"]``, else the first id of its parametrisation
+(``test[dekr-20]`` is ``dekr``). Within one benchmark group (same shape, mode and dtype, timed in the
+same process) each provider's speedup is the baseline's median over its own; the baseline is the first
+provider present from ``BASELINES``: kernels earn their place against the compiled reference.
+
+When the bottom-up and end-to-end suites are present, the crowd table compares per-image latency:
+JCRA's end-to-end time (independent of the number of people) against each bottom-up baseline's
+network time plus its post-processing time at N people, and ``crowd.png`` plots it. ``summary.json``
+holds the headline ratios the benchmark issue names, each from timings of one process (null where
+the run did not measure them).
 """
 
 import argparse
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
 BASELINES = ("reference+compile", "reference", "broadcast", "scipy")
+BOTTOM_UP = ("associative_embedding", "dekr")
 
 
-def load_groups(path: Path) -> tuple[dict, dict[str, list[dict]]]:
-    """(machine/version info, {group: [benchmark rows]}) from a pytest-benchmark JSON file."""
-    data = json.loads(path.read_text())
-    groups = defaultdict(list)
-    for bench in data["benchmarks"]:
-        info = bench.get("extra_info", {})
-        groups[bench["group"] or bench["name"]].append(
-            {
-                "name": bench["name"],
-                "provider": info.get("provider", bench["name"]),
-                "median_ms": bench["stats"]["median"] * 1e3,
-                "info": info,
-            }
-        )
-    return data.get("machine_info", {}), dict(groups)
+def _provider(bench: dict) -> str:
+    info = bench.get("extra_info", {})
+    if "provider" in info:
+        return info["provider"]
+    ids = re.search(r"\[(.*)\]", bench["name"])
+    return ids.group(1).split("-")[0] if ids else bench["name"]
+
+
+def load_groups(paths: list[Path]) -> tuple[dict, dict[str, list[dict]]]:
+    """(machine info of the first file, {group: [benchmark rows]}) from pytest-benchmark JSON files."""
+    groups, machine = defaultdict(list), {}
+    for path in paths:
+        data = json.loads(path.read_text())
+        machine = machine or data.get("machine_info", {})
+        for bench in data["benchmarks"]:
+            groups[bench["group"] or bench["name"]].append(
+                {
+                    "name": bench["name"],
+                    "provider": _provider(bench),
+                    "median_ms": bench["stats"]["median"] * 1e3,
+                    "info": bench.get("extra_info", {}),
+                }
+            )
+    return machine, dict(groups)
 
 
 def add_speedups(groups: dict[str, list[dict]]) -> None:
@@ -52,7 +69,10 @@ def markdown_table(groups: dict[str, list[dict]]) -> str:
         for row in sorted(rows, key=lambda r: r["median_ms"]):
             info = row["info"]
             gbps = f"{info['gbps_minimal']:.3g} / {info['gbps_gather']:.3g}" if "gbps_minimal" in info else ""
-            peak = f"{info['peak_memory_mb']:.0f}" if info.get("peak_memory_mb") is not None else ""
+            peak = info.get("peak_memory_mb")
+            if peak is None and info.get("peak_mem_bytes") is not None:
+                peak = info["peak_mem_bytes"] / 2**20
+            peak = f"{peak:.3g}" if peak is not None else ""
             speedup = f"{row['speedup']:.2f}x vs {row['baseline']}" if row["speedup"] else ""
             cells = [group, row["provider"], f"{row['median_ms']:.3f}", speedup, gbps, peak]
             lines.append("| " + " | ".join(cells) + " |")
@@ -85,15 +105,150 @@ def plot_speedups(groups: dict[str, list[dict]], out: Path) -> Path:
     return path
 
 
+def _median(groups: dict, group: str, provider: str) -> float | None:
+    return next((r["median_ms"] for r in groups.get(group, []) if r["provider"] == provider), None)
+
+
+def _ratio(groups: dict, pattern: str, baseline: str, provider: str) -> float | None:
+    """baseline median / provider median in the first group matching ``pattern`` (None if absent)."""
+    group = next((g for g in sorted(groups) if re.fullmatch(pattern, g)), None)
+    slow, fast = _median(groups, group, baseline), _median(groups, group, provider)
+    return slow / fast if slow and fast else None
+
+
+def crowd_latency(groups: dict, batch: int) -> dict[int, dict[str, float]]:
+    """{people: {"jcra": ms, method: ms, method + " network": ms}} per image at ``batch``.
+
+    A bottom-up image costs its share of the batch's network time plus its own post-processing (run
+    per image); JCRA's share of the batch's end-to-end time covers everything and does not depend on
+    the number of people. Empty when the run lacks either suite.
+    """
+    jcra = next(
+        (
+            r["median_ms"] / batch
+            for g, rows in groups.items()
+            if g.startswith(f"end to end batch {batch} ")
+            for r in rows
+            if r["provider"] == "jcra"
+        ),
+        None,
+    )
+    network = {m: _median(groups, f"bottom-up network, batch {batch}", m) for m in BOTTOM_UP}
+    if jcra is None or None in network.values():
+        return {}
+    table = {}
+    for group in groups:
+        crowd = re.fullmatch(r"bottom-up postprocess, (\d+) people", group)
+        if crowd:
+            row = {"jcra": jcra}
+            for method in BOTTOM_UP:
+                row[method + " network"] = network[method] / batch
+                row[method] = network[method] / batch + _median(groups, group, method)
+            table[int(crowd.group(1))] = row
+    return dict(sorted(table.items()))
+
+
+def crowd_markdown(groups: dict) -> str:
+    lines = []
+    for batch in (1, 8):
+        table = crowd_latency(groups, batch)
+        if not table:
+            continue
+        lines += [
+            f"\nPer-image latency at batch {batch} (ms; bottom-up = network share + post-processing):\n",
+            "| people | JCRA | associative embedding | DEKR | JCRA speedup vs faster bottom-up |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for people, row in table.items():
+            fastest = min(row[m] for m in BOTTOM_UP)
+            cells = [people, row["jcra"], row["associative_embedding"], row["dekr"]]
+            lines.append("| " + " | ".join(f"{c:.2f}" if isinstance(c, float) else str(c) for c in cells)
+                         + f" | {fastest / row['jcra']:.2f}x |")  # fmt: skip
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def plot_crowd(groups: dict, out: Path) -> Path | None:
+    """Per-image latency against people (batch 1 and 8), and batch 1's network / post-processing split."""
+    tables = {batch: crowd_latency(groups, batch) for batch in (1, 8)}
+    if not tables[1]:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for ax, (batch, table) in zip(axes[:2], tables.items(), strict=True):
+        people = list(table)
+        for key, label in (
+            ("jcra", "JCRA"),
+            ("associative_embedding", "associative embedding"),
+            ("dekr", "DEKR"),
+        ):
+            ax.plot(people, [table[n][key] for n in people], marker="o", label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("people in the image")
+        ax.set_ylabel("ms per image")
+        ax.set_title(f"end to end, batch {batch}")
+        ax.legend()
+    table, ax = tables[1], axes[2]
+    people = list(table)
+    width = 0.35
+    for offset, method in ((-width / 2, "associative_embedding"), (width / 2, "dekr")):
+        xs = [i + offset for i in range(len(people))]
+        net = [table[n][method + " network"] for n in people]
+        post = [table[n][method] - table[n][method + " network"] for n in people]
+        ax.bar(xs, net, width, label=f"{method} network")
+        ax.bar(xs, post, width, bottom=net, label=f"{method} post-processing")
+    ax.axhline(table[people[0]]["jcra"], color="black", linestyle="--", label="JCRA end to end")
+    ax.set_xticks(range(len(people)), [str(n) for n in people])
+    ax.set_xlabel("people in the image")
+    ax.set_ylabel("ms per image, batch 1")
+    ax.set_title("per stage, batch 1")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "crowd.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def summary(groups: dict) -> dict:
+    """The headline ratios (the benchmark issue's summary.json), each from one process's timings."""
+    info = next(
+        (r["info"] for rows in groups.values() for r in rows if r["info"].get("device") not in (None, "cpu")),
+        next((rows[0]["info"] for rows in groups.values()), {}),
+    )
+    crowd = crowd_latency(groups, 1)
+    return {
+        "gpu": info.get("device"),
+        "torch": info.get("torch"),
+        "triton": info.get("triton"),
+        "e2e_speedup_vs_bottom_up": {
+            str(n): min(row[m] for m in BOTTOM_UP) / row["jcra"] for n, row in crowd.items()
+        }
+        or None,
+        "train_step_speedup": _ratio(groups, r"train step .*", "reference", "fused+compile"),
+        "msda_fwd_bwd_speedup_vs_compiled_reference": _ratio(
+            groups, r"ms_deform_attn encoder-b2 forward\+backward bf16", "reference+compile", "triton"
+        ),
+        "matching_cost_speedup_vs_broadcast": _ratio(
+            groups, r"pose_matching_cost .* G=20 .*", "reference", "triton"
+        ),
+        "matcher_speedup_vs_scipy": _ratio(groups, r"linear_assignment .* G=20", "scipy", "triton"),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("results", type=Path, help="pytest-benchmark JSON (--benchmark-json)")
-    parser.add_argument("--out", type=Path, required=True, help="folder for table.md and plots")
+    parser.add_argument("results", type=Path, nargs="+", help="pytest-benchmark JSON files of one run")
+    parser.add_argument("--out", type=Path, required=True, help="folder for table.md, plots, summary.json")
     args = parser.parse_args(argv)
-    if not args.results.is_file():
-        parser.error(f"results file not found: {args.results}")
+    for path in args.results:
+        if not path.is_file() or path.stat().st_size == 0:
+            parser.error(f"results file missing or empty: {path}")
     machine, groups = load_groups(args.results)
     add_speedups(groups)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -103,9 +258,11 @@ def main(argv: list[str] | None = None) -> None:
         f"device: {info.get('device', '?')}, torch {info.get('torch', '?')}, "
         f"triton {info.get('triton', '?')}, cpu: {cpu}\n\n"
     )
-    (args.out / "table.md").write_text(header + markdown_table(groups))
-    plot = plot_speedups(groups, args.out)
-    print(f"wrote {args.out / 'table.md'} and {plot}")
+    (args.out / "table.md").write_text(header + markdown_table(groups) + crowd_markdown(groups))
+    (args.out / "summary.json").write_text(json.dumps(summary(groups), indent=2) + "\n")
+    plots = [plot_speedups(groups, args.out), plot_crowd(groups, args.out)]
+    names = ", ".join(str(p) for p in plots if p)
+    print(f"wrote {args.out / 'table.md'}, {args.out / 'summary.json'} and {names}")
 
 
 if __name__ == "__main__":

@@ -91,7 +91,15 @@ def test_bench_postprocess(benchmark, method, people):
         _sync()
         return out
 
-    _info(benchmark, people=people, map_hw=MAP_HW, image_hw=IMAGE_HW, source=source, noise=NOISE)
+    _info(
+        benchmark,
+        provider=method,
+        people=people,
+        map_hw=MAP_HW,
+        image_hw=IMAGE_HW,
+        source=source,
+        noise=NOISE,
+    )
     poses, _ = benchmark.pedantic(target, rounds=20 if CUDA else 3, warmup_rounds=3 if CUDA else 1)
     benchmark.extra_info["people_found"] = int(poses.shape[0])
 
@@ -112,5 +120,7 @@ def test_bench_network(benchmark, method, batch):
         _sync()
         return out
 
-    _info(benchmark, batch=batch, image_hw=IMAGE_HW, dtype=str(dtype), backbone="resnet50 C5")
+    _info(
+        benchmark, provider=method, batch=batch, image_hw=IMAGE_HW, dtype=str(dtype), backbone="resnet50 C5"
+    )
     benchmark.pedantic(target, rounds=10 if CUDA else 2, warmup_rounds=2 if CUDA else 1)

@@ -70,8 +70,9 @@ COST_PROVIDERS = {
 }
 
 
-def _extra_info(benchmark, fn, args, shape, dtype):
+def _extra_info(benchmark, provider, fn, args, shape, dtype):
     benchmark.extra_info.update(
+        provider=provider,
         shape=shape,
         dtype=str(dtype),
         device=torch.cuda.get_device_name() if CUDA else platform.processor() or "cpu",
@@ -103,9 +104,8 @@ def test_bench_pose_matching_cost(benchmark, provider, g):
         _sync()
         return out
 
-    _extra_info(
-        benchmark, lambda *a: cost_fn(*a, **WEIGHTS), args, {"B": B, "Q": Q, "G": g, "K": K}, torch.float32
-    )
+    shape = {"B": B, "Q": Q, "G": g, "K": K}
+    _extra_info(benchmark, provider, lambda *a: cost_fn(*a, **WEIGHTS), args, shape, torch.float32)
     benchmark.pedantic(target, rounds=20 if CUDA else 5, warmup_rounds=3 if CUDA else 1)
 
 
@@ -150,5 +150,5 @@ def test_bench_matcher(benchmark, provider, g):
         return out
 
     shape = {"S": STAGES, "B": B, "Q": Q, "G": g, "K": K}
-    _extra_info(benchmark, fn, args, shape, torch.float32)
+    _extra_info(benchmark, provider, fn, args, shape, torch.float32)
     benchmark.pedantic(target, rounds=10 if CUDA else 3, warmup_rounds=2 if CUDA else 1)

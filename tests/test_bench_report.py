@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from bench.report import main
 
 
@@ -29,3 +31,55 @@ def test_report_ratios_against_compiled_reference(tmp_path):
     assert "| g1 | triton | 1.000 | 4.00x vs reference+compile |" in table
     assert "| g2 | triton | 2.000 | 1.50x vs reference |" in table
     assert (tmp_path / "out" / "speedups.png").stat().st_size > 0
+
+
+def crowd_rows(jcra_ms, network_ms, post_ms):
+    """End-to-end and bottom-up rows as the suites name them (providers from the test ids)."""
+    rows = [
+        {**bench_row("end to end batch 1 64x64", "jcra", jcra_ms / 1e3), "name": "test_end_to_end[jcra-1]"},
+        {**bench_row("end to end batch 1 64x64", "jcra-reference", 1.0), "name": "x[jcra-reference-1]"},
+    ]
+    for method, net in network_ms.items():
+        rows.append({**bench_row("bottom-up network, batch 1", "", net / 1e3), "name": f"net[{method}-1]"})
+        for people, post in post_ms[method].items():
+            group = f"bottom-up postprocess, {people} people"
+            rows.append({**bench_row(group, "", post / 1e3), "name": f"post[{method}-{people}]"})
+    for row in rows[2:]:
+        del row["extra_info"]["provider"]
+    return rows
+
+
+def test_summary_and_crowd_table_from_several_files(tmp_path):
+    """Several JSON files make one run; the crowd ratio takes the faster bottom-up baseline per N."""
+    kernels = [
+        bench_row("ms_deform_attn encoder-b2 forward+backward bf16", "triton", 0.002),
+        bench_row("ms_deform_attn encoder-b2 forward+backward bf16", "reference+compile", 0.010),
+        bench_row("pose_matching_cost B=8 Q=300 G=20 K=17", "triton", 0.001),
+        bench_row("pose_matching_cost B=8 Q=300 G=20 K=17", "reference", 0.006),
+    ]
+    crowd = crowd_rows(
+        jcra_ms=10.0,
+        network_ms={"associative_embedding": 12.0, "dekr": 14.0},
+        post_ms={"associative_embedding": {1: 1.0, 20: 8.0}, "dekr": {1: 2.0, 20: 3.0}},
+    )
+    paths = []
+    for name, rows in (("kernels", kernels), ("crowd", crowd)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps({"machine_info": {}, "benchmarks": rows}))
+    main([str(p) for p in paths] + ["--out", str(tmp_path / "out")])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["msda_fwd_bwd_speedup_vs_compiled_reference"] == 5.0
+    assert summary["matching_cost_speedup_vs_broadcast"] == 6.0
+    assert summary["train_step_speedup"] is None and summary["matcher_speedup_vs_scipy"] is None
+    # 1 person: AE 12 + 1 = 13 is faster; 20 people: DEKR 14 + 3 = 17 beats AE 12 + 8 = 20
+    assert summary["e2e_speedup_vs_bottom_up"] == {"1": 1.3, "20": 1.7}
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| 20 | 10.00 | 20.00 | 17.00 | 1.70x |" in table
+    assert (tmp_path / "out" / "crowd.png").stat().st_size > 0
+
+
+def test_empty_results_file_is_an_error(tmp_path):
+    empty = tmp_path / "empty.json"
+    empty.touch()
+    with pytest.raises(SystemExit):
+        main([str(empty), "--out", str(tmp_path / "out")])
