@@ -15,6 +15,8 @@ suite and the end-to-end suite run back to back in one process).
 
 import argparse
 import importlib.util
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -47,7 +49,7 @@ def sections(out: Path) -> dict[str, tuple[list[str], int]]:
 
     return {
         "env": (["-c", ENV], 60),
-        "tests": (["-m", "pytest", "-q", "-x", *xdist, "tests/kernels", "tests/test_matcher.py"], 100),
+        "tests": (["-m", "pytest", "-q", *xdist, "tests/kernels", "tests/test_matcher.py"], 100),
         "msda": (suite(msda, name="msda", select=MSDA_HEADLINE), 150),
         "msda_more": (suite(msda, name="msda_more", select=MSDA_MORE), 150),
         "oks": (suite("bench/test_bench_oks.py", name="oks"), 120),
@@ -86,12 +88,16 @@ def main(argv: list[str] | None = None) -> int:
             log.write(f"\n===== {name}: {' '.join(command)} (limit {limit:.0f} s)\n")
             log.flush()
             start = time.monotonic()
+            # A session of its own, so a timeout also ends the section's children (compile workers).
+            proc = subprocess.Popen(
+                [sys.executable, *command], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
             try:
-                rc = subprocess.run(
-                    [sys.executable, *command], stdout=log, stderr=subprocess.STDOUT, timeout=limit
-                ).returncode
+                rc = proc.wait(timeout=limit)
                 status = "ok" if rc == 0 else f"exit {rc}"
             except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
                 status = "timed out"
             results.append((name, status, time.monotonic() - start))
             log.write(f"===== {name}: {status} after {results[-1][2]:.0f} s\n")
