@@ -168,6 +168,8 @@ def _scatter_corner(
         tl.store(coef_ptr + entry, tl.where(inside, coef, 0.0), mask=q_mask)
     else:
         ptrs = grad_value_ptr + offset[:, None] + d[None, :]
+        # Relaxed: a sum needs no ordering. The default (acq_rel) put a MEMBAR.ALL.GPU before every add;
+        # on an H200 the encoder's forward+backward went from 2.89 to 1.83 ms without it.
         tl.atomic_add(ptrs, coef[:, None] * g, mask=inside[:, None] & d_mask[None, :], sem="relaxed")
 
 
@@ -340,7 +342,7 @@ def _candidates(block_d: int, direction: str) -> list[tuple[int, int]]:
         for block_q, warps in _CANDIDATES
         if 4 <= block_q * block_d // (32 * warps) <= _MAX_PER_THREAD[direction]
     ]
-    return fits or [_CANDIDATES[-3]]  # D so wide that even 4 rows exceed the budget: 4 rows, 4 warps
+    return fits or [(4, 4)]  # D so wide that even 4 rows exceed the budget: the smallest tile
 
 
 def _bench_config(kernel_call, quantiles):
