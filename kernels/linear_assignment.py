@@ -197,6 +197,10 @@ def _block(q: int, g: int) -> int:
     return triton.next_power_of_2(max(q, g, 2))
 
 
+def _num_warps(block: int) -> int:
+    return min(8, max(1, block // _COLS_PER_WARP))
+
+
 def _launch(cost: torch.Tensor, num_gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     b, q, g = cost.shape
     n = min(q, g)
@@ -223,7 +227,7 @@ def _launch(cost: torch.Tensor, num_gt: torch.Tensor) -> tuple[torch.Tensor, tor
         query_index.stride(0),
         DTYPE=tl.float64 if cost.dtype == torch.float64 else tl.float32,
         BLOCK=block,
-        num_warps=min(8, max(1, block // _COLS_PER_WARP)),
+        num_warps=_num_warps(block),
     )
     return query_index, gt_index, valid
 

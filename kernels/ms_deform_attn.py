@@ -323,14 +323,16 @@ def _gather_grad_value_kernel(
 # ----------------------------------------------------------------------------------------------------
 # BLOCK_D covers D in one tile (D is 32 in the model). BLOCK_Q and num_warps set how many elements of
 # a [BLOCK_Q, BLOCK_D] corner tile a thread holds. The level and point loops are unrolled, so several
-# corner tiles are in flight at once and registers grow with that count: for L = 4, D = 32 on sm_90
-# (ptxas, Triton 3.6) 4 elements a thread take ~115 registers, 8 take ~170 and 16 take ~250; the
-# backward, which also holds grad_out and two derivative tiles, spills at 16. So a config is a
-# candidate for a given BLOCK_D when a thread holds 4 to 16 elements (4 to 8 backward). Fewer registers
-# leave room for more resident warps to hide gather latency; more elements put more loads in flight per
-# warp. Which wins is the GPU's call: on CUDA a launch of at least _TUNE_MIN_ROWS query-heads autotunes
-# over the candidates once per (L, P, D, dtypes). Smaller launches (tests, small decoders: launch-bound
-# anyway) and the interpreter take the first candidate, the one with the most elements a thread.
+# corner tiles are in flight at once and registers grow with that count. For L = 4, D = 32 on sm_90
+# (ptxas of Triton 3.6; `python -m bench.sm90_resources` prints them) 4 elements a thread take ~115
+# registers, 8 take ~170 and 16 take ~250; the backward, which also holds grad_out and two derivative
+# tiles, spills at 16 (and makes 3 spill stores at 8 in fp32 with 17 points). So a config is a
+# candidate for a given BLOCK_D when a thread holds 4 to 16 elements (4 to 8 backward). Fewer
+# registers leave room for more resident warps to hide gather latency; more elements put more loads in
+# flight per warp. Which wins is the GPU's call: on CUDA a launch of at least _TUNE_MIN_ROWS
+# query-heads autotunes over the candidates once per (L, P, D, dtypes). Smaller launches (tests, small
+# decoders: launch-bound anyway) and the interpreter take the first candidate, the one with the most
+# elements a thread.
 _CANDIDATES = ((128, 4), (64, 4), (32, 4), (16, 4), (8, 4), (4, 4), (64, 8), (32, 8))  # (BLOCK_Q, warps)
 _MAX_PER_THREAD = {"forward": 16, "backward": 8}
 _TUNE_MIN_ROWS = 1 << 14

@@ -1,0 +1,116 @@
+"""Registers, stack and spill stores of the Triton kernels at the model's shapes, compiled for sm_90.
+
+    python -m bench.sm90_resources [--only PREFIX ...]
+
+No GPU needed: Triton compiles for an explicit target (H100/H200, sm_90) with the ptxas it ships,
+and its cuobjdump reads the resource usage and the SASS. This is where the numbers in the
+launchers' comments come from (the ms_deform_attn tile candidates, the pose cost's rolled keypoint
+loop, the assignment solver's warps). Rows: every ms_deform_attn tile candidate for D = 32 at 4
+levels (encoder: 4 points; decoder: 17), fp32 and bf16; the pose cost at the tiles the launcher picks
+for G in {1, 5, 20, 100}; the solver at Q = 300. A row with spill stores (STL in the SASS) is marked.
+Run it without TRITON_INTERPRET: the interpreter replaces the kernels it compiles.
+"""
+
+import argparse
+import importlib
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+TARGET = GPUTarget("cuda", 90, 32)
+CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+
+
+def _signature(kernel, constexprs: dict, pointers: dict[str, str], floats: tuple[str, ...] = ()) -> dict:
+    """Triton signature: constexprs as given, ``*_ptr`` args typed by ``pointers`` (default fp32),
+    ``floats`` fp32 and every other argument i32."""
+    signature = {}
+    for param in kernel.params:
+        name = param.name
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = pointers.get(name, "*fp32")
+        else:
+            signature[name] = "fp32" if name in floats else "i32"
+    return signature
+
+
+def specs():
+    """(label, kernel, constexprs, pointer types, float args, num_warps) for every row."""
+    msda = importlib.import_module("kernels.ms_deform_attn")
+    oks = importlib.import_module("kernels.oks")
+    assignment = importlib.import_module("kernels.linear_assignment")
+    for dtype in ("fp32", "bf16"):
+        io = {name: f"*{dtype}" for name in ("value_ptr", "attn_ptr", "out_ptr", "grad_out_ptr")}
+        io.update(levels_ptr="*i64", dst_ptr="*i64")
+        for points in (4, 17):
+            for direction, kernel in (
+                ("forward", msda._ms_deform_attn_fwd_kernel),
+                ("backward", msda._ms_deform_attn_bwd_kernel),
+            ):
+                extra = {"DETERMINISTIC": False} if direction == "backward" else {}
+                for block_q, warps in msda._candidates(32, direction):
+                    consts = dict(L=4, P=points, BLOCK_Q=block_q, BLOCK_D=32, **extra)
+                    label = f"ms_deform_attn {direction} {dtype} P={points} BLOCK_Q={block_q}"
+                    yield label, kernel, consts, io, (), warps
+    floats = ("w_class", "w_kpt", "w_oks", "alpha", "gamma", "area_eps")
+    for g in (1, 5, 20, 100):
+        block_q, block_g = oks._blocks(g)
+        consts = dict(K=17, COORD_DTYPE=tl.float32, WITH_COST=True, BLOCK_Q=block_q, BLOCK_G=block_g)
+        label = f"pose_cost G={g} BLOCK_Q={block_q} BLOCK_G={block_g}"
+        yield label, oks._pose_cost_kernel, consts, {"num_gt_ptr": "*i64"}, floats, 4
+    for g in (5, 20, 100):
+        block = assignment._block(300, g)
+        pointers = {
+            "num_gt_ptr": "*i64",
+            "query_out_ptr": "*i64",
+            "gt_out_ptr": "*i64",
+            "valid_out_ptr": "*i1",
+        }
+        consts = dict(DTYPE=tl.float32, BLOCK=block)
+        label = f"linear_assignment Q=300 G={g} BLOCK={block}"
+        yield label, assignment._linear_assignment_kernel, consts, pointers, (), assignment._num_warps(block)
+
+
+def resources(kernel, consts, pointers, floats, warps) -> dict[str, int]:
+    """REG, STACK and SHARED from cuobjdump, and the SASS's spill stores (STL)."""
+    source = ASTSource(kernel, _signature(kernel, consts, pointers, floats), consts)
+    compiled = triton.compile(source, target=TARGET, options={"num_warps": warps})
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(compiled.asm["cubin"])
+        cubin.flush()
+        usage = subprocess.run(
+            [CUOBJDUMP, "--dump-resource-usage", cubin.name], capture_output=True, text=True, check=True
+        ).stdout
+        sass = subprocess.run(
+            [CUOBJDUMP, "--dump-sass", cubin.name], capture_output=True, text=True, check=True
+        ).stdout
+    found = {key: int(value) for key, value in re.findall(r"(REG|STACK|SHARED):(\d+)", usage)}
+    found["STL"] = len(re.findall(r"\bSTL\b", sass))
+    return found
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", nargs="*", default=[""], help="label prefixes of the rows to compile")
+    args = parser.parse_args(argv)
+    print(f"{'kernel and tile':60s} {'warps':>5s} {'regs':>5s} {'stack':>6s} {'shared':>7s} {'STL':>5s}")
+    for label, kernel, consts, pointers, floats, warps in specs():
+        if not any(label.startswith(prefix) for prefix in args.only):
+            continue
+        r = resources(kernel, consts, pointers, floats, warps)
+        mark = "  spills" if r["STL"] else ""
+        print(f"{label:60s} {warps:5d} {r['REG']:5d} {r['STACK']:6d} {r['SHARED']:7d} {r['STL']:5d}{mark}")
+
+
+if __name__ == "__main__":
+    main()
