@@ -33,10 +33,15 @@ def _provider(bench: dict) -> str:
 
 
 def load_groups(paths: list[Path]) -> tuple[dict, dict[str, list[dict]]]:
-    """(machine info of the first file, {group: [benchmark rows]}) from pytest-benchmark JSON files."""
+    """(machine info of the first file, {group: [benchmark rows]}) from pytest-benchmark JSON files.
+
+    Other JSON files (a run folder's own summary.json) are skipped with a message."""
     groups, machine = defaultdict(list), {}
     for path in paths:
         data = json.loads(path.read_text())
+        if not isinstance(data, dict) or "benchmarks" not in data:
+            print(f"skipped {path}: not a pytest-benchmark JSON file")
+            continue
         machine = machine or data.get("machine_info", {})
         for bench in data["benchmarks"]:
             groups[bench["group"] or bench["name"]].append(
@@ -79,13 +84,19 @@ def markdown_table(groups: dict[str, list[dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_speedups(groups: dict[str, list[dict]], out: Path) -> Path:
-    """One horizontal bar per (group, provider): speedup over the group's baseline, log scale."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (imported late: only plotting needs it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_speedups(groups: dict[str, list[dict]], out: Path) -> Path:
+    """One horizontal bar per (group, provider): speedup over the group's baseline, log scale."""
+    plt = _pyplot()
     bars = [
         (f"{group} | {row['provider']}", row["speedup"])
         for group, rows in sorted(groups.items())
@@ -141,9 +152,12 @@ def crowd_latency(groups: dict, batch: int) -> dict[int, dict[str, float]]:
         crowd = re.fullmatch(r"bottom-up postprocess, (\d+) people", group)
         if crowd:
             row = {"jcra": jcra}
+            post = {method: _median(groups, group, method) for method in BOTTOM_UP}
+            if None in post.values():
+                continue
             for method in BOTTOM_UP:
                 row[method + " network"] = network[method] / batch
-                row[method] = network[method] / batch + _median(groups, group, method)
+                row[method] = network[method] / batch + post[method]
             table[int(crowd.group(1))] = row
     return dict(sorted(table.items()))
 
@@ -161,9 +175,8 @@ def crowd_markdown(groups: dict) -> str:
         ]
         for people, row in table.items():
             fastest = min(row[m] for m in BOTTOM_UP)
-            cells = [people, row["jcra"], row["associative_embedding"], row["dekr"]]
-            lines.append("| " + " | ".join(f"{c:.2f}" if isinstance(c, float) else str(c) for c in cells)
-                         + f" | {fastest / row['jcra']:.2f}x |")  # fmt: skip
+            cells = [str(people)] + [f"{row[key]:.2f}" for key in ("jcra", *BOTTOM_UP)]
+            lines.append("| " + " | ".join(cells) + f" | {fastest / row['jcra']:.2f}x |")
     return "\n".join(lines) + ("\n" if lines else "")
 
 
@@ -172,11 +185,7 @@ def plot_crowd(groups: dict, out: Path) -> Path | None:
     tables = {batch: crowd_latency(groups, batch) for batch in (1, 8)}
     if not tables[1]:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     for ax, (batch, table) in zip(axes[:2], tables.items(), strict=True):
         people = list(table)

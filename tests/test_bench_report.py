@@ -83,3 +83,13 @@ def test_empty_results_file_is_an_error(tmp_path):
     empty.touch()
     with pytest.raises(SystemExit):
         main([str(empty), "--out", str(tmp_path / "out")])
+
+
+def test_other_json_files_are_skipped(tmp_path, capsys):
+    """Rerunning the report over a run folder's *.json skips its own summary.json."""
+    results = tmp_path / "r.json"
+    results.write_text(json.dumps({"machine_info": {}, "benchmarks": [bench_row("g", "triton", 0.001)]}))
+    (tmp_path / "summary.json").write_text(json.dumps({"gpu": None}))
+    main([str(results), str(tmp_path / "summary.json"), "--out", str(tmp_path)])
+    assert "skipped" in capsys.readouterr().out
+    assert "| g | triton | 1.000 |" in (tmp_path / "table.md").read_text()
