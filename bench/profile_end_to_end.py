@@ -11,12 +11,10 @@ device and host time.
 import argparse
 import time
 
-import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from bench.test_bench_end_to_end import CUDA, DEVICE, IMAGE, build, load_batch
-from jcra.postprocess import PostProcess
+from bench.test_bench_end_to_end import CUDA, IMAGE, inference
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,17 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--rows", type=int, default=25, help="ops listed per table")
     args = parser.parse_args(argv)
-    model, postprocess = build(args.provider), PostProcess(top_k=100)
-    images = load_batch(args.batch)
-    orig_sizes = torch.tensor([IMAGE] * args.batch)
-    autocast = args.provider == "jcra" and CUDA
-
-    @torch.no_grad()
-    def infer():
-        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
-            outputs = model(images)
-        return postprocess(outputs, orig_sizes, list(range(args.batch)))
-
+    infer = inference(args.provider, args.batch)
     for _ in range(3):  # compile and warm up
         infer()
     start = time.perf_counter()
