@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from jcra.backbone import valid_mask
 from jcra.matcher import HungarianMatcher
 from jcra.oks_loss import oks_loss
+from kernels.dispatch import to_device
 
 DEFAULT_WEIGHTS = {"cls": 2.0, "kpt": 70.0, "oks": 2.0, "hm": 4.0}
 
@@ -138,14 +139,14 @@ class SetCriterion(nn.Module):
 
     def _normalised(self, target: dict, device: torch.device) -> dict:
         """Target with keypoints in [0, 1] of the unpadded image and area divided by w * h."""
-        kpts = target["keypoints"].to(device, torch.float32)
+        kpts = to_device(target["keypoints"], device).float()
         if kpts.dim() != 3 or kpts.shape[1:] != (self.num_keypoints, 3):
             raise ValueError(
                 f"targets['keypoints'] must be [G, {self.num_keypoints}, 3], got {tuple(kpts.shape)}"
             )
-        h, w = target["size"].to(device, torch.float32).unbind()
+        h, w = to_device(target["size"], device).float().unbind()
         scale = torch.stack([w, h, torch.ones_like(w)])
-        out = {"keypoints": kpts / scale, "area": target["area"].to(device, torch.float32) / (w * h)}
+        out = {"keypoints": kpts / scale, "area": to_device(target["area"], device).float() / (w * h)}
         if "iscrowd" in target:
             out["iscrowd"] = target["iscrowd"]
         return out
@@ -159,8 +160,12 @@ class SetCriterion(nn.Module):
         counts = []
         for t in targets:
             labelled = (t["keypoints"][..., 2] > 0).float().sum(-1)  # [G] labelled keypoints per person
-            keep = torch.ones_like(labelled) if "iscrowd" not in t else (t["iscrowd"] == 0).to(labelled)
-            counts.append(torch.stack([keep.sum(), 2.0 * (labelled * keep).sum()]).to(device))
+            keep = (
+                torch.ones_like(labelled)
+                if "iscrowd" not in t
+                else to_device(t["iscrowd"] == 0, labelled.device).to(labelled)
+            )
+            counts.append(to_device(torch.stack([keep.sum(), 2.0 * (labelled * keep).sum()]), device))
         counts = torch.stack(counts).sum(0)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(counts)
@@ -192,9 +197,9 @@ class SetCriterion(nn.Module):
         _, _, height, width = heatmap.shape
         stride, sigma = self.heatmap_stride, self.heatmap_sigma
         goals = [
-            gaussian_heatmap(t["keypoints"].to(heatmap.device, torch.float32), height, width, stride, sigma)
+            gaussian_heatmap(to_device(t["keypoints"], heatmap.device).float(), height, width, stride, sigma)
             for t in targets
         ]
-        sizes = torch.stack([t["size"] for t in targets]).to(heatmap.device)
+        sizes = to_device(torch.stack([t["size"] for t in targets]), heatmap.device)
         valid = valid_mask(sizes, stride, height, width) > 0
         return heatmap_focal_loss(heatmap, torch.stack(goals), valid)

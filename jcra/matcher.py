@@ -4,7 +4,9 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
+from kernels.dispatch import to_device
 from kernels.linear_assignment import linear_assignment
 from kernels.oks import pose_matching_cost
 
@@ -64,36 +66,45 @@ class HungarianMatcher:
             )
         if len(targets) != b:
             raise ValueError(f"targets must hold B={b} dicts, got {len(targets)}")
-        kept = [self._kept_targets(t, k) for t in targets]
-        gt_kpts, gt_areas = self._pad_targets(targets, kept, k, keypoints.device)
         device = keypoints.device
+        kept = [self._kept_targets(t, k) for t in targets]
+        gt_kpts, gt_areas = self._pad_targets(targets, kept, k, device)
         cost = pose_matching_cost(
             logits.reshape(s * b, q),
             keypoints.reshape(s * b, q, k, 2),
             # the same targets for every stage; a copy of [S * B, G, K, 3] is small next to the cost
             gt_kpts.repeat(s, 1, 1, 1),
             gt_areas.repeat(s, 1),
-            self.sigmas.to(device),
+            self._sigmas_on(device),
             w_class=self.w_class,
             w_kpt=self.w_kpt,
             w_oks=self.w_oks,
             alpha=self.alpha,
             gamma=self.gamma,
         )
-        num_gt = [len(idx) for idx in kept] * s
-        matches = self._assign(cost, num_gt)
-        everyone = [len(idx) == t["keypoints"].shape[0] for idx, t in zip(kept, targets, strict=True)]
+        counts = [
+            len(t["keypoints"]) if idx is None else len(idx) for t, idx in zip(targets, kept, strict=True)
+        ]
+        matches = self._assign(cost, counts * s)
+        # crowd images: map positions among the kept targets back to the targets as given
+        solved_on = cost.device if self._on_device(cost) else torch.device("cpu")
+        kept = [idx if idx is None else to_device(idx, solved_on) for idx in kept]
+        per_stage = [matches[stage * b : (stage + 1) * b] for stage in range(s)]
         return [
-            [
-                (qi, ti if everyone[i] else kept[i].to(ti.device)[ti])
-                for i, (qi, ti) in enumerate(matches[stage * b : (stage + 1) * b])
-            ]
-            for stage in range(s)
+            [(qi, ti if idx is None else idx[ti]) for idx, (qi, ti) in zip(kept, stage, strict=True)]
+            for stage in per_stage
         ]
 
+    def _sigmas_on(self, device: torch.device) -> Tensor:
+        """The sigmas on ``device``, moved there once (a blocking copy per call would sync each step)."""
+        if self.sigmas.device != device:
+            self.sigmas = self.sigmas.to(device)
+        return self.sigmas
+
     @staticmethod
-    def _kept_targets(target: dict, k: int) -> Tensor:
-        """Indices (int64, CPU) of the image's non-crowd targets, after checking the target's shapes."""
+    def _kept_targets(target: dict, k: int) -> Tensor | None:
+        """Indices (int64, CPU) of the image's non-crowd targets, None when it has no crowd entry, after
+        checking the target's shapes."""
         kpts, area = target["keypoints"], target["area"]
         if kpts.dim() != 3 or kpts.shape[1:] != (k, 3):
             raise ValueError(f"targets[...]['keypoints'] must be [G, K={k}, 3], got {tuple(kpts.shape)}")
@@ -101,30 +112,41 @@ class HungarianMatcher:
         if tuple(area.shape) != (g,):
             raise ValueError(f"targets[...]['area'] must be [G={g}], got {tuple(area.shape)}")
         if "iscrowd" not in target:
-            return torch.arange(g)
+            return None
         crowd = target["iscrowd"].cpu().reshape(-1)
         if crowd.shape[0] != g:
             raise ValueError(f"targets[...]['iscrowd'] must be [G={g}], got {tuple(crowd.shape)}")
-        return torch.nonzero(crowd == 0).reshape(-1)
+        return None if not crowd.any() else torch.nonzero(crowd == 0).reshape(-1)
 
     @staticmethod
     def _pad_targets(
-        targets: list[dict], kept: list[Tensor], k: int, device: torch.device
+        targets: list[dict], kept: list[Tensor | None], k: int, device: torch.device
     ) -> tuple[Tensor, Tensor]:
         """Kept targets padded to the batch's largest count: keypoints ``[B, G, K, 3]``, areas ``[B, G]``.
 
-        Padding has area 0 and no labelled keypoint; its columns are cut off before assignment.
+        Padding has area 0 and no labelled keypoint; its columns are cut off before assignment. Padded
+        where the targets lie, then moved by one asynchronous copy each (the data pipeline's host
+        targets cost no host synchronisation; a per-image copy would cost one each).
         """
-        g = max((len(idx) for idx in kept), default=0)
-        gt_kpts = torch.zeros((len(targets), g, k, 3), device=device)
-        gt_areas = torch.zeros((len(targets), g), device=device)
-        for i, (target, idx) in enumerate(zip(targets, kept, strict=True)):
-            kpts, area = target["keypoints"], target["area"]
-            if len(idx) < kpts.shape[0]:
-                kpts, area = kpts[idx.to(kpts.device)], area[idx.to(area.device)]
-            gt_kpts[i, : len(idx)] = kpts.to(device)
-            gt_areas[i, : len(idx)] = area.to(device)
-        return gt_kpts, gt_areas
+        kpts, areas = [], []
+        for target, idx in zip(targets, kept, strict=True):
+            kp, area = target["keypoints"].float(), target["area"].float()
+            if idx is not None:
+                kp, area = kp[to_device(idx, kp.device)], area[to_device(idx, area.device)]
+            kpts.append(kp)
+            areas.append(area)
+        if not kpts:
+            return torch.zeros((0, 0, k, 3), device=device), torch.zeros((0, 0), device=device)
+        if len({t.device for t in kpts + areas}) > 1:
+            kpts, areas = [t.to(device) for t in kpts], [t.to(device) for t in areas]
+        return (
+            to_device(pad_sequence(kpts, batch_first=True), device),
+            to_device(pad_sequence(areas, batch_first=True), device),
+        )
+
+    def _on_device(self, cost: Tensor) -> bool:
+        """Whether the Triton solver (on the cost's device) rather than scipy (on the host) solves."""
+        return self.solver == "triton" or (self.solver == "auto" and cost.is_cuda)
 
     def _assign(self, cost: Tensor, num_gt: list[int]) -> list[Match]:
         """Optimal assignment per image from a padded cost ``[N, Q, G]`` (any device).
@@ -134,10 +156,14 @@ class HungarianMatcher:
         finiteness check (a sync): a non-finite cost comes from non-finite predictions, whose loss is
         non-finite too and stops training.
         """
-        if self.solver == "triton" or (self.solver == "auto" and cost.is_cuda):
+        if self._on_device(cost):
             query, gt, _ = linear_assignment(cost, num_gt, check_finite=False)
-            pairs = [min(cost.shape[1], g) for g in num_gt]
-            return [(query[n, :p], gt[n, :p]) for n, p in enumerate(pairs)]
+            # row n holds its pairs first: one split of the flat rows, not a Python slice per image
+            width = query.shape[1]
+            sizes = [size for g in num_gt for size in (min(width, g), width - min(width, g))]
+            return list(
+                zip(query.reshape(-1).split(sizes)[::2], gt.reshape(-1).split(sizes)[::2], strict=True)
+            )
         cost_cpu = cost.cpu().numpy()
         return [_solve(cost_cpu[n, :, :g]) for n, g in enumerate(num_gt)]
 

@@ -27,3 +27,16 @@ def use_triton(tensor: torch.Tensor) -> bool:
     if not HAS_TRITON:
         return False
     return tensor.is_cuda or (INTERPRET and tensor.device.type == "cpu")
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device`` without a host synchronisation.
+
+    A plain ``.to("cuda")`` of a pageable CPU tensor waits for the whole CUDA stream to drain before
+    copying; staging through pinned memory lets the copy queue behind the stream's work instead.
+    """
+    if tensor.device == device:
+        return tensor
+    if tensor.device.type == "cpu" and device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

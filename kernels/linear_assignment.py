@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 from scipy.optimize import linear_sum_assignment
 
-from kernels.dispatch import use_triton
+from kernels.dispatch import to_device, use_triton
 
 # ---------------------------------------------------------------------------------------------------
 # Reference
@@ -259,7 +259,8 @@ def _(cost, num_gt):
 
 
 def _as_num_gt(num_gt: torch.Tensor | Sequence[int], b: int, g: int, device: torch.device) -> torch.Tensor:
-    """``num_gt`` as int64 ``[B]`` on ``device``, range-checked when it is on the host (no sync)."""
+    """``num_gt`` as int64 ``[B]`` on ``device``, range-checked when it is on the host (no sync either
+    way: a host ``num_gt`` reaches the GPU by an asynchronous copy)."""
     if not isinstance(num_gt, torch.Tensor):
         num_gt = torch.as_tensor(list(num_gt), dtype=torch.int64)
     if num_gt.is_floating_point() or num_gt.is_complex() or num_gt.dtype == torch.bool:
@@ -268,7 +269,7 @@ def _as_num_gt(num_gt: torch.Tensor | Sequence[int], b: int, g: int, device: tor
         raise ValueError(f"num_gt must be [B={b}], got {tuple(num_gt.shape)}")
     if num_gt.device.type == "cpu" and b > 0 and (num_gt.min() < 0 or num_gt.max() > g):
         raise ValueError(f"num_gt must lie in [0, G={g}], got {num_gt.tolist()}")
-    return num_gt.to(device, torch.int64)
+    return to_device(num_gt.to(torch.int64), device)
 
 
 def linear_assignment(

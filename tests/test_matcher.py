@@ -122,6 +122,34 @@ def test_triton_solver_matches_scipy_optimum_with_crowd_and_empty_images():
         assert cost[qt, tt].sum().item() == pytest.approx(cost[qs, ts].sum().item(), abs=1e-4)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("targets_on", ["cpu", "cuda"])
+def test_matching_on_cuda_never_synchronises_with_the_host(targets_on):
+    """Host targets (as the data pipeline gives them) or device targets (as the criterion passes
+    them), crowd entries included: after the first call has moved the sigmas, no call waits for the
+    GPU (CUDA's sync debug mode raises on any synchronising call), and the matches are scipy's."""
+    gen = torch.Generator().manual_seed(6)
+    counts = [5, 0, 3, 12]
+    logits, keypoints = _predictions(7, len(counts), 30, gen)
+    targets = _targets(counts, gen, crowd_every=4)
+    on_device = [{k: v if k == "iscrowd" else v.to(targets_on) for k, v in t.items()} for t in targets]
+    matcher = HungarianMatcher(COCO_SIGMAS, **WEIGHTS)
+    args = logits.cuda(), keypoints.cuda(), on_device
+    matcher(*args)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        matches = matcher(*args)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    expected = HungarianMatcher(COCO_SIGMAS, **WEIGHTS, solver="scipy")(logits, keypoints, targets)
+    for stage, b in itertools.product(range(7), range(len(counts))):
+        (qs, ts), (qt, tt) = expected[stage][b], matches[stage][b]
+        assert qt.is_cuda and tt.is_cuda and len(qt) == len(qs)
+        cost = _image_cost(logits[stage, b], keypoints[stage, b], targets[b])
+        assert cost[qt.cpu(), tt.cpu()].sum().item() == pytest.approx(cost[qs, ts].sum().item(), abs=1e-4)
+
+
 def test_unknown_solver_is_rejected():
     with pytest.raises(ValueError, match="solver"):
         HungarianMatcher(COCO_SIGMAS, solver="auction")

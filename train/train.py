@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
+from kernels.dispatch import to_device
 from train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -207,9 +208,10 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
 
 
 def move_targets(targets: list[dict], device: torch.device) -> list[dict]:
-    """Targets' tensors on ``device`` (the matcher reads ``iscrowd`` on the host, so it stays there)."""
+    """Targets' tensors on ``device`` by asynchronous copies (the matcher reads ``iscrowd`` on the host,
+    so it stays there)."""
     return [
-        {k: v.to(device) if torch.is_tensor(v) and k != "iscrowd" else v for k, v in t.items()}
+        {k: to_device(v, device) if torch.is_tensor(v) and k != "iscrowd" else v for k, v in t.items()}
         for t in targets
     ]
 
@@ -432,7 +434,7 @@ def accumulate(model, criterion, batches, cfg: TrainConfig, device, scaler) -> d
         context = torch.enable_grad() if sync else model.no_sync()
         with context:
             with autocast(device, cfg.precision):
-                outputs = model(images.to(device), padding_mask.to(device))
+                outputs = model(to_device(images, device), to_device(padding_mask, device))
             losses = criterion(outputs, move_targets(targets, device))
             scaler.scale(losses["loss"] / cfg.grad_accum).backward()
         for k, v in losses.items():
@@ -469,6 +471,7 @@ def data_loader(dataset, cfg: TrainConfig, sampler=None) -> DataLoader:
         drop_last=sampler is not None,
         collate_fn=collate,
         num_workers=cfg.num_workers,
+        pin_memory=torch.cuda.is_available(),  # pinned batches reach the GPU without a host sync
         generator=generator,
         persistent_workers=False,
     )
