@@ -53,13 +53,14 @@ def sections(out: Path) -> dict[str, tuple[list[str], int]]:
         "msda": (suite(msda, name="msda", select=MSDA_HEADLINE), 150),
         "msda_more": (suite(msda, name="msda_more", select=MSDA_MORE), 150),
         "oks": (suite("bench/test_bench_oks.py", name="oks"), 120),
+        "matcher": (suite("bench/test_bench_oks.py", name="matcher", select="matcher"), 60),
         "assignment": (suite("bench/test_bench_linear_assignment.py", name="assignment"), 90),
         "crowd": (
             suite("bench/test_bench_bottom_up.py", "bench/test_bench_end_to_end.py", name="crowd"),
             360,
         ),
         "train_step": (suite("bench/test_bench_train_step.py", name="train_step"), 300),
-        "profile": (["-m", "bench.profile_end_to_end", "--provider", "jcra-reference", "--batch", "1"], 90),
+        "profile": (["-m", "bench.profile_end_to_end", "--provider", "jcra", "--batch", "1"], 180),
     }
 
 

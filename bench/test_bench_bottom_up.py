@@ -3,8 +3,10 @@
 Post-processing (associative embedding as HigherHRNet decodes it, DEKR) runs on the maps a trained
 network would give: rendered from real COCO poses pasted into crowds of N people (``../shared/data``;
 random plausible poses when it is absent), with noise. GPU: maps at stride 4 of an 800x1333 input,
-N in {1, 5, 10, 20, 50}; CPU: a 512x768 input and N in {1, 5, 20}. The heads (ResNet-50 C5 upsampled to
-stride 4) are timed separately on random inputs of the same size, batch 1 and 8 on GPU.
+N in {1, 5, 10, 20, 50}; CPU: a 512x768 input and N in {1, 5, 20}. The networks (ResNet-50 C5 upsampled
+to stride 4, then the heads) are timed separately on random inputs of the same size, batch 1 and 8 on
+GPU, treated as JCRA is in ``test_bench_end_to_end.py``: the ResNet in its ImageNet-weights layout
+(frozen batch norm) with random weights, bf16 autocast and, on GPU, torch.compile at a fixed size.
 Run: ``pytest bench/test_bench_bottom_up.py``.
 """
 
@@ -108,8 +110,10 @@ def test_bench_postprocess(benchmark, method, people):
 @pytest.mark.parametrize("method", list(HEADS))
 def test_bench_network(benchmark, method, batch):
     benchmark.group = f"bottom-up network, batch {batch}"
-    backbone = resnet(50)
+    backbone = resnet(50, frozen=True)
     head = HEADS[method](backbone, backbone.out_channels[-1], feature_stride=32).to(DEVICE).eval()
+    if CUDA:
+        head.compile(fullgraph=True, dynamic=False)
     dtype = torch.bfloat16 if CUDA else torch.float32
     images = torch.randn(batch, 3, *IMAGE_HW, device=DEVICE)
 
@@ -121,6 +125,12 @@ def test_bench_network(benchmark, method, batch):
         return out
 
     _info(
-        benchmark, provider=method, batch=batch, image_hw=IMAGE_HW, dtype=str(dtype), backbone="resnet50 C5"
+        benchmark,
+        provider=method,
+        batch=batch,
+        image_hw=IMAGE_HW,
+        dtype=str(dtype),
+        backbone="resnet50 C5, ImageNet layout (frozen BN)",
+        compiled=CUDA,
     )
     benchmark.pedantic(target, rounds=10 if CUDA else 2, warmup_rounds=2 if CUDA else 1)

@@ -192,10 +192,13 @@ class ResNet(nn.Module):
         """images [B, 3, H, W]; valid_hw [B, 2] int64 (h, w) unpadded sizes, or None (no padding)."""
 
         masks: dict[int, torch.Tensor | None] = {}
+        h, w = images.shape[-2:]
         for stride in (1, 2, 4, 8, 16, 32):
-            h, w = images.shape[-2:]
-            size = ((h + stride - 1) // stride, (w + stride - 1) // stride)
-            masks[stride] = None if valid_hw is None else valid_mask(valid_hw, stride, *size)
+            masks[stride] = None if valid_hw is None else valid_mask(valid_hw, stride, h, w)
+            # the next stride's size as its padded 3x3 stride-2 conv or max-pool computes it (the same
+            # as ceil(h / 2), but written the conv's way so that symbolic sizes under torch.compile
+            # are identical expressions, which Inductor needs to order strides)
+            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
         x = _masked(images, masks[1])
         x = _masked(self.relu(self.bn1(self.conv1(x), masks[2])), masks[2])
         x = _masked(self.maxpool(x), masks[4])
@@ -209,10 +212,20 @@ class ResNet(nn.Module):
         return outputs
 
 
-def resnet(depth: int = 50, base_width: int = 64, pretrained: bool = False) -> ResNet:
-    """A :class:`ResNet`; ``pretrained`` loads torchvision's ImageNet weights (needs torchvision) into
-    the frozen-norm layout, otherwise the from-scratch layout (GroupNorm, everything trained)."""
-    model = ResNet(depth, base_width, frozen=pretrained)
+def resnet(
+    depth: int = 50, base_width: int = 64, pretrained: bool = False, frozen: bool | None = None
+) -> ResNet:
+    """A :class:`ResNet`; ``pretrained`` loads torchvision's ImageNet weights (needs torchvision).
+
+    frozen: the layout for ImageNet weights (FrozenBatchNorm2d, stem and stage 1 frozen) or, False,
+    the from-scratch one (GroupNorm, everything trained); None follows ``pretrained``. The ImageNet
+    layout with random weights is what benchmarks time: the network people train from ImageNet and
+    deploy, without a download.
+    """
+    frozen = pretrained if frozen is None else frozen
+    if pretrained and not frozen:
+        raise ValueError("pretrained=True needs the ImageNet layout: frozen must be True or None")
+    model = ResNet(depth, base_width, frozen=frozen)
     if pretrained:
         if base_width != 64:
             raise ValueError(f"pretrained weights need base_width=64, got {base_width}")

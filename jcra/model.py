@@ -123,21 +123,31 @@ class JCRA(nn.Module):
         init = keypoints.gather(1, top[..., None, None].expand(-1, -1, *keypoints.shape[2:]))
         return logits, keypoints, tgt, init
 
-    def compile_transformer(
-        self, backend: str = "inductor", mode: str | None = None, dynamic: bool = True
+    def compile_model(
+        self,
+        transformer_only: bool = False,
+        dynamic: bool = False,
+        backend: str = "inductor",
+        mode: str | None = None,
     ) -> None:
-        """Compile the encoder and decoder in place with ``torch.compile(fullgraph=True)``.
+        """Compile in place with ``torch.compile(fullgraph=True)``: the whole forward, or with
+        ``transformer_only`` the encoder and decoder alone (the backbone, neck and the glue between
+        them then run eager). Parameter names do not change (no ``_orig_mod`` prefix).
 
-        Spatial shapes are Python ints, so neither graph breaks. ``dynamic=True`` marks sizes
-        symbolic: one graph serves every image size (no recompile per batch shape), which suits
-        training on randomly resized images; the fused attention kernel reads its level table from a
-        device tensor, so it needs no recompile either. With ``dynamic=False``, pad images to a few
-        bucket sizes instead (one graph each, within Dynamo's recompile limit). The backbone and neck
-        are plain convolutions that compile as they are (``torch.compile(model, fullgraph=True)``
-        compiles the whole model too); the matcher stays outside any graph.
+        - Whole forward, ``dynamic=False``: one graph specialised to the first image size, so
+          Inductor fuses each norm with its activation, mask and residual, and the neck and proposal
+          glue too. For inference at one size and for training on fixed-size batches (pad to a few
+          bucket sizes for more: one graph each, within Dynamo's recompile limit).
+        - ``transformer_only=True, dynamic=True``: sizes symbolic, one graph per module for every
+          image size, for training on randomly resized images (``train.compile=true``). The fused
+          attention kernel reads its level table from a device tensor, so it needs no recompile.
+          Inductor (torch 2.11 to 2.13) fails on the whole forward with symbolic sizes, in its
+          stride ordering of the backbone's small maps; the other backends compile it.
+
+        Spatial shapes are Python ints, so nothing breaks the graph. The matcher stays outside.
         """
-        for module in (self.encoder, self.decoder):
-            module.compile(fullgraph=True, dynamic=dynamic, backend=backend, mode=mode)
+        for module in (self.encoder, self.decoder) if transformer_only else (self,):
+            nn.Module.compile(module, fullgraph=True, dynamic=dynamic, backend=backend, mode=mode)
 
     def _local_maps(self, memory, finest_hw, padding_mask, c2, valid_hw) -> list:
         """The keypoint heads' channels-last maps with the image's extent in each: the memory's finest
@@ -201,17 +211,26 @@ CONFIGS: dict[str, dict] = {
         ffn_dim=128,
     ),  # fmt: skip
 }
-"""Named configurations; every key (and ``num_keypoints``, ``pretrained``, ``dropout``,
-``use_fused_kernels``) can be overridden in :func:`build_model`."""
+"""Named configurations; every key (and ``num_keypoints``, ``pretrained``, ``frozen_backbone``,
+``dropout``, ``use_fused_kernels``) can be overridden in :func:`build_model`."""
 
-_DEFAULTS = dict(num_keypoints=17, pretrained=False, dropout=0.1, use_fused_kernels=True, num_levels=4)
+_DEFAULTS = dict(
+    num_keypoints=17,
+    pretrained=False,
+    frozen_backbone=None,
+    dropout=0.1,
+    use_fused_kernels=True,
+    num_levels=4,
+)
 
 
 def build_model(name: str = "jcra_r50", **overrides) -> JCRA:
     """Build a named configuration (``jcra_r50``, ``jcra_r18``, ``jcra_swinl``, ``jcra_tiny``).
 
     overrides: any configuration key, e.g. ``num_keypoints=14`` (CrowdPose), ``pretrained=True``
-    (ImageNet backbone weights through torchvision or timm), ``use_fused_kernels=False``.
+    (ImageNet backbone weights through torchvision or timm), ``frozen_backbone=True`` (a ResNet in the
+    ImageNet-weights layout without the weights: :func:`jcra.backbone.resnet`'s ``frozen``),
+    ``use_fused_kernels=False``.
     """
     if name not in CONFIGS:
         raise ValueError(f"name must be one of {sorted(CONFIGS)}, got {name!r}")
@@ -223,7 +242,7 @@ def build_model(name: str = "jcra_r50", **overrides) -> JCRA:
     if cfg["backbone"] == "swin":
         backbone: nn.Module = SwinBackbone(cfg["swin_name"], pretrained=cfg["pretrained"])
     else:
-        backbone = resnet(cfg["depth"], cfg["base_width"], pretrained=cfg["pretrained"])
+        backbone = resnet(cfg["depth"], cfg["base_width"], cfg["pretrained"], cfg["frozen_backbone"])
     d, k, levels, dropout = cfg["d_model"], cfg["num_keypoints"], cfg["num_levels"], cfg["dropout"]
     # the neck reads C3-C5; C2 (stride 4) feeds the keypoint heads through JCRA.detail_proj
     neck = MultiScaleNeck(backbone.out_channels[1:], backbone.strides[1:], d, levels)

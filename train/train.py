@@ -343,7 +343,7 @@ def train(cfg: TrainConfig) -> dict:
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
 
     if cfg.compile:  # encoder and decoder, sizes symbolic: no recompile per random training scale
-        model.compile_transformer()
+        model.compile_model(transformer_only=True, dynamic=True)
     forward_model = model
     if world > 1:
         forward_model = nn.parallel.DistributedDataParallel(

@@ -81,3 +81,17 @@ def test_bad_arguments_raise():
         ResNet(42)
     with pytest.raises(ValueError, match="base_width"):
         resnet(18, base_width=16, pretrained=True)
+    with pytest.raises(ValueError, match="frozen"):
+        resnet(18, pretrained=True, frozen=False)
+
+
+@pytest.mark.parametrize("frozen", [None, False, True])
+def test_layout_follows_pretrained_unless_frozen_is_given(frozen):
+    """The ImageNet layout (frozen batch norm, stem and stage 1 without gradients) without weights when
+    frozen=True; the from-scratch layout (GroupNorm, everything trained) otherwise."""
+    model = resnet(18, base_width=16, frozen=frozen)
+    norms = {type(m) for m in model.modules() if isinstance(m, (FrozenBatchNorm2d, MaskedGroupNorm))}
+    assert norms == ({FrozenBatchNorm2d} if frozen else {MaskedGroupNorm})
+    assert model.conv1.weight.requires_grad is not bool(frozen)
+    assert all(p.requires_grad is not bool(frozen) for p in model.layer1.parameters())
+    assert all(p.requires_grad for p in model.layer2.parameters())

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from jcra import JCRA, MSDeformAttn, build_model
+from jcra.backbone import FrozenBatchNorm2d
 from jcra.criterion import SetCriterion
 from jcra.matcher import HungarianMatcher
 from kernels.oks import COCO_SIGMAS
@@ -88,6 +89,10 @@ def test_build_model_configs_and_overrides():
     r50 = build_model("jcra_r50")
     assert r50.num_queries == 300 and len(r50.encoder.layers) == 6 and len(r50.decoder.layers) == 6
     assert r50.backbone.out_channels == (256, 512, 1024, 2048)
+    assert not isinstance(r50.backbone.bn1, FrozenBatchNorm2d)  # no weights: the from-scratch layout
+    frozen = build_model("jcra_tiny", frozen_backbone=True)
+    assert isinstance(frozen.backbone.bn1, FrozenBatchNorm2d)
+    assert not frozen.backbone.conv1.weight.requires_grad
     with pytest.raises(ValueError, match="name"):
         build_model("jcra_r51")
     with pytest.raises(ValueError, match="num_keypoint"):
@@ -113,7 +118,8 @@ def test_compiled_encoder_and_decoder_match_eager_without_recompiling(tiny_model
               for h, w in ((128, 160), (96, 200))]  # fmt: skip
     with torch.no_grad():
         eager = [tiny_model(*x) for x in inputs]
-        tiny_model.compile_transformer(backend="aot_eager")  # inductor codegen costs a minute of CI CPU
+        # inductor codegen costs a minute of CI CPU
+        tiny_model.compile_model(transformer_only=True, dynamic=True, backend="aot_eager")
         compiled = [tiny_model(*x) for x in inputs]
     for e, c in zip(eager, compiled, strict=True):
         torch.testing.assert_close(c["logits"], e["logits"], rtol=1e-4, atol=1e-4)
@@ -124,16 +130,19 @@ def test_compiled_encoder_and_decoder_match_eager_without_recompiling(tiny_model
 
 def test_whole_training_forward_is_one_graph(tiny_model):
     """The full model in training mode (aux, proposals and heatmap outputs) traces without a graph
-    break, and a second image size reuses the graph; Dynamo's eager backend keeps this cheap."""
+    break, and a second image size reuses the graph; Dynamo's eager backend keeps this cheap. Parameter
+    names stay as they were, so checkpoints load either way."""
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     gen = torch.Generator().manual_seed(5)
-    compiled = torch.compile(tiny_model.train(), fullgraph=True, dynamic=True, backend="eager")
+    names = list(tiny_model.state_dict())
+    tiny_model.train().compile_model(dynamic=True, backend="eager")
+    assert list(tiny_model.state_dict()) == names
     for h, w in ((128, 160), (96, 200)):
         images, mask = pad_batch(
             [torch.randn(3, h, w, generator=gen), torch.randn(3, h - 5, w - 7, generator=gen)]
         )
-        out = compiled(images, mask)
+        out = tiny_model(images, mask)
         (out["logits"].sum() + out["heatmap"].sum() + out["enc_outputs"]["keypoints"].sum()).backward()
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     torch._dynamo.reset()
