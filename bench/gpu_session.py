@@ -60,7 +60,10 @@ def sections(out: Path) -> dict[str, tuple[list[str], int]]:
             480,  # six whole-network compiles: the two baselines' and JCRA's, at batch 1 and 8
         ),
         "train_step": (suite("bench/test_bench_train_step.py", name="train_step"), 360),
-        "profile": (["-m", "bench.profile_end_to_end", "--provider", "jcra", "--batch", "1"], 180),
+        "profile": (
+            ["-m", "bench.profile_end_to_end", "--provider", "jcra", "--json", str(out / "stages.json")],
+            180,
+        ),
     }
 
 

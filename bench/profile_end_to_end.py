@@ -1,49 +1,127 @@
-"""Where JCRA's end-to-end inference time goes: torch.profiler over a few batches, top ops printed.
+"""Where JCRA's end-to-end inference time goes: per-stage times, then torch.profiler's top ops.
 
-    python -m bench.profile_end_to_end --provider jcra-reference --batch 1 --steps 5
+    python -m bench.profile_end_to_end --provider jcra --batch 1 --steps 10 --json stages.json
 
-Same model, inputs and post-processing as ``bench/test_bench_end_to_end.py``. Prints the wall time
-per batch without the profiler, the device time the profiler saw per batch (busy time well under
-wall time means the GPU waits on the host: launch overhead or syncs), and the ops with the most
-device and host time.
+Same model, inputs and post-processing as ``bench/test_bench_end_to_end.py``, except that the ``jcra``
+provider compiles its stage modules (backbone, neck, encoder, decoder) each on its own rather than the
+whole forward as one graph, so that hooks outside them can time each: CUDA events on a GPU, the host
+clock on a CPU (synchronous there). Prints the median milliseconds of every stage, of the glue between
+them ("other": token flattening, proposals and top-k, the keypoint heads' local maps), of the
+post-processing and of the whole; ``--json`` writes them as a pytest-benchmark-shaped file that
+``bench.report`` tabulates and plots (``stages.png``). Then the profiler's device total per batch
+(well under the wall time means the GPU waits on the host: launch overhead or syncs) and the ops with
+the most device and host time.
 """
 
 import argparse
+import json
+import platform
+import statistics
 import time
+from collections import defaultdict
+from pathlib import Path
 
+import torch
+import triton
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from bench.test_bench_end_to_end import CUDA, IMAGE, inference
+from bench.test_bench_end_to_end import CUDA, IMAGE, MODEL, STAGES, build, inference
+
+
+class Stamp:
+    """A point on the device's timeline: a recorded CUDA event, or the host clock on a CPU."""
+
+    def __init__(self):
+        if CUDA:
+            self.event = torch.cuda.Event(enable_timing=True)
+            self.event.record()
+        else:
+            self.seconds = time.perf_counter()
+
+    def ms_until(self, later: "Stamp") -> float:
+        return self.event.elapsed_time(later.event) if CUDA else (later.seconds - self.seconds) * 1e3
+
+
+def stage_times(model: torch.nn.Module, infer, steps: int) -> dict[str, float]:
+    """Median ms over ``steps`` calls of ``infer`` of each stage module, "other", "post-processing"
+    and "end to end" (hooks stamp the entry and exit of each stage and of the model)."""
+    spans: dict[str, list[list[Stamp]]] = defaultdict(list)
+    handles = []
+    for name in (*STAGES, "model"):
+        module = model if name == "model" else getattr(model, name)
+        handles.append(
+            module.register_forward_pre_hook(lambda m, a, name=name: spans[name].append([Stamp()]))
+        )
+        handles.append(
+            module.register_forward_hook(lambda m, a, o, name=name: spans[name][-1].append(Stamp()))
+        )
+    for _ in range(steps):
+        start = Stamp()
+        infer()
+        spans["end to end"].append([start, Stamp()])
+    for handle in handles:
+        handle.remove()
+    if CUDA:
+        torch.cuda.synchronize()
+    ms = {name: [a.ms_until(b) for a, b in pairs] for name, pairs in spans.items()}
+    ms["other"] = [total - sum(ms[s][i] for s in STAGES) for i, total in enumerate(ms["model"])]
+    ms["post-processing"] = [e2e - m for e2e, m in zip(ms["end to end"], ms["model"], strict=True)]
+    del ms["model"]
+    return {name: statistics.median(values) for name, values in ms.items()}
+
+
+def benchmark_json(times: dict[str, float], provider: str, batch: int) -> dict:
+    """The stage medians as pytest-benchmark rows (one group; a row per stage) for ``bench.report``."""
+    device = torch.cuda.get_device_name() if CUDA else platform.processor() or "cpu"
+    info = {"batch": batch, "image": IMAGE, "model": MODEL, "device": device}
+    info.update(torch=torch.__version__, triton=triton.__version__, source="bench.profile_end_to_end")
+    group = f"JCRA stages, {provider}, batch {batch}"
+    return {
+        "machine_info": {},
+        "benchmarks": [
+            {
+                "group": group,
+                "name": f"stage[{stage}]",
+                "stats": {"median": ms / 1e3},
+                "extra_info": {**info, "provider": stage},
+            }
+            for stage, ms in times.items()
+        ],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--provider", choices=["jcra", "jcra-reference"], default="jcra-reference")
+    parser.add_argument("--provider", choices=["jcra", "jcra-reference"], default="jcra")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rows", type=int, default=25, help="ops listed per table")
+    parser.add_argument("--json", type=Path, help="write the stage medians here")
     args = parser.parse_args(argv)
-    infer = inference(args.provider, args.batch)
+    model = build(args.provider, compile_stages_apart=True)
+    infer = inference(args.provider, args.batch, model)
     for _ in range(3):  # compile and warm up
         infer()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        infer()  # ends in a host copy: synchronised
-    wall_ms = (time.perf_counter() - start) * 1e3 / args.steps
+    times = stage_times(model, infer, args.steps)
+    print(f"{args.provider} batch {args.batch} {IMAGE}, median ms of {args.steps} batches:")
+    for stage, ms in times.items():
+        print(f"  {stage:>16}: {ms:8.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(benchmark_json(times, args.provider, args.batch), indent=1))
+
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if CUDA else [])
     with profile(activities=activities) as prof:
         for _ in range(args.steps):
             infer()
     events = prof.key_averages()
-    # Kernels' time is owned by the host ops that launched them (as in the profiler's own total).
-    device_ms = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CPU)
-    device_ms /= 1e3 * args.steps
-    print(f"{args.provider} batch {args.batch} {IMAGE}: {wall_ms:.1f} ms wall a batch, ")
-    print(f"{device_ms:.1f} ms of device kernels a batch ({device_ms / wall_ms:.0%} busy)")
     if CUDA:
+        # Kernels' time is owned by the host ops that launched them (as in the profiler's own total).
+        device_ms = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CPU)
+        device_ms /= 1e3 * args.steps
+        print(f"{device_ms:.1f} ms of device kernels a batch, {times['end to end']:.1f} ms end to end")
         print(events.table(sort_by="self_device_time_total", row_limit=args.rows))
     print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows))
 

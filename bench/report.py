@@ -9,7 +9,8 @@ provider present from ``BASELINES``: kernels earn their place against the compil
 
 When the bottom-up and end-to-end suites are present, the crowd table compares per-image latency:
 JCRA's end-to-end time (independent of the number of people) against each bottom-up baseline's
-network time plus its post-processing time at N people, and ``crowd.png`` plots it. ``summary.json``
+network time plus its post-processing time at N people, and ``crowd.png`` plots it. Stage times
+from ``bench.profile_end_to_end --json`` become ``stages.png``. ``summary.json``
 holds the headline ratios the benchmark issue names, each from timings of one process (null where
 the run did not measure them).
 """
@@ -222,6 +223,32 @@ def plot_crowd(groups: dict, out: Path) -> Path | None:
     return path
 
 
+def plot_stages(groups: dict, out: Path) -> Path | None:
+    """A stacked bar per "JCRA stages" group (``bench.profile_end_to_end --json``): where one batch's
+    end-to-end time goes, stage by stage."""
+    stage_groups = {g: rows for g, rows in sorted(groups.items()) if g.startswith("JCRA stages")}
+    if not stage_groups:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 1.2 * len(stage_groups) + 1.5))
+    for y, rows in enumerate(stage_groups.values()):
+        left = 0.0
+        for row in rows:
+            if row["provider"] == "end to end":
+                continue
+            ax.barh(y, row["median_ms"], left=left, label=row["provider"] if y == 0 else None)
+            left += row["median_ms"]
+        ax.text(left, y, f" {left:.1f} ms", va="center")
+    ax.set_yticks(range(len(stage_groups)), list(stage_groups))
+    ax.set_xlabel("ms per batch (medians; stage modules compiled apart, each timed by hooks around it)")
+    ax.legend(ncol=6, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.35))
+    fig.tight_layout()
+    path = out / "stages.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def summary(groups: dict) -> dict:
     """The headline ratios (the benchmark issue's summary.json), each from one process's timings."""
     info = next(
@@ -269,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     (args.out / "table.md").write_text(header + markdown_table(groups) + crowd_markdown(groups))
     (args.out / "summary.json").write_text(json.dumps(summary(groups), indent=2) + "\n")
-    plots = [plot_speedups(groups, args.out), plot_crowd(groups, args.out)]
+    plots = [plot_speedups(groups, args.out), plot_crowd(groups, args.out), plot_stages(groups, args.out)]
     names = ", ".join(str(p) for p in plots if p)
     print(f"wrote {args.out / 'table.md'}, {args.out / 'summary.json'} and {names}")
 

@@ -44,18 +44,31 @@ def load_batch(batch: int) -> torch.Tensor:
     return ((pixels - MEAN[:, None, None]) / STD[:, None, None]).to(DEVICE)
 
 
-def build(provider: str):
+STAGES = ("backbone", "neck", "encoder", "decoder")
+"""JCRA's stage modules, in call order (the rest of the forward is glue: token flattening, proposals
+and top-k, the keypoint heads' local maps)."""
+
+
+def build(provider: str, compile_stages_apart: bool = False):
+    """The provider's model in eval mode. ``compile_stages_apart``: compile each of :data:`STAGES` on
+    its own instead of the whole forward, so hooks around them can time each (the profiler's view)."""
     model = build_model(MODEL, use_fused_kernels=provider == "jcra", frozen_backbone=True)
     model = model.to(DEVICE).eval()
     if provider == "jcra" and CUDA:
-        model.compile_model()
+        if compile_stages_apart:
+            for name in STAGES:
+                module = getattr(model, name)
+                module.forward = torch.compile(module.forward, fullgraph=True)
+        else:
+            model.compile_model()
     return model
 
 
-def inference(provider: str, batch: int):
-    """A no-argument function: one batch of photos through the model and post-processing to COCO
-    records (ends in a host copy, so it is synchronised)."""
-    model, postprocess = build(provider), PostProcess(top_k=100)
+def inference(provider: str, batch: int, model=None):
+    """A no-argument function: one batch of photos through the model (``build(provider)`` unless
+    given) and post-processing to COCO records (ends in a host copy, so it is synchronised)."""
+    model = build(provider) if model is None else model
+    postprocess = PostProcess(top_k=100)
     images = load_batch(batch)
     orig_sizes = torch.tensor([IMAGE] * batch)
     autocast = provider == "jcra" and CUDA

@@ -93,3 +93,31 @@ def test_other_json_files_are_skipped(tmp_path, capsys):
     main([str(results), str(tmp_path / "summary.json"), "--out", str(tmp_path)])
     assert "skipped" in capsys.readouterr().out
     assert "| g | triton | 1.000 |" in (tmp_path / "table.md").read_text()
+
+
+def test_stage_times_of_a_model_become_a_table_and_a_plot(tmp_path):
+    """bench.profile_end_to_end: hooks time each stage of a real (tiny) forward; the stages, the glue
+    and the post-processing add up to the whole, and the report draws stages.png from the JSON."""
+    import torch
+
+    from bench.profile_end_to_end import benchmark_json, stage_times
+    from jcra import build_model
+
+    model = build_model("jcra_tiny", use_fused_kernels=False).eval()  # not the interpreter: fast
+    images = torch.randn(1, 3, 64, 96)
+
+    @torch.no_grad()
+    def infer():
+        return model(images)["logits"].tolist()
+
+    times = stage_times(model, infer, steps=3)
+    assert set(times) == {"backbone", "neck", "encoder", "decoder", "other", "post-processing", "end to end"}
+    assert all(ms > 0 for name, ms in times.items() if name not in ("other", "post-processing"))
+    parts = sum(ms for name, ms in times.items() if name != "end to end")
+    assert parts == pytest.approx(times["end to end"], rel=0.2)  # medians of the parts, not of the sum
+    results = tmp_path / "stages.json"
+    results.write_text(json.dumps(benchmark_json(times, "jcra", 1)))
+    main([str(results), "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "stages.png").stat().st_size > 0
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| JCRA stages, jcra, batch 1 | encoder |" in table
