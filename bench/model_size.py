@@ -1,6 +1,7 @@
-"""Parameters and FLOPs of a JCRA configuration at one input size (default: R-50 at 800 x 1333).
+"""Parameters and FLOPs of a JCRA configuration at one input size (default: R-50 at 800 x 1333), and
+of the bottom-up baselines' networks on the same ResNet-50 (``bench/baselines``).
 
-    python bench/model_size.py [--name jcra_r50] [--height 800] [--width 1333]
+    python -m bench.model_size [--name jcra_r50] [--height 800] [--width 1333]
 
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` on meta tensors (no compute, no memory),
 counting a multiply-add as 2 FLOPs. The counter does not see deformable attention's sampling
@@ -17,7 +18,10 @@ import argparse
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.baselines.associative_embedding import AssociativeEmbeddingHead
+from bench.baselines.dekr import DEKRHead
 from jcra import build_model
+from jcra.backbone import resnet
 from jcra.decoder import LocalKeypointHead
 from jcra.deformable_attention import MSDeformAttn
 
@@ -42,6 +46,21 @@ def sampling_flops(model, height: int, width: int) -> dict[str, int]:
     return {"encoder": encoder, "decoder": decoder}
 
 
+def count_flops(model: torch.nn.Module, height: int, width: int) -> tuple[int, dict[str, int]]:
+    """(total FLOPs, {child module: FLOPs}) of one image through ``model`` on the meta device."""
+    model = model.to("meta")
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.empty(1, 3, height, width, device="meta"))
+    prefix = type(model).__name__ + "."
+    children = {
+        name[len(prefix) :]: sum(counts.values())
+        for name, counts in counter.get_flop_counts().items()
+        if name.startswith(prefix) and "." not in name[len(prefix) :]
+    }
+    return counter.get_total_flops(), children
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", default="jcra_r50")
@@ -54,23 +73,25 @@ def main() -> None:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"{args.name}: {params / 1e6:.2f} M parameters ({trainable / 1e6:.2f} M trainable)")
 
-    model = model.to("meta")
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(torch.empty(1, 3, args.height, args.width, device="meta"))
-    per_module = counter.get_flop_counts()
+    total, per_part = count_flops(model, args.height, args.width)
     counted = {
-        part: sum(per_module.get(f"JCRA.{part}", {}).values())
-        for part in ("backbone", "neck", "detail_proj", "encoder", "decoder")
+        part: per_part.get(part, 0) for part in ("backbone", "neck", "detail_proj", "encoder", "decoder")
     }
     sampled = sampling_flops(model, args.height, args.width)
-    total = counter.get_total_flops() + sum(sampled.values())
+    total += sum(sampled.values())
     print(f"FLOPs at {args.height}x{args.width}, batch 1 (multiply-add = 2 FLOPs):")
     for part, flops in counted.items():
         extra = sampled.get(part, 0)
         note = f" (incl. {extra / 1e9:.1f} G bilinear sampling)" if extra else ""
         print(f"  {part:11s} {(flops + extra) / 1e9:8.1f} GFLOPs{note}")
     print(f"  total       {total / 1e9:8.1f} GFLOPs = {total / 2e9:.1f} GMACs")
+    print("bottom-up networks on the same ResNet-50 (no sampling to add):")
+    for head in (AssociativeEmbeddingHead, DEKRHead):
+        backbone = resnet(50, frozen=True)
+        network = head(backbone, backbone.out_channels[-1], feature_stride=32).eval()
+        flops, parts = count_flops(network, args.height, args.width)
+        split = " + ".join(f"{name} {value / 1e9:.1f}" for name, value in parts.items())
+        print(f"  {head.__name__:24s} {flops / 1e9:8.1f} GFLOPs = {split}")
 
 
 if __name__ == "__main__":
