@@ -141,8 +141,8 @@ class JCRA(nn.Module):
         - ``transformer_only=True, dynamic=True``: sizes symbolic, one graph per module for every
           image size, for training on randomly resized images (``train.compile=true``). The fused
           attention kernel reads its level table from a device tensor, so it needs no recompile.
-          Inductor (torch 2.11 to 2.13) fails on the whole forward with symbolic sizes, in its
-          stride ordering of the backbone's small maps; the other backends compile it.
+          Inductor (torch 2.13) fails on the whole forward with symbolic sizes, in its stride
+          ordering of the smallest maps; the other backends compile it.
 
         Spatial shapes are Python ints, so nothing breaks the graph. The matcher stays outside.
         """
