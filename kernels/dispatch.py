@@ -32,8 +32,10 @@ def use_triton(tensor: torch.Tensor) -> bool:
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``tensor`` on ``device`` without a host synchronisation.
 
-    A plain ``.to("cuda")`` of a pageable CPU tensor waits for the whole CUDA stream to drain before
-    copying; staging through pinned memory lets the copy queue behind the stream's work instead.
+    A plain ``.to("cuda")`` of a CPU tensor returns only once the CUDA stream has drained (PyTorch
+    synchronises the stream after a blocking copy); a non-blocking copy from pinned memory queues
+    behind the stream's work instead, and the caching host allocator keeps the pinned block alive
+    until the copy is done.
     """
     if tensor.device == device:
         return tensor
