@@ -5,7 +5,17 @@ import math
 import torch
 from torch import nn
 
+from kernels.dispatch import to_device
 from kernels.ms_deform_attn import ms_deform_attn, ms_deform_attn_reference
+
+
+def _level_sizes(spatial_shapes, device: torch.device) -> torch.Tensor:
+    """[L, 2] fp32 (W, H) of each level on ``device``. Eager, a pinned asynchronous copy (a blocking
+    one would synchronise with the GPU in every layer); compiled, a constant of the graph."""
+    wh = [[w, h] for h, w in spatial_shapes]
+    if torch.compiler.is_compiling():
+        return torch.tensor(wh, dtype=torch.float32, device=device)
+    return to_device(torch.tensor(wh, dtype=torch.float32), device)
 
 
 class MSDeformAttn(nn.Module):
@@ -77,8 +87,7 @@ class MSDeformAttn(nn.Module):
         offsets = self.sampling_offsets(query).float().view(N, Lq, M, L, P, 2)
         weights = self.attention_weights(query).float().view(N, Lq, M, L * P).softmax(-1)
         if offset_scale is None:
-            wh = [[w, h] for h, w in spatial_shapes]
-            offset_scale = 1.0 / torch.tensor(wh, dtype=torch.float32, device=query.device)[:, None]
+            offset_scale = 1.0 / _level_sizes(spatial_shapes, query.device)[:, None]
         if reference_points.dim() == 4:
             reference_points = reference_points[:, :, None, :, None, :]
         else:

@@ -330,3 +330,23 @@ def test_offsets_past_int32():
     expected = (attn[1, 0, 0, 0][:, None] * picked.float()).sum(0)
     torch.testing.assert_close(out[1, 0].float(), expected, atol=2e-3, rtol=2e-3)
     assert torch.count_nonzero(out[0]) == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("use_fused", [True, False])
+def test_module_forward_never_synchronises_with_the_host(use_fused):
+    """Eager forward, fused or reference, after a first call (which builds the level table and, for
+    large launches, autotunes): no call waits for the GPU (sync debug mode raises on one)."""
+    module = MSDeformAttn(embed_dim=32, num_heads=4, num_levels=2, num_points=3).cuda()
+    module.use_fused = use_fused
+    shapes = ((6, 5), (3, 3))
+    query, value = torch.randn(2, 7, 32, device="cuda"), torch.randn(2, 39, 32, device="cuda")
+    ref_points = torch.rand(2, 7, 2, 2, device="cuda")
+    expected = module(query, ref_points, value, shapes)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = module(query, ref_points, value, shapes)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(out, expected)
