@@ -29,6 +29,12 @@ from pathlib import Path
 MSDA_HEADLINE = "encoder-b2 and (bf16 or forward+backward)"
 MSDA_MORE = "bf16 and forward+backward and not encoder-b2"
 
+# The model tests that need CUDA (the rest of tests/model runs on the CPU machine)
+MODEL_CUDA_TESTS = [
+    "tests/model/test_model.py::test_training_step_on_cuda_never_synchronises_with_the_host",
+    "tests/model/test_model.py::test_cuda_graph_forward_matches_eager",
+]
+
 ENV = (
     "import torch, triton, scipy, platform; "
     "print('gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None); "
@@ -49,7 +55,10 @@ def sections(out: Path) -> dict[str, tuple[list[str], int]]:
 
     return {
         "env": (["-c", ENV], 60),
-        "tests": (["-m", "pytest", "-q", *xdist, "tests/kernels", "tests/test_matcher.py"], 100),
+        "tests": (
+            ["-m", "pytest", "-q", *xdist, "tests/kernels", "tests/test_matcher.py", *MODEL_CUDA_TESTS],
+            120,
+        ),
         "msda": (suite(msda, name="msda", select=MSDA_HEADLINE), 150),
         "msda_more": (suite(msda, name="msda_more", select=MSDA_MORE), 150),
         "oks": (suite("bench/test_bench_oks.py", name="oks"), 120),

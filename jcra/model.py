@@ -144,6 +144,11 @@ class JCRA(nn.Module):
           Inductor (torch 2.13) fails on the whole forward with symbolic sizes, in its stride
           ordering of the smallest maps; the other backends compile it.
 
+        - Whole forward with ``mode="reduce-overhead"`` (CUDA, inference at one size): the compiled
+          forward is also captured as one CUDA graph and replayed, so a call costs one launch instead
+          of hundreds (the fixed query set keeps every shape static, and no op waits for the host).
+          Each call's outputs live in the graph's memory until the next call: consume or clone them.
+
         Spatial shapes are Python ints, so nothing breaks the graph. The matcher stays outside.
         """
         for module in (self.encoder, self.decoder) if transformer_only else (self,):

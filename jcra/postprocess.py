@@ -3,8 +3,6 @@
 import torch
 from torch import Tensor
 
-from kernels.dispatch import to_device
-
 
 class PostProcess:
     """Keep each image's ``top_k`` highest-scoring queries as COCO results.
@@ -31,11 +29,11 @@ class PostProcess:
             raise ValueError(f"image_ids must hold B={B} ids, got {len(image_ids)}")
         scores, top = logits.float().sigmoid().topk(min(self.top_k, Q), dim=1)  # [B, k]
         kpts = keypoints.float().gather(1, top[..., None, None].expand(-1, -1, *keypoints.shape[2:]))
-        scale = to_device(orig_sizes, kpts.device).float().flip(-1)[:, None, None]  # (w, h)
-        kpts = kpts * scale
+        # the one copy to the host; the few thousand numbers are scaled there, no size crosses to the GPU
+        rows = torch.cat([kpts.flatten(2), scores[..., None]], -1).cpu()
+        kpts = rows[..., :-1].unflatten(-1, (-1, 2)) * orig_sizes.cpu().float().flip(-1)[:, None, None]
         triples = torch.cat([kpts, torch.ones_like(kpts[..., :1])], -1).flatten(2)  # [B, k, 3K]
-        rows = torch.cat([triples, scores[..., None]], -1).cpu()  # the one copy to the host
-        triples, scores = rows[..., :-1].tolist(), rows[..., -1].tolist()
+        triples, scores = triples.tolist(), rows[..., -1].tolist()
         return [
             {"image_id": _plain(image_id), "category_id": 1, "keypoints": kp, "score": s}
             for image_id, kps, ss in zip(image_ids, triples, scores, strict=True)

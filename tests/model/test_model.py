@@ -7,7 +7,7 @@ from jcra import JCRA, MSDeformAttn, build_model
 from jcra.backbone import FrozenBatchNorm2d
 from jcra.criterion import SetCriterion
 from jcra.matcher import HungarianMatcher
-from kernels.oks import COCO_SIGMAS
+from kernels.oks import COCO_SIGMAS, pose_matching_cost
 from tests.model.conftest import pad_batch, randomise_zero_init
 
 Q, K = 30, 17
@@ -145,4 +145,64 @@ def test_whole_training_forward_is_one_graph(tiny_model):
         out = tiny_model(images, mask)
         (out["logits"].sum() + out["heatmap"].sum() + out["enc_outputs"]["keypoints"].sum()).backward()
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()
+
+
+def _cuda_model(gen: torch.Generator) -> JCRA:
+    """The tiny configuration on CUDA with the fused kernels (real Triton there), every weight nonzero."""
+    torch.manual_seed(0)
+    model = build_model("jcra_tiny", dropout=0.0).cuda()
+    randomise_zero_init(model, gen)
+    return model
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_step_on_cuda_never_synchronises_with_the_host(monkeypatch):
+    """Forward, matching (Triton cost and solver), losses and backward with device targets, after a
+    first step (level tables, autotuning): nothing waits for the GPU (sync debug mode raises on a wait),
+    so the host runs ahead of the device for the whole step."""
+    monkeypatch.setattr(
+        "jcra.matcher.pose_matching_cost", pose_matching_cost
+    )  # the kernel, not the fixture's
+    gen = torch.Generator().manual_seed(7)
+    model = _cuda_model(gen).train()
+    criterion = SetCriterion(K, COCO_SIGMAS, HungarianMatcher(COCO_SIGMAS)).cuda()
+    sizes = [(128, 160), (119, 147)]
+    images, mask = (t.cuda() for t in pad_batch([torch.randn(3, h, w, generator=gen) for h, w in sizes]))
+    targets = [{k: v.cuda() for k, v in t.items()} for t in _targets(sizes, gen)]
+
+    def step() -> torch.Tensor:
+        loss = criterion(model(images, mask), targets)["loss"]
+        loss.backward()
+        return loss.detach()
+
+    first = step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        second = step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(second, first)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_forward_matches_eager():
+    """``compile_model(mode="reduce-overhead")``: the whole inference forward, fused kernels included,
+    is captured as a CUDA graph (Inductor counts no skip) and its replays on new images give eager's
+    outputs (each call's images are copied into the graph's input buffer)."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    gen = torch.Generator().manual_seed(8)
+    model = _cuda_model(gen).eval()
+    batches = [torch.randn(2, 3, 128, 160, generator=gen).cuda() for _ in range(2)]
+    with torch.no_grad():
+        eager = [model(x) for x in batches]
+        model.compile_model(mode="reduce-overhead")
+        # warm-up, recording, then replays; outputs live in the graph's pool until the next call
+        graphed = [{k: v.clone() for k, v in model(x).items()} for x in batches * 3]
+    assert torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] == 0
+    for e, g in zip(eager * 3, graphed, strict=True):
+        torch.testing.assert_close(g["logits"], e["logits"], rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(g["keypoints"], e["keypoints"], rtol=1e-3, atol=1e-4)
     torch._dynamo.reset()
