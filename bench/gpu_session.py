@@ -35,6 +35,29 @@ MODEL_CUDA_TESTS = [
     "tests/model/test_model.py::test_cuda_graph_forward_matches_eager",
 ]
 
+
+def train_run_overrides() -> list[str]:
+    """A short GPU training run of the COCO R-50 recipe (bf16, fused kernels, multi-scale 480-800) on
+    ``../shared/data/coco-mini`` (80 images, evaluated on the same), random weights in the ImageNet
+    layout (no network there). Eager, since the ``train_step`` section times the compiled step; the
+    checkpoint goes to /tmp, not back with the results."""
+    mini = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-mini"
+    ann, images = mini / "annotations" / "person_keypoints_train2017.json", mini / "train2017"
+    return [
+        "experiment=coco_r50",
+        "train.model_overrides.pretrained=false",
+        "+train.model_overrides.frozen_backbone=true",
+        *(f"train.{split}_ann={ann}" for split in ("train", "val")),
+        *(f"train.{split}_images={images}" for split in ("train", "val")),
+        "train.epochs=1",
+        "train.max_steps=40",
+        "train.batch_size=2",
+        "train.num_workers=8",
+        "train.log_every=10",
+        "train.out_dir=/tmp/jcra_train_run",
+    ]
+
+
 ENV = (
     "import torch, triton, scipy, platform; "
     "print('gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None); "
@@ -69,6 +92,7 @@ def sections(out: Path) -> dict[str, tuple[list[str], int]]:
             480,  # six whole-network compiles: the two baselines' and JCRA's, at batch 1 and 8
         ),
         "train_step": (suite("bench/test_bench_train_step.py", name="train_step"), 360),
+        "train_run": (["-m", "train.train", *train_run_overrides()], 150),
         "profile": (
             ["-m", "bench.profile_end_to_end", "--provider", "jcra", "--json", str(out / "stages.json")],
             180,
