@@ -1,5 +1,6 @@
 """Deformable-DETR's multi-scale deformable attention module, on ``kernels.ms_deform_attn``."""
 
+import functools
 import math
 
 import torch
@@ -10,11 +11,22 @@ from kernels.ms_deform_attn import ms_deform_attn, ms_deform_attn_reference
 
 
 def _level_sizes(spatial_shapes, device: torch.device) -> torch.Tensor:
-    """[L, 2] fp32 (W, H) of each level on ``device``. Eager, a pinned asynchronous copy (a blocking
-    one would synchronise with the GPU in every layer); compiled, a constant of the graph."""
-    wh = [[w, h] for h, w in spatial_shapes]
+    """[L, 2] fp32 (W, H) of each level on ``device``, with no copy from the host in steady state.
+
+    Compiled, the sizes are filled in on the device: a tensor built from a Python list would be a
+    host constant, copied (blocking) in every forward, and Inductor makes no CUDA graph of a graph
+    that holds one. Eager, one copy per sizes and device, kept for later calls.
+    """
     if torch.compiler.is_compiling():
-        return torch.tensor(wh, dtype=torch.float32, device=device)
+        return torch.stack(
+            [torch.full((), float(size), device=device) for h, w in spatial_shapes for size in (w, h)]
+        ).view(-1, 2)
+    return _cached_level_sizes(tuple((int(h), int(w)) for h, w in spatial_shapes), device)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_level_sizes(spatial_shapes: tuple[tuple[int, int], ...], device: torch.device) -> torch.Tensor:
+    wh = [[w, h] for h, w in spatial_shapes]
     return to_device(torch.tensor(wh, dtype=torch.float32), device)
 
 

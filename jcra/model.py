@@ -4,6 +4,8 @@
 and plain numbers (Hydra builds it from YAML the same way).
 """
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -127,7 +129,7 @@ class JCRA(nn.Module):
         self,
         transformer_only: bool = False,
         dynamic: bool = False,
-        backend: str = "inductor",
+        backend: str | Callable = "inductor",
         mode: str | None = None,
     ) -> None:
         """Compile in place with ``torch.compile(fullgraph=True)``: the whole forward, or with
