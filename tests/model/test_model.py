@@ -210,15 +210,16 @@ def test_cuda_graph_forward_matches_eager():
 
 @pytest.mark.parametrize("training", [False, True])
 def test_compiled_forward_holds_no_tensor_made_on_the_host(tiny_model, training):
-    """Every tensor of the compiled forward graph is an input or made on the model's device: a tensor
-    built from Python data is a host constant there, which on a GPU costs a blocking copy in every
-    forward and keeps Inductor from capturing a CUDA graph (it skips graphs holding CPU tensors)."""
+    """Every tensor of the compiled graphs (forward, and backward in training) is an input or made on
+    the model's device: a tensor built from Python data is a host constant there, which on a GPU costs
+    a blocking copy in every call and keeps Inductor from capturing a CUDA graph (it skips graphs
+    holding CPU tensors)."""
     from functorch.compile import make_boxed_func
     from torch._dynamo.backends.common import aot_autograd
 
     constants = []
 
-    def forward_compiler(graph_module, example_inputs):
+    def graph_compiler(graph_module, example_inputs):
         for node in graph_module.graph.nodes:
             value = getattr(graph_module, node.target) if node.op == "get_attr" else None
             if isinstance(value, torch.Tensor) and value.dim() > 0:
@@ -227,8 +228,10 @@ def test_compiled_forward_holds_no_tensor_made_on_the_host(tiny_model, training)
 
     torch._dynamo.reset()
     tiny_model.train(training).use_fused_kernels = True
-    tiny_model.compile_model(backend=aot_autograd(fw_compiler=forward_compiler))
+    tiny_model.compile_model(backend=aot_autograd(fw_compiler=graph_compiler, bw_compiler=graph_compiler))
     with torch.set_grad_enabled(training):
-        tiny_model(torch.randn(1, 3, 96, 128))
+        out = tiny_model(torch.randn(1, 3, 96, 128))
+    if training:
+        (out["logits"].sum() + out["heatmap"].sum()).backward()
     torch._dynamo.reset()
     assert not constants
