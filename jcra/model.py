@@ -114,16 +114,24 @@ class JCRA(nn.Module):
         """Every token proposes a pose around its centre; the best ``num_queries`` become the queries.
 
         Returns all tokens' logits [B, S] (padded ones at :data:`MASKED_LOGIT`) and keypoints
-        [B, S, K, 2], and the selected queries' content [B, Q, C] and keypoints [B, Q, K, 2].
+        [B, S, K, 2] (None in eval mode, where only the selected proposals' keypoints are computed:
+        the keypoint head runs per token), and the selected queries' content [B, Q, C] and keypoints
+        [B, Q, K, 2].
         """
         enc_memory = self.enc_proj(memory)
         logits = self.enc_class(enc_memory).masked_fill(padding_mask, MASKED_LOGIT)
-        centre = centres.clamp(max=1.0)[:, :, None].expand(-1, -1, self.num_keypoints, -1)
-        keypoints = self.enc_keypoints(enc_memory, centre)
         top = logits.topk(self.num_queries, dim=1).indices  # [B, Q]
         tgt = enc_memory.gather(1, top[..., None].expand(-1, -1, enc_memory.shape[-1]))
+        if not self.training:
+            centre = centres.gather(1, top[..., None].expand(-1, -1, centres.shape[-1]))
+            return logits, None, tgt, self.enc_keypoints(tgt, self._keypoint_start(centre))
+        keypoints = self.enc_keypoints(enc_memory, self._keypoint_start(centres))
         init = keypoints.gather(1, top[..., None, None].expand(-1, -1, *keypoints.shape[2:]))
         return logits, keypoints, tgt, init
+
+    def _keypoint_start(self, centres: torch.Tensor) -> torch.Tensor:
+        """Every keypoint of a proposal starts at its token's centre: [B, n, 2] -> [B, n, K, 2]."""
+        return centres.clamp(max=1.0)[:, :, None].expand(-1, -1, self.num_keypoints, -1)
 
     def compile_model(
         self,
