@@ -75,6 +75,7 @@ def sections(out: Path) -> dict[str, tuple[list[str], int]]:
         return ["-m", "pytest", "-q", *files, *extra, f"--benchmark-json={out / name}.json"]
 
     msda = "bench/test_bench_ms_deform_attn.py"
+    crowd = ("bench/test_bench_bottom_up.py", "bench/test_bench_end_to_end.py")
 
     return {
         "env": (["-c", ENV], 60),
@@ -88,9 +89,11 @@ def sections(out: Path) -> dict[str, tuple[list[str], int]]:
         "matcher": (suite("bench/test_bench_oks.py", name="matcher", select="matcher"), 60),
         "assignment": (suite("bench/test_bench_linear_assignment.py", name="assignment"), 90),
         "crowd": (
-            suite("bench/test_bench_bottom_up.py", "bench/test_bench_end_to_end.py", name="crowd"),
+            suite(*crowd, name="crowd"),
             480,  # six whole-network compiles: the two baselines' and JCRA's, at batch 1 and 8
         ),
+        # batch 1 alone, for a short session: three compiles, the methods still side by side
+        "crowd_b1": (suite(*crowd, name="crowd_b1", select="postprocess or b1"), 300),
         "train_step": (suite("bench/test_bench_train_step.py", name="train_step"), 360),
         "train_run": (["-m", "train.train", *train_run_overrides()], 150),
         "profile": (

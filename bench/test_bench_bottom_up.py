@@ -108,7 +108,7 @@ def test_bench_postprocess(benchmark, method, people):
     benchmark.extra_info["people_found"] = int(poses.shape[0])
 
 
-@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"b{b}")  # -k b1 picks batch 1
 @pytest.mark.parametrize("method", list(HEADS))
 def test_bench_network(benchmark, method, batch):
     benchmark.group = f"bottom-up network, batch {batch}"

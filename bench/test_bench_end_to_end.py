@@ -84,7 +84,7 @@ def inference(provider: str, batch: int, model=None):
     return infer
 
 
-@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"b{b}")  # -k b1 picks batch 1
 @pytest.mark.parametrize("provider", ["jcra", "jcra-reference"])
 def test_end_to_end(benchmark, provider, batch):
     benchmark.group = f"end to end batch {batch} {IMAGE[0]}x{IMAGE[1]}"
