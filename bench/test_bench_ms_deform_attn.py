@@ -1,8 +1,10 @@
 """ms_deform_attn: Triton against the eager and the compiled PyTorch reference, at the model's shapes.
 
 Shapes (GPU): encoder self-attention over an 800x1333 image at strides 8/16/32/64 (S = Lq = 22223),
-batch 2 and 8, 8 heads of 32 channels, 4 points; pose decoder cross-attention, 300 and 1800 queries,
-17 points (one per keypoint) on each of the 4 levels. On CPU the same layouts at a quarter of the
+batch 2 and 8, 8 heads of 32 channels, 4 points, at uniform random locations, and at batch 2 with
+the clustered locations of an initialised encoder (``clustered-b2``: neighbouring queries share cells,
+so the backward's atomic adds collide); pose decoder cross-attention, 300 and 1800 queries, 17 points
+(one per keypoint) on each of the 4 levels. On CPU the same layouts at a quarter of the
 resolution, reference providers only (the Triton interpreter is a correctness tool, not a timer).
 
 Reported in extra_info: achieved GB/s under two byte models,
@@ -38,12 +40,13 @@ def level_shapes(height: int, width: int) -> tuple[tuple[int, int], ...]:
 IMAGE = (800, 1333) if CUDA else (200, 333)
 SHAPES = {  # name: (N, Lq or None for Lq = S, P)
     "encoder-b2": (2, None, 4),
+    "clustered-b2": (2, None, 4),  # the encoder's locations as initialised, not uniform: see make_inputs
     "encoder-b8": (8, None, 4),
     "decoder-q300": (2, 300, 17),
     "decoder-q1800": (2, 1800, 17),
 }
 if not CUDA:
-    SHAPES = {name: SHAPES[name] for name in ("encoder-b2", "decoder-q300")}
+    SHAPES = {name: SHAPES[name] for name in ("encoder-b2", "clustered-b2", "decoder-q300")}
 PROVIDERS = ["triton", "reference", "reference+compile"] if CUDA else ["reference", "reference+compile"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -55,9 +58,33 @@ def make_inputs(name, dtype):
     Lq = Lq or S
     gen = torch.Generator().manual_seed(0)
     value = torch.randn(N, S, M, D, generator=gen).to(DEVICE, dtype)
-    loc = torch.rand(N, Lq, M, 4, P, 2, generator=gen).to(DEVICE)
+    if name.startswith("clustered"):
+        loc = clustered_locations(shapes, N, P, gen).to(DEVICE)
+    else:
+        loc = torch.rand(N, Lq, M, 4, P, 2, generator=gen).to(DEVICE)
     attn = torch.rand(N, Lq, M, 4, P, generator=gen).to(DEVICE, dtype)
     return value, shapes, loc, attn
+
+
+def clustered_locations(shapes, N: int, P: int, gen: torch.Generator) -> torch.Tensor:
+    """[N, S, M, L, P, 2] encoder locations as Deformable-DETR initialises them: each token samples
+    every level around its own centre, head m along direction 2 pi m / M, point p at p + 1 pixels of
+    that level, with a quarter-pixel jitter. Neighbouring queries then read and, backward, add to the
+    same cells (on coarse levels hundreds of queries share a cell), which uniform locations never do:
+    the atomic adds of the value gradient collide."""
+    centres = torch.cat(
+        [
+            torch.stack(
+                torch.meshgrid((torch.arange(w) + 0.5) / w, (torch.arange(h) + 0.5) / h, indexing="xy"), -1
+            ).reshape(-1, 2)
+            for h, w in shapes
+        ]
+    )  # [S, 2] (x, y) in [0, 1]
+    angle = 2 * math.pi * torch.arange(M) / M
+    ring = torch.stack([angle.cos(), angle.sin()], -1)[:, None, None] * torch.arange(1, P + 1)[:, None]
+    pixel = 1.0 / torch.tensor([[w, h] for h, w in shapes], dtype=torch.float32)[:, None]  # [L, 1, 2]
+    offsets = (ring + 0.25 * torch.randn(N, 1, M, len(shapes), P, 2, generator=gen)) * pixel
+    return centres[None, :, None, None, None] + offsets
 
 
 def byte_models(value, loc, attn, backward: bool) -> dict[str, int]:
