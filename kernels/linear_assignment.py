@@ -259,16 +259,20 @@ def _(cost, num_gt):
 
 
 def _as_num_gt(num_gt: torch.Tensor | Sequence[int], b: int, g: int, device: torch.device) -> torch.Tensor:
-    """``num_gt`` as int64 ``[B]`` on ``device``, range-checked when it is on the host (no sync either
-    way: a host ``num_gt`` reaches the GPU by an asynchronous copy)."""
-    if not isinstance(num_gt, torch.Tensor):
+    """``num_gt`` as int64 ``[B]`` on ``device``, range-checked when it is on the host (as Python ints:
+    no tensor op) and never read back when it is on the GPU (a host ``num_gt`` crosses by an
+    asynchronous copy)."""
+    if isinstance(num_gt, torch.Tensor):
+        if num_gt.is_floating_point() or num_gt.is_complex() or num_gt.dtype == torch.bool:
+            raise ValueError(f"num_gt must hold integers, got {num_gt.dtype}")
+    else:
         num_gt = torch.as_tensor(list(num_gt), dtype=torch.int64)
-    if num_gt.is_floating_point() or num_gt.is_complex() or num_gt.dtype == torch.bool:
-        raise ValueError(f"num_gt must hold integers, got {num_gt.dtype}")
     if tuple(num_gt.shape) != (b,):
         raise ValueError(f"num_gt must be [B={b}], got {tuple(num_gt.shape)}")
-    if num_gt.device.type == "cpu" and b > 0 and (num_gt.min() < 0 or num_gt.max() > g):
-        raise ValueError(f"num_gt must lie in [0, G={g}], got {num_gt.tolist()}")
+    if num_gt.device.type == "cpu":
+        values = num_gt.tolist()
+        if values and (min(values) < 0 or max(values) > g):
+            raise ValueError(f"num_gt must lie in [0, G={g}], got {values}")
     return to_device(num_gt.to(torch.int64), device)
 
 
