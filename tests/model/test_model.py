@@ -245,13 +245,21 @@ class _HostReads(TorchDispatchMode):
 
     READS = ("aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten._unique2",
              "aten.unique_dim", "aten.unique_consecutive", "aten.repeat_interleave.Tensor")  # fmt: skip
+    INDEXING = (
+        torch.ops.aten.index.Tensor,
+        torch.ops.aten.index_put.default,
+        torch.ops.aten.index_put_.default,
+        torch.ops.aten._index_put_impl_.default,
+    )
 
     def __init__(self):
         super().__init__()
         self.found = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if str(func).startswith(self.READS):
+        # boolean-mask indexing runs nonzero inside the op, where this mode does not look
+        masked = func in self.INDEXING and any(i is not None and i.dtype == torch.bool for i in args[1])
+        if masked or str(func).startswith(self.READS):
             self.found.append(str(func))
         return func(*args, **(kwargs or {}))
 
