@@ -72,7 +72,17 @@ def sections(out: Path) -> dict[str, tuple[list[str], int]]:
 
     def suite(*files: str, name: str, select: str | None = None) -> list[str]:
         extra = ["-k", select] if select else []
-        return ["-m", "pytest", "-q", *files, *extra, f"--benchmark-json={out / name}.json"]
+        # partial_results: a section stopped at its limit keeps the timings it took
+        return [
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "bench.partial_results",
+            *files,
+            *extra,
+            f"--benchmark-json={out / name}.json",
+        ]
 
     msda = "bench/test_bench_ms_deform_attn.py"
     crowd = ("bench/test_bench_bottom_up.py", "bench/test_bench_end_to_end.py")

@@ -39,7 +39,11 @@ def load_groups(paths: list[Path]) -> tuple[dict, dict[str, list[dict]]]:
     Other JSON files (a run folder's own summary.json) are skipped with a message."""
     groups, machine = defaultdict(list), {}
     for path in paths:
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:  # a run killed before it ended leaves its JSON empty
+            print(f"skipped {path}: empty or not JSON (a killed run's timings are in *.partial.json)")
+            continue
         if not isinstance(data, dict) or "benchmarks" not in data:
             print(f"skipped {path}: not a pytest-benchmark JSON file")
             continue
