@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+_MACHINE_INFO = pytest.StashKey[dict]()
+
 
 def _partial_path(config: pytest.Config) -> Path | None:
     out = config.getoption("benchmark_json", None)
@@ -27,11 +29,13 @@ def pytest_runtest_teardown(item: pytest.Item) -> None:
     try:
         from pytest_benchmark.utils import safe_dumps
 
+        if _MACHINE_INFO not in item.config.stash:  # read once: it probes the CPU
+            item.config.stash[_MACHINE_INFO] = session.get_machine_info()
         data = item.config.hook.pytest_benchmark_generate_json(
             config=item.config,
             benchmarks=session.benchmarks,
             include_data=False,
-            machine_info=session.get_machine_info(),
+            machine_info=item.config.stash[_MACHINE_INFO],
             commit_info={},
         )
         tmp = path.with_suffix(".tmp")

@@ -16,6 +16,12 @@ def bench_row(group, provider, median):
     }
 
 
+def write_run(path, rows):
+    """A pytest-benchmark JSON file holding ``rows``; returns its path."""
+    path.write_text(json.dumps({"machine_info": {}, "benchmarks": rows}))
+    return path
+
+
 def test_report_ratios_against_compiled_reference(tmp_path):
     rows = [
         bench_row("g1", "triton", 0.001),
@@ -24,9 +30,7 @@ def test_report_ratios_against_compiled_reference(tmp_path):
         bench_row("g2", "triton", 0.002),
         bench_row("g2", "reference", 0.003),
     ]
-    results = tmp_path / "r.json"
-    results.write_text(json.dumps({"machine_info": {}, "benchmarks": rows}))
-    main([str(results), "--out", str(tmp_path / "out")])
+    main([str(write_run(tmp_path / "r.json", rows)), "--out", str(tmp_path / "out")])
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| g1 | triton | 1.000 | 4.00x vs reference+compile |" in table
     assert "| g2 | triton | 2.000 | 1.50x vs reference |" in table
@@ -62,10 +66,9 @@ def test_summary_and_crowd_table_from_several_files(tmp_path):
         network_ms={"associative_embedding": 12.0, "dekr": 14.0},
         post_ms={"associative_embedding": {1: 1.0, 20: 8.0}, "dekr": {1: 2.0, 20: 3.0}},
     )
-    paths = []
-    for name, rows in (("kernels", kernels), ("crowd", crowd)):
-        paths.append(tmp_path / f"{name}.json")
-        paths[-1].write_text(json.dumps({"machine_info": {}, "benchmarks": rows}))
+    paths = [
+        write_run(tmp_path / f"{name}.json", rows) for name, rows in (("kernels", kernels), ("crowd", crowd))
+    ]
     main([str(p) for p in paths] + ["--out", str(tmp_path / "out")])
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["msda_fwd_bwd_speedup_vs_compiled_reference"] == 5.0
@@ -87,8 +90,7 @@ def test_empty_results_file_is_an_error(tmp_path):
 
 def test_other_json_files_are_skipped(tmp_path, capsys):
     """Rerunning the report over a run folder's *.json skips its own summary.json."""
-    results = tmp_path / "r.json"
-    results.write_text(json.dumps({"machine_info": {}, "benchmarks": [bench_row("g", "triton", 0.001)]}))
+    results = write_run(tmp_path / "r.json", [bench_row("g", "triton", 0.001)])
     (tmp_path / "summary.json").write_text(json.dumps({"gpu": None}))
     main([str(results), str(tmp_path / "summary.json"), "--out", str(tmp_path)])
     assert "skipped" in capsys.readouterr().out
