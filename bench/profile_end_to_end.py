@@ -15,32 +15,15 @@ the most device and host time.
 
 import argparse
 import json
-import platform
 import statistics
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
-import triton
-from torch.autograd import DeviceType
-from torch.profiler import ProfilerActivity, profile
 
-from bench.test_bench_end_to_end import CUDA, IMAGE, MODEL, STAGES, build, inference
-
-
-class Stamp:
-    """A point on the device's timeline: a recorded CUDA event, or the host clock on a CPU."""
-
-    def __init__(self):
-        if CUDA:
-            self.event = torch.cuda.Event(enable_timing=True)
-            self.event.record()
-        else:
-            self.seconds = time.perf_counter()
-
-    def ms_until(self, later: "Stamp") -> float:
-        return self.event.elapsed_time(later.event) if CUDA else (later.seconds - self.seconds) * 1e3
+from bench.profiling import CUDA, Stamp, benchmark_json, print_profile
+from bench.report import TOTAL
+from bench.test_bench_end_to_end import IMAGE, MODEL, STAGES, build, inference
 
 
 def stage_times(model: torch.nn.Module, infer, steps: int) -> dict[str, float]:
@@ -59,36 +42,16 @@ def stage_times(model: torch.nn.Module, infer, steps: int) -> dict[str, float]:
     for _ in range(steps):
         start = Stamp()
         infer()
-        spans["end to end"].append([start, Stamp()])
+        spans[TOTAL].append([start, Stamp()])
     for handle in handles:
         handle.remove()
     if CUDA:
         torch.cuda.synchronize()
     ms = {name: [a.ms_until(b) for a, b in pairs] for name, pairs in spans.items()}
     ms["other"] = [total - sum(ms[s][i] for s in STAGES) for i, total in enumerate(ms["model"])]
-    ms["post-processing"] = [e2e - m for e2e, m in zip(ms["end to end"], ms["model"], strict=True)]
+    ms["post-processing"] = [e2e - m for e2e, m in zip(ms[TOTAL], ms["model"], strict=True)]
     del ms["model"]
     return {name: statistics.median(values) for name, values in ms.items()}
-
-
-def benchmark_json(times: dict[str, float], provider: str, batch: int) -> dict:
-    """The stage medians as pytest-benchmark rows (one group; a row per stage) for ``bench.report``."""
-    device = torch.cuda.get_device_name() if CUDA else platform.processor() or "cpu"
-    info = {"batch": batch, "image": IMAGE, "model": MODEL, "device": device}
-    info.update(torch=torch.__version__, triton=triton.__version__, source="bench.profile_end_to_end")
-    group = f"JCRA stages, {provider}, batch {batch}"
-    return {
-        "machine_info": {},
-        "benchmarks": [
-            {
-                "group": group,
-                "name": f"stage[{stage}]",
-                "stats": {"median": ms / 1e3},
-                "extra_info": {**info, "provider": stage},
-            }
-            for stage, ms in times.items()
-        ],
-    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -110,20 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     for stage, ms in times.items():
         print(f"  {stage:>16}: {ms:8.2f}")
     if args.json:
-        args.json.write_text(json.dumps(benchmark_json(times, args.provider, args.batch), indent=1))
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if CUDA else [])
-    with profile(activities=activities) as prof:
-        for _ in range(args.steps):
-            infer()
-    events = prof.key_averages()
-    if CUDA:
-        # Kernels' time is owned by the host ops that launched them (as in the profiler's own total).
-        device_ms = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CPU)
-        device_ms /= 1e3 * args.steps
-        print(f"{device_ms:.1f} ms of device kernels a batch, {times['end to end']:.1f} ms end to end")
-        print(events.table(sort_by="self_device_time_total", row_limit=args.rows))
-    print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows))
+        info = {"model": MODEL, "batch": args.batch, "image": IMAGE, "source": "bench.profile_end_to_end"}
+        group = f"{args.provider}, batch {args.batch}"
+        args.json.write_text(json.dumps(benchmark_json(times, group, **info), indent=1))
+    print_profile(infer, args.steps, args.rows, times[TOTAL])
 
 
 if __name__ == "__main__":

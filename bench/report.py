@@ -10,9 +10,9 @@ provider present from ``BASELINES``: kernels earn their place against the compil
 When the bottom-up and end-to-end suites are present, the crowd table compares per-image latency:
 JCRA's end-to-end time (independent of the number of people) against each bottom-up baseline's
 network time plus its post-processing time at N people, and ``crowd.png`` plots it. Stage times
-from ``bench.profile_end_to_end --json`` become ``stages.png``. ``summary.json``
-holds the headline ratios the benchmark issue names, each from timings of one process (null where
-the run did not measure them).
+from ``bench.profile_end_to_end`` and ``bench.profile_train_step`` (``--json``) become
+``stages.png``. ``summary.json`` holds the headline ratios the benchmark issue names, each from
+timings of one process (null where the run did not measure them).
 """
 
 import argparse
@@ -23,6 +23,10 @@ from pathlib import Path
 
 BASELINES = ("reference+compile", "reference", "broadcast", "scipy")
 BOTTOM_UP = ("associative_embedding", "dekr")
+STAGE_GROUP = "JCRA stages"
+"""Prefix of the benchmark groups that hold stage times, one row a stage (``bench.profiling``)."""
+TOTAL = "end to end"
+"""The row of a stage group that holds the whole batch or step, which its stages add up to."""
 
 
 def _provider(bench: dict) -> str:
@@ -228,9 +232,9 @@ def plot_crowd(groups: dict, out: Path) -> Path | None:
 
 
 def plot_stages(groups: dict, out: Path) -> Path | None:
-    """A stacked bar per "JCRA stages" group (``bench.profile_end_to_end --json``): where one batch's
-    end-to-end time goes, stage by stage."""
-    stage_groups = {g: rows for g, rows in sorted(groups.items()) if g.startswith("JCRA stages")}
+    """A stacked bar per stage group (``bench.profile_end_to_end`` and ``bench.profile_train_step``
+    with ``--json``): where one batch's inference or one training step goes, stage by stage."""
+    stage_groups = {g: rows for g, rows in sorted(groups.items()) if g.startswith(STAGE_GROUP)}
     if not stage_groups:
         return None
     plt = _pyplot()
@@ -238,13 +242,13 @@ def plot_stages(groups: dict, out: Path) -> Path | None:
     for y, rows in enumerate(stage_groups.values()):
         left = 0.0
         for row in rows:
-            if row["provider"] == "end to end":
+            if row["provider"] == TOTAL:
                 continue
             ax.barh(y, row["median_ms"], left=left, label=row["provider"] if y == 0 else None)
             left += row["median_ms"]
         ax.text(left, y, f" {left:.1f} ms", va="center")
     ax.set_yticks(range(len(stage_groups)), list(stage_groups))
-    ax.set_xlabel("ms per batch (medians; stage modules compiled apart, each timed by hooks around it)")
+    ax.set_xlabel("ms per batch or step (medians; device time between stamps at stage boundaries)")
     ax.legend(ncol=6, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.35))
     fig.tight_layout()
     path = out / "stages.png"

@@ -9,9 +9,10 @@ in ``test_bench_bottom_up.py`` and the report combines both against the number o
 Providers: ``jcra`` (fused kernels + torch.compile of the whole forward at a fixed size, replayed as
 one CUDA graph (``mode="reduce-overhead"``: a fixed query set makes every shape static, so nothing of
 the forward needs the host) + bf16 autocast; on CPU plain eager fp32, since the fused op then runs
-its reference) and ``jcra-reference`` (reference ops, eager, fp32). Both use the ResNet in its ImageNet-weights layout (frozen batch norm)
-with random weights, the network the bottom-up baselines time too: what a model trained from
-ImageNet weights deploys. (The from-scratch layout's GroupNorm is the demo's, not a deployed model's.)
+its reference) and ``jcra-reference`` (reference ops, eager, fp32). Both use the ResNet in its
+ImageNet-weights layout (frozen batch norm) with random weights, the network the bottom-up baselines
+time too: what a model trained from ImageNet weights deploys. (The from-scratch layout's GroupNorm is
+the demo's, not a deployed model's.)
 """
 
 from pathlib import Path

@@ -16,6 +16,8 @@ so the CPU numbers only keep the suite working). Reported: median step time, ima
 memory.
 """
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import triton
@@ -56,15 +58,28 @@ def random_targets(gen: torch.Generator) -> list[dict]:
     return targets
 
 
-@pytest.mark.parametrize("provider", list(PROVIDERS))
-def test_train_step(benchmark, provider):
-    benchmark.group = f"train step {MODEL} batch {BATCH} {IMAGE[0]}x{IMAGE[1]}"
+def _no_mark(phase: str) -> None:
+    pass
+
+
+def make_step(provider: str, mark: Callable[[str], None] = _no_mark) -> Callable[[], None]:
+    """The provider's training step as a no-argument function (synchronised on CUDA): model, criterion,
+    optimizer and one batch built here. ``mark(phase)`` is called as each phase ends: "forward",
+    "matching" (each matcher call), "losses" (the rest of the criterion), "backward", "optimizer"."""
     fused, compile_args = PROVIDERS[provider]
     torch.manual_seed(0)
     model = build_model(MODEL, use_fused_kernels=fused, frozen_backbone=True).to(DEVICE).train()
     if compile_args is not None:
         model.compile_model(**compile_args)
-    criterion = SetCriterion(17, COCO_SIGMAS, HungarianMatcher(COCO_SIGMAS))
+    matcher = HungarianMatcher(COCO_SIGMAS)
+
+    def marked_matcher(*args):
+        mark("losses")
+        matches = matcher(*args)
+        mark("matching")
+        return matches
+
+    criterion = SetCriterion(17, COCO_SIGMAS, marked_matcher)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     gen = torch.Generator().manual_seed(1)
     images = torch.randn(BATCH, 3, *IMAGE, generator=gen).to(DEVICE)
@@ -73,13 +88,25 @@ def test_train_step(benchmark, provider):
 
     def step():
         with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=CUDA):
-            losses = criterion(model(images, mask), targets)
+            outputs = model(images, mask)
+            mark("forward")
+            losses = criterion(outputs, targets)
+            mark("losses")
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
+        mark("backward")
         optimizer.step()
+        mark("optimizer")
         if CUDA:
             torch.cuda.synchronize()
 
+    return step
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+def test_train_step(benchmark, provider):
+    benchmark.group = f"train step {MODEL} batch {BATCH} {IMAGE[0]}x{IMAGE[1]}"
+    step = make_step(provider)
     for _ in range(2):  # compile and warm up outside the timed rounds
         step()
     if CUDA:

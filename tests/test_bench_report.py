@@ -102,7 +102,8 @@ def test_stage_times_of_a_model_become_a_table_and_a_plot(tmp_path):
     and the post-processing add up to the whole, and the report draws stages.png from the JSON."""
     import torch
 
-    from bench.profile_end_to_end import benchmark_json, stage_times
+    from bench.profile_end_to_end import stage_times
+    from bench.profiling import benchmark_json
     from jcra import build_model
 
     model = build_model("jcra_tiny", use_fused_kernels=False).eval()  # not the interpreter: fast
@@ -118,8 +119,31 @@ def test_stage_times_of_a_model_become_a_table_and_a_plot(tmp_path):
     parts = sum(ms for name, ms in times.items() if name != "end to end")
     assert parts == pytest.approx(times["end to end"], rel=0.2)  # medians of the parts, not of the sum
     results = tmp_path / "stages.json"
-    results.write_text(json.dumps(benchmark_json(times, "jcra", 1)))
+    results.write_text(json.dumps(benchmark_json(times, "jcra, batch 1", batch=1)))
     main([str(results), "--out", str(tmp_path / "out")])
     assert (tmp_path / "out" / "stages.png").stat().st_size > 0
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| JCRA stages, jcra, batch 1 | encoder |" in table
+
+
+def test_train_step_phases_add_up_to_the_step_and_are_drawn(tmp_path):
+    """bench.profile_train_step: stamps at each phase's end of the benchmark's real (tiny, CPU)
+    training step; both matcher calls count as matching; the phases add up to the step; the report
+    draws them."""
+    from bench.profile_train_step import PHASES, phase_times
+    from bench.profiling import benchmark_json
+
+    times, step = phase_times("reference", steps=2)
+    assert list(times) == [*PHASES, "end to end"]
+    assert all(ms > 0 for ms in times.values())
+    parts = sum(ms for name, ms in times.items() if name != "end to end")
+    assert parts == pytest.approx(times["end to end"], rel=0.2)  # medians of the parts, not of the sum
+    step()  # the step stays usable (the profiler runs it again); unrecorded
+    results = tmp_path / "phases.json"
+    results.write_text(json.dumps(benchmark_json(times, "train step reference, batch 2")))
+    main([str(results), "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "stages.png").stat().st_size > 0
+    assert (
+        "| JCRA stages, train step reference, batch 2 | matching |"
+        in (tmp_path / "out" / "table.md").read_text()
+    )

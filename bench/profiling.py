@@ -1,0 +1,72 @@
+"""What the profiling scripts share: timestamps on the device's timeline, stage medians as benchmark
+rows, and torch.profiler's tables.
+
+``bench.profile_end_to_end`` (inference, stage by stage) and ``bench.profile_train_step`` (a training
+step, phase by phase) use them; ``bench.report`` draws their rows as ``stages.png``.
+"""
+
+import platform
+import time
+
+import torch
+import triton
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+from bench.report import STAGE_GROUP
+
+CUDA = torch.cuda.is_available()
+
+
+class Stamp:
+    """A point on the device's timeline: a recorded CUDA event, or the host clock on a CPU."""
+
+    def __init__(self):
+        if CUDA:
+            self.event = torch.cuda.Event(enable_timing=True)
+            self.event.record()
+        else:
+            self.seconds = time.perf_counter()
+
+    def ms_until(self, later: "Stamp") -> float:
+        return self.event.elapsed_time(later.event) if CUDA else (later.seconds - self.seconds) * 1e3
+
+
+def benchmark_json(times: dict[str, float], group: str, **info) -> dict:
+    """Stage medians (ms) as pytest-benchmark rows of one group, a row per stage, for ``bench.report``.
+
+    ``group`` follows :data:`STAGE_GROUP`; ``info`` (model, batch, image, source...) goes into every
+    row's ``extra_info`` with the device and versions.
+    """
+    device = torch.cuda.get_device_name() if CUDA else platform.processor() or "cpu"
+    info = {**info, "device": device, "torch": torch.__version__, "triton": triton.__version__}
+    return {
+        "machine_info": {},
+        "benchmarks": [
+            {
+                "group": f"{STAGE_GROUP}, {group}",
+                "name": f"stage[{stage}]",
+                "stats": {"median": ms / 1e3},
+                "extra_info": {**info, "provider": stage},
+            }
+            for stage, ms in times.items()
+        ],
+    }
+
+
+def print_profile(run, steps: int, rows: int, wall_ms: float) -> None:
+    """Profile ``steps`` calls of ``run`` and print the device total per call against ``wall_ms`` (a
+    device total well under the wall time means the GPU waits on the host: launch overhead or syncs),
+    then the ops with the most device time (on CUDA) and host time."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if CUDA else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            run()
+    events = prof.key_averages()
+    if CUDA:
+        # Kernels' time is owned by the host ops that launched them (as in the profiler's own total).
+        device_ms = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CPU)
+        device_ms /= 1e3 * steps
+        print(f"{device_ms:.1f} ms of device kernels a call, {wall_ms:.1f} ms wall (unprofiled median)")
+        print(events.table(sort_by="self_device_time_total", row_limit=rows))
+    print(events.table(sort_by="self_cpu_time_total", row_limit=rows))
