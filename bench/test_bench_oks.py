@@ -112,7 +112,8 @@ def test_bench_pose_matching_cost(benchmark, provider, g):
 def _matcher_inputs(g):
     logits, pred, _, _ = _inputs(STAGES * B, Q, 0, seed=1)
     _, _, gt, area = _inputs(B, Q, g, seed=2)
-    targets = [{"keypoints": gt[i].cpu(), "area": area[i].cpu()} for i in range(B)]
+    size = torch.tensor([800, 1333])  # (h, w) pixels: the OKS term scales coordinates back to them
+    targets = [{"keypoints": gt[i].cpu(), "area": area[i].cpu(), "size": size} for i in range(B)]
     return logits.reshape(STAGES, B, Q), pred.reshape(STAGES, B, Q, K, 2), targets
 
 
@@ -129,6 +130,7 @@ def _matcher_per_image(logits, keypoints, targets, sigmas):
                 target["area"][None].to(DEVICE),
                 sigmas,
                 **WEIGHTS,
+                image_size=target["size"].flip(0)[None].to(DEVICE, torch.float32),
             )[0].cpu()
             stage.append(linear_sum_assignment(cost.numpy()))
         matches.append(stage)

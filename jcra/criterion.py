@@ -138,15 +138,21 @@ class SetCriterion(nn.Module):
         return losses
 
     def _normalised(self, target: dict, device: torch.device) -> dict:
-        """Target with keypoints in [0, 1] of the unpadded image and area divided by w * h."""
+        """Target with keypoints in [0, 1] of the unpadded image, area divided by w * h, and the size
+        (h, w) in pixels, which OKS scales normalised coordinates back with."""
         kpts = to_device(target["keypoints"], device).float()
         if kpts.dim() != 3 or kpts.shape[1:] != (self.num_keypoints, 3):
             raise ValueError(
                 f"targets['keypoints'] must be [G, {self.num_keypoints}, 3], got {tuple(kpts.shape)}"
             )
-        h, w = to_device(target["size"], device).float().unbind()
+        size = to_device(target["size"], device).float()
+        h, w = size.unbind()
         scale = torch.stack([w, h, torch.ones_like(w)])
-        out = {"keypoints": kpts / scale, "area": to_device(target["area"], device).float() / (w * h)}
+        out = {
+            "keypoints": kpts / scale,
+            "area": to_device(target["area"], device).float() / (w * h),
+            "size": size,
+        }
         if "iscrowd" in target:
             out["iscrowd"] = target["iscrowd"]
         return out
@@ -185,11 +191,14 @@ class SetCriterion(nn.Module):
             [t["keypoints"][i.to(t["keypoints"].device)] for t, (_, i) in zip(norm, matches, strict=True)]
         )
         area = torch.cat([t["area"][i.to(t["area"].device)] for t, (_, i) in zip(norm, matches, strict=True)])
+        image_size = torch.cat(
+            [t["size"].flip(0).expand(len(i), 2) for t, (_, i) in zip(norm, matches, strict=True)]
+        )
         pred = keypoints[batch, query].float()  # [n, K, 2]
         labelled = (gt[..., 2:] > 0).float()
         loss_kpt = ((pred - gt[..., :2]).abs() * labelled).sum() / num_coords
         usable = (labelled.sum((1, 2)) > 0) & (area > 0)  # OKS of people without keypoints is undefined
-        oks = oks_loss(pred, gt, area, self.sigmas.to(pred.device), mode=self.oks_mode)
+        oks = oks_loss(pred, gt, area, self.sigmas.to(pred.device), self.oks_mode, image_size=image_size)
         loss_oks = torch.where(usable, oks, 0.0).sum() / num_people
         return {"cls": loss_cls, "kpt": loss_kpt, "oks": loss_oks}
 

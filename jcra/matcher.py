@@ -50,7 +50,8 @@ class HungarianMatcher:
         logits ``[S, B, Q]`` and keypoints ``[S, B, Q, K, 2]`` for S stages (7: six decoder layers and
         the encoder proposals; 1 is allowed), keypoints in ``[0, 1]`` image-normalised coordinates.
         targets: B dicts with "keypoints" ``[G_b, K, 3]`` (x, y normalised to ``[0, 1]``, v), "area"
-        ``[G_b]`` normalised by ``w * h``, optionally "iscrowd" ``[G_b]`` (crowd entries are never
+        ``[G_b]`` normalised by ``w * h``, "size" ``[2]`` (h, w) in pixels (the OKS term is taken in
+        pixels, as COCO scores it), optionally "iscrowd" ``[G_b]`` (crowd entries are never
         matched; the flags are read on the host, free when they are CPU tensors as the data pipeline
         gives them). Returns ``matches[s][b] = (query_index, target_index)``: int64 tensors of equal
         length ``min(Q, people)`` on the solver's device (CPU for scipy), target_index indexing the
@@ -69,6 +70,7 @@ class HungarianMatcher:
         device = keypoints.device
         kept = [self._kept_targets(t, k) for t in targets]
         gt_kpts, gt_areas = self._pad_targets(targets, kept, k, device)
+        image_size = self._image_sizes(targets, device)
         cost = pose_matching_cost(
             logits.reshape(s * b, q),
             keypoints.reshape(s * b, q, k, 2),
@@ -81,6 +83,7 @@ class HungarianMatcher:
             w_oks=self.w_oks,
             alpha=self.alpha,
             gamma=self.gamma,
+            image_size=image_size.repeat(s, 1),
         )
         counts = [
             len(t["keypoints"]) if idx is None else len(idx) for t, idx in zip(targets, kept, strict=True)
@@ -117,6 +120,23 @@ class HungarianMatcher:
         if crowd.shape[0] != g:
             raise ValueError(f"targets[...]['iscrowd'] must be [G={g}], got {tuple(crowd.shape)}")
         return None if not crowd.any() else torch.nonzero(crowd == 0).reshape(-1)
+
+    @staticmethod
+    def _image_sizes(targets: list[dict], device: torch.device) -> Tensor:
+        """``[B, 2]`` (w, h) in pixels from the targets' "size" (h, w), on ``device`` without a sync."""
+        sizes = []
+        for target in targets:
+            if "size" not in target:
+                raise ValueError("targets[...] must hold 'size' [2] (h, w) in pixels: OKS is taken in pixels")
+            size = target["size"]
+            if tuple(size.shape) != (2,):
+                raise ValueError(f"targets[...]['size'] must be [2] (h, w), got {tuple(size.shape)}")
+            sizes.append(size)
+        if not sizes:
+            return torch.zeros((0, 2), device=device)
+        if len({t.device for t in sizes}) > 1:
+            sizes = [t.to(device) for t in sizes]
+        return to_device(torch.stack(sizes).flip(-1).float(), device)
 
     @staticmethod
     def _pad_targets(

@@ -14,11 +14,15 @@ def oks_loss(
     sigmas: torch.Tensor,
     mode: str = "linear",
     eps: float = 1e-6,
+    image_size: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-pair OKS loss, differentiable wrt ``pred``: ``[n]``.
 
     pred ``[n, K, 2]`` (x, y); gt ``[n, K, 3]`` (x, y, v); area ``[n]`` in coordinate units squared;
-    sigmas ``[K]``. ``mode="linear"`` gives ``1 - OKS``, ``mode="log"`` gives ``-log(max(OKS, eps))``.
+    sigmas ``[K]``; image_size ``[n, 2]`` (w, h), optional: coordinates are normalised by it and area
+    by ``w * h``, and OKS is taken in pixels, as COCO scores it (normalised units would weigh x and y
+    errors unequally on non-square images). ``mode="linear"`` gives ``1 - OKS``, ``mode="log"`` gives
+    ``-log(max(OKS, eps))``.
     OKS is COCOeval's (:func:`kernels.oks.keypoint_oks`), computed in fp32 (fp64 for fp64 inputs); a
     ground truth with no labelled keypoint or ``area <= 0`` has OKS 0, so callers should leave such
     pairs out (their loss is constant, with zero gradient).
@@ -34,7 +38,9 @@ def oks_loss(
         raise ValueError(f"area must be [n={n}], got {tuple(area.shape)}")
     if tuple(sigmas.shape) != (k,):
         raise ValueError(f"sigmas must be [K={k}], got {tuple(sigmas.shape)}")
-    oks = keypoint_oks(pred, gt, area, sigmas)
+    if image_size is not None and tuple(image_size.shape) != (n, 2):
+        raise ValueError(f"image_size must be [n={n}, 2] (w, h), got {tuple(image_size.shape)}")
+    oks = keypoint_oks(pred, gt, area, sigmas, image_size)
     if mode == "linear":
         return 1.0 - oks
     return -torch.log(oks.clamp(min=eps))

@@ -8,7 +8,11 @@ unlabelled ground truth is not reproduced, since such people are never matching 
 
 The matching cost is the DETR-family focal class cost plus keypoint L1 plus ``1 - OKS``, computed in
 one kernel over ``[B, Q, G]`` without a ``[B, Q, G, K]`` temporary. Coordinates are whatever the
-caller gives (the model uses ``[0, 1]`` image-normalised ones, with area normalised by ``w * h``).
+caller gives. The model uses ``[0, 1]`` image-normalised ones (x by the width, y by the height, area by
+``w * h``) and passes ``image_size``: OKS is a distance in pixels, and in normalised units it would
+weigh x errors by ``h / w`` and y errors by ``w / h`` (on a 1333 x 800 image, a 10 px error scores OKS
+0.90 along x and 0.59 along y instead of 0.78 both), so OKS scales the differences back to pixels
+while the L1 term stays in normalised units (PETR's convention).
 Nothing here needs a gradient: the differentiable OKS loss is :mod:`jcra.oks_loss`, built on
 :func:`keypoint_oks`.
 """
@@ -51,18 +55,28 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
 
 
 def keypoint_oks(
-    pred: torch.Tensor, gt: torch.Tensor, area: torch.Tensor, sigmas: torch.Tensor
+    pred: torch.Tensor,
+    gt: torch.Tensor,
+    area: torch.Tensor,
+    sigmas: torch.Tensor,
+    image_size: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """OKS between aligned poses, broadcasting over leading dimensions; differentiable wrt ``pred``.
 
     pred ``[..., K, 2]`` (x, y); gt ``[..., K, 3]`` (x, y, v); area ``[...]`` in coordinate units
-    squared; sigmas ``[K]``. Returns ``[...]`` in fp32 (fp64 if any input is fp64). OKS is 0 where the
-    ground truth has no labelled keypoint or ``area <= 0``.
+    squared; sigmas ``[K]``. image_size ``[..., 2]`` (w, h), optional: coordinates are normalised by
+    it and area by ``w * h``, and OKS is taken in pixels. Returns ``[...]`` in fp32 (fp64 if any input
+    is fp64). OKS is 0 where the ground truth has no labelled keypoint or ``area <= 0``.
     """
     dtype = _compute_dtype(pred, gt, area, sigmas)
     pred, gt, area, sigmas = pred.to(dtype), gt.to(dtype), area.to(dtype), sigmas.to(dtype)
     labelled = gt[..., 2] > 0  # [..., K]
-    d2 = (pred - gt[..., :2]).square().sum(-1)  # [..., K]
+    diff = pred - gt[..., :2]  # [..., K, 2]
+    if image_size is not None:
+        image_size = image_size.to(dtype)
+        diff = diff * image_size.unsqueeze(-2)
+        area = area * image_size.prod(-1)
+    d2 = diff.square().sum(-1)  # [..., K]
     variances = (2.0 * sigmas).square()  # [K]
     # e = d^2 / vars / (area + eps) / 2, as COCOeval writes it
     # (padding areas are clamped so the masked-out terms stay finite and their gradients zero)
@@ -73,14 +87,19 @@ def keypoint_oks(
 
 
 def pairwise_oks_reference(
-    pred_kpts: torch.Tensor, gt_kpts: torch.Tensor, gt_areas: torch.Tensor, sigmas: torch.Tensor
+    pred_kpts: torch.Tensor,
+    gt_kpts: torch.Tensor,
+    gt_areas: torch.Tensor,
+    sigmas: torch.Tensor,
+    image_size: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """OKS of every prediction against every ground truth by broadcasting: ``[B, Q, G]``.
 
     This is the formulation DETR-family pose codebases use; it materialises ``[B, Q, G, K]``.
     """
-    # pred [B, Q, 1, K, 2] against gt [B, 1, G, K, 3] with areas [B, 1, G]
-    return keypoint_oks(pred_kpts[:, :, None], gt_kpts[:, None], gt_areas[:, None], sigmas)
+    # pred [B, Q, 1, K, 2] against gt [B, 1, G, K, 3] with areas [B, 1, G] and sizes [B, 1, 1, 2]
+    size = None if image_size is None else image_size[:, None, None]
+    return keypoint_oks(pred_kpts[:, :, None], gt_kpts[:, None], gt_areas[:, None], sigmas, size)
 
 
 def focal_class_cost(logits: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
@@ -122,11 +141,12 @@ def pose_matching_cost_reference(
     w_oks: float,
     alpha: float = 0.25,
     gamma: float = 2.0,
+    image_size: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``w_class * focal + w_kpt * L1 + w_oks * (1 - OKS)`` by broadcasting: ``[B, Q, G]``."""
     cls = focal_class_cost(logits, alpha, gamma)[:, :, None]  # [B, Q, 1]
     l1 = keypoint_l1_reference(pred_kpts, gt_kpts)
-    oks = pairwise_oks_reference(pred_kpts, gt_kpts, gt_areas, sigmas)
+    oks = pairwise_oks_reference(pred_kpts, gt_kpts, gt_areas, sigmas, image_size)
     return w_class * cls + w_kpt * l1 + w_oks * (1.0 - oks)
 
 
@@ -143,6 +163,7 @@ def _pose_cost_kernel(
     gt_ptr,
     area_ptr,
     sigma_ptr,
+    size_ptr,  # [B, 2] (w, h), read when HAS_SIZE
     out_ptr,
     # sizes
     Q,
@@ -161,6 +182,8 @@ def _pose_cost_kernel(
     stride_ab,
     stride_ag,
     stride_s,
+    stride_zb,
+    stride_zc,
     stride_ob,
     stride_oq,
     stride_og,
@@ -175,6 +198,7 @@ def _pose_cost_kernel(
     K: tl.constexpr,
     COORD_DTYPE: tl.constexpr,
     WITH_COST: tl.constexpr,
+    HAS_SIZE: tl.constexpr,
     BLOCK_Q: tl.constexpr,
     BLOCK_G: tl.constexpr,
 ):
@@ -186,7 +210,8 @@ def _pose_cost_kernel(
     Everything is fp32 except the coordinate differences, taken in fp64 for fp64 inputs (COORD_DTYPE):
     in fp32, pixel coordinates lose the digits that COCOeval-exact OKS needs.
 
-    WITH_COST False writes OKS; True writes the full matching cost.
+    WITH_COST False writes OKS; True writes the full matching cost. HAS_SIZE: coordinates are
+    normalised by the image's (w, h) and OKS scales their differences back to pixels (L1 does not).
     """
     pid_b = tl.program_id(0).to(tl.int64)
     offs_q = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -199,6 +224,12 @@ def _pose_cost_kernel(
 
     area = tl.load(area_ptr + pid_b * stride_ab + offs_g * stride_ag, mask=mask_g, other=0.0).to(tl.float32)
     area = tl.maximum(area, 0.0)  # padding (area <= 0) scores 0 below; clamping keeps e finite
+    scale_x = 1.0
+    scale_y = 1.0
+    if HAS_SIZE:
+        scale_x = tl.load(size_ptr + pid_b * stride_zb).to(tl.float32)
+        scale_y = tl.load(size_ptr + pid_b * stride_zb + stride_zc).to(tl.float32)
+        area = area * (scale_x * scale_y)
     # COCOeval's e = d^2 / vars / (area + eps) / 2, split into a per-ground-truth and a per-keypoint factor
     inv_area2 = 1.0 / ((area + area_eps) * 2.0)  # [BLOCK_G]
 
@@ -216,7 +247,7 @@ def _pose_cost_kernel(
         labelled = gv > 0  # [BLOCK_G]
         dx = (px[:, None] - gx[None, :]).to(tl.float32)
         dy = (py[:, None] - gy[None, :]).to(tl.float32)
-        e = (dx * dx + dy * dy) * inv_var * inv_area2[None, :]
+        e = ((dx * scale_x) * (dx * scale_x) + (dy * scale_y) * (dy * scale_y)) * inv_var * inv_area2[None, :]
         exp_sum += tl.where(labelled[None, :], tl.exp(-e), 0.0)
         if WITH_COST:
             l1_sum += tl.where(labelled[None, :], tl.abs(dx) + tl.abs(dy), 0.0)
@@ -268,11 +299,13 @@ def _check_inputs(
     gt_areas: torch.Tensor,
     sigmas: torch.Tensor,
     logits: torch.Tensor | None = None,
+    image_size: torch.Tensor | None = None,
 ) -> None:
     """Raise ValueError naming the first argument whose shape, dtype or device is wrong."""
     named = {"pred_kpts": pred_kpts, "gt_kpts": gt_kpts, "gt_areas": gt_areas, "sigmas": sigmas}
-    if logits is not None:
-        named["logits"] = logits
+    for name, t in (("logits", logits), ("image_size", image_size)):
+        if t is not None:
+            named[name] = t
     for name, t in named.items():
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor")
@@ -290,6 +323,8 @@ def _check_inputs(
         raise ValueError(f"sigmas must be [K={k}], got {tuple(sigmas.shape)}")
     if logits is not None and tuple(logits.shape) != (b, q):
         raise ValueError(f"logits must be [B={b}, Q={q}], got {tuple(logits.shape)}")
+    if image_size is not None and tuple(image_size.shape) != (b, 2):
+        raise ValueError(f"image_size must be [B={b}, 2] (w, h), got {tuple(image_size.shape)}")
 
 
 def _launch(
@@ -298,6 +333,7 @@ def _launch(
     gt_kpts: torch.Tensor,
     gt_areas: torch.Tensor,
     sigmas: torch.Tensor,
+    image_size: torch.Tensor | None,
     weights: tuple[float, float, float, float, float],
 ) -> torch.Tensor:
     """Run the kernel; ``logits`` None gives OKS, otherwise the cost with ``weights`` =
@@ -309,9 +345,11 @@ def _launch(
     if out.numel() == 0:
         return out
     with_cost = logits is not None
-    # Without a cost, any tensor stands in for the logits pointer; the kernel never reads it.
+    # Any tensor stands in for an absent one's pointer; the kernel never reads it.
     logits_arg = logits if with_cost else gt_areas
     stride_l = logits.stride() if with_cost else (0, 0)
+    size_arg = image_size if image_size is not None else gt_areas
+    stride_z = image_size.stride() if image_size is not None else (0, 0)
     block_q, block_g = _blocks(g)
     grid = (b, triton.cdiv(q, block_q), triton.cdiv(g, block_g))
     _pose_cost_kernel[grid](
@@ -320,6 +358,7 @@ def _launch(
         gt_kpts,
         gt_areas,
         sigmas,
+        size_arg,
         out,
         q,
         g,
@@ -328,12 +367,14 @@ def _launch(
         *gt_kpts.stride(),
         *gt_areas.stride(),
         sigmas.stride(0),
+        *stride_z,
         *out.stride(),
         *weights,
         AREA_EPS,
         K=k,
         COORD_DTYPE=tl.float64 if torch.float64 in (pred_kpts.dtype, gt_kpts.dtype) else tl.float32,
         WITH_COST=with_cost,
+        HAS_SIZE=image_size is not None,
         BLOCK_Q=block_q,
         BLOCK_G=block_g,
     )
@@ -347,15 +388,19 @@ def _launch(
 
 @torch.library.custom_op("jcra::pairwise_oks", mutates_args=())
 def _pairwise_oks_op(
-    pred_kpts: torch.Tensor, gt_kpts: torch.Tensor, gt_areas: torch.Tensor, sigmas: torch.Tensor
+    pred_kpts: torch.Tensor,
+    gt_kpts: torch.Tensor,
+    gt_areas: torch.Tensor,
+    sigmas: torch.Tensor,
+    image_size: torch.Tensor | None,
 ) -> torch.Tensor:
     if use_triton(pred_kpts):
-        return _launch(None, pred_kpts, gt_kpts, gt_areas, sigmas, (0.0, 0.0, 0.0, 0.0, 0.0))
-    return pairwise_oks_reference(pred_kpts, gt_kpts, gt_areas, sigmas).float()
+        return _launch(None, pred_kpts, gt_kpts, gt_areas, sigmas, image_size, (0.0, 0.0, 0.0, 0.0, 0.0))
+    return pairwise_oks_reference(pred_kpts, gt_kpts, gt_areas, sigmas, image_size).float()
 
 
 @_pairwise_oks_op.register_fake
-def _(pred_kpts, gt_kpts, gt_areas, sigmas):
+def _(pred_kpts, gt_kpts, gt_areas, sigmas, image_size):
     return pred_kpts.new_empty(
         (pred_kpts.shape[0], pred_kpts.shape[1], gt_kpts.shape[1]), dtype=torch.float32
     )
@@ -368,6 +413,7 @@ def _pose_matching_cost_op(
     gt_kpts: torch.Tensor,
     gt_areas: torch.Tensor,
     sigmas: torch.Tensor,
+    image_size: torch.Tensor | None,
     w_class: float,
     w_kpt: float,
     w_oks: float,
@@ -375,7 +421,8 @@ def _pose_matching_cost_op(
     gamma: float,
 ) -> torch.Tensor:
     if use_triton(pred_kpts):
-        return _launch(logits, pred_kpts, gt_kpts, gt_areas, sigmas, (w_class, w_kpt, w_oks, alpha, gamma))
+        weights = (w_class, w_kpt, w_oks, alpha, gamma)
+        return _launch(logits, pred_kpts, gt_kpts, gt_areas, sigmas, image_size, weights)
     return pose_matching_cost_reference(
         logits,
         pred_kpts,
@@ -387,11 +434,12 @@ def _pose_matching_cost_op(
         w_oks=w_oks,
         alpha=alpha,
         gamma=gamma,
+        image_size=image_size,
     ).float()
 
 
 @_pose_matching_cost_op.register_fake
-def _(logits, pred_kpts, gt_kpts, gt_areas, sigmas, w_class, w_kpt, w_oks, alpha, gamma):
+def _(logits, pred_kpts, gt_kpts, gt_areas, sigmas, image_size, w_class, w_kpt, w_oks, alpha, gamma):
     return pred_kpts.new_empty(
         (pred_kpts.shape[0], pred_kpts.shape[1], gt_kpts.shape[1]), dtype=torch.float32
     )
@@ -403,18 +451,26 @@ def _(logits, pred_kpts, gt_kpts, gt_areas, sigmas, w_class, w_kpt, w_oks, alpha
 
 
 def pairwise_oks(
-    pred_kpts: torch.Tensor, gt_kpts: torch.Tensor, gt_areas: torch.Tensor, sigmas: torch.Tensor
+    pred_kpts: torch.Tensor,
+    gt_kpts: torch.Tensor,
+    gt_areas: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    image_size: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """COCOeval OKS of every prediction against every ground truth of the same image.
 
     pred_kpts ``[B, Q, K, 2]`` (x, y); gt_kpts ``[B, G, K, 3]`` (x, y, v with v > 0 labelled);
     gt_areas ``[B, G]`` in coordinate units squared (``<= 0`` marks padding); sigmas ``[K]``
-    (:data:`COCO_SIGMAS`, :data:`CROWDPOSE_SIGMAS`). Any float dtype, computed in fp32 (coordinate
-    differences in fp64 for fp64 inputs: COCOeval-exact OKS on pixel coordinates needs them); returns
-    fp32 ``[B, Q, G]``, 0 for ground truth with no labelled keypoint or non-positive area. No gradient.
+    (:data:`COCO_SIGMAS`, :data:`CROWDPOSE_SIGMAS`). image_size ``[B, 2]`` (w, h) in pixels, optional:
+    coordinates are normalised by it and areas by ``w * h``, and OKS is taken in pixels (without it,
+    in the coordinates' own units: pixels, or normalised coordinates of square images only). Any float
+    dtype, computed in fp32 (coordinate differences in fp64 for fp64 inputs: COCOeval-exact OKS on
+    pixel coordinates needs them); returns fp32 ``[B, Q, G]``, 0 for ground truth with no labelled
+    keypoint or non-positive area. No gradient.
     """
-    _check_inputs(pred_kpts, gt_kpts, gt_areas, sigmas)
-    return _pairwise_oks_op(pred_kpts, gt_kpts, gt_areas, sigmas)
+    _check_inputs(pred_kpts, gt_kpts, gt_areas, sigmas, image_size=image_size)
+    return _pairwise_oks_op(pred_kpts, gt_kpts, gt_areas, sigmas, image_size)
 
 
 def pose_matching_cost(
@@ -429,21 +485,24 @@ def pose_matching_cost(
     w_oks: float,
     alpha: float = 0.25,
     gamma: float = 2.0,
+    image_size: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Hungarian matching cost of every prediction against every ground truth: fp32 ``[B, Q, G]``.
 
     logits ``[B, Q]`` (the person class); the other arguments as in :func:`pairwise_oks`.
     ``cost = w_class * focal + w_kpt * L1 + w_oks * (1 - OKS)``, where focal is the DETR-family focal
     class cost (:func:`focal_class_cost`) and L1 the mean absolute error over the ground truth's
-    labelled coordinates (:func:`keypoint_l1_reference`). No gradient.
+    labelled coordinates (:func:`keypoint_l1_reference`), in the coordinates' units (normalised ones
+    with ``image_size``, which scales only the OKS term to pixels). No gradient.
     """
-    _check_inputs(pred_kpts, gt_kpts, gt_areas, sigmas, logits)
+    _check_inputs(pred_kpts, gt_kpts, gt_areas, sigmas, logits, image_size)
     return _pose_matching_cost_op(
         logits,
         pred_kpts,
         gt_kpts,
         gt_areas,
         sigmas,
+        image_size,
         float(w_class),
         float(w_kpt),
         float(w_oks),

@@ -13,13 +13,15 @@ WEIGHTS = {"w_class": 2.0, "w_kpt": 70.0, "w_oks": 2.0, "alpha": 0.25, "gamma": 
 
 
 def _targets(counts, gen, crowd_every=0):
-    """One target dict per image with ``counts[b]`` people in [0, 1] coordinates; with crowd_every = n,
-    every n-th person is a crowd region."""
+    """One target dict per image with ``counts[b]`` people in [0, 1] coordinates of an image of random,
+    non-square size; with crowd_every = n, every n-th person is a crowd region."""
     targets = []
     for g in counts:
         kpts = torch.rand(g, K, 3, generator=gen)
         kpts[..., 2] = torch.randint(0, 3, (g, K), generator=gen).float()
-        target = {"keypoints": kpts, "area": 0.02 + 0.2 * torch.rand(g, generator=gen)}
+        area = 0.02 + 0.2 * torch.rand(g, generator=gen)
+        size = torch.randint(200, 1333, (2,), generator=gen)
+        target = {"keypoints": kpts, "area": area, "size": size}
         if crowd_every:
             target["iscrowd"] = (torch.arange(g) % crowd_every == crowd_every - 1).long()
         targets.append(target)
@@ -39,6 +41,7 @@ def _image_cost(logits, keypoints, target):
         target["area"][None].double(),
         COCO_SIGMAS,
         **WEIGHTS,
+        image_size=target["size"].flip(0)[None].double(),
     )[0]
 
 
@@ -190,6 +193,8 @@ def test_images_without_people_give_empty_matches():
         ),
         ("area", lambda lg, kp, tg: (lg, kp, [{**tg[0], "area": tg[0]["area"][:1]}, tg[1]])),
         ("iscrowd", lambda lg, kp, tg: (lg, kp, [{**tg[0], "iscrowd": torch.zeros(1)}, tg[1]])),
+        ("size", lambda lg, kp, tg: (lg, kp, [{**tg[0], "size": torch.tensor([480])}, tg[1]])),
+        ("size", lambda lg, kp, tg: (lg, kp, [tg[0], {k: v for k, v in tg[1].items() if k != "size"}])),
     ],
 )
 def test_bad_inputs_raise_value_error_naming_the_argument(name, mutate):
@@ -197,3 +202,23 @@ def test_bad_inputs_raise_value_error_naming_the_argument(name, mutate):
     logits, keypoints = _predictions(1, 2, 4, gen)
     with pytest.raises(ValueError, match=name):
         HungarianMatcher(COCO_SIGMAS)(*mutate(logits, keypoints, _targets([3, 2], gen)))
+
+
+def test_oks_cost_is_taken_in_pixels_on_a_landscape_image():
+    """On a 1280 x 480 image, a prediction 12 px off along x (COCO OKS 0.71) against one 9 px off along
+    y (0.81): the OKS cost prefers the second, as COCO does. In normalised units it would not (0.86
+    against 0.63: x errors count h / w times, y errors w / h times)."""
+    h, w, area = 480, 1280, 20000.0
+    gen = torch.Generator().manual_seed(7)
+    person = torch.cat([torch.rand(1, K, 2, generator=gen) * 200 + 400, torch.full((1, K, 1), 2.0)], -1)
+    offsets = torch.tensor([[12.0, 0.0], [0.0, 9.0]])  # pixels
+    pixels = person[:, :, :2] + offsets[:, None]  # [2, K, 2]
+    keypoints = (pixels / torch.tensor([w, h]))[None, None]  # [S=1, B=1, Q=2, K, 2]
+    target = {
+        "keypoints": person / torch.tensor([w, h, 1.0]),
+        "area": torch.tensor([area / (w * h)]),
+        "size": torch.tensor([h, w]),
+    }
+    matcher = HungarianMatcher(COCO_SIGMAS, w_class=0.0, w_kpt=0.0, w_oks=1.0)
+    ((query, _),) = matcher(torch.zeros(1, 1, 2), keypoints, [target])[0]
+    assert query.tolist() == [1]

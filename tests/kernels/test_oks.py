@@ -178,6 +178,15 @@ def _random_batch(b, q, g, k, dtype, seed):
     return [t.to(dtype) for t in (logits, pred, gt, area)]
 
 
+def _image_size(b, sized, seed=0):
+    """[B, 2] (w, h) of random non-square images, or None."""
+    return (
+        torch.randint(100, 1400, (b, 2), generator=torch.Generator().manual_seed(seed)).float()
+        if sized
+        else None
+    )
+
+
 CASES = [
     # (B, Q, G, K, dtype)
     (2, 37, 5, 17, torch.float32),
@@ -195,11 +204,14 @@ def _sigmas(k):
     return (COCO_SIGMAS if k == 17 else CROWDPOSE_SIGMAS).float()
 
 
+@pytest.mark.parametrize("sized", [False, True], ids=["units", "image_size"])
 @pytest.mark.parametrize("b,q,g,k,dtype", CASES, ids=CASE_IDS)
-def test_pairwise_oks_kernel_matches_reference(b, q, g, k, dtype):
+def test_pairwise_oks_kernel_matches_reference(b, q, g, k, dtype, sized):
     _, pred, gt, area = _random_batch(b, q, g, k, dtype, seed=1)
-    got = pairwise_oks(pred, gt, area, _sigmas(k))
-    want = pairwise_oks_reference(pred.double(), gt.double(), area.double(), _sigmas(k).double())
+    size = _image_size(b, sized)
+    got = pairwise_oks(pred, gt, area, _sigmas(k), image_size=size)
+    size64 = None if size is None else size.double()
+    want = pairwise_oks_reference(pred.double(), gt.double(), area.double(), _sigmas(k).double(), size64)
     assert got.dtype == torch.float32 and got.shape == (b, q, g)
     # fp32 compute on both dtypes' values; exp of an fp32 exponent is good to a few 1e-8
     torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-6)
@@ -207,16 +219,43 @@ def test_pairwise_oks_kernel_matches_reference(b, q, g, k, dtype):
         assert torch.all(got[0, :, 1] == 0) and torch.all(got[-1, :, g // 2 :] == 0)
 
 
+@pytest.mark.parametrize("sized", [False, True], ids=["units", "image_size"])
 @pytest.mark.parametrize("b,q,g,k,dtype", CASES, ids=CASE_IDS)
-def test_pose_matching_cost_kernel_matches_reference(b, q, g, k, dtype):
+def test_pose_matching_cost_kernel_matches_reference(b, q, g, k, dtype, sized):
     logits, pred, gt, area = _random_batch(b, q, g, k, dtype, seed=2)
-    got = pose_matching_cost(logits, pred, gt, area, _sigmas(k), **WEIGHTS)
+    size = _image_size(b, sized)
+    got = pose_matching_cost(logits, pred, gt, area, _sigmas(k), **WEIGHTS, image_size=size)
     want = pose_matching_cost_reference(
-        logits.double(), pred.double(), gt.double(), area.double(), _sigmas(k).double(), **WEIGHTS
+        logits.double(),
+        pred.double(),
+        gt.double(),
+        area.double(),
+        _sigmas(k).double(),
+        **WEIGHTS,
+        image_size=None if size is None else size.double(),
     )
     assert got.dtype == torch.float32 and got.shape == (b, q, g)
     # costs reach ~70 (the L1 weight); fp32 keeps about 7 digits
     torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=2e-5)
+
+
+@pytest.mark.parametrize("fn", ["reference", "kernel"])
+def test_image_size_gives_oks_in_pixels(fn):
+    """Normalised coordinates with image_size give the OKS of the same poses in pixels, on images far
+    from square, where OKS of the normalised coordinates alone differs."""
+    _, pred, gt, area = _random_batch(3, 11, 4, 17, torch.float64, seed=11)
+    size = torch.tensor([[1333.0, 300.0], [240.0, 960.0], [800.0, 800.0]], dtype=torch.float64)
+    scale = size[:, None, None]  # [B, 1, 1, 2]
+    pixel_gt = torch.cat([gt[..., :2] * scale, gt[..., 2:]], -1)
+    pixel_area = area * size.prod(-1, keepdim=True)
+    sigmas = _sigmas(17).double()
+    want = pairwise_oks_reference(pred * scale, pixel_gt, pixel_area, sigmas)
+    oks_of = pairwise_oks_reference if fn == "reference" else lambda *a: pairwise_oks(*a[:4], image_size=a[4])
+    got = oks_of(pred, gt, area, sigmas, size)
+    torch.testing.assert_close(got.double(), want.double(), rtol=0, atol=2e-6)
+    unscaled = pairwise_oks_reference(pred, gt, area, sigmas)
+    assert (unscaled[:2] - want[:2]).abs().max() > 0.05  # non-square images: the units matter
+    torch.testing.assert_close(unscaled[2], want[2].to(unscaled.dtype))  # a square one: they do not
 
 
 def test_kernel_reads_strided_inputs():
@@ -255,35 +294,46 @@ def test_focal_class_cost_equals_detr_form():
         ("sigmas", lambda a: {**a, "sigmas": CROWDPOSE_SIGMAS.float()}),
         ("logits", lambda a: {**a, "logits": a["logits"][:, None]}),
         ("gt_kpts", lambda a: {**a, "gt_kpts": a["gt_kpts"].long()}),
+        ("image_size", lambda a: {**a, "image_size": a["image_size"][:1]}),
+        ("image_size", lambda a: {**a, "image_size": a["image_size"].long()}),
     ],
 )
 def test_bad_inputs_raise_value_error_naming_the_argument(name, mutate):
     logits, pred, gt, area = _random_batch(2, 4, 3, 17, torch.float32, seed=5)
-    args = mutate(
-        {"logits": logits, "pred_kpts": pred, "gt_kpts": gt, "gt_areas": area, "sigmas": _sigmas(17)}
-    )
+    args = {"logits": logits, "pred_kpts": pred, "gt_kpts": gt, "gt_areas": area, "sigmas": _sigmas(17)}
+    args = mutate({**args, "image_size": _image_size(2, True)})
     with pytest.raises(ValueError, match=name):
         pose_matching_cost(**args, **WEIGHTS)
     if name != "logits":
         with pytest.raises(ValueError, match=name):
-            pairwise_oks(args["pred_kpts"], args["gt_kpts"], args["gt_areas"], args["sigmas"])
+            pairwise_oks(
+                args["pred_kpts"],
+                args["gt_kpts"],
+                args["gt_areas"],
+                args["sigmas"],
+                image_size=args["image_size"],
+            )
 
 
 def test_opcheck():
     logits, pred, gt, area = _random_batch(2, 5, 3, 17, torch.float32, seed=6)
     sigmas = _sigmas(17)
-    torch.library.opcheck(torch.ops.jcra.pairwise_oks.default, (pred, gt, area, sigmas))
-    torch.library.opcheck(
-        torch.ops.jcra.pose_matching_cost.default, (logits, pred, gt, area, sigmas, 2.0, 70.0, 2.0, 0.25, 2.0)
-    )
+    for size in (None, _image_size(2, True)):
+        torch.library.opcheck(torch.ops.jcra.pairwise_oks.default, (pred, gt, area, sigmas, size))
+        torch.library.opcheck(
+            torch.ops.jcra.pose_matching_cost.default,
+            (logits, pred, gt, area, sigmas, size, 2.0, 70.0, 2.0, 0.25, 2.0),
+        )
 
 
 def test_compiled_fullgraph_equals_eager():
     logits, pred, gt, area = _random_batch(2, 6, 3, 17, torch.float32, seed=7)
     sigmas = _sigmas(17)
 
+    size = _image_size(2, True)
+
     def fn(logits, pred, gt, area):
-        return pose_matching_cost(logits, pred, gt, area, sigmas, **WEIGHTS), pairwise_oks(
+        return pose_matching_cost(logits, pred, gt, area, sigmas, **WEIGHTS, image_size=size), pairwise_oks(
             pred, gt, area, sigmas
         )
 
@@ -337,3 +387,5 @@ def test_oks_loss_rejects_bad_mode_and_shapes():
         oks_loss(pred, gt[:, :14], area, COCO_SIGMAS)
     with pytest.raises(ValueError, match="area"):
         oks_loss(pred, gt, area[:1], COCO_SIGMAS)
+    with pytest.raises(ValueError, match="image_size"):
+        oks_loss(pred, gt, area, COCO_SIGMAS, image_size=torch.ones(2))

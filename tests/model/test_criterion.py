@@ -79,7 +79,8 @@ def test_loss_parts_with_known_matching():
     expected = {
         "loss_cls": sigmoid_focal_loss(logits, labels).sum(),
         "loss_kpt": (near - gt_norm[:, :2]).abs()[labelled].mean(),
-        "loss_oks": oks_loss(near[None], gt_norm[None], torch.tensor([900.0 / (h * w)]), COCO_SIGMAS)[
+        # OKS in pixels, as COCO scores it (the image is not square)
+        "loss_oks": oks_loss(near[None] * torch.tensor([w, h]), gt, torch.tensor([900.0]), COCO_SIGMAS)[
             0
         ].float(),
     }
