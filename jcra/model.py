@@ -106,8 +106,9 @@ class JCRA(nn.Module):
                 {"logits": lg, "keypoints": kp} for lg, kp in zip(logits[:-1], keypoints[:-1], strict=True)
             ]
             out["enc_outputs"] = {"logits": enc_logits, "keypoints": enc_keypoints}
-            h0, w0 = spatial_shapes[0]
-            out["heatmap"] = self.heatmap_head(memory[:, : h0 * w0].transpose(1, 2).reshape(B, -1, h0, w0))
+            # the finest level with padding zeroed, as the keypoint heads read it: the 3x3 conv must see
+            # zeros beyond the image, alone or padded in a batch
+            out["heatmap"] = self.heatmap_head(local_maps[0][0].permute(0, 3, 1, 2))
         return out
 
     def _proposals(self, memory: torch.Tensor, padding_mask: torch.Tensor, centres: torch.Tensor):

@@ -78,6 +78,20 @@ def test_padding_invariance(tiny_model):
             torch.testing.assert_close(together["keypoints"][b], alone["keypoints"][0], rtol=1e-4, atol=1e-5)
 
 
+def test_heatmap_of_a_padded_image_equals_the_image_alone(tiny_model):
+    """The auxiliary heatmap head's 3x3 conv sees zeros beyond the image, whether the image is alone
+    or padded in a batch (the encoder's outputs at padded tokens are not zero, and must not leak)."""
+    gen = torch.Generator().manual_seed(4)
+    randomise_zero_init(tiny_model, gen)
+    tiny_model.train()
+    images = [torch.randn(3, 96, 128, generator=gen), torch.randn(3, 160, 192, generator=gen)]
+    batch, mask = pad_batch(images)
+    together = tiny_model(batch, mask)["heatmap"][0]
+    alone = tiny_model(images[0][None])["heatmap"][0]
+    h, w = alone.shape[-2:]
+    torch.testing.assert_close(together[:, :h, :w], alone, rtol=1e-4, atol=1e-4)
+
+
 def test_build_model_configs_and_overrides():
     model = build_model("jcra_tiny", num_keypoints=14, num_queries=7, use_fused_kernels=False)
     assert isinstance(model, JCRA)
