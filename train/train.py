@@ -71,34 +71,47 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field, and check the dataset files exist."""
-        positive = ("epochs", "batch_size", "grad_accum", "val_scale", "max_size", "log_every", "top_k")
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        at_least_one = ("epochs", "batch_size", "grad_accum", "val_scale", "max_size", "log_every", "top_k")
+        for name in at_least_one:
+            _check_int(name, getattr(self, name), 1)
         for name in ("num_workers", "eval_every", "checkpoint_every", "seed"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+            _check_int(name, getattr(self, name), 0)
+        if self.max_steps is not None:
+            _check_int("max_steps", self.max_steps, 1)
         for name in ("lr", "clip_grad", "lr_gamma"):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            if not (_is_number(value) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         for name in ("weight_decay", "lr_backbone_mult", "lr_offsets_mult", "rotation"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
+            value = getattr(self, name)
+            if not (_is_number(value) and value >= 0):
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if not self.train_scales or any(int(s) < 1 for s in self.train_scales):
-            raise ValueError(f"train_scales must be a non-empty list of sizes >= 1, got {self.train_scales}")
-        if any(not 0 < int(e) for e in self.lr_drop_epochs):
-            raise ValueError(f"lr_drop_epochs must be epochs >= 1, got {self.lr_drop_epochs}")
+        for name in ("train_scales", "lr_drop_epochs"):
+            values = getattr(self, name)
+            if not isinstance(values, list | tuple):
+                raise ValueError(f"{name} must be a list, got {values!r}")
+            for value in values:
+                _check_int(f"{name} entry", value, 1)
+        if not self.train_scales:
+            raise ValueError("train_scales must be a non-empty list of sizes >= 1, got []")
         for name in ("train_ann", "val_ann"):
             if not Path(getattr(self, name)).is_file():
                 raise ValueError(f"{name}: annotation file {getattr(self, name)!r} does not exist")
         for name in ("train_images", "val_images"):
             if not Path(getattr(self, name)).is_dir():
                 raise ValueError(f"{name}: image folder {getattr(self, name)!r} does not exist")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value, low: int) -> None:
+    """ValueError naming ``name`` unless ``value`` is an integer >= ``low`` (1.5, "3" and True are not)."""
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 class ResumableSampler(Sampler[int]):
@@ -216,18 +229,62 @@ def move_targets(targets: list[dict], device: torch.device) -> list[dict]:
     ]
 
 
+RESUME_FIELDS = ("model", "model_overrides", "keypoint_layout", "train_ann", "train_images", "batch_size",
+                 "grad_accum", "seed", "lr", "lr_backbone_mult", "lr_offsets_mult", "weight_decay",
+                 "lr_drop_epochs", "lr_gamma")  # fmt: skip
+"""Settings a resumed run must share with its checkpoint: under others, the sampler's position and the
+restored parameters, optimizer and schedule would silently mean something else. (``epochs``,
+``max_steps``, evaluation, logging and workers may change.)"""
+
+
+def check_resumable(state: dict, cfg: TrainConfig, world: int, path: Path) -> None:
+    """ValueError naming every setting in :data:`RESUME_FIELDS` that differs from the checkpoint's, or
+    a different number of processes (each resumes its own sampler position and RNG)."""
+    saved = state.get("train_config", {})
+    changed = [
+        f"{name} {saved[name]!r} -> {getattr(cfg, name)!r}"
+        for name in RESUME_FIELDS
+        if name in saved and _comparable(name, saved[name]) != _comparable(name, getattr(cfg, name))
+    ]
+    if changed:
+        raise ValueError(
+            f"resume: {path} was written with other settings ({'; '.join(changed)}); restore them or "
+            "train into a new out_dir"
+        )
+    if len(state["rng"]) != world:
+        raise ValueError(f"resume: {path} was written by {len(state['rng'])} processes, this run has {world}")
+
+
+def _comparable(name: str, value):
+    """Paths resolved, sequences as lists, numbers as floats: equal settings compare equal."""
+    if name in ("train_ann", "train_images"):
+        return Path(value).resolve()
+    return json.loads(json.dumps(value), parse_int=float)
+
+
 # ---------------------------------------------------------------------------------------------- logging
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics line; infinity for a line cut short by a killed run (never kept)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 class MetricsLog:
     """Metrics to a JSON-lines file, and to TensorBoard when ``torch.utils.tensorboard`` imports."""
 
-    def __init__(self, out_dir: Path, enabled: bool, append: bool):
-        """append: keep earlier lines (a resumed run); otherwise start the file afresh."""
+    def __init__(self, out_dir: Path, enabled: bool, resume_step: int = 0):
+        """resume_step: the step a resumed run continues from; earlier lines stay, and those after it
+        (logged by the interrupted run after its last checkpoint, and about to be redone) go. 0 starts
+        the file afresh."""
         self.enabled = enabled
         self.path = out_dir / "metrics.jsonl"
-        if enabled and not append:
-            self.path.unlink(missing_ok=True)
+        if enabled and self.path.is_file():
+            lines = self.path.read_text().splitlines(keepends=True) if resume_step else []
+            self.path.write_text("".join(line for line in lines if _logged_step(line) <= resume_step))
         self.writer = None
         if enabled:
             try:
@@ -314,6 +371,14 @@ def train(cfg: TrainConfig) -> dict:
     criterion = build_criterion(cfg, layout).to(device)
     train_set = build_dataset(cfg.train_ann, cfg.train_images, True, cfg, layout)
     val_set = build_dataset(cfg.val_ann, cfg.val_images, False, cfg, layout)
+    for name, dataset in (("train_ann", train_set), ("val_ann", val_set)):
+        if dataset.num_keypoints != len(layout.sigmas):
+            raise ValueError(
+                f"{name}: {dataset.ann_file} has {dataset.num_keypoints} keypoints a person, but "
+                f"keypoint_layout {cfg.keypoint_layout!r} has {len(layout.sigmas)}"
+            )
+    if len(train_set) == 0:
+        raise ValueError(f"train_ann: {cfg.train_ann} has no image with a labelled, non-crowd person")
     sampler = ResumableSampler(len(train_set), seed=cfg.seed, rank=rank, world_size=world)
     loader = data_loader(train_set, cfg, sampler=sampler)
     val_loader = data_loader(val_set, cfg)
@@ -335,11 +400,12 @@ def train(cfg: TrainConfig) -> dict:
     step, epoch, batch_in_epoch = 0, 0, 0
     if cfg.resume and ckpt_path.is_file():
         state = load_checkpoint(ckpt_path)
+        check_resumable(state, cfg, world, ckpt_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+        set_rng_state(state["rng"][rank])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
 
     if cfg.compile:  # encoder and decoder, sizes symbolic: no recompile per random training scale
@@ -349,7 +415,7 @@ def train(cfg: TrainConfig) -> dict:
         forward_model = nn.parallel.DistributedDataParallel(
             forward_model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    log = MetricsLog(out_dir, enabled=rank == 0, append=step > 0)
+    log = MetricsLog(out_dir, enabled=rank == 0, resume_step=step)
     total_steps = steps_per_epoch * cfg.epochs if cfg.max_steps is None else cfg.max_steps
     metrics: dict = {}
 
@@ -388,9 +454,14 @@ def train(cfg: TrainConfig) -> dict:
             losses = accumulate(forward_model, criterion, batches, cfg, device, scaler)
             loss = reduce_mean(losses["loss"], world)
             if not math.isfinite(loss):
+                kept = (
+                    f"the last good checkpoint {ckpt_path} is intact"
+                    if ckpt_path.is_file()
+                    else "no checkpoint was written yet"
+                )
                 raise FloatingPointError(
                     f"non-finite loss {loss} at step {step + 1} (epoch {epoch}); stopped before the update, "
-                    f"the last good checkpoint {ckpt_path} is intact. Try a lower lr or precision=fp32."
+                    f"{kept}. Try a lower lr or precision=fp32."
                 )
             scaler.unscale_(optimizer)
             grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad))

@@ -95,12 +95,56 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch):
         ({"model": "jcra_r1000"}, "name"),
         ({"model_overrides": {"no_such_key": 1}}, "no_such_key"),
         ({"batch_size": 8}, "exceeds"),
+        ({"batch_size": "abc"}, "batch_size"),  # what a hydra override of a wrong type gives
+        ({"epochs": 1.5}, "epochs"),
+        ({"train_scales": 256}, "train_scales"),
+        ({"lr_drop_epochs": 10}, "lr_drop_epochs"),
+        ({"rotation": "30"}, "rotation"),
+        ({"keypoint_layout": "crowdpose"}, "keypoint_layout"),  # 14 keypoints against COCO's 17
     ],
 )
 def test_bad_input_fails_before_training(data, tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
         train(tiny_config(data, tmp_path, **change))
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_training_set_without_labelled_people_is_named(data, tmp_path):
+    coco = json.loads(open(data["train_ann"]).read())
+    for ann in coco["annotations"]:
+        ann["keypoints"] = [0] * len(ann["keypoints"])
+        ann["num_keypoints"] = 0
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps(coco))
+    with pytest.raises(ValueError, match="train_ann: .*empty.json has no image with a labelled"):
+        train(tiny_config({**data, "train_ann": str(empty)}, tmp_path / "run"))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"batch_size": 1}, "batch_size 2 -> 1"),
+        ({"lr_drop_epochs": [1]}, "lr_drop_epochs"),
+        ({"seed": 1}, "seed"),
+    ],
+)
+def test_resume_with_other_settings_is_refused(data, tmp_path, change, message):
+    """A resumed run that would train other images at its position, or on another schedule, stops."""
+    train(tiny_config(data, tmp_path, max_steps=2))
+    with pytest.raises(ValueError, match=f"resume: .*{message}"):
+        train(tiny_config(data, tmp_path, max_steps=4, resume=True, **change))
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
+
+
+def test_resume_drops_the_metrics_logged_after_the_last_checkpoint(data, tmp_path):
+    """A run killed after its checkpoint at step 2 had logged step 3 and half a line: the resumed run
+    redoes step 3, and the log holds each step once."""
+    train(tiny_config(data, tmp_path, max_steps=2))
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 3, "kind": "train", "loss": 1.0}) + "\n" + '{"step": 4, "ki')
+    train(tiny_config(data, tmp_path, max_steps=4, resume=True))
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if line["kind"] == "train"] == [1, 2, 3, 4]
 
 
 def test_hydra_configs_compose():
@@ -191,7 +235,7 @@ def test_hydra_command_line(data, tmp_path):
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "[jcra] checkpoint:" in ok.stdout and (tmp_path / "checkpoint.pt").is_file()
     bad = subprocess.run([*common, "train.batch_size=0"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode != 0 and "batch_size must be >= 1" in bad.stderr
+    assert bad.returncode != 0 and "batch_size must be an integer >= 1" in bad.stderr
 
 
 def test_compiled_training_steps(data, tmp_path):
