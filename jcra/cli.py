@@ -6,6 +6,7 @@ jcra evaluate CHECKPOINT --ann-file F --image-dir D [--out DIR]
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ def load_model(checkpoint: str | Path, device: torch.device):
     from jcra import build_model
     from train.checkpoint import load_checkpoint
 
-    state = load_checkpoint(checkpoint)
+    state = load_checkpoint(checkpoint, keys=("model", "model_config", "data_config"))
     model_config = state["model_config"]
     overrides = {**model_config["overrides"], "pretrained": False}  # the weights come from the checkpoint
     if device.type != "cuda":
@@ -43,6 +44,46 @@ def image_paths(inputs: list[str]) -> list[Path]:
     return paths
 
 
+def read_image(path: Path):
+    """The image at ``path`` decoded to RGB; OSError naming ``path`` if it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as err:
+        raise OSError(f"cannot read image {path}: {err}") from err
+
+
+def drawing_paths(paths: list[Path], out: Path) -> list[Path]:
+    """``out/<image file name>.png`` for each image (``photo.jpg`` -> ``photo.jpg.png``, so ``photo.png``
+    beside it keeps its own); ValueError if two images share a name or a drawing would replace an image."""
+    inputs = {path.resolve(): path for path in paths}
+    drawn: dict[Path, Path] = {}
+    for path in paths:
+        drawing = out / f"{path.name}.png"
+        if drawing.resolve() in inputs:
+            raise ValueError(
+                f"--out: drawing {drawing} would overwrite the input image {inputs[drawing.resolve()]}"
+            )
+        if drawing in drawn:
+            raise ValueError(f"IMAGES: {drawn[drawing]} and {path} would both be drawn to {drawing}")
+        drawn[drawing] = path
+    return list(drawn)
+
+
+def resolve_cli_device(name: str) -> torch.device:
+    """``--device`` as a torch device: auto, cpu, cuda or cuda:N of a GPU this machine has."""
+    from train.train import resolve_device
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise ValueError(f"--device: {name!r} is not auto, cpu, cuda or cuda:N")
+    device = resolve_device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device: {name!r}, but this machine has {torch.cuda.device_count()} CUDA devices")
+    return device
+
+
 def unlabelled_target(image, num_keypoints: int, image_id: int) -> dict:
     """A target with no people, so the evaluation transforms can run on an unannotated image."""
     size = torch.tensor([image.height, image.width])
@@ -65,19 +106,22 @@ def predict(
     top_k: int = 100,
 ) -> Path:
     """Run the model on each image; write ``out/results.json`` (COCO records, ``image_id`` the image's
-    index in the sorted list, ``file_name`` its path) and ``out/<stem>.png`` with skeletons scoring at
-    least ``score_threshold`` drawn. Returns the results path."""
-    from PIL import Image
-
+    index in the sorted list, ``file_name`` its path) and ``out/<image file name>.png`` (``photo.jpg.png``)
+    with skeletons scoring at least ``score_threshold`` drawn. Every image is decoded before the model
+    runs, so a bad file stops the command before any work. Returns the results path."""
     from jcra.data import build_transforms
     from jcra.postprocess import PostProcess
     from jcra.visualize import draw_keypoints
-    from train.train import keypoint_layout, resolve_device
+    from train.train import keypoint_layout
 
     if not 0.0 <= score_threshold <= 1.0:
         raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
-    dev = resolve_device(device)
+    dev = resolve_cli_device(device)
     paths = image_paths(images)
+    out = Path(out)
+    drawings = drawing_paths(paths, out)
+    for path in paths:
+        read_image(path)
     model, data_config = load_model(checkpoint, dev)
     layout = keypoint_layout(data_config["keypoint_layout"])
     transforms = build_transforms(
@@ -87,11 +131,10 @@ def predict(
         max_size=data_config["max_size"],
     )
     postprocess = PostProcess(top_k)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for index, path in enumerate(paths):
-        image = Image.open(path).convert("RGB")
+    for index, (path, drawing) in enumerate(zip(paths, drawings, strict=True)):
+        image = read_image(path)
         tensor, _ = transforms(image, unlabelled_target(image, len(layout.sigmas), index))
         with torch.no_grad():
             outputs = model(tensor[None].to(dev))
@@ -100,7 +143,7 @@ def predict(
             record["file_name"] = str(path)
         results += records
         shown = [r for r in records if r["score"] >= score_threshold]
-        draw_keypoints(image, shown, layout.skeleton).save(out / f"{path.stem}.png")
+        draw_keypoints(image, shown, layout.skeleton).save(drawing)
     results_path = out / "results.json"
     results_path.write_text(json.dumps(results))
     return results_path
@@ -116,9 +159,9 @@ def evaluate(
 ) -> dict:
     """COCO keypoint AP of a checkpoint on a COCO-format set; writes ``out/results.json`` and
     ``out/metrics.json`` when ``out`` is given."""
-    from train.train import TrainConfig, build_dataset, data_loader, evaluate, keypoint_layout, resolve_device
+    from train.train import TrainConfig, build_dataset, data_loader, evaluate, keypoint_layout
 
-    dev = resolve_device(device)
+    dev = resolve_cli_device(device)
     model, data_config = load_model(checkpoint, dev)
     cfg = TrainConfig(
         out_dir=str(out or "."),
@@ -146,7 +189,11 @@ def parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="results JSON and drawn skeletons for images or folders")
     pr.add_argument("checkpoint")
     pr.add_argument("images", nargs="+", help="image files or folders")
-    pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument(
+        "--out",
+        required=True,
+        help="output folder: results.json and a drawing per image, photo.jpg -> photo.jpg.png",
+    )
     pr.add_argument("--score-threshold", type=float, default=0.3, help="draw people scoring at least this")
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     pr.add_argument("--top-k", type=int, default=100)
@@ -155,7 +202,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--ann-file", required=True)
     ev.add_argument("--image-dir", required=True)
     ev.add_argument("--out", default=None, help="folder for results.json and metrics.json")
-    ev.add_argument("--device", default="auto")
+    ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     ev.add_argument("--batch-size", type=int, default=4)
     return p
 

@@ -43,10 +43,20 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
         raise
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint`; ValueError naming ``path`` if missing."""
+def load_checkpoint(path: str | Path, map_location="cpu", keys: tuple[str, ...] = ()) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`; ValueError naming ``path`` if it is missing,
+    unreadable, or not a dict holding every one of ``keys``."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint path {str(path)!r} does not exist")
-    # RNG states are NumPy/Python objects, so the full unpickler is needed; checkpoints are our own.
-    return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        # RNG states are NumPy/Python objects, so the full unpickler is needed; checkpoints are our own.
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # a truncated or foreign file fails anywhere in the unpickler, with any type
+        raise ValueError(f"checkpoint {path}: cannot be read ({type(err).__name__}: {err})") from err
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {path}: holds a {type(state).__name__}, not a dict of training state")
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise ValueError(f"checkpoint {path}: missing {', '.join(missing)} (not written by train.train?)")
+    return state
