@@ -41,6 +41,22 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    # the rename itself survives a power loss only once the folder's entry is on disk
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def remove_partial_writes(path: str | Path) -> list[Path]:
+    """Delete the temporary files that writes of ``path`` killed before their rename left beside it
+    (a SIGKILL skips :func:`save_checkpoint`'s cleanup); returns them. Call before a run writes."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
 
 
 def load_checkpoint(path: str | Path, map_location="cpu", keys: tuple[str, ...] = ()) -> dict:

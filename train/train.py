@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from kernels.dispatch import to_device
-from train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from train.checkpoint import load_checkpoint, remove_partial_writes, rng_state, save_checkpoint, set_rng_state
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -363,6 +363,7 @@ def train(cfg: TrainConfig) -> dict:
     ckpt_path = out_dir / "checkpoint.pt"
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
+        remove_partial_writes(ckpt_path)
     torch.manual_seed(cfg.seed + rank)
 
     layout = keypoint_layout(cfg.keypoint_layout)

@@ -195,6 +195,17 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+def test_writes_killed_before_their_rename_are_cleaned_up_at_start(data, tmp_path):
+    """A SIGKILL during save_checkpoint leaves its temporary file; the next run removes it."""
+    tmp_path.mkdir(exist_ok=True)
+    stale = tmp_path / ".checkpoint.pt.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    other = tmp_path / "notes.tmp"
+    other.write_text("not ours")
+    train(tiny_config(data, tmp_path, max_steps=1))
+    assert not stale.exists() and other.exists()
+
+
 def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
