@@ -9,6 +9,10 @@ CrowdPose ground truth differs from COCO's in two ways handled here. Its annotat
 xtcocotools with ``use_area=False``) use in OKS; ``APM``/``APL`` then bin by that area too. Its images
 carry a crowd index in [0, 1], by which CrowdPose reports AP on easy (< 0.1), medium (0.1 to 0.8) and
 hard (> 0.8) images; those three are added when the images have ``crowdIndex``.
+
+An annotation without ``num_keypoints`` gets its count of labelled (v > 0) keypoints, one without
+``bbox`` the box around its labelled keypoints (what :class:`jcra.data.CocoKeypoints` uses for it);
+one with neither a bbox nor a labelled keypoint marks no place, to score or to ignore, and is left out.
 """
 
 import contextlib
@@ -22,8 +26,8 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from jcra.data.coco import finite_numbers, keypoint_box, read_annotations, read_json
 from jcra.data.coco import num_keypoints as count_keypoints
-from jcra.data.coco import read_json
 from kernels.oks import COCO_SIGMAS, CROWDPOSE_SIGMAS
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
@@ -39,21 +43,29 @@ _DEFAULT_SIGMAS = {17: COCO_SIGMAS, 14: CROWDPOSE_SIGMAS}
 _BOX_AREA_FRACTION = 0.53
 
 
-def _load_ground_truth(ann_file: Path) -> dict:
-    data = read_json(ann_file, "ann_file")
-    if not isinstance(data, dict) or not all(
-        isinstance(data.get(key), list) for key in ("images", "annotations", "categories")
-    ):
-        raise ValueError(
-            f"ann_file {ann_file} is not a COCO annotation file: "
-            "it needs 'images', 'annotations' and 'categories' lists"
-        )
-    for i, ann in enumerate(data["annotations"]):
+def _load_ground_truth(ann_file: Path) -> tuple[dict, int]:
+    """The checked annotation file, with what COCOeval reads and it lacks filled in, and its K."""
+    data = read_annotations(ann_file, image_keys=("id",))
+    if not isinstance(data.get("categories"), list):
+        raise ValueError(f"ann_file {ann_file} is not a COCO annotation file: it needs a 'categories' list")
+    num_keypoints = count_keypoints(data, ann_file)
+    ann_ids, kept = set(), []
+    for ann in data["annotations"]:
+        if ann.get("id") in ann_ids:  # COCO indexes annotations by id: the later one would replace the first
+            raise ValueError(f"ann_file {ann_file}: annotation id {ann.get('id')} is used twice")
+        ann_ids.add(ann.get("id"))
+        keypoints = np.asarray(ann["keypoints"], dtype=np.float64).reshape(num_keypoints, 3)
+        labelled = keypoints[:, 2] > 0
+        ann.setdefault("num_keypoints", int(labelled.sum()))
+        if not ann.get("bbox"):
+            if not labelled.any():
+                continue
+            ann["bbox"] = keypoint_box(keypoints)
         if "area" not in ann:
-            if "bbox" not in ann:
-                raise ValueError(f"ann_file {ann_file}: annotations[{i}] has neither 'area' nor 'bbox'")
             ann["area"] = _BOX_AREA_FRACTION * ann["bbox"][2] * ann["bbox"][3]
-    return data
+        kept.append(ann)
+    data["annotations"] = kept
+    return data, num_keypoints
 
 
 def _resolve_sigmas(sigmas, num_keypoints: int) -> np.ndarray:
@@ -74,9 +86,12 @@ def _resolve_sigmas(sigmas, num_keypoints: int) -> np.ndarray:
     return sigmas
 
 
-def _load_results(results, num_keypoints: int, image_ids: set, ann_file: Path) -> list[dict]:
+def _load_results(results, num_keypoints: int, data: dict, ann_file: Path) -> list[dict]:
+    """Copies of the checked result records; their image and category ids are those of ``data``."""
+    source = ""
     if isinstance(results, (str, Path)):
         path = Path(results)
+        source = f" of {path}"
         results = read_json(path, "results")
         if not isinstance(results, list):
             raise ValueError(f"results file {path} must hold a JSON list of result records")
@@ -85,22 +100,28 @@ def _load_results(results, num_keypoints: int, image_ids: set, ann_file: Path) -
     records = []
     for i, record in enumerate(results):
         if not isinstance(record, dict):
-            raise ValueError(f"results[{i}] is not a result record (dict), got {type(record)}")
+            raise ValueError(f"results[{i}]{source} is not a result record (dict), got {type(record)}")
         missing = {"image_id", "category_id", "keypoints", "score"} - set(record)
         if missing:
-            raise ValueError(f"results[{i}] lacks {sorted(missing)}")
+            raise ValueError(f"results[{i}]{source} lacks {sorted(missing)}")
         if len(record["keypoints"]) != 3 * num_keypoints:
             raise ValueError(
-                f"results[{i}] has {len(record['keypoints'])} keypoint values, expected "
+                f"results[{i}]{source} has {len(record['keypoints'])} keypoint values, expected "
                 f"3 * K = {3 * num_keypoints}"
             )
+        # COCOeval counts a NaN keypoint as a match and sorts NaN scores anywhere
+        if not finite_numbers([*record["keypoints"], record["score"]]):
+            raise ValueError(f"results[{i}]{source} has keypoints or a score that are not finite numbers")
         # loadRes writes id, bbox and area into each record; keep the caller's dicts as they are
         records.append(dict(record))
-    unknown = {record["image_id"] for record in records} - image_ids
-    if unknown:
-        raise ValueError(
-            f"results hold image_ids not in ann_file {ann_file}: {sorted(unknown, key=str)[:10]}"
-        )
+    # COCOeval drops results of other categories without a word
+    known = {"image_id": data["images"], "category_id": data["categories"]}
+    for key, entries in known.items():
+        unknown = {record[key] for record in records} - {entry.get("id") for entry in entries}
+        if unknown:
+            raise ValueError(
+                f"results hold {key}s not in ann_file {ann_file}: {sorted(unknown, key=str)[:10]}"
+            )
     return records
 
 
@@ -141,10 +162,9 @@ def evaluate_keypoints(results, ann_file, *, sigmas=None) -> dict[str, float]:
     are nan for a level with no images. Empty results give 0 for every metric (nan levels stay nan).
     """
     ann_file = Path(ann_file)
-    data = _load_ground_truth(ann_file)
-    num_keypoints = count_keypoints(data, ann_file)
+    data, num_keypoints = _load_ground_truth(ann_file)
     sigmas = _resolve_sigmas(sigmas, num_keypoints)
-    records = _load_results(results, num_keypoints, {image["id"] for image in data["images"]}, ann_file)
+    records = _load_results(results, num_keypoints, data, ann_file)
     subsets = _crowd_subsets(data["images"]) if any("crowdIndex" in image for image in data["images"]) else {}
 
     if not records:  # loadRes cannot take an empty list, and no detection scores 0 anyway

@@ -221,3 +221,65 @@ def test_bad_records_are_named(tmp_path):
     del no_score[0]["score"]
     with pytest.raises(ValueError, match=r"results\[0\].*score"):
         evaluate_keypoints(no_score, ann_file)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("keypoints", math.nan), ("keypoints", math.inf), ("keypoints", None), ("score", math.nan)],
+    ids=["nan-keypoint", "inf-keypoint", "null-keypoint", "nan-score"],
+)
+@pytest.mark.parametrize("as_path", [True, False], ids=["path", "list"])
+def test_non_finite_results_are_named(tmp_path, key, value, as_path):
+    gt = _tiny_gt(17, crowd_indices=[None, None])
+    results = copy.deepcopy(_perfect_results(gt))
+    if key == "keypoints":
+        results[1]["keypoints"][4] = value
+    else:
+        results[1]["score"] = value
+    where = r"results\[1\] of .*preds\.json" if as_path else r"results\[1\]"
+    with pytest.raises(ValueError, match=f"{where} has keypoints or a score that are not finite numbers"):
+        evaluate_keypoints(
+            _write(tmp_path, "preds.json", results) if as_path else results, _write(tmp_path, "gt.json", gt)
+        )
+
+
+def test_unknown_category_is_named(tmp_path):
+    gt = _tiny_gt(17)
+    results = [dict(record, category_id=7) for record in _perfect_results(gt)]
+    with pytest.raises(ValueError, match=r"category_ids not in ann_file .*gt\.json: \[7\]"):
+        evaluate_keypoints(results, _write(tmp_path, "gt.json", gt))
+
+
+@pytest.mark.parametrize("which", ["images", "annotations"])
+def test_duplicate_ids_are_named(tmp_path, which):
+    gt = _tiny_gt(17, crowd_indices=[None, None])
+    gt[which][1]["id"] = 1
+    if which == "images":
+        gt["annotations"][1]["image_id"] = 1
+    message = "lists image id 1 twice" if which == "images" else "annotation id 1 is used twice"
+    with pytest.raises(ValueError, match=rf"gt\.json:? {message}"):
+        evaluate_keypoints(_perfect_results(gt), _write(tmp_path, "gt.json", gt))
+
+
+def test_missing_num_keypoints_and_bbox_are_filled(tmp_path):
+    """As though the file had num_keypoints = count of v > 0 and bbox = the labelled keypoints' extent."""
+    gt = _tiny_gt(17, crowd_indices=[None, None, None])
+    unlabelled = gt["annotations"][2]
+    unlabelled["keypoints"][2::3] = [0] * 17
+    unlabelled["num_keypoints"] = 0
+    for ann in gt["annotations"][:2]:
+        xy = np.asarray(ann["keypoints"]).reshape(17, 3)[:, :2]
+        ann["bbox"] = [*xy.min(0).tolist(), *(xy.max(0) - xy.min(0)).tolist()]
+    results = _perfect_results(gt)
+    for record, shift in zip(results, (1.0, 4.0), strict=True):
+        record["keypoints"] = [v + shift if i % 3 < 2 else v for i, v in enumerate(record["keypoints"])]
+    expected = evaluate_keypoints(results, _write(tmp_path, "full.json", gt))
+    for ann in gt["annotations"]:
+        del ann["num_keypoints"]
+        if ann is not unlabelled:
+            del ann["bbox"]
+
+    assert evaluate_keypoints(results, _write(tmp_path, "gt.json", gt)) == expected
+    assert 0.0 < expected["AP"] < 1.0
+    del unlabelled["bbox"]  # then it marks no place: left out, as no result falls on its image
+    assert evaluate_keypoints(results, _write(tmp_path, "gt.json", gt)) == expected

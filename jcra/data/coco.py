@@ -5,6 +5,8 @@ a malformed annotation or an unreadable image stops a run before training starts
 """
 
 import json
+import math
+import numbers
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,7 @@ class CocoKeypoints(Dataset):
 
     def __init__(self, ann_file, image_dir, transforms=None, *, skip_empty=False, check_images=True):
         self.ann_file, self.image_dir, self.transforms = Path(ann_file), Path(image_dir), transforms
-        data = _read_annotations(self.ann_file)
+        data = read_annotations(self.ann_file)
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image_dir: {self.image_dir} is not a folder")
         self.num_keypoints = num_keypoints(data, self.ann_file)
@@ -79,7 +81,7 @@ class CocoKeypoints(Dataset):
             if ann.get("iscrowd", 0) or not (k[:, 2] > 0).any():
                 continue
             k[k[:, 2] <= 0] = 0.0
-            x, y, w, h = ann.get("bbox") or _keypoint_box(k)
+            x, y, w, h = ann.get("bbox") or keypoint_box(k)
             kpts.append(k)
             boxes.append([x, y, x + w, y + h])
             areas.append(ann.get("area") or w * h)
@@ -112,22 +114,29 @@ def read_json(path: Path, what: str):
         raise ValueError(f"{what}: {path} is not valid JSON: {err}") from err
 
 
-def _read_annotations(ann_file: Path) -> dict:
-    """The parsed annotation JSON, with its structure checked."""
+def read_annotations(ann_file: Path, image_keys=("id", "file_name")) -> dict:
+    """The parsed annotation JSON, with its structure checked: every image has ``image_keys``, no image
+    id twice (annotations would attach to the wrong image)."""
     data = read_json(ann_file, "ann_file")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"ann_file: {ann_file} has no 'images' list (not a COCO annotation file)")
     if not isinstance(data.get("annotations"), list):
         raise ValueError(f"ann_file: {ann_file} has no 'annotations' list (not a COCO annotation file)")
+    image_ids = set()
     for image in data["images"]:
-        if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
-            raise ValueError(f"ann_file: {ann_file} has an image without 'id' or 'file_name': {image!r:.200}")
+        if not isinstance(image, dict) or any(key not in image for key in image_keys):
+            keys = " or ".join(map(repr, image_keys))
+            raise ValueError(f"ann_file: {ann_file} has an image without {keys}: {image!r:.200}")
+        if image["id"] in image_ids:
+            raise ValueError(f"ann_file: {ann_file} lists image id {image['id']} twice")
+        image_ids.add(image["id"])
     return data
 
 
 def num_keypoints(data: dict, ann_file: Path) -> int:
     """K of a parsed annotation file: the person category's keypoint names (else the first
-    annotation); ValueError naming ``ann_file`` for an annotation without 3 * K values or image."""
+    annotation); ValueError naming ``ann_file`` for an annotation without 3 * K finite keypoint values,
+    with a bbox that is not 4 finite numbers, or of an unknown image."""
     names = next((c.get("keypoints") for c in data.get("categories", []) if c.get("keypoints")), None)
     anns = data["annotations"]
     if names:
@@ -138,19 +147,26 @@ def num_keypoints(data: dict, ann_file: Path) -> int:
         raise ValueError(f"ann_file: {ann_file} names no keypoints (no category 'keypoints', no annotations)")
     image_ids = {image["id"] for image in data["images"]}
     for ann in anns:
-        kpts = ann.get("keypoints")
+        where = f"ann_file: {ann_file}: annotation {ann.get('id')}"
+        kpts, bbox = ann.get("keypoints"), ann.get("bbox")
         if not isinstance(kpts, list) or len(kpts) != 3 * k:
             got = len(kpts) if isinstance(kpts, list) else type(kpts).__name__
-            raise ValueError(
-                f"ann_file: {ann_file}: annotation {ann.get('id')} has {got} keypoint values, "
-                f"expected {3 * k}"
-            )
+            raise ValueError(f"{where} has {got} keypoint values, expected {3 * k}")
+        if not finite_numbers(kpts):
+            raise ValueError(f"{where} has keypoint values that are not finite numbers")
+        if bbox and not (isinstance(bbox, list) and len(bbox) == 4 and finite_numbers(bbox)):
+            raise ValueError(f"{where} has bbox {bbox!r:.100}, expected 4 finite numbers [x, y, w, h]")
         if ann.get("image_id") not in image_ids:
-            raise ValueError(f"ann_file: {ann_file}: annotation {ann.get('id')} refers to unknown image_id")
+            raise ValueError(f"{where} refers to unknown image_id")
     return k
 
 
-def _keypoint_box(keypoints: np.ndarray) -> list[float]:
+def finite_numbers(values) -> bool:
+    """Whether every one of ``values`` is a finite real number (not null, a string, a bool, NaN or inf)."""
+    return all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+
+
+def keypoint_box(keypoints: np.ndarray) -> list[float]:
     """xywh box around the labelled keypoints (for annotations without a ``bbox``)."""
     xy = keypoints[keypoints[:, 2] > 0, :2]
     (x0, y0), (x1, y1) = xy.min(0), xy.max(0)

@@ -167,3 +167,26 @@ def test_missing_image_dir(tiny):
     shutil.rmtree(tmp_path / "sub", ignore_errors=True)
     with pytest.raises(FileNotFoundError, match="image_dir"):
         CocoKeypoints(ann, tmp_path / "sub")
+
+
+def test_duplicate_image_id(tiny):
+    tmp_path, data = tiny
+    data["images"][1]["id"] = 1
+    with pytest.raises(ValueError, match=r"ann\.json lists image id 1 twice"):
+        CocoKeypoints(write(tmp_path, data), tmp_path)
+
+
+@pytest.mark.parametrize("value", [None, "5", float("nan"), float("inf")], ids=["null", "str", "nan", "inf"])
+def test_keypoint_value_not_a_finite_number(tiny, value):
+    tmp_path, data = tiny
+    data["annotations"][0]["keypoints"][0] = value
+    with pytest.raises(ValueError, match=r"ann\.json: annotation 7 has keypoint values that are not finite"):
+        CocoKeypoints(write(tmp_path, data), tmp_path)
+
+
+@pytest.mark.parametrize("bbox", [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0, None]], ids=["three", "null"])
+def test_malformed_bbox(tiny, bbox):
+    tmp_path, data = tiny
+    data["annotations"][0]["bbox"] = bbox
+    with pytest.raises(ValueError, match=r"ann\.json: annotation 7 has bbox .*expected 4 finite numbers"):
+        CocoKeypoints(write(tmp_path, data), tmp_path)
