@@ -3,13 +3,16 @@
 import torch
 from torch import Tensor
 
+from jcra.data.coco import PIXEL_CENTRE
+
 
 class PostProcess:
     """Keep each image's ``top_k`` highest-scoring queries as COCO results.
 
     Records: ``image_id``, ``category_id`` 1 (person), ``keypoints`` [x, y, v] * K in original image
-    pixels, ``score`` = sigmoid(logit). v is 1 for every keypoint: the model predicts every keypoint
-    and no per-keypoint confidence; COCOeval reads only x and y of results.
+    pixels as COCO labels them (pixel indices: the model's continuous coordinates less
+    :data:`jcra.data.coco.PIXEL_CENTRE`), ``score`` = sigmoid(logit). v is 1 for every keypoint: the
+    model predicts every keypoint and no per-keypoint confidence; COCOeval reads only x and y of results.
     """
 
     def __init__(self, top_k: int = 100):
@@ -32,6 +35,7 @@ class PostProcess:
         # the one copy to the host; the few thousand numbers are scaled there, no size crosses to the GPU
         rows = torch.cat([kpts.flatten(2), scores[..., None]], -1).cpu()
         kpts = rows[..., :-1].unflatten(-1, (-1, 2)) * orig_sizes.cpu().float().flip(-1)[:, None, None]
+        kpts = kpts - PIXEL_CENTRE
         triples = torch.cat([kpts, torch.ones_like(kpts[..., :1])], -1).flatten(2)  # [B, k, 3K]
         triples, scores = triples.tolist(), rows[..., -1].tolist()
         return [

@@ -15,12 +15,20 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+PIXEL_CENTRE = 0.5
+"""COCO keypoints are pixel indices: a label (x, y) marks the pixel whose centre lies at (x + 0.5,
+y + 0.5) in the continuous coordinates the transforms and the model use (column c spans [c, c + 1)).
+The dataset adds it to every labelled keypoint, :class:`jcra.postprocess.PostProcess` takes it off, as
+detectron2 does; without it a horizontal flip (x -> W - x) would move the labels one pixel off the
+mirrored person while unflipped images stay exact."""
+
 
 class CocoKeypoints(Dataset):
     """Person keypoints of a COCO-format annotation file.
 
     Item: ``(image, target)``; without ``transforms`` the image is a uint8 tensor [3, H, W]. Target:
-    ``keypoints`` [G, K, 3] float (x, y in pixels, v: 0 unlabelled, 1 occluded, 2 visible), ``boxes``
+    ``keypoints`` [G, K, 3] float (x, y in continuous pixels: the file's labels plus
+    :data:`PIXEL_CENTRE`; v: 0 unlabelled, 1 occluded, 2 visible), ``boxes``
     [G, 4] xyxy pixels, ``area`` [G] pixels², ``iscrowd`` [G] (zeros), ``image_id`` int, ``orig_size``
     and ``size`` [2] (h, w). Crowd regions and people without a labelled keypoint are never targets.
 
@@ -82,6 +90,7 @@ class CocoKeypoints(Dataset):
                 continue
             k[k[:, 2] <= 0] = 0.0
             x, y, w, h = ann.get("bbox") or keypoint_box(k)
+            k[k[:, 2] > 0, :2] += PIXEL_CENTRE
             kpts.append(k)
             boxes.append([x, y, x + w, y + h])
             areas.append(ann.get("area") or w * h)

@@ -49,6 +49,7 @@ def test_item_matches_the_annotation_file():
     ]
     expected = torch.tensor([a["keypoints"] for a in anns], dtype=torch.float32).view(-1, 17, 3)
     expected[expected[..., 2] == 0] = 0
+    expected[..., :2] += 0.5 * (expected[..., 2:] > 0)  # labels are pixel indices; targets their centres
     torch.testing.assert_close(target["keypoints"], expected)
     torch.testing.assert_close(target["area"], torch.tensor([a["area"] for a in anns], dtype=torch.float32))
     assert target["iscrowd"].tolist() == [0] * len(anns)
@@ -190,3 +191,33 @@ def test_malformed_bbox(tiny, bbox):
     data["annotations"][0]["bbox"] = bbox
     with pytest.raises(ValueError, match=r"ann\.json: annotation 7 has bbox .*expected 4 finite numbers"):
         CocoKeypoints(write(tmp_path, data), tmp_path)
+
+
+def test_labels_stay_on_their_pixel_through_a_flip_and_come_back_as_labelled(tiny):
+    """A keypoint labelled on the one lit pixel of an image: after a horizontal flip its target still
+    covers the lit pixel (its centre), and PostProcess turns a perfect prediction of the target back
+    into the file's label."""
+    from PIL import Image
+
+    from jcra.data.transforms import RandomHorizontalFlip
+    from jcra.postprocess import PostProcess
+
+    tmp_path, data = tiny
+    pixels = np.zeros((10, 20, 3), np.uint8)
+    pixels[5, 7] = 255  # row 5, column 7: the label (7, 5) of the tiny annotation is moved there
+    data["annotations"][0]["keypoints"][:2] = [7, 5]
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    dataset = CocoKeypoints(write(tmp_path, data), tmp_path)
+    image, target = dataset[0]
+    assert target["keypoints"][0, 0].tolist() == [7.5, 5.5, 2.0]
+    flipped, moved = RandomHorizontalFlip(None, p=1.0)(image.float(), target)
+    lit_row, lit_column = (flipped[0] > 0).nonzero()[0].tolist()
+    x, y = moved["keypoints"][0, 0, :2].tolist()
+    assert (x - 0.5, y - 0.5) == (lit_column, lit_row) == (12, 5)
+    h, w = target["size"].tolist()
+    prediction = {
+        "logits": torch.zeros(1, 1),
+        "keypoints": (target["keypoints"][None, ..., :2] / torch.tensor([w, h])),
+    }
+    (record,) = PostProcess(1)(prediction, target["size"][None], [target["image_id"]])
+    assert record["keypoints"][:2] == [7.0, 5.0]

@@ -21,7 +21,9 @@ def test_records_are_top_k_in_original_pixels():
         for r, q in zip(mine, order.tolist(), strict=True):
             assert r["category_id"] == 1 and isinstance(r["image_id"], int)
             triples = torch.tensor(r["keypoints"]).view(3, 3)
-            expected = keypoints[b, q] * torch.tensor([sizes[b, 1], sizes[b, 0]]).float()
+            expected = (
+                keypoints[b, q] * torch.tensor([sizes[b, 1], sizes[b, 0]]).float() - 0.5
+            )  # pixel indices
             torch.testing.assert_close(triples[:, :2], expected)
             assert (triples[:, 2] == 1).all()
 
