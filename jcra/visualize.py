@@ -1,6 +1,7 @@
 """Draw COCO keypoint records on images and tile images into one PNG; Pillow only, no matplotlib."""
 
 import math
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -87,6 +88,8 @@ def draw_keypoints(
         if len(flat) % 3:
             raise ValueError(f"records[{n}]['keypoints'] must hold 3K values, got {len(flat)}")
         K = len(flat) // 3
+        if "score" in record and not isinstance(record["score"], numbers.Real):
+            raise ValueError(f"records[{n}]['score'] must be a number, got {record['score']!r}")
         for i, j in skeleton:
             if not (0 <= i < K and 0 <= j < K):
                 raise ValueError(f"skeleton pair ({i}, {j}) is out of range for records[{n}] with K={K}")

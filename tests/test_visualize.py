@@ -105,6 +105,8 @@ def test_bad_records_and_skeleton():
     for pair in [(0, 4), (-1, 0)]:
         with pytest.raises(ValueError, match="skeleton"):
             draw_keypoints(image, [_person(PERSON)], [pair])
+    with pytest.raises(ValueError, match=r"records\[0\]\['score'\]"):
+        draw_keypoints(image, [{**_person(PERSON), "score": None}], SKELETON)
 
 
 def test_real_coco_photo():
