@@ -159,7 +159,8 @@ def evaluate_keypoints(results, ann_file, *, sigmas=None) -> dict[str, float]:
 
     Returns :data:`METRIC_NAMES` in order (``COCOeval.stats[0:10]``, in [0, 1]; -1 where an area range
     holds no ground truth), and when the images carry ``crowdIndex`` also :data:`CROWD_LEVELS`, which
-    are nan for a level with no images. Empty results give 0 for every metric (nan levels stay nan).
+    are nan for a level with no images. Empty results score 0 where there is ground truth, and -1 where
+    there is none, as any other results would.
     """
     ann_file = Path(ann_file)
     data, num_keypoints = _load_ground_truth(ann_file)
@@ -167,16 +168,16 @@ def evaluate_keypoints(results, ann_file, *, sigmas=None) -> dict[str, float]:
     records = _load_results(results, num_keypoints, data, ann_file)
     subsets = _crowd_subsets(data["images"]) if any("crowdIndex" in image for image in data["images"]) else {}
 
-    if not records:  # loadRes cannot take an empty list, and no detection scores 0 anyway
-        metrics = dict.fromkeys(METRIC_NAMES, 0.0)
-        metrics.update({name: 0.0 if ids else math.nan for name, ids in subsets.items()})
-        return metrics
-
     gt = COCO()
     gt.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
-        dt = gt.loadRes(records)
+        if records:
+            dt = gt.loadRes(records)
+        else:  # loadRes cannot take an empty list: an index with no detections
+            dt = COCO()
+            dt.dataset = {"images": data["images"], "categories": data["categories"], "annotations": []}
+            dt.createIndex()
     metrics = dict(zip(METRIC_NAMES, map(float, _stats(gt, dt, sigmas)), strict=True))
     for name, ids in subsets.items():
         metrics[name] = float(_stats(gt, dt, sigmas, ids)[0]) if ids else math.nan

@@ -123,6 +123,20 @@ def test_empty_results_give_zeros():
     assert crowdpose == dict.fromkeys([*METRIC_NAMES, *CROWD_LEVELS], 0.0)
 
 
+def test_empty_results_score_like_any_results_where_there_is_no_ground_truth(tmp_path):
+    """Without a single person in the ground truth every metric is undefined (COCOeval's -1), whether
+    or not there are results: empty results do not score 0 there."""
+    gt = _tiny_gt(17)
+    results = _perfect_results(gt)
+    gt["annotations"] = []
+    ann_file = _write(tmp_path, "gt.json", gt)
+    assert (
+        evaluate_keypoints([], ann_file)
+        == evaluate_keypoints(results, ann_file)
+        == dict.fromkeys(METRIC_NAMES, -1.0)
+    )
+
+
 def test_format_metrics_is_one_line():
     line = format_metrics({"AP": 0.86089, "AP50": 1.0})
     assert line == "AP 0.861 | AP50 1.000"
