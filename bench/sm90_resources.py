@@ -63,7 +63,10 @@ def specs():
     floats = ("w_class", "w_kpt", "w_oks", "alpha", "gamma", "area_eps")
     for g in (1, 5, 20, 100):
         block_q, block_g = oks._blocks(g)
-        consts = dict(K=17, COORD_DTYPE=tl.float32, WITH_COST=True, BLOCK_Q=block_q, BLOCK_G=block_g)
+        # the matcher passes image sizes (OKS in pixels)
+        consts = dict(
+            K=17, COORD_DTYPE=tl.float32, WITH_COST=True, HAS_SIZE=True, BLOCK_Q=block_q, BLOCK_G=block_g
+        )
         label = f"pose_cost G={g} BLOCK_Q={block_q} BLOCK_G={block_g}"
         yield label, oks._pose_cost_kernel, consts, {"num_gt_ptr": "*i64"}, floats, 4
     for g in (5, 20, 100):
