@@ -40,7 +40,9 @@ def _provider(bench: dict) -> str:
 def load_groups(paths: list[Path]) -> tuple[dict, dict[str, list[dict]]]:
     """(machine info of the first file, {group: [benchmark rows]}) from pytest-benchmark JSON files.
 
-    Other JSON files (a run folder's own summary.json) are skipped with a message."""
+    Each row keeps its file (``source``): a file is one process, and ratios are only taken between rows
+    of one source. Other JSON files (a run folder's own summary.json) and empty ones (what a killed
+    section leaves beside its ``.partial.json``) are skipped with a message."""
     groups, machine = defaultdict(list), {}
     for path in paths:
         try:
@@ -56,6 +58,7 @@ def load_groups(paths: list[Path]) -> tuple[dict, dict[str, list[dict]]]:
             groups[bench["group"] or bench["name"]].append(
                 {
                     "name": bench["name"],
+                    "source": path.name.removesuffix(".json"),
                     "provider": _provider(bench),
                     "median_ms": bench["stats"]["median"] * 1e3,
                     "info": bench.get("extra_info", {}),
@@ -64,14 +67,29 @@ def load_groups(paths: list[Path]) -> tuple[dict, dict[str, list[dict]]]:
     return machine, dict(groups)
 
 
+def _by_source(rows: list[dict]) -> dict[str, list[dict]]:
+    """A group's rows per source file, in the order the files came."""
+    sources: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        sources[row["source"]].append(row)
+    return dict(sources)
+
+
+def _label(group: str, row: dict, rows: list[dict]) -> str:
+    """The group's name, with the row's source when the group comes from several files."""
+    return group if len(_by_source(rows)) == 1 else f"{group} [{row['source']}]"
+
+
 def add_speedups(groups: dict[str, list[dict]]) -> None:
-    """Set row["speedup"] = baseline median / row median within each group (None without a baseline)."""
+    """Set row["speedup"] = baseline median / row median within each group and source (None without a
+    baseline there)."""
     for rows in groups.values():
-        providers = {row["provider"]: row for row in rows}
-        baseline = next((providers[p] for p in BASELINES if p in providers), None)
-        for row in rows:
-            row["baseline"] = baseline["provider"] if baseline else None
-            row["speedup"] = baseline["median_ms"] / row["median_ms"] if baseline else None
+        for same_process in _by_source(rows).values():
+            providers = {row["provider"]: row for row in same_process}
+            baseline = next((providers[p] for p in BASELINES if p in providers), None)
+            for row in same_process:
+                row["baseline"] = baseline["provider"] if baseline else None
+                row["speedup"] = baseline["median_ms"] / row["median_ms"] if baseline else None
 
 
 def markdown_table(groups: dict[str, list[dict]]) -> str:
@@ -80,7 +98,7 @@ def markdown_table(groups: dict[str, list[dict]]) -> str:
         "|---|---|---:|---:|---:|---:|",
     ]
     for group, rows in sorted(groups.items()):
-        for row in sorted(rows, key=lambda r: r["median_ms"]):
+        for row in sorted(rows, key=lambda r: (r["source"], r["median_ms"])):
             info = row["info"]
             gbps = f"{info['gbps_minimal']:.3g} / {info['gbps_gather']:.3g}" if "gbps_minimal" in info else ""
             peak = info.get("peak_memory_mb")
@@ -88,7 +106,14 @@ def markdown_table(groups: dict[str, list[dict]]) -> str:
                 peak = info["peak_mem_bytes"] / 2**20
             peak = f"{peak:.3g}" if peak is not None else ""
             speedup = f"{row['speedup']:.2f}x vs {row['baseline']}" if row["speedup"] else ""
-            cells = [group, row["provider"], f"{row['median_ms']:.3f}", speedup, gbps, peak]
+            cells = [
+                _label(group, row, rows),
+                row["provider"],
+                f"{row['median_ms']:.3f}",
+                speedup,
+                gbps,
+                peak,
+            ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -107,7 +132,7 @@ def plot_speedups(groups: dict[str, list[dict]], out: Path) -> Path:
     """One horizontal bar per (group, provider): speedup over the group's baseline, log scale."""
     plt = _pyplot()
     bars = [
-        (f"{group} | {row['provider']}", row["speedup"])
+        (f"{_label(group, row, rows)} | {row['provider']}", row["speedup"])
         for group, rows in sorted(groups.items())
         for row in rows
         if row["speedup"] and row["provider"] != row["baseline"]
@@ -125,15 +150,20 @@ def plot_speedups(groups: dict[str, list[dict]], out: Path) -> Path:
     return path
 
 
-def _median(groups: dict, group: str, provider: str) -> float | None:
-    return next((r["median_ms"] for r in groups.get(group, []) if r["provider"] == provider), None)
+def _median(groups: dict, group: str, provider: str, source: str) -> float | None:
+    rows = groups.get(group, [])
+    return next((r["median_ms"] for r in rows if r["provider"] == provider and r["source"] == source), None)
 
 
 def _ratio(groups: dict, pattern: str, baseline: str, provider: str) -> float | None:
-    """baseline median / provider median in the first group matching ``pattern`` (None if absent)."""
+    """baseline median / provider median in the first group matching ``pattern``, from the first
+    source holding both (None if none does)."""
     group = next((g for g in sorted(groups) if re.fullmatch(pattern, g)), None)
-    slow, fast = _median(groups, group, baseline), _median(groups, group, provider)
-    return slow / fast if slow and fast else None
+    for source in _by_source(groups.get(group, [])):
+        slow, fast = _median(groups, group, baseline, source), _median(groups, group, provider, source)
+        if slow and fast:
+            return slow / fast
+    return None
 
 
 def crowd_latency(groups: dict, batch: int) -> dict[int, dict[str, float]]:
@@ -141,27 +171,37 @@ def crowd_latency(groups: dict, batch: int) -> dict[int, dict[str, float]]:
 
     A bottom-up image costs its share of the batch's network time plus its own post-processing (run
     per image); JCRA's share of the batch's end-to-end time covers everything and does not depend on
-    the number of people. Empty when the run lacks either suite.
+    the number of people. All from one source file (one process; the one covering the most crowd
+    sizes), and only where JCRA and the baselines' networks ran at the same image size. Empty when no
+    source holds both suites.
     """
-    jcra = next(
-        (
-            r["median_ms"] / batch
-            for g, rows in groups.items()
-            if g.startswith(f"end to end batch {batch} ")
-            for r in rows
-            if r["provider"] == "jcra"
-        ),
-        None,
-    )
-    network = {m: _median(groups, f"bottom-up network, batch {batch}", m) for m in BOTTOM_UP}
-    if jcra is None or None in network.values():
+    jcra_rows = [
+        r
+        for g, rows in groups.items()
+        if g.startswith(f"end to end batch {batch} ")
+        for r in rows
+        if r["provider"] == "jcra"
+    ]
+    tables = [_crowd_table(groups, batch, row) for row in jcra_rows]
+    return max(tables, key=len, default={})
+
+
+def _crowd_table(groups: dict, batch: int, jcra: dict) -> dict[int, dict[str, float]]:
+    """crowd_latency's table from ``jcra``'s end-to-end row and the bottom-up rows of its source."""
+    source = jcra["source"]
+    network_group = f"bottom-up network, batch {batch}"
+    network = {m: _median(groups, network_group, m, source) for m in BOTTOM_UP}
+    if None in network.values():
         return {}
+    sizes = {tuple(r["info"].get("image_hw", ())) for r in groups[network_group] if r["source"] == source}
+    if sizes != {tuple(jcra["info"].get("image", ()))}:
+        return {}  # another input size (the CPU suites' defaults): not a comparison
     table = {}
     for group in groups:
         crowd = re.fullmatch(r"bottom-up postprocess, (\d+) people", group)
         if crowd:
-            row = {"jcra": jcra}
-            post = {method: _median(groups, group, method) for method in BOTTOM_UP}
+            row = {"jcra": jcra["median_ms"] / batch}
+            post = {method: _median(groups, group, method, source) for method in BOTTOM_UP}
             if None in post.values():
                 continue
             for method in BOTTOM_UP:
@@ -239,14 +279,22 @@ def plot_stages(groups: dict, out: Path) -> Path | None:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 1.2 * len(stage_groups) + 1.5))
+    names = dict.fromkeys(r["provider"] for rows in stage_groups.values() for r in rows)
+    stages = [name for name in names if name != TOTAL]
+    colours = {stage: f"C{i % 10}" for i, stage in enumerate(stages)}  # one colour a stage in every bar
+    labelled = set()
     for y, rows in enumerate(stage_groups.values()):
         left = 0.0
         for row in rows:
-            if row["provider"] == TOTAL:
+            stage = row["provider"]
+            if stage == TOTAL:
                 continue
-            ax.barh(y, row["median_ms"], left=left, label=row["provider"] if y == 0 else None)
+            label = None if stage in labelled else stage
+            labelled.add(stage)
+            ax.barh(y, row["median_ms"], left=left, color=colours[stage], label=label)
             left += row["median_ms"]
-        ax.text(left, y, f" {left:.1f} ms", va="center")
+        total = next((r["median_ms"] for r in rows if r["provider"] == TOTAL), left)
+        ax.text(left, y, f" {total:.1f} ms", va="center")
     ax.set_yticks(range(len(stage_groups)), list(stage_groups))
     ax.set_xlabel("ms per batch or step (medians; device time between stamps at stage boundaries)")
     ax.legend(ncol=6, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.35))
@@ -291,9 +339,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for table.md, plots, summary.json")
     args = parser.parse_args(argv)
     for path in args.results:
-        if not path.is_file() or path.stat().st_size == 0:
-            parser.error(f"results file missing or empty: {path}")
+        if not path.is_file():
+            parser.error(f"results file missing: {path}")
     machine, groups = load_groups(args.results)
+    if not groups:
+        parser.error("no benchmark results in " + ", ".join(map(str, args.results)))
     add_speedups(groups)
     args.out.mkdir(parents=True, exist_ok=True)
     info = next((rows[0]["info"] for rows in groups.values()), {})
