@@ -291,7 +291,10 @@ def linear_assignment(
 
     CUDA tensors run the Triton solver (one program per image), CPU tensors scipy, or the Triton
     solver under ``TRITON_INTERPRET=1``. The solve itself never synchronises with the host. Problems
-    wider than 4096 (``max(Q, G)``) would spill the solver's registers and run scipy instead.
+    wider than 4096 (``max(Q, G)``) would spill the solver's registers and run scipy instead. The
+    solver adds and subtracts costs in the cost's precision (scipy in fp64): fp32 costs must stay well
+    inside fp32's range (below about 1e37 in magnitude; at 2.4e38 the sums overflow and the result is
+    no longer optimal); pass fp64 for larger ones.
 
     Non-finite costs: an image whose used block holds NaN or +-inf gets no pairs (all invalid). With
     ``check_finite`` (default) that raises a ValueError naming the image, and a CUDA ``num_gt`` is

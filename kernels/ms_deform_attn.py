@@ -9,7 +9,10 @@ Layout (Deformable-DETR's):
     output              [N, Lq, M * D]
 
 Sampling convention: bilinear, pixel = loc * size - 0.5, zeros outside the map; exactly
-``grid_sample(value_l, 2 * loc - 1, align_corners=False, padding_mode="zeros")``.
+``grid_sample(value_l, 2 * loc - 1, align_corners=False, padding_mode="zeros")`` for finite locations.
+The kernels also sample zeros, with zero gradients, at non-finite ones (NaN, +-inf), on GPUs and
+under the interpreter alike, where grid_sample (the reference) gives NaN; the decoder's
+``sample_map`` does the same.
 
 The file reads top to bottom: reference, Triton kernels, launchers, custom-op registration, public
 function.
@@ -83,9 +86,12 @@ def _bilinear_setup(loc_ptr, idx, q_mask, w, h):
     """Corner (x0, y0) and fractions (fx, fy) of the sample at location index `idx` on a W x H map."""
     loc_x = tl.load(loc_ptr + 2 * idx, mask=q_mask, other=0.0)
     loc_y = tl.load(loc_ptr + 2 * idx + 1, mask=q_mask, other=0.0)
-    # Clamp far-away points (all four corners stay outside) so the integer cast cannot overflow.
+    # Clamp far-away points (all four corners stay outside) so the integer cast cannot overflow. NaN
+    # goes off the map too: compiled, max and min drop a NaN (maxnum), but the interpreter keeps it.
     x = tl.minimum(tl.maximum(loc_x * w - 0.5, -2.0), w + 1.0)
     y = tl.minimum(tl.maximum(loc_y * h - 0.5, -2.0), h + 1.0)
+    x = tl.where(x == x, x, -2.0)
+    y = tl.where(y == y, y, -2.0)
     x0f = tl.floor(x)
     y0f = tl.floor(y)
     return x0f.to(tl.int64), y0f.to(tl.int64), x - x0f, y - y0f

@@ -466,8 +466,9 @@ def pairwise_oks(
     coordinates are normalised by it and areas by ``w * h``, and OKS is taken in pixels (without it,
     in the coordinates' own units: pixels, or normalised coordinates of square images only). Any float
     dtype, computed in fp32 (coordinate differences in fp64 for fp64 inputs: COCOeval-exact OKS on
-    pixel coordinates needs them); returns fp32 ``[B, Q, G]``, 0 for ground truth with no labelled
-    keypoint or non-positive area. No gradient.
+    pixel coordinates needs them, and areas in fp32, so an fp64 area below fp32's range counts as 0);
+    returns fp32 ``[B, Q, G]``, 0 for ground truth with no labelled keypoint or non-positive area.
+    No gradient.
     """
     _check_inputs(pred_kpts, gt_kpts, gt_areas, sigmas, image_size=image_size)
     return _pairwise_oks_op(pred_kpts, gt_kpts, gt_areas, sigmas, image_size)

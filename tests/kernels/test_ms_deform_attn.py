@@ -150,12 +150,14 @@ def test_spatial_shapes_as_tensors():
     torch.testing.assert_close(out.double(), reference64(value, shapes, loc, attn), atol=1e-5, rtol=1e-5)
 
 
-def test_far_outside_locations_give_zero():
-    """Locations far off the map (even huge ones) sample zeros and send back zero gradients."""
+@pytest.mark.parametrize("far", [1e9, float("inf"), float("nan")], ids=["huge", "inf", "nan"])
+def test_far_outside_and_non_finite_locations_give_zero(far):
+    """Locations far off the map, infinite or NaN, sample zeros and send back zero gradients."""
     shapes = ((4, 4), (2, 2))
     value, loc, attn = make_inputs(1, 3, 1, 8, shapes, 2, torch.float32, seed=5)
-    loc = torch.full_like(loc, 1e9)
-    loc[0, 0] = -1e9
+    loc = torch.full_like(loc, far)
+    loc[0, 0] = -far
+    loc[0, 1, ..., 1] = 0.5  # y on the map, x not
     got = run(fused, value, shapes, loc, attn, torch.ones(1, 3, 8, device=DEVICE))
     for t in got:
         assert torch.count_nonzero(t) == 0
