@@ -192,14 +192,21 @@ def build_criterion(cfg: TrainConfig, layout) -> nn.Module:
 
 
 def build_dataset(ann_file: str, image_dir: str, train: bool, cfg: TrainConfig, layout):
-    """The COCO-format dataset with the training or evaluation transforms."""
+    """The COCO-format dataset with the training or evaluation transforms; ValueError naming the file
+    when its people have another number of keypoints than ``layout``."""
     from jcra.data import CocoKeypoints, build_transforms
 
     scales = list(cfg.train_scales) if train else [cfg.val_scale]
     transforms = build_transforms(
         train, flip_pairs=layout.flip_pairs, scales=scales, max_size=cfg.max_size, rotation=cfg.rotation
     )
-    return CocoKeypoints(ann_file, image_dir, transforms=transforms, skip_empty=train)
+    dataset = CocoKeypoints(ann_file, image_dir, transforms=transforms, skip_empty=train)
+    if dataset.num_keypoints != len(layout.sigmas):
+        raise ValueError(
+            f"{ann_file} has {dataset.num_keypoints} keypoints a person, but keypoint_layout "
+            f"{layout.name!r} has {len(layout.sigmas)}"
+        )
+    return dataset
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
@@ -372,12 +379,6 @@ def train(cfg: TrainConfig) -> dict:
     criterion = build_criterion(cfg, layout).to(device)
     train_set = build_dataset(cfg.train_ann, cfg.train_images, True, cfg, layout)
     val_set = build_dataset(cfg.val_ann, cfg.val_images, False, cfg, layout)
-    for name, dataset in (("train_ann", train_set), ("val_ann", val_set)):
-        if dataset.num_keypoints != len(layout.sigmas):
-            raise ValueError(
-                f"{name}: {dataset.ann_file} has {dataset.num_keypoints} keypoints a person, but "
-                f"keypoint_layout {cfg.keypoint_layout!r} has {len(layout.sigmas)}"
-            )
     if len(train_set) == 0:
         raise ValueError(f"train_ann: {cfg.train_ann} has no image with a labelled, non-crowd person")
     sampler = ResumableSampler(len(train_set), seed=cfg.seed, rank=rank, world_size=world)

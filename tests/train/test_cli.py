@@ -34,6 +34,12 @@ def bad_files(data, checkpoint, tmp_path) -> Path:
     torch.save(load_checkpoint(checkpoint)["model"], tmp_path / "state_dict.pt")
     (tmp_path / "not_checkpoint.pt").write_text('{"step": 1}')
     (tmp_path / "truncated.pt").write_bytes(Path(checkpoint).read_bytes()[:5000])
+    coco = json.loads(Path(data["val_ann"]).read_text())  # the same people with CrowdPose's 14 keypoints
+    for category in coco["categories"]:
+        category["keypoints"] = category["keypoints"][:14]
+    for annotation in coco["annotations"]:
+        annotation["keypoints"] = annotation["keypoints"][:42]
+    (tmp_path / "k14.json").write_text(json.dumps(coco))
     return tmp_path
 
 
@@ -83,6 +89,10 @@ def test_evaluate_command_prints_ap(data, checkpoint, tmp_path, capsys):
         (["predict", "{out}/state_dict.pt", "{images}", "--out", "{out}"], r"state_dict\.pt.*model_config"),
         (["predict", "{out}/not_checkpoint.pt", "{images}", "--out", "{out}"], r"not_checkpoint\.pt"),
         (["predict", "{out}/truncated.pt", "{images}", "--out", "{out}"], r"truncated\.pt"),
+        (
+            ["evaluate", "{ckpt}", "--ann-file", "{out}/k14.json", "--image-dir", "{images}"],
+            r"k14\.json.*14 keypoints.*'coco'",
+        ),
     ],
 )
 def test_bad_input_exits_with_message(data, checkpoint, bad_files, capsys, args, message):
