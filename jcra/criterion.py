@@ -183,8 +183,9 @@ class SetCriterion(nn.Module):
         logits, keypoints = stage["logits"], stage["keypoints"]
         batch = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(matches)]).to(logits.device)
         query = torch.cat([q for q, _ in matches]).to(logits.device)
+        # scatter_ of a Python number: indexed assignment would copy the 1.0 to the GPU, blocking
         labels = torch.zeros_like(logits, dtype=torch.float32)
-        labels[batch, query] = 1.0
+        labels.view(-1).scatter_(0, batch * logits.shape[1] + query, 1.0)
         loss_cls = sigmoid_focal_loss(logits, labels, self.focal_alpha, self.focal_gamma).sum() / num_people
 
         gt = torch.cat(

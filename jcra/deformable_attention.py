@@ -1,33 +1,12 @@
 """Deformable-DETR's multi-scale deformable attention module, on ``kernels.ms_deform_attn``."""
 
-import functools
 import math
 
 import torch
 from torch import nn
 
-from kernels.dispatch import to_device
+from kernels.dispatch import device_table
 from kernels.ms_deform_attn import ms_deform_attn, ms_deform_attn_reference
-
-
-def _level_sizes(spatial_shapes, device: torch.device) -> torch.Tensor:
-    """[L, 2] fp32 (W, H) of each level on ``device``, with no copy from the host in steady state.
-
-    Compiled, the sizes are filled in on the device: a tensor built from a Python list would be a
-    host constant, copied (blocking) in every forward, and Inductor makes no CUDA graph of a graph
-    that holds one. Eager, one copy per sizes and device, kept for later calls.
-    """
-    if torch.compiler.is_compiling():
-        return torch.stack(
-            [torch.full((), float(size), device=device) for h, w in spatial_shapes for size in (w, h)]
-        ).view(-1, 2)
-    return _cached_level_sizes(tuple((int(h), int(w)) for h, w in spatial_shapes), device)
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_level_sizes(spatial_shapes: tuple[tuple[int, int], ...], device: torch.device) -> torch.Tensor:
-    wh = [[w, h] for h, w in spatial_shapes]
-    return to_device(torch.tensor(wh, dtype=torch.float32), device)
 
 
 class MSDeformAttn(nn.Module):
@@ -99,7 +78,8 @@ class MSDeformAttn(nn.Module):
         offsets = self.sampling_offsets(query).float().view(N, Lq, M, L, P, 2)
         weights = self.attention_weights(query).float().view(N, Lq, M, L * P).softmax(-1)
         if offset_scale is None:
-            offset_scale = 1.0 / _level_sizes(spatial_shapes, query.device)[:, None]
+            sizes = device_table([(w, h) for h, w in spatial_shapes], torch.float32, query.device)
+            offset_scale = 1.0 / sizes[:, None]  # [L, 1, 2]: 1 / (W, H)
         if reference_points.dim() == 4:
             reference_points = reference_points[:, :, None, :, None, :]
         else:

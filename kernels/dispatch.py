@@ -8,6 +8,7 @@ rather than registering a ``triton_op``, lets ``torch.compile(fullgraph=True)`` 
 machines where Triton has no active driver (CPU-only CI) as well as on GPUs.
 """
 
+import functools
 import os
 
 import torch
@@ -42,3 +43,23 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if tensor.device.type == "cpu" and device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
+
+
+def device_table(rows, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small [R, C] table of Python numbers (sizes, offsets) on ``device``, with no host copy in
+    steady state.
+
+    Compiled, it is built on the device from the numbers: a tensor made from a Python list would be
+    a host constant, copied (blocking) in every call, and Inductor makes no CUDA graph of a graph
+    that holds one. Eager, one copy per table, dtype and device, kept for later calls; never from
+    inside an opaque op, where a CUDA graph's warm-up would put the kept copy in the graph's memory.
+    """
+    if torch.compiler.is_compiling():
+        values = [torch.full((), value, dtype=dtype, device=device) for row in rows for value in row]
+        return torch.stack(values).view(len(rows), -1)
+    return _cached_table(tuple(tuple(row) for row in rows), dtype, device)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_table(rows: tuple[tuple, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return to_device(torch.tensor(rows, dtype=dtype), device)

@@ -18,7 +18,6 @@ The file reads top to bottom: reference, Triton kernels, launchers, custom-op re
 function.
 """
 
-import functools
 from collections.abc import Sequence
 
 import torch
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels.dispatch import use_triton
+from kernels.dispatch import device_table, use_triton
 
 Shapes = tuple[tuple[int, int], ...]
 
@@ -391,35 +390,34 @@ def _launch(kernel, tuned, direction: str, lq: int, batch_heads: int, *args, **m
         kernel[grid({"BLOCK_Q": block_q})](*args, **meta, BLOCK_Q=block_q, num_warps=warps)
 
 
-@functools.lru_cache(maxsize=256)
 def _level_table(shapes: Shapes, device: torch.device) -> torch.Tensor:
-    """[L, 3] int64 (H, W, start), cached per shapes and device so steady state makes no copies."""
+    """[L, 3] int64 (H, W, start), the kernels' view of the levels; built outside the opaque op, in
+    the traced graph when compiled (see ``device_table``)."""
     starts, total = [], 0
     for h, w in shapes:
         starts.append(total)
-        total += h * w
-    rows = [[h, w, s] for (h, w), s in zip(shapes, starts, strict=True)]
-    return torch.tensor(rows, dtype=torch.int64).to(device)
+        total = total + h * w
+    return device_table([(h, w, s) for (h, w), s in zip(shapes, starts, strict=True)], torch.int64, device)
 
 
 def _block_d(D: int) -> int:
     return max(triton.next_power_of_2(D), 4)
 
 
-def _ms_deform_attn_forward_triton(value, shapes, loc, attn):
+def _ms_deform_attn_forward_triton(value, levels, loc, attn):
     N, S, M, D = value.shape
     Lq, L, P = loc.shape[1], loc.shape[3], loc.shape[4]
     out = value.new_empty(N, Lq, M * D)
     _launch(
         _ms_deform_attn_fwd_kernel, _fwd_tuned, "forward", Lq, N * M,
-        value, _level_table(shapes, value.device), loc, attn, out,
+        value, levels, loc, attn, out,
         Lq, S, M, D,
         L=L, P=P, BLOCK_D=_block_d(D),
     )  # fmt: skip
     return out
 
 
-def _ms_deform_attn_backward_triton(grad_out, value, shapes, loc, attn, deterministic):
+def _ms_deform_attn_backward_triton(grad_out, value, levels, loc, attn, deterministic):
     N, S, M, D = value.shape
     Lq, L, P = loc.shape[1], loc.shape[3], loc.shape[4]
     grad_loc = torch.empty_like(loc, dtype=torch.float32)
@@ -435,7 +433,7 @@ def _ms_deform_attn_backward_triton(grad_out, value, shapes, loc, attn, determin
     block_d = _block_d(D)
     _launch(
         _ms_deform_attn_bwd_kernel, _bwd_tuned, "backward", Lq, N * M,
-        grad_out, value, _level_table(shapes, value.device), loc, attn,
+        grad_out, value, levels, loc, attn,
         grad_value, grad_loc, grad_attn, dst, coef,
         Lq, S, M, D,
         L=L, P=P, BLOCK_D=block_d, DETERMINISTIC=deterministic,
@@ -464,20 +462,20 @@ def _unflatten(spatial_shapes: list[int]) -> Shapes:
 def _ms_deform_attn_op(
     value: torch.Tensor,
     spatial_shapes: list[int],
+    levels: torch.Tensor,
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
     deterministic: bool,
 ) -> torch.Tensor:
-    shapes = _unflatten(spatial_shapes)
     if use_triton(value):
         return _ms_deform_attn_forward_triton(
-            value.contiguous(), shapes, sampling_locations.contiguous(), attention_weights.contiguous()
+            value.contiguous(), levels, sampling_locations.contiguous(), attention_weights.contiguous()
         )
-    return ms_deform_attn_reference(value, shapes, sampling_locations, attention_weights)
+    return ms_deform_attn_reference(value, _unflatten(spatial_shapes), sampling_locations, attention_weights)
 
 
 @_ms_deform_attn_op.register_fake
-def _(value, spatial_shapes, sampling_locations, attention_weights, deterministic):
+def _(value, spatial_shapes, levels, sampling_locations, attention_weights, deterministic):
     N, _, M, D = value.shape
     return value.new_empty(N, sampling_locations.shape[1], M * D)
 
@@ -487,18 +485,19 @@ def _ms_deform_attn_backward_op(
     grad_output: torch.Tensor,
     value: torch.Tensor,
     spatial_shapes: list[int],
+    levels: torch.Tensor,
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
     deterministic: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    shapes = _unflatten(spatial_shapes)
     if use_triton(value):
         grad_value, grad_loc, grad_attn = _ms_deform_attn_backward_triton(
-            grad_output.contiguous(), value.contiguous(), shapes,
+            grad_output.contiguous(), value.contiguous(), levels,
             sampling_locations.contiguous(), attention_weights.contiguous(), deterministic,
         )  # fmt: skip
         return grad_value, grad_loc.to(sampling_locations.dtype), grad_attn.to(attention_weights.dtype)
     # torch.func rather than torch.autograd: compiled backward graphs call this below the autograd key.
+    shapes = _unflatten(spatial_shapes)
     _, vjp = torch.func.vjp(
         lambda v, loc, a: ms_deform_attn_reference(v, shapes, loc, a),
         value,
@@ -509,23 +508,24 @@ def _ms_deform_attn_backward_op(
 
 
 @_ms_deform_attn_backward_op.register_fake
-def _(grad_output, value, spatial_shapes, sampling_locations, attention_weights, deterministic):
+def _(grad_output, value, spatial_shapes, levels, sampling_locations, attention_weights, deterministic):
     # Contiguous gradients, as both implementations return them.
     return tuple(t.new_empty(t.shape) for t in (value, sampling_locations, attention_weights))
 
 
 def _setup_context(ctx, inputs, output):
-    value, spatial_shapes, sampling_locations, attention_weights, deterministic = inputs
-    ctx.save_for_backward(value, sampling_locations, attention_weights)
+    value, spatial_shapes, levels, sampling_locations, attention_weights, deterministic = inputs
+    ctx.save_for_backward(value, levels, sampling_locations, attention_weights)
     ctx.spatial_shapes, ctx.deterministic = spatial_shapes, deterministic
 
 
 def _backward(ctx, grad_output):
-    value, sampling_locations, attention_weights = ctx.saved_tensors
+    value, levels, sampling_locations, attention_weights = ctx.saved_tensors
     grad_value, grad_loc, grad_attn = _ms_deform_attn_backward_op(
-        grad_output, value, ctx.spatial_shapes, sampling_locations, attention_weights, ctx.deterministic
-    )
-    return grad_value, None, grad_loc, grad_attn, None
+        grad_output, value, ctx.spatial_shapes, levels, sampling_locations, attention_weights,
+        ctx.deterministic,
+    )  # fmt: skip
+    return grad_value, None, None, grad_loc, grad_attn, None
 
 
 _ms_deform_attn_op.register_autograd(_backward, setup_context=_setup_context)
@@ -557,7 +557,10 @@ def ms_deform_attn(
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
     flat = [size for hw in shapes for size in hw]
-    return _ms_deform_attn_op(value, flat, sampling_locations.float(), attention_weights, bool(deterministic))
+    levels = _level_table(shapes, value.device)
+    return _ms_deform_attn_op(
+        value, flat, levels, sampling_locations.float(), attention_weights, bool(deterministic)
+    )
 
 
 def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights) -> Shapes:

@@ -205,7 +205,8 @@ def test_opcheck():
     shapes = [5, 4, 2, 3]  # flattened (H, W) pairs, as the op takes them
     value, loc, attn = make_inputs(2, 3, 2, 8, ((5, 4), (2, 3)), 2, torch.float32, seed=4)
     value.requires_grad_()
-    args = (value, shapes, loc.requires_grad_(), attn.requires_grad_(), False)
+    levels = torch.tensor([[5, 4, 0], [2, 3, 20]], device=DEVICE)  # (H, W, start) per level
+    args = (value, shapes, levels, loc.requires_grad_(), attn.requires_grad_(), False)
     torch.library.opcheck(torch.ops.jcra.ms_deform_attn.default, args)
 
 
