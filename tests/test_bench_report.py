@@ -85,6 +85,18 @@ def test_summary_and_crowd_table_from_several_files(tmp_path):
     assert (tmp_path / "out" / "crowd.png").stat().st_size > 0
 
 
+@pytest.mark.parametrize("whole_forward_ran", [True, False])
+def test_summary_train_step_prefers_the_whole_forward_and_names_the_provider(tmp_path, whole_forward_ran):
+    group = "train step jcra_r50 batch 2 800x1333"
+    rows = [bench_row(group, "reference", 0.200), bench_row(group, "fused+compile-transformer", 0.125)]
+    if whole_forward_ran:
+        rows.append(bench_row(group, "fused+compile", 0.100))
+    main([str(write_run(tmp_path / "train_step.json", rows)), "--out", str(tmp_path / "out")])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    expected = ("fused+compile", 2.0) if whole_forward_ran else ("fused+compile-transformer", 1.6)
+    assert (summary["train_step_provider"], summary["train_step_speedup"]) == expected
+
+
 def test_empty_results_file_is_an_error(tmp_path):
     empty = tmp_path / "empty.json"
     empty.touch()

@@ -275,7 +275,9 @@ class _HostReads(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         # boolean-mask indexing runs nonzero inside the op, where this mode does not look
         masked = func in self.INDEXING and any(i is not None and i.dtype == torch.bool for i in args[1])
-        if masked or str(func).startswith(self.READS):
+        # x[index] = 2.0: the number arrives as a 0-dim host tensor, a blocking copy to a GPU
+        number = func in self.INDEXING[1:] and args[2].dim() == 0
+        if masked or number or str(func).startswith(self.READS):
             self.found.append(str(func))
         return func(*args, **(kwargs or {}))
 
@@ -283,7 +285,8 @@ class _HostReads(TorchDispatchMode):
 def test_training_step_reads_no_tensor_value_on_the_host(tiny_model):
     """The CPU stand-in for the CUDA sync test: forward, matching (the Triton solver, interpreted),
     losses and backward with the targets on the model's device never read a value back (no
-    ``.item()``, ``bool(tensor)``, boolean indexing or ``nonzero``), so CI catches a new sync."""
+    ``.item()``, ``bool(tensor)``, boolean indexing, ``nonzero`` or a number assigned by indexing), so
+    CI catches a new sync."""
     gen = torch.Generator().manual_seed(9)
     randomise_zero_init(tiny_model, gen)
     criterion = SetCriterion(K, COCO_SIGMAS, HungarianMatcher(COCO_SIGMAS, solver="triton"))
