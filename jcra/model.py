@@ -161,9 +161,22 @@ class JCRA(nn.Module):
           Each call's outputs live in the graph's memory until the next call: consume or clone them.
 
         Spatial shapes are Python ints, so nothing breaks the graph. The matcher stays outside.
+
+        Compiling the whole forward with Inductor while the model is in training mode turns off
+        Inductor's coalescing analysis for tiling (``triton.coalesce_tiling_analysis``): on the H100
+        (torch 2.11) it asserted on a nested ``ModularIndexing`` in the training graph and killed the
+        compile (pytorch#191603, still in torch 2.13). Inference graphs compiled with it on.
         """
+        options = None
+        if backend == "inductor" and not transformer_only and self.training:
+            from torch._inductor import list_mode_options
+
+            options = {**(list_mode_options(mode) if mode else {}), "triton.coalesce_tiling_analysis": False}
+            mode = None  # torch.compile takes a mode or options, and the options now hold the mode's
         for module in (self.encoder, self.decoder) if transformer_only else (self,):
-            nn.Module.compile(module, fullgraph=True, dynamic=dynamic, backend=backend, mode=mode)
+            nn.Module.compile(
+                module, fullgraph=True, dynamic=dynamic, backend=backend, mode=mode, options=options
+            )
 
     def _local_maps(self, memory, finest_hw, padding_mask, c2, valid_hw) -> list:
         """The keypoint heads' channels-last maps with the image's extent in each: the memory's finest

@@ -201,6 +201,28 @@ def test_training_step_on_cuda_never_synchronises_with_the_host(monkeypatch):
     torch.testing.assert_close(second, first)
 
 
+@pytest.mark.parametrize(
+    ("training", "mode", "expected"),
+    [
+        (True, None, (None, {"triton.coalesce_tiling_analysis": False})),
+        (
+            True,
+            "reduce-overhead",
+            (None, {"triton.cudagraphs": True, "triton.coalesce_tiling_analysis": False}),
+        ),
+        (False, "reduce-overhead", ("reduce-overhead", None)),
+    ],
+)
+def test_whole_forward_training_compile_turns_off_inductor_coalescing_analysis(
+    tiny_model, monkeypatch, training, mode, expected
+):
+    """pytorch#191603: the analysis asserts on the training graph; the mode's own options are kept."""
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda module, **kw: calls.append(kw))
+    tiny_model.train(training).compile_model(mode=mode)
+    assert [(kw["mode"], kw["options"]) for kw in calls] == [expected]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_forward_matches_eager():
     """``compile_model(mode="reduce-overhead")``: the whole inference forward, fused kernels included,
