@@ -112,6 +112,8 @@ def sections(out: Path) -> dict[str, tuple[list[str], int]]:
         ),
         # the reference and fused+compile steps phase by phase, then their top kernels
         "train_profile": (["-m", "bench.profile_train_step", "--json", str(out / "train_phases.json")], 240),
+        # the whole matcher's wall time against its device time, and its top ops
+        "matcher_profile": (["-m", "bench.profile_matcher"], 60),
     }
 
 

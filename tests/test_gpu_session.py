@@ -20,7 +20,16 @@ def _test_names(path: Path) -> set[str]:
 
 def test_every_section_names_existing_paths_and_tests(tmp_path):
     table = gpu_session.sections(tmp_path)
-    assert {"tests", "matcher", "train_step", "crowd", "profile", "train_profile", "train_run"} <= set(table)
+    assert {
+        "tests",
+        "matcher",
+        "train_step",
+        "crowd",
+        "profile",
+        "train_profile",
+        "train_run",
+        "matcher_profile",
+    } <= set(table)
     for name, (command, limit) in table.items():
         assert limit > 0, name
         if command[0] == "-m" and command[1] != "pytest":
