@@ -396,7 +396,7 @@ def _level_table(shapes: Shapes, device: torch.device) -> torch.Tensor:
     starts, total = [], 0
     for h, w in shapes:
         starts.append(total)
-        total = total + h * w
+        total += h * w
     return device_table([(h, w, s) for (h, w), s in zip(shapes, starts, strict=True)], torch.int64, device)
 
 
