@@ -96,7 +96,7 @@ def sections(out: Path) -> dict[str, tuple[list[str], int]]:
         "msda": (suite(msda, name="msda", select=MSDA_HEADLINE), 150),
         "msda_more": (suite(msda, name="msda_more", select=MSDA_MORE), 150),
         "oks": (suite("bench/test_bench_oks.py", name="oks"), 120),
-        "matcher": (suite("bench/test_bench_oks.py", name="matcher", select="matcher"), 60),
+        "matcher": (suite("bench/test_bench_oks.py", name="matcher", select="matcher"), 90),
         "assignment": (suite("bench/test_bench_linear_assignment.py", name="assignment"), 90),
         "crowd": (
             suite(*crowd, name="crowd"),

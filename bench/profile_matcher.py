@@ -2,7 +2,8 @@
 
     python -m bench.profile_matcher --gs 5 20 --calls 20
 
-The matcher call of ``bench/test_bench_oks.py`` (seven stages of B = 8 images, Q = 300, host
+The matcher providers ``padded`` (what the training step runs) and ``batched`` (the per-image
+interface) of ``bench/test_bench_oks.py`` (seven stages of B = 8 images, Q = 300, host
 targets as the data pipeline gives them, cost kernel and Triton solver on a GPU). For each G: the
 median wall time of a synchronised call, then the profiler's device-kernel total per call against it
 (a total well under the wall time means the GPU waits on the host: Python, launches, copies) and the
@@ -10,12 +11,12 @@ ops with the most device and host time. Issue 7 wants the call under 1 ms.
 """
 
 import argparse
+import itertools
 import statistics
 import time
 
 from bench.profiling import print_profile
-from bench.test_bench_oks import DEVICE, STAGES, WEIGHTS, B, Q, _matcher_inputs, _sync
-from jcra.matcher import HungarianMatcher
+from bench.test_bench_oks import DEVICE, STAGES, B, Q, _matcher_inputs, _sync, matcher_provider
 from kernels.oks import COCO_SIGMAS
 
 
@@ -38,16 +39,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gs", type=int, nargs="+", default=[5, 20], help="people per image")
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--rows", type=int, default=15, help="ops listed per table")
+    parser.add_argument(
+        "--providers", nargs="+", default=["padded", "batched"], choices=["padded", "batched"]
+    )
     args = parser.parse_args(argv)
-    matcher = HungarianMatcher(COCO_SIGMAS.to(DEVICE), **WEIGHTS)
-    for g in args.gs:
-        inputs = _matcher_inputs(g)
+    for provider, g in itertools.product(args.providers, args.gs):
+        matcher, inputs = matcher_provider(provider, COCO_SIGMAS.to(DEVICE)), _matcher_inputs(g)
 
-        def run(inputs=inputs):
+        def run(matcher=matcher, inputs=inputs):
             return matcher(*inputs)
 
         ms = wall_ms(run, args.calls)
-        print(f"matcher S={STAGES} B={B} Q={Q} G={g} on {DEVICE}: {ms:.3f} ms wall (median of {args.calls})")
+        print(
+            f"matcher ({provider}) S={STAGES} B={B} Q={Q} G={g} on {DEVICE}: "
+            f"{ms:.3f} ms wall (median of {args.calls})"
+        )
         print_profile(run, args.calls, args.rows, ms)
 
 

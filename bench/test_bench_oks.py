@@ -3,9 +3,11 @@
 Cost providers: ``triton`` (the fused kernel, CUDA only), ``reference`` (the broadcast PyTorch
 formulation DETR-family pose codebases use, materialising ``[B, Q, G, K]``), ``reference+compile``
 (the same under ``torch.compile``) and ``per_image`` (a Python loop over images of the reference, as
-matchers that build the cost image by image do). Matcher providers: ``batched`` (one cost call over all
-stages and images, one host copy, scipy per image: :class:`jcra.matcher.HungarianMatcher`) and
-``per_image`` (cost, copy and scipy per stage and image).
+matchers that build the cost image by image do). Matcher providers: ``padded`` (what the training
+step runs: the targets padded and moved in one copy, then :meth:`jcra.matcher.HungarianMatcher.match`,
+one cost call over all stages and images and the batched solver, the matches gathered on the device),
+``batched`` (the same through the per-image interface, :class:`jcra.matcher.HungarianMatcher` called)
+and ``per_image`` (cost, copy and scipy per stage and image).
 
 GPU sizes follow the issue (B = 8, Q = 300, G in {1, 5, 20, 100}, K = 17, seven stages for the
 matcher); on CPU the sizes are small and only the reference providers run (Triton would be its
@@ -21,6 +23,7 @@ import triton
 from scipy.optimize import linear_sum_assignment
 
 from jcra.matcher import HungarianMatcher
+from jcra.targets import pad_targets
 from kernels.oks import COCO_SIGMAS, pose_matching_cost, pose_matching_cost_reference
 
 CUDA = torch.cuda.is_available()
@@ -137,14 +140,25 @@ def _matcher_per_image(logits, keypoints, targets, sigmas):
     return matches
 
 
+def matcher_provider(provider: str, sigmas: torch.Tensor):
+    """A matcher provider as a function of (logits, keypoints, targets)."""
+    matcher = HungarianMatcher(sigmas, **WEIGHTS)
+    if provider == "padded":
+        return lambda logits, keypoints, targets: matcher.match(
+            logits, keypoints, pad_targets(targets, K, DEVICE)
+        )
+    if provider == "batched":
+        return matcher
+    return lambda *args: _matcher_per_image(*args, sigmas)
+
+
 @pytest.mark.parametrize("g", GS)
-@pytest.mark.parametrize("provider", ["batched", "per_image"])
+@pytest.mark.parametrize("provider", ["padded", "batched", "per_image"])
 def test_bench_matcher(benchmark, provider, g):
     benchmark.group = f"matcher S={STAGES} B={B} Q={Q} G={g} K={K}"
     sigmas = COCO_SIGMAS.to(DEVICE, torch.float32)
-    matcher = HungarianMatcher(sigmas, **WEIGHTS)
     args = _matcher_inputs(g)
-    fn = matcher if provider == "batched" else lambda *a: _matcher_per_image(*a, sigmas)
+    fn = matcher_provider(provider, sigmas)
 
     def target():
         out = fn(*args)
@@ -153,4 +167,4 @@ def test_bench_matcher(benchmark, provider, g):
 
     shape = {"S": STAGES, "B": B, "Q": Q, "G": g, "K": K}
     _extra_info(benchmark, provider, fn, args, shape, torch.float32)
-    benchmark.pedantic(target, rounds=10 if CUDA else 3, warmup_rounds=2 if CUDA else 1)
+    benchmark.pedantic(target, rounds=50 if CUDA else 3, warmup_rounds=5 if CUDA else 1)

@@ -71,15 +71,15 @@ def make_step(provider: str, mark: Callable[[str], None] = _no_mark) -> Callable
     model = build_model(MODEL, use_fused_kernels=fused, frozen_backbone=True).to(DEVICE).train()
     if compile_args is not None:
         model.compile_model(**compile_args)
-    matcher = HungarianMatcher(COCO_SIGMAS)
 
-    def marked_matcher(*args):
-        mark("losses")
-        matches = matcher(*args)
-        mark("matching")
-        return matches
+    class MarkedMatcher(HungarianMatcher):
+        def match(self, *args):
+            mark("losses")
+            matches = super().match(*args)
+            mark("matching")
+            return matches
 
-    criterion = SetCriterion(17, COCO_SIGMAS, marked_matcher)
+    criterion = SetCriterion(17, COCO_SIGMAS, MarkedMatcher(COCO_SIGMAS))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     gen = torch.Generator().manual_seed(1)
     images = torch.randn(BATCH, 3, *IMAGE, generator=gen).to(DEVICE)

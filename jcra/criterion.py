@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jcra.backbone import valid_mask
-from jcra.matcher import HungarianMatcher
+from jcra.matcher import BatchMatch, HungarianMatcher
 from jcra.oks_loss import oks_loss
+from jcra.targets import PaddedTargets, pad_targets
 from kernels.dispatch import to_device
 
 DEFAULT_WEIGHTS = {"cls": 2.0, "kpt": 70.0, "oks": 2.0, "hm": 4.0}
@@ -108,108 +109,77 @@ class SetCriterion(nn.Module):
         proposals, and ``loss_hm``.
         """
         device = outputs["logits"].device
-        norm = [self._normalised(t, device) for t in targets]
-        num_people, num_coords = self._counts(targets, device)
+        pixels = pad_targets(targets, self.num_keypoints, device)
+        padded = pixels.normalised()
+        num_people, num_coords = self._counts(padded)
 
         decoder = [
             *outputs.get("aux_outputs", []),
             {"logits": outputs["logits"], "keypoints": outputs["keypoints"]},
         ]
         stages = [(f"_d{i}", s) for i, s in enumerate(decoder[:-1])] + [("", decoder[-1])]
-        matches = self.matcher(
+        matches = self.matcher.match(
             torch.stack([s["logits"] for _, s in stages]).detach().float(),
             torch.stack([s["keypoints"] for _, s in stages]).detach().float(),
-            norm,
+            padded,
         )
         if "enc_outputs" in outputs:
             enc = outputs["enc_outputs"]
             stages.append(("_enc", enc))
-            matches += self.matcher(
-                enc["logits"][None].detach().float(), enc["keypoints"][None].detach().float(), norm
+            matches += self.matcher.match(
+                enc["logits"][None].detach().float(), enc["keypoints"][None].detach().float(), padded
             )
 
         losses: dict[str, Tensor] = {}
         for (suffix, stage), stage_matches in zip(stages, matches, strict=True):
-            parts = self._pose_losses(stage, stage_matches, norm, num_people, num_coords)
+            parts = self._pose_losses(stage, stage_matches, padded, num_people, num_coords)
             losses.update({f"loss_{name}{suffix}": value for name, value in parts.items()})
         if "heatmap" in outputs:
-            losses["loss_hm"] = self._heatmap_loss(outputs["heatmap"], targets)
+            losses["loss_hm"] = self._heatmap_loss(outputs["heatmap"], pixels)
         losses["loss"] = sum(self.weights[key.split("_")[1]] * value for key, value in losses.items())
         return losses
 
-    def _normalised(self, target: dict, device: torch.device) -> dict:
-        """Target with keypoints in [0, 1] of the unpadded image, area divided by w * h, and the size
-        (h, w) in pixels, which OKS scales normalised coordinates back with."""
-        kpts = to_device(target["keypoints"], device).float()
-        if kpts.dim() != 3 or kpts.shape[1:] != (self.num_keypoints, 3):
-            raise ValueError(
-                f"targets['keypoints'] must be [G, {self.num_keypoints}, 3], got {tuple(kpts.shape)}"
-            )
-        size = to_device(target["size"], device).float()
-        h, w = size.unbind()
-        scale = torch.stack([w, h, torch.ones_like(w)])
-        out = {
-            "keypoints": kpts / scale,
-            "area": to_device(target["area"], device).float() / (w * h),
-            "size": size,
-        }
-        if "iscrowd" in target:
-            out["iscrowd"] = target["iscrowd"]
-        return out
-
     @staticmethod
-    def _counts(targets: list[dict], device: torch.device) -> tuple[Tensor, Tensor]:
+    def _counts(targets: PaddedTargets) -> tuple[Tensor, Tensor]:
         """Non-crowd people and their labelled coordinates, averaged over processes, at least 1.
 
-        Summed on the targets' device without reading values back to the host.
+        The people are counted on the host, the coordinates on the device (padding is unlabelled):
+        nothing is read back.
         """
-        counts = []
-        for t in targets:
-            labelled = (t["keypoints"][..., 2] > 0).float().sum(-1)  # [G] labelled keypoints per person
-            keep = (
-                torch.ones_like(labelled)
-                if "iscrowd" not in t
-                else to_device(t["iscrowd"] == 0, labelled.device).to(labelled)
-            )
-            counts.append(to_device(torch.stack([keep.sum(), 2.0 * (labelled * keep).sum()]), device))
-        counts = torch.stack(counts).sum(0)
+        labelled = (targets.keypoints[..., 2] > 0).sum().float()
+        counts = torch.stack([torch.full_like(labelled, float(sum(targets.counts))), 2.0 * labelled])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(counts)
             counts = counts / dist.get_world_size()
         counts = counts.clamp(min=1.0)
         return counts[0], counts[1]
 
-    def _pose_losses(self, stage: dict, matches, norm, num_people: Tensor, num_coords: Tensor) -> dict:
+    def _pose_losses(
+        self, stage: dict, matches: BatchMatch, targets: PaddedTargets, num_people: Tensor, num_coords: Tensor
+    ) -> dict:
         logits, keypoints = stage["logits"], stage["keypoints"]
-        batch = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(matches)]).to(logits.device)
-        query = torch.cat([q for q, _ in matches]).to(logits.device)
+        batch, query, column = (to_device(index, logits.device) for index in matches)
         # scatter_ of a Python number: indexed assignment would copy the 1.0 to the GPU, blocking
         labels = torch.zeros_like(logits, dtype=torch.float32)
         labels.view(-1).scatter_(0, batch * logits.shape[1] + query, 1.0)
         loss_cls = sigmoid_focal_loss(logits, labels, self.focal_alpha, self.focal_gamma).sum() / num_people
 
-        gt = torch.cat(
-            [t["keypoints"][i.to(t["keypoints"].device)] for t, (_, i) in zip(norm, matches, strict=True)]
-        )
-        area = torch.cat([t["area"][i.to(t["area"].device)] for t, (_, i) in zip(norm, matches, strict=True)])
-        image_size = torch.cat(
-            [t["size"].flip(0).expand(len(i), 2) for t, (_, i) in zip(norm, matches, strict=True)]
-        )
+        gt, area = targets.keypoints[batch, column], targets.area[batch, column]  # [n, K, 3], [n]
         pred = keypoints[batch, query].float()  # [n, K, 2]
         labelled = (gt[..., 2:] > 0).float()
         loss_kpt = ((pred - gt[..., :2]).abs() * labelled).sum() / num_coords
         usable = (labelled.sum((1, 2)) > 0) & (area > 0)  # OKS of people without keypoints is undefined
-        oks = oks_loss(pred, gt, area, self.sigmas.to(pred.device), self.oks_mode, image_size=image_size)
+        oks = oks_loss(
+            pred, gt, area, self.sigmas.to(pred.device), self.oks_mode, image_size=targets.size[batch]
+        )
         loss_oks = torch.where(usable, oks, 0.0).sum() / num_people
         return {"cls": loss_cls, "kpt": loss_kpt, "oks": loss_oks}
 
-    def _heatmap_loss(self, heatmap: Tensor, targets: list[dict]) -> Tensor:
+    def _heatmap_loss(self, heatmap: Tensor, targets: PaddedTargets) -> Tensor:
+        """targets in pixels; crowd regions (COCO labels them without keypoints) and padding are
+        unlabelled, so they add nothing."""
         _, _, height, width = heatmap.shape
         stride, sigma = self.heatmap_stride, self.heatmap_sigma
-        goals = [
-            gaussian_heatmap(to_device(t["keypoints"], heatmap.device).float(), height, width, stride, sigma)
-            for t in targets
-        ]
-        sizes = to_device(torch.stack([t["size"] for t in targets]), heatmap.device)
-        valid = valid_mask(sizes, stride, height, width) > 0
+        goals = [gaussian_heatmap(people, height, width, stride, sigma) for people in targets.keypoints]
+        valid = valid_mask(targets.size.flip(-1).long(), stride, height, width) > 0
         return heatmap_focal_loss(heatmap, torch.stack(goals), valid)

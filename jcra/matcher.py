@@ -4,13 +4,14 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
-from torch.nn.utils.rnn import pad_sequence
 
+from jcra.targets import PaddedTargets, pad_targets
 from kernels.dispatch import to_device
 from kernels.linear_assignment import linear_assignment
 from kernels.oks import pose_matching_cost
 
 Match = tuple[Tensor, Tensor]
+BatchMatch = tuple[Tensor, Tensor, Tensor]
 
 
 class HungarianMatcher:
@@ -51,12 +52,42 @@ class HungarianMatcher:
         the encoder proposals; 1 is allowed), keypoints in ``[0, 1]`` image-normalised coordinates.
         targets: B dicts with "keypoints" ``[G_b, K, 3]`` (x, y normalised to ``[0, 1]``, v), "area"
         ``[G_b]`` normalised by ``w * h``, "size" ``[2]`` (h, w) in pixels (the OKS term is taken in
-        pixels, as COCO scores it), optionally "iscrowd" ``[G_b]`` (crowd entries are never
-        matched; the flags are read on the host, free when they are CPU tensors as the data pipeline
-        gives them). Returns ``matches[s][b] = (query_index, target_index)``: int64 tensors of equal
-        length ``min(Q, people)`` on the solver's device (CPU for scipy), target_index indexing the
-        image's targets as given.
+        pixels, as COCO scores it), optionally "iscrowd" ``[G_b]`` (crowd entries are never matched):
+        see :func:`jcra.targets.pad_targets`. Returns ``matches[s][b] = (query_index, target_index)``:
+        int64 tensors of equal length ``min(Q, people)`` on the solver's device (CPU for scipy),
+        target_index indexing the image's targets as given.
         """
+        padded = pad_targets(targets, self.sigmas.shape[0], keypoints.device)
+        query, column = self._solve(logits, keypoints, padded)
+        s, b = logits.shape[:2]
+        kept = [idx if idx is None else to_device(idx, query.device) for idx in padded.kept]
+        # row n holds its pairs first: one split of the flat rows, not a Python slice per image
+        width = query.shape[1]
+        sizes = [size for count in padded.counts for size in (min(width, count), width - min(width, count))]
+        query, column = (t.reshape(-1).split(sizes * s)[::2] for t in (query, column))
+        pairs = [(q, c if idx is None else idx[c]) for q, c, idx in zip(query, column, kept * s, strict=True)]
+        return [pairs[stage * b : (stage + 1) * b] for stage in range(s)]
+
+    @torch.no_grad()
+    def match(self, logits: Tensor, keypoints: Tensor, targets: PaddedTargets) -> list[BatchMatch]:
+        """The matches of all images of each stage, in the form the losses gather them by.
+
+        logits and keypoints as in :meth:`__call__`; targets padded, coordinates normalised
+        (:meth:`jcra.targets.PaddedTargets.normalised`). Returns, per stage, ``(batch_index,
+        query_index, target_index)``: int64 ``[P]``, ``P = sum_b min(Q, counts[b])``, image 0's pairs
+        first, target_index a column of the padded targets (a position among the image's kept
+        people), on the solver's device (CPU for scipy).
+        """
+        query, column = self._solve(logits, keypoints, targets)
+        s, b = logits.shape[:2]
+        width = query.shape[1]
+        batch, position = _pair_positions(targets.counts, width, query.device)
+        query, column = (t.reshape(s, b * width)[:, position] for t in (query, column))
+        return [(batch, query[stage], column[stage]) for stage in range(s)]
+
+    def _solve(self, logits: Tensor, keypoints: Tensor, targets: PaddedTargets) -> tuple[Tensor, Tensor]:
+        """Check the inputs, build the cost of every stage and image at once and assign: query and
+        target indices ``[S * B, min(Q, G)]`` as :meth:`_assign` gives them."""
         if logits.dim() != 3:
             raise ValueError(f"logits must be [S, B, Q], got {tuple(logits.shape)}")
         s, b, q = logits.shape
@@ -65,38 +96,24 @@ class HungarianMatcher:
             raise ValueError(
                 f"keypoints must be [S={s}, B={b}, Q={q}, K={k}, 2], got {tuple(keypoints.shape)}"
             )
-        if len(targets) != b:
-            raise ValueError(f"targets must hold B={b} dicts, got {len(targets)}")
+        if len(targets.counts) != b:
+            raise ValueError(f"targets must hold B={b} images, got {len(targets.counts)}")
         device = keypoints.device
-        kept = [self._kept_targets(t, k) for t in targets]
-        gt_kpts, gt_areas = self._pad_targets(targets, kept, k, device)
-        image_size = self._image_sizes(targets, device)
         cost = pose_matching_cost(
             logits.reshape(s * b, q),
             keypoints.reshape(s * b, q, k, 2),
             # the same targets for every stage; a copy of [S * B, G, K, 3] is small next to the cost
-            gt_kpts.repeat(s, 1, 1, 1),
-            gt_areas.repeat(s, 1),
+            to_device(targets.keypoints, device).repeat(s, 1, 1, 1),
+            to_device(targets.area, device).repeat(s, 1),
             self._sigmas_on(device),
             w_class=self.w_class,
             w_kpt=self.w_kpt,
             w_oks=self.w_oks,
             alpha=self.alpha,
             gamma=self.gamma,
-            image_size=image_size.repeat(s, 1),
+            image_size=to_device(targets.size, device).repeat(s, 1),
         )
-        counts = [
-            len(t["keypoints"]) if idx is None else len(idx) for t, idx in zip(targets, kept, strict=True)
-        ]
-        matches = self._assign(cost, counts * s)
-        # crowd images: map positions among the kept targets back to the targets as given
-        solved_on = cost.device if self._on_device(cost) else torch.device("cpu")
-        kept = [idx if idx is None else to_device(idx, solved_on) for idx in kept]
-        per_stage = [matches[stage * b : (stage + 1) * b] for stage in range(s)]
-        return [
-            [(qi, ti if idx is None else idx[ti]) for idx, (qi, ti) in zip(kept, stage, strict=True)]
-            for stage in per_stage
-        ]
+        return self._assign(cost, targets.counts * s)
 
     def _sigmas_on(self, device: torch.device) -> Tensor:
         """The sigmas on ``device``, moved there once (a blocking copy per call would sync each step)."""
@@ -104,88 +121,40 @@ class HungarianMatcher:
             self.sigmas = self.sigmas.to(device)
         return self.sigmas
 
-    @staticmethod
-    def _kept_targets(target: dict, k: int) -> Tensor | None:
-        """Indices (int64, CPU) of the image's non-crowd targets, None when it has no crowd entry, after
-        checking the target's shapes."""
-        kpts, area = target["keypoints"], target["area"]
-        if kpts.dim() != 3 or kpts.shape[1:] != (k, 3):
-            raise ValueError(f"targets[...]['keypoints'] must be [G, K={k}, 3], got {tuple(kpts.shape)}")
-        g = kpts.shape[0]
-        if tuple(area.shape) != (g,):
-            raise ValueError(f"targets[...]['area'] must be [G={g}], got {tuple(area.shape)}")
-        if "iscrowd" not in target:
-            return None
-        crowd = target["iscrowd"].cpu().reshape(-1)
-        if crowd.shape[0] != g:
-            raise ValueError(f"targets[...]['iscrowd'] must be [G={g}], got {tuple(crowd.shape)}")
-        return None if not crowd.any() else torch.nonzero(crowd == 0).reshape(-1)
-
-    @staticmethod
-    def _image_sizes(targets: list[dict], device: torch.device) -> Tensor:
-        """``[B, 2]`` (w, h) in pixels from the targets' "size" (h, w), on ``device`` without a sync."""
-        sizes = []
-        for target in targets:
-            if "size" not in target:
-                raise ValueError("targets[...] must hold 'size' [2] (h, w) in pixels: OKS is taken in pixels")
-            size = target["size"]
-            if tuple(size.shape) != (2,):
-                raise ValueError(f"targets[...]['size'] must be [2] (h, w), got {tuple(size.shape)}")
-            sizes.append(size)
-        if not sizes:
-            return torch.zeros((0, 2), device=device)
-        if len({t.device for t in sizes}) > 1:
-            sizes = [t.to(device) for t in sizes]
-        return to_device(torch.stack(sizes).flip(-1).float(), device)
-
-    @staticmethod
-    def _pad_targets(
-        targets: list[dict], kept: list[Tensor | None], k: int, device: torch.device
-    ) -> tuple[Tensor, Tensor]:
-        """Kept targets padded to the batch's largest count: keypoints ``[B, G, K, 3]``, areas ``[B, G]``.
-
-        Padding has area 0 and no labelled keypoint; its columns are cut off before assignment. Padded
-        where the targets lie, then moved by one asynchronous copy each (the data pipeline's host
-        targets cost no host synchronisation; a per-image copy would cost one each).
-        """
-        kpts, areas = [], []
-        for target, idx in zip(targets, kept, strict=True):
-            kp, area = target["keypoints"].float(), target["area"].float()
-            if idx is not None:
-                kp, area = kp[to_device(idx, kp.device)], area[to_device(idx, area.device)]
-            kpts.append(kp)
-            areas.append(area)
-        if not kpts:
-            return torch.zeros((0, 0, k, 3), device=device), torch.zeros((0, 0), device=device)
-        if len({t.device for t in kpts + areas}) > 1:
-            kpts, areas = [t.to(device) for t in kpts], [t.to(device) for t in areas]
-        return (
-            to_device(pad_sequence(kpts, batch_first=True), device),
-            to_device(pad_sequence(areas, batch_first=True), device),
-        )
-
     def _on_device(self, cost: Tensor) -> bool:
         """Whether the Triton solver (on the cost's device) rather than scipy (on the host) solves."""
         return self.solver == "triton" or (self.solver == "auto" and cost.is_cuda)
 
-    def _assign(self, cost: Tensor, num_gt: list[int]) -> list[Match]:
-        """Optimal assignment per image from a padded cost ``[N, Q, G]`` (any device).
+    def _assign(self, cost: Tensor, num_gt: list[int]) -> tuple[Tensor, Tensor]:
+        """Optimal assignment per image of a padded cost ``[N, Q, G]`` (any device), image n using its
+        first ``num_gt[n]`` columns: query and target indices ``[N, min(Q, G)]``, row n holding its
+        ``min(Q, num_gt[n])`` pairs first and -1 after, on the solver's device.
 
-        Image n uses the first ``num_gt[n]`` columns. The Triton solver's pairs are sliced on the
-        device by the host-known counts ``min(Q, num_gt[n])``, so nothing is read back. It skips the
-        finiteness check (a sync): a non-finite cost comes from non-finite predictions, whose loss is
-        non-finite too and stops training.
+        The Triton solver skips the finiteness check (a sync): a non-finite cost comes from non-finite
+        predictions, whose loss is non-finite too and stops training.
         """
         if self._on_device(cost):
-            query, gt, _ = linear_assignment(cost, num_gt, check_finite=False)
-            # row n holds its pairs first: one split of the flat rows, not a Python slice per image
-            width = query.shape[1]
-            sizes = [size for g in num_gt for size in (min(width, g), width - min(width, g))]
-            return list(
-                zip(query.reshape(-1).split(sizes)[::2], gt.reshape(-1).split(sizes)[::2], strict=True)
-            )
+            query, column, _ = linear_assignment(cost, num_gt, check_finite=False)
+            return query, column
+        n, q, g = cost.shape
         cost_cpu = cost.cpu().numpy()
-        return [_solve(cost_cpu[n, :, :g]) for n, g in enumerate(num_gt)]
+        query = torch.full((n, min(q, g)), -1, dtype=torch.int64)
+        column = query.clone()
+        for image, count in enumerate(num_gt):
+            rows, cols = _solve(cost_cpu[image, :, :count])
+            query[image, : len(rows)], column[image, : len(cols)] = rows, cols
+        return query, column
+
+
+def _pair_positions(counts: list[int], width: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """For images with ``counts`` people whose ``min(width, count)`` pairs lead rows of ``width``:
+    each pair's image and its position in the flattened rows, int64 ``[P]`` each, on ``device`` by
+    one asynchronous copy (built on the host, which knows the counts: nothing is read back)."""
+    pairs = np.minimum(np.asarray(counts, dtype=np.int64), width)
+    batch = np.repeat(np.arange(len(pairs)), pairs)
+    first = np.repeat(np.cumsum(pairs) - pairs, pairs)  # index of each pair's image's first pair
+    position = batch * width + np.arange(len(batch)) - first
+    return to_device(torch.from_numpy(np.stack([batch, position])), device).unbind()
 
 
 def _solve(cost: np.ndarray) -> Match:

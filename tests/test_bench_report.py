@@ -222,13 +222,14 @@ def test_train_step_phases_add_up_to_the_step_and_are_drawn(tmp_path):
 
 
 def test_matcher_profile_prints_wall_time_and_top_ops(capsys):
-    """bench.profile_matcher on the benchmark's CPU-sized matcher: a wall median per G, then the
-    profiler's table, whose busiest op is the cost."""
+    """bench.profile_matcher on the benchmark's CPU-sized matcher: a wall median per provider and G,
+    then the profiler's table, whose busiest op is the cost."""
     from bench.profile_matcher import main as profile_matcher
 
     profile_matcher(["--gs", "1", "5", "--calls", "1", "--rows", "3"])
     out = capsys.readouterr().out
-    walls = [line for line in out.splitlines() if line.startswith("matcher S=7")]
-    assert [line.split(" G=")[1].split()[0] for line in walls] == ["1", "5"]
+    walls = [line for line in out.splitlines() if line.startswith("matcher (")]
+    runs = [(line.split("(")[1].split(")")[0], line.split(" G=")[1].split()[0]) for line in walls]
+    assert runs == [("padded", "1"), ("padded", "5"), ("batched", "1"), ("batched", "5")]
     assert all(float(line.split(": ")[1].split()[0]) > 0 for line in walls)
     assert "pose_matching_cost" in out

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from jcra.matcher import HungarianMatcher
+from jcra.targets import pad_targets
 from kernels.oks import COCO_SIGMAS, pose_matching_cost_reference
 
 K = 17
@@ -123,6 +124,28 @@ def test_triton_solver_matches_scipy_optimum_with_crowd_and_empty_images():
         assert not targets[b].get("iscrowd", torch.zeros(counts[b]))[tt].bool().any()
         cost = _image_cost(logits[stage, b], keypoints[stage, b], targets[b])
         assert cost[qt, tt].sum().item() == pytest.approx(cost[qs, ts].sum().item(), abs=1e-4)
+
+
+@pytest.mark.parametrize("solver", ["scipy", "triton"])
+def test_match_gives_the_per_image_matches_as_one_batch_per_stage(solver):
+    """match() on padded targets: per stage (batch, query, column) with image 0's pairs first, equal
+    to the per-image interface's pairs once columns are mapped back through the kept indices."""
+    gen = torch.Generator().manual_seed(8)
+    counts = [5, 0, 3, 12]
+    logits, keypoints = _predictions(3, len(counts), 9, gen)
+    targets = _targets(counts, gen, crowd_every=4)
+    matcher = HungarianMatcher(COCO_SIGMAS, **WEIGHTS, solver=solver)
+    padded = pad_targets(targets, K, torch.device("cpu"))
+    per_image = matcher(logits, keypoints, targets)
+    for stage, (batch, query, column) in enumerate(matcher.match(logits, keypoints, padded)):
+        pairs = [min(9, c) for c in padded.counts]
+        assert batch.tolist() == [b for b, n in enumerate(pairs) for _ in range(n)]
+        assert batch.dtype == query.dtype == column.dtype == torch.int64
+        for b, (qi, ti) in enumerate(per_image[stage]):
+            mine = batch == b
+            assert query[mine].tolist() == qi.tolist()
+            kept = padded.kept[b]
+            assert (column[mine] if kept is None else kept[column[mine]]).tolist() == ti.tolist()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

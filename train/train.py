@@ -227,15 +227,6 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     return [{"params": p, "lr": cfg.lr * mult[k], "name": k} for k, p in groups.items() if p]
 
 
-def move_targets(targets: list[dict], device: torch.device) -> list[dict]:
-    """Targets' tensors on ``device`` by asynchronous copies (the matcher reads ``iscrowd`` on the host,
-    so it stays there)."""
-    return [
-        {k: to_device(v, device) if torch.is_tensor(v) and k != "iscrowd" else v for k, v in t.items()}
-        for t in targets
-    ]
-
-
 RESUME_FIELDS = ("model", "model_overrides", "keypoint_layout", "train_ann", "train_images", "batch_size",
                  "grad_accum", "seed", "lr", "lr_backbone_mult", "lr_offsets_mult", "weight_decay",
                  "lr_drop_epochs", "lr_gamma")  # fmt: skip
@@ -508,7 +499,8 @@ def accumulate(model, criterion, batches, cfg: TrainConfig, device, scaler) -> d
         with context:
             with autocast(device, cfg.precision):
                 outputs = model(to_device(images, device), to_device(padding_mask, device))
-            losses = criterion(outputs, move_targets(targets, device))
+            # host targets: the criterion pads them and moves them in one copy
+            losses = criterion(outputs, targets)
             scaler.scale(losses["loss"] / cfg.grad_accum).backward()
         for k, v in losses.items():
             totals[k] = totals.get(k, 0.0) + v.detach().float() / cfg.grad_accum
