@@ -117,23 +117,18 @@ class SetCriterion(nn.Module):
             *outputs.get("aux_outputs", []),
             {"logits": outputs["logits"], "keypoints": outputs["keypoints"]},
         ]
-        stages = [(f"_d{i}", s) for i, s in enumerate(decoder[:-1])] + [("", decoder[-1])]
-        matches = self.matcher.match(
-            torch.stack([s["logits"] for _, s in stages]).detach().float(),
-            torch.stack([s["keypoints"] for _, s in stages]).detach().float(),
-            padded,
-        )
+        # stages that share a query count are matched and supervised as one batch
+        groups = [([f"_d{i}" for i in range(len(decoder) - 1)] + [""], decoder)]
         if "enc_outputs" in outputs:
-            enc = outputs["enc_outputs"]
-            stages.append(("_enc", enc))
-            matches += self.matcher.match(
-                enc["logits"][None].detach().float(), enc["keypoints"][None].detach().float(), padded
-            )
-
+            groups.append((["_enc"], [outputs["enc_outputs"]]))
         losses: dict[str, Tensor] = {}
-        for (suffix, stage), stage_matches in zip(stages, matches, strict=True):
-            parts = self._pose_losses(stage, stage_matches, padded, num_people, num_coords)
-            losses.update({f"loss_{name}{suffix}": value for name, value in parts.items()})
+        for suffixes, stages in groups:
+            logits = torch.stack([s["logits"] for s in stages])  # [S, B, Q]
+            keypoints = torch.stack([s["keypoints"] for s in stages])  # [S, B, Q, K, 2]
+            matches = self.matcher.match(logits.detach().float(), keypoints.detach().float(), padded)
+            parts = self._pose_losses(logits, keypoints, matches, padded, num_people, num_coords)
+            for stage, suffix in enumerate(suffixes):
+                losses.update({f"loss_{name}{suffix}": value[stage] for name, value in parts.items()})
         if "heatmap" in outputs:
             losses["loss_hm"] = self._heatmap_loss(outputs["heatmap"], pixels)
         losses["loss"] = sum(self.weights[key.split("_")[1]] * value for key, value in losses.items())
@@ -155,24 +150,39 @@ class SetCriterion(nn.Module):
         return counts[0], counts[1]
 
     def _pose_losses(
-        self, stage: dict, matches: BatchMatch, targets: PaddedTargets, num_people: Tensor, num_coords: Tensor
-    ) -> dict:
-        logits, keypoints = stage["logits"], stage["keypoints"]
-        batch, query, column = (to_device(index, logits.device) for index in matches)
+        self,
+        logits: Tensor,
+        keypoints: Tensor,
+        matches: BatchMatch,
+        targets: PaddedTargets,
+        num_people: Tensor,
+        num_coords: Tensor,
+    ) -> dict[str, Tensor]:
+        """Classification, keypoint L1 and OKS losses ``[S]`` of S stages at once: logits ``[S, B, Q]``,
+        keypoints ``[S, B, Q, K, 2]``, their matches and the normalised targets."""
+        s, b, q = logits.shape
+        batch, query, column = (to_device(index, logits.device) for index in matches)  # [P], [S, P], [S, P]
+        stage = torch.arange(s, device=logits.device)[:, None]
         # scatter_ of a Python number: indexed assignment would copy the 1.0 to the GPU, blocking
         labels = torch.zeros_like(logits, dtype=torch.float32)
-        labels.view(-1).scatter_(0, batch * logits.shape[1] + query, 1.0)
-        loss_cls = sigmoid_focal_loss(logits, labels, self.focal_alpha, self.focal_gamma).sum() / num_people
+        labels.view(-1).scatter_(0, ((stage * b + batch) * q + query).reshape(-1), 1.0)
+        focal = sigmoid_focal_loss(logits, labels, self.focal_alpha, self.focal_gamma)
+        loss_cls = focal.sum((1, 2)) / num_people
 
-        gt, area = targets.keypoints[batch, column], targets.area[batch, column]  # [n, K, 3], [n]
-        pred = keypoints[batch, query].float()  # [n, K, 2]
+        gt, area = targets.keypoints[batch, column], targets.area[batch, column]  # [S, P, K, 3], [S, P]
+        pred = keypoints[stage, batch, query].float()  # [S, P, K, 2]
         labelled = (gt[..., 2:] > 0).float()
-        loss_kpt = ((pred - gt[..., :2]).abs() * labelled).sum() / num_coords
-        usable = (labelled.sum((1, 2)) > 0) & (area > 0)  # OKS of people without keypoints is undefined
+        loss_kpt = ((pred - gt[..., :2]).abs() * labelled).sum((1, 2, 3)) / num_coords
+        usable = (labelled.sum((2, 3)) > 0) & (area > 0)  # OKS of people without keypoints is undefined
         oks = oks_loss(
-            pred, gt, area, self.sigmas.to(pred.device), self.oks_mode, image_size=targets.size[batch]
+            pred.flatten(0, 1),
+            gt.flatten(0, 1),
+            area.flatten(),
+            self.sigmas.to(pred.device),
+            self.oks_mode,
+            image_size=targets.size[batch].repeat(s, 1),
         )
-        loss_oks = torch.where(usable, oks, 0.0).sum() / num_people
+        loss_oks = torch.where(usable, oks.view(usable.shape), 0.0).sum(1) / num_people
         return {"cls": loss_cls, "kpt": loss_kpt, "oks": loss_oks}
 
     def _heatmap_loss(self, heatmap: Tensor, targets: PaddedTargets) -> Tensor:

@@ -12,6 +12,7 @@ from kernels.oks import pose_matching_cost
 
 Match = tuple[Tensor, Tensor]
 BatchMatch = tuple[Tensor, Tensor, Tensor]
+"""(batch_index ``[P]``, query_index ``[S, P]``, target_index ``[S, P]``): every stage's pairs at once."""
 
 
 class HungarianMatcher:
@@ -69,21 +70,21 @@ class HungarianMatcher:
         return [pairs[stage * b : (stage + 1) * b] for stage in range(s)]
 
     @torch.no_grad()
-    def match(self, logits: Tensor, keypoints: Tensor, targets: PaddedTargets) -> list[BatchMatch]:
-        """The matches of all images of each stage, in the form the losses gather them by.
+    def match(self, logits: Tensor, keypoints: Tensor, targets: PaddedTargets) -> BatchMatch:
+        """The matches of all stages and images, in the form the losses gather them by.
 
         logits and keypoints as in :meth:`__call__`; targets padded, coordinates normalised
-        (:meth:`jcra.targets.PaddedTargets.normalised`). Returns, per stage, ``(batch_index,
-        query_index, target_index)``: int64 ``[P]``, ``P = sum_b min(Q, counts[b])``, image 0's pairs
-        first, target_index a column of the padded targets (a position among the image's kept
-        people), on the solver's device (CPU for scipy).
+        (:meth:`jcra.targets.PaddedTargets.normalised`). Returns int64 ``batch_index [P]`` and
+        ``query_index``, ``target_index [S, P]``, ``P = sum_b min(Q, counts[b])`` pairs a stage (image
+        0's first, the same images in every stage), target_index a column of the padded targets (a
+        position among the image's kept people), on the solver's device (CPU for scipy).
         """
         query, column = self._solve(logits, keypoints, targets)
         s, b = logits.shape[:2]
         width = query.shape[1]
         batch, position = _pair_positions(targets.counts, width, query.device)
         query, column = (t.reshape(s, b * width)[:, position] for t in (query, column))
-        return [(batch, query[stage], column[stage]) for stage in range(s)]
+        return batch, query, column
 
     def _solve(self, logits: Tensor, keypoints: Tensor, targets: PaddedTargets) -> tuple[Tensor, Tensor]:
         """Check the inputs, build the cost of every stage and image at once and assign: query and

@@ -128,8 +128,8 @@ def test_triton_solver_matches_scipy_optimum_with_crowd_and_empty_images():
 
 @pytest.mark.parametrize("solver", ["scipy", "triton"])
 def test_match_gives_the_per_image_matches_as_one_batch_per_stage(solver):
-    """match() on padded targets: per stage (batch, query, column) with image 0's pairs first, equal
-    to the per-image interface's pairs once columns are mapped back through the kept indices."""
+    """match() on padded targets: (batch, query, column) with image 0's pairs first, each stage a row,
+    equal to the per-image interface's pairs once columns are mapped back through the kept indices."""
     gen = torch.Generator().manual_seed(8)
     counts = [5, 0, 3, 12]
     logits, keypoints = _predictions(3, len(counts), 9, gen)
@@ -137,15 +137,17 @@ def test_match_gives_the_per_image_matches_as_one_batch_per_stage(solver):
     matcher = HungarianMatcher(COCO_SIGMAS, **WEIGHTS, solver=solver)
     padded = pad_targets(targets, K, torch.device("cpu"))
     per_image = matcher(logits, keypoints, targets)
-    for stage, (batch, query, column) in enumerate(matcher.match(logits, keypoints, padded)):
-        pairs = [min(9, c) for c in padded.counts]
-        assert batch.tolist() == [b for b, n in enumerate(pairs) for _ in range(n)]
-        assert batch.dtype == query.dtype == column.dtype == torch.int64
-        for b, (qi, ti) in enumerate(per_image[stage]):
-            mine = batch == b
-            assert query[mine].tolist() == qi.tolist()
-            kept = padded.kept[b]
-            assert (column[mine] if kept is None else kept[column[mine]]).tolist() == ti.tolist()
+    batch, query, column = matcher.match(logits, keypoints, padded)
+    pairs = [min(9, c) for c in padded.counts]
+    assert batch.tolist() == [b for b, n in enumerate(pairs) for _ in range(n)]
+    assert query.shape == column.shape == (3, sum(pairs))
+    assert batch.dtype == query.dtype == column.dtype == torch.int64
+    for stage, b in itertools.product(range(3), range(len(counts))):
+        qi, ti = per_image[stage][b]
+        mine = batch == b
+        assert query[stage, mine].tolist() == qi.tolist()
+        kept = padded.kept[b]
+        assert (column[stage, mine] if kept is None else kept[column[stage, mine]]).tolist() == ti.tolist()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
