@@ -111,6 +111,32 @@ def test_crowd_and_empty_images():
     assert min(abs(float(c - losses["loss_cls"])) for c in candidates) < 1e-5
 
 
+def test_every_stage_is_supervised_as_if_alone():
+    """The decoder layers' losses are taken as one batch: each layer's parts equal the criterion run
+    on that layer alone, with crowd, empty and differently sized images."""
+    gen = torch.Generator().manual_seed(6)
+    targets = []
+    for g, (h, w) in zip([3, 0, 5], [(40, 50), (64, 48), (30, 90)], strict=True):
+        kpts = torch.rand(g, K, 3, generator=gen) * torch.tensor([w, h, 1.0])
+        kpts[..., 2] = torch.randint(0, 3, (g, K), generator=gen).float()
+        crowd = (torch.arange(g) == 1).long()
+        targets.append({"keypoints": kpts, "area": 50 + 500 * torch.rand(g, generator=gen),
+                        "size": torch.tensor([h, w]), "iscrowd": crowd})  # fmt: skip
+
+    def stage():
+        return {
+            "logits": torch.randn(3, 6, generator=gen),
+            "keypoints": torch.rand(3, 6, K, 2, generator=gen),
+        }
+
+    aux = [stage() for _ in range(3)]
+    losses = _criterion()({**stage(), "aux_outputs": aux}, targets)
+    for i, alone in enumerate(aux):
+        expected = _criterion()(alone, targets)
+        for part in ("cls", "kpt", "oks"):
+            torch.testing.assert_close(losses[f"loss_{part}_d{i}"], expected[f"loss_{part}"])
+
+
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="sigmas"):
         SetCriterion(14, COCO_SIGMAS, HungarianMatcher(COCO_SIGMAS))
