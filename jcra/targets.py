@@ -47,7 +47,10 @@ def pad_targets(targets: list[dict], num_keypoints: int, device: torch.device) -
     on the host, free when they are CPU tensors as the data pipeline gives them). The padded buffer is
     filled where the targets lie, then copied; from the host that copy does not synchronise.
     """
-    kept = [_kept(target, num_keypoints, b) for b, target in enumerate(targets)]
+    k = num_keypoints
+    if not targets:
+        return PaddedTargets(*_fields(torch.zeros(0, device=device), 0, 0, k), counts=[], kept=[])
+    kept = [_kept(target, k, b) for b, target in enumerate(targets)]
     people, areas = [], []
     for target, idx in zip(targets, kept, strict=True):
         kpts, area = target["keypoints"], target["area"]
@@ -58,21 +61,17 @@ def pad_targets(targets: list[dict], num_keypoints: int, device: torch.device) -
     sizes = [target["size"] for target in targets]
     if len({t.device for t in people + areas + sizes}) > 1:
         people, areas, sizes = ([to_device(t, device) for t in group] for group in (people, areas, sizes))
-    b, k = len(targets), num_keypoints
-    if b == 0:
-        people, areas, sizes = [torch.zeros(0, k, 3, device=device)], [torch.zeros(0, device=device)], []
     # padding: v = 0, area 0
-    fields = [pad_sequence(people, batch_first=True)[:b], pad_sequence(areas, batch_first=True)[:b]]
-    fields.append(torch.stack(sizes).flip(-1).float() if sizes else torch.zeros(0, 2, device=device))
+    fields = [pad_sequence(people, batch_first=True), pad_sequence(areas, batch_first=True)]
+    fields.append(torch.stack(sizes).flip(-1).float())
     source = fields[0].device
     # filled in pinned memory, which to_device then copies from without a staging copy
     pinned = source.type == "cpu" and device.type == "cuda"
-    buffer = torch.empty(
-        sum(f.numel() for f in fields), dtype=torch.float32, device=source, pin_memory=pinned
-    )
+    numel = sum(f.numel() for f in fields)
+    buffer = torch.empty(numel, dtype=torch.float32, device=source, pin_memory=pinned)
     torch.cat([f.reshape(-1) for f in fields], out=buffer)
-    g = fields[1].shape[1]
-    counts = [len(t) for t in areas[:b]]
+    b, g = fields[1].shape
+    counts = [len(area) for area in areas]
     return PaddedTargets(*_fields(to_device(buffer, device), b, g, k), counts=counts, kept=kept)
 
 
