@@ -15,7 +15,7 @@ import itertools
 import statistics
 import time
 
-from bench.profiling import print_profile
+from bench.profiling import keep_gpu_busy, print_profile
 from bench.test_bench_oks import DEVICE, STAGES, B, Q, _matcher_inputs, _sync, matcher_provider
 from kernels.oks import COCO_SIGMAS
 
@@ -23,6 +23,7 @@ from kernels.oks import COCO_SIGMAS
 def wall_ms(run, calls: int) -> float:
     """Median milliseconds of ``calls`` synchronised calls of ``run``, after two warm-up calls."""
     times = []
+    keep_gpu_busy()
     for i in range(calls + 2):
         start = time.perf_counter()
         run()

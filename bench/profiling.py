@@ -18,6 +18,21 @@ from bench.report import STAGE_GROUP
 CUDA = torch.cuda.is_available()
 
 
+def keep_gpu_busy(seconds: float = 0.05) -> None:
+    """Run bf16 matmuls on the GPU for ``seconds`` (nothing on a CPU), so a timing that follows
+    starts at full clocks. A GPU left idle, as it is while a host-bound provider (scipy per image)
+    runs, lowers its clocks, and a sub-millisecond suite, a few ms of work in all, could time the
+    climb back (Triton's ``do_bench`` warms up for 25 ms for the same reason)."""
+    if not CUDA:
+        return
+    a = torch.randn(2048, 2048, device="cuda", dtype=torch.bfloat16)
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(8):
+            a @ a
+        torch.cuda.synchronize()
+
+
 class Stamp:
     """A point on the device's timeline: a recorded CUDA event, or the host clock on a CPU."""
 
