@@ -45,21 +45,23 @@ def heatmap_focal_loss(logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
 
 
 def gaussian_heatmap(keypoints: Tensor, height: int, width: int, stride: int, sigma: float) -> Tensor:
-    """Target heatmap [K, height, width] of one image: per keypoint type, the max over people.
+    """Target heatmap ``[..., K, height, width]``: per image and keypoint type, the max over people.
 
-    keypoints [G, K, 3] (x, y, v) in input pixels; each labelled keypoint puts a Gaussian of std
-    ``sigma`` cells, peaking at exactly 1, on the cell that contains it (cell centres at
-    ``(i + 0.5) * stride``).
+    keypoints ``[..., G, K, 3]`` (x, y, v) in input pixels, any leading batch dims; each labelled
+    keypoint puts a Gaussian of std ``sigma`` cells, peaking at exactly 1, on the cell that contains
+    it (cell centres at ``(i + 0.5) * stride``).
     """
-    cells = (keypoints[..., :2] / stride).floor()  # [G, K, 2]
+    *batch, g, k, _ = keypoints.shape
+    if g == 0:
+        return keypoints.new_zeros(*batch, k, height, width)
+    cells = (keypoints[..., :2] / stride).floor()  # [..., G, K, 2]
     ys = torch.arange(height, device=keypoints.device, dtype=keypoints.dtype)
     xs = torch.arange(width, device=keypoints.device, dtype=keypoints.dtype)
-    gy = torch.exp(-(ys - cells[..., 1:]).square() / (2 * sigma**2))  # [G, K, H]
-    gx = torch.exp(-(xs - cells[..., :1]).square() / (2 * sigma**2))  # [G, K, W]
-    labelled = (keypoints[..., 2] > 0).to(keypoints.dtype)[..., None, None]
-    # one [G, K, H, W] temporary: about 20 MB for 20 people at 800 x 1333
-    heatmap = gy[..., :, None] * gx[..., None, :] * labelled
-    return heatmap.amax(0) if len(keypoints) else heatmap.new_zeros(keypoints.shape[1], height, width)
+    labelled = (keypoints[..., 2:] > 0).to(keypoints.dtype)  # [..., G, K, 1]
+    gy = torch.exp(-(ys - cells[..., 1:]).square() / (2 * sigma**2)) * labelled  # [..., G, K, H]
+    gx = torch.exp(-(xs - cells[..., :1]).square() / (2 * sigma**2))  # [..., G, K, W]
+    # one [..., G, K, H, W] temporary: about 20 MB an image for 20 people at 800 x 1333
+    return (gy[..., :, None] * gx[..., None, :]).amax(-4)
 
 
 class SetCriterion(nn.Module):
@@ -190,6 +192,6 @@ class SetCriterion(nn.Module):
         unlabelled, so they add nothing."""
         _, _, height, width = heatmap.shape
         stride, sigma = self.heatmap_stride, self.heatmap_sigma
-        goals = [gaussian_heatmap(people, height, width, stride, sigma) for people in targets.keypoints]
+        goals = gaussian_heatmap(targets.keypoints, height, width, stride, sigma)  # [B, K, H, W]
         valid = valid_mask(targets.size.flip(-1).long(), stride, height, width) > 0
-        return heatmap_focal_loss(heatmap, torch.stack(goals), valid)
+        return heatmap_focal_loss(heatmap, goals, valid)

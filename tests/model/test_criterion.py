@@ -39,6 +39,18 @@ def test_gaussian_heatmap_peaks_on_labelled_cells():
     assert (hm == 1).sum() == 3
 
 
+def test_gaussian_heatmap_of_a_padded_batch_equals_each_image_alone():
+    gen = torch.Generator().manual_seed(8)
+    people = torch.rand(2, 4, K, 3, generator=gen) * torch.tensor([70.0, 50.0, 1.0])
+    people[..., 2] = torch.randint(0, 3, (2, 4, K), generator=gen).float()
+    people[1, 2:] = 0  # the second image has two people, then padding
+    batch = gaussian_heatmap(people, 7, 9, stride=8, sigma=1.5)
+    assert batch.shape == (2, K, 7, 9)
+    torch.testing.assert_close(batch[0], gaussian_heatmap(people[0], 7, 9, stride=8, sigma=1.5))
+    torch.testing.assert_close(batch[1], gaussian_heatmap(people[1, :2], 7, 9, stride=8, sigma=1.5))
+    assert (gaussian_heatmap(people[:, :0], 7, 9, stride=8, sigma=1.5) == 0).all()
+
+
 def test_heatmap_focal_loss_matches_its_formula():
     gen = torch.Generator().manual_seed(1)
     logits = torch.randn(2, 3, 4, 5, generator=gen, dtype=torch.float64)
