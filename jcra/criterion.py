@@ -104,7 +104,9 @@ class SetCriterion(nn.Module):
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
         """outputs: the model's training output; targets: per image ``keypoints`` [G, K, 3] and ``area``
-        [G] in pixels of the unpadded input, ``size`` [2] (h, w), optionally ``iscrowd`` [G].
+        [G] in pixels of the unpadded input, ``size`` [2] (h, w), optionally ``iscrowd`` [G]. Host
+        targets, as the data pipeline gives them, cross to the device in one asynchronous copy
+        (:func:`jcra.targets.pad_targets`); ``iscrowd`` is read on the host.
 
         Returns ``loss`` (weighted total) and unweighted parts: ``loss_cls``, ``loss_kpt``, ``loss_oks``
         for the last layer, the same with suffix ``_d{i}`` for earlier layers and ``_enc`` for the
@@ -119,7 +121,8 @@ class SetCriterion(nn.Module):
             *outputs.get("aux_outputs", []),
             {"logits": outputs["logits"], "keypoints": outputs["keypoints"]},
         ]
-        # stages that share a query count are matched and supervised as one batch
+        # the decoder layers (Q queries each) are matched and supervised as one batch, the proposals
+        # (one a token) as another
         groups = [([f"_d{i}" for i in range(len(decoder) - 1)] + [""], decoder)]
         if "enc_outputs" in outputs:
             groups.append((["_enc"], [outputs["enc_outputs"]]))
@@ -164,6 +167,10 @@ class SetCriterion(nn.Module):
         keypoints ``[S, B, Q, K, 2]``, their matches and the normalised targets."""
         s, b, q = logits.shape
         batch, query, column = (to_device(index, logits.device) for index in matches)  # [P], [S, P], [S, P]
+        # -1: an image the solver left unmatched, its cost non-finite (non-finite predictions). Its
+        # stage's losses become NaN, which stops training, rather than train on wrapped-around indices.
+        failed = torch.where((query < 0).any(1), float("nan"), 0.0)  # [S]
+        query, column = query.clamp(min=0), column.clamp(min=0)
         stage = torch.arange(s, device=logits.device)[:, None]
         # scatter_ of a Python number: indexed assignment would copy the 1.0 to the GPU, blocking
         labels = torch.zeros_like(logits, dtype=torch.float32)
@@ -185,11 +192,12 @@ class SetCriterion(nn.Module):
             image_size=targets.size[batch].repeat(s, 1),
         )
         loss_oks = torch.where(usable, oks.view(usable.shape), 0.0).sum(1) / num_people
-        return {"cls": loss_cls, "kpt": loss_kpt, "oks": loss_oks}
+        return {"cls": loss_cls + failed, "kpt": loss_kpt + failed, "oks": loss_oks + failed}
 
     def _heatmap_loss(self, heatmap: Tensor, targets: PaddedTargets) -> Tensor:
-        """targets in pixels; crowd regions (COCO labels them without keypoints) and padding are
-        unlabelled, so they add nothing."""
+        """targets in pixels, crowd entries dropped like every other target's (before 536bc36 their
+        labelled keypoints were heatmap peaks; COCO labels crowd regions without keypoints, so COCO's
+        heatmap targets are the same)."""
         _, _, height, width = heatmap.shape
         stride, sigma = self.heatmap_stride, self.heatmap_sigma
         goals = gaussian_heatmap(targets.keypoints, height, width, stride, sigma)  # [B, K, H, W]

@@ -77,7 +77,9 @@ class HungarianMatcher:
         (:meth:`jcra.targets.PaddedTargets.normalised`). Returns int64 ``batch_index [P]`` and
         ``query_index``, ``target_index [S, P]``, ``P = sum_b min(Q, counts[b])`` pairs a stage (image
         0's first, the same images in every stage), target_index a column of the padded targets (a
-        position among the image's kept people), on the solver's device (CPU for scipy).
+        position among the image's kept people), on the solver's device (CPU for scipy). An image whose
+        cost holds NaN or inf (from non-finite predictions) has -1 at its pairs with the Triton solver
+        (finding out on the host would sync); scipy raises a ValueError.
         """
         query, column = self._solve(logits, keypoints, targets)
         s, b = logits.shape[:2]
@@ -131,8 +133,8 @@ class HungarianMatcher:
         first ``num_gt[n]`` columns: query and target indices ``[N, min(Q, G)]``, row n holding its
         ``min(Q, num_gt[n])`` pairs first and -1 after, on the solver's device.
 
-        The Triton solver skips the finiteness check (a sync): a non-finite cost comes from non-finite
-        predictions, whose loss is non-finite too and stops training.
+        The Triton solver skips the finiteness check (a sync): an image whose cost is not finite keeps
+        -1 at its pairs, which the criterion turns into a NaN loss that stops training.
         """
         if self._on_device(cost):
             query, column, _ = linear_assignment(cost, num_gt, check_finite=False)

@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import pad_sequence
 from kernels.dispatch import to_device
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PaddedTargets:
     """The non-crowd people of B images padded to the batch's largest count G.
 
@@ -39,7 +39,7 @@ class PaddedTargets:
         return replace(self, keypoints=self.keypoints / scale, area=self.area / (w * h)[:, None])
 
 
-def pad_targets(targets: list[dict], num_keypoints: int, device: torch.device) -> PaddedTargets:
+def pad_targets(targets: list[dict], num_keypoints: int, device: torch.device | str) -> PaddedTargets:
     """Pad the targets' non-crowd people and move them to ``device`` with one copy.
 
     targets: one dict per image with "keypoints" ``[G_b, K, 3]``, "area" ``[G_b]``, "size" ``[2]``
@@ -47,7 +47,7 @@ def pad_targets(targets: list[dict], num_keypoints: int, device: torch.device) -
     on the host, free when they are CPU tensors as the data pipeline gives them). The padded buffer is
     filled where the targets lie, then copied; from the host that copy does not synchronise.
     """
-    k = num_keypoints
+    k, device = num_keypoints, torch.device(device)
     if not targets:
         return PaddedTargets(*_fields(torch.zeros(0, device=device), 0, 0, k), counts=[], kept=[])
     kept = [_kept(target, k, b) for b, target in enumerate(targets)]

@@ -202,3 +202,27 @@ def test_overfits_one_image(tiny_model):
         history.append(loss.item())
     assert all(math.isfinite(v) for v in history), history
     assert np.mean(history[-5:]) < 0.5 * np.mean(history[:3]), history
+
+
+def test_non_finite_predictions_give_a_nan_loss_not_wrong_matches():
+    """The Triton solver (interpreted here) leaves an image with a non-finite cost unmatched (-1), as it
+    must not sync to say so: the stage's losses turn NaN, which stops training, instead of training on
+    wrapped-around indices or failing an index check. Other stages are unaffected."""
+    gen = torch.Generator().manual_seed(9)
+    targets = []
+    for g in (2, 3):
+        kpts = torch.rand(g, K, 3, generator=gen) * torch.tensor([60.0, 40.0, 1.0])
+        kpts[..., 2] = 2
+        targets.append({"keypoints": kpts, "area": torch.full((g,), 300.0), "size": torch.tensor([40, 60])})
+    criterion = SetCriterion(K, COCO_SIGMAS, HungarianMatcher(COCO_SIGMAS, solver="triton"))
+    for image in (0, 1):
+        aux = {"logits": torch.randn(2, 4, generator=gen), "keypoints": torch.rand(2, 4, K, 2, generator=gen)}
+        last = {
+            "logits": torch.randn(2, 4, generator=gen),
+            "keypoints": torch.rand(2, 4, K, 2, generator=gen),
+        }
+        last["keypoints"][image, 1, 5, 0] = float("nan")
+        losses = criterion({**last, "aux_outputs": [aux]}, targets)
+        assert all(losses[f"loss_{part}"].isnan() for part in ("cls", "kpt", "oks"))
+        assert all(losses[f"loss_{part}_d0"].isfinite() for part in ("cls", "kpt", "oks"))
+        assert losses["loss"].isnan()

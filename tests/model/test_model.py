@@ -173,7 +173,7 @@ def _cuda_model(gen: torch.Generator) -> JCRA:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_training_step_on_cuda_never_synchronises_with_the_host(monkeypatch):
-    """Forward, matching (Triton cost and solver), losses and backward with device targets, after a
+    """Forward, matching (Triton cost and solver), losses and backward with host targets, after a
     first step (level tables, autotuning): nothing waits for the GPU (sync debug mode raises on a wait),
     so the host runs ahead of the device for the whole step."""
     monkeypatch.setattr(
@@ -184,7 +184,9 @@ def test_training_step_on_cuda_never_synchronises_with_the_host(monkeypatch):
     criterion = SetCriterion(K, COCO_SIGMAS, HungarianMatcher(COCO_SIGMAS)).cuda()
     sizes = [(128, 160), (119, 147)]
     images, mask = (t.cuda() for t in pad_batch([torch.randn(3, h, w, generator=gen) for h, w in sizes]))
-    targets = [{k: v.cuda() for k, v in t.items()} for t in _targets(sizes, gen)]
+    # host targets with a crowd entry, as the data pipeline gives them to the criterion
+    targets = _targets(sizes, gen)
+    targets[0]["iscrowd"] = torch.tensor([0, 1, 0])
 
     def step() -> torch.Tensor:
         loss = criterion(model(images, mask), targets)["loss"]
