@@ -195,7 +195,7 @@ class SetCriterion(nn.Module):
         return {"cls": loss_cls + failed, "kpt": loss_kpt + failed, "oks": loss_oks + failed}
 
     def _heatmap_loss(self, heatmap: Tensor, targets: PaddedTargets) -> Tensor:
-        """targets in pixels, crowd entries dropped like every other target's (before 536bc36 their
+        """targets in pixels, crowd entries dropped like every other target's (before dd711e9 their
         labelled keypoints were heatmap peaks; COCO labels crowd regions without keypoints, so COCO's
         heatmap targets are the same)."""
         _, _, height, width = heatmap.shape
