@@ -97,7 +97,16 @@ def sections(out: Path) -> dict[str, tuple[list[str], int]]:
     return {
         "env": (["-c", ENV], 60),
         "tests": (
-            ["-m", "pytest", "-q", *xdist, "tests/kernels", "tests/test_matcher.py", *MODEL_CUDA_TESTS],
+            [
+                "-m",
+                "pytest",
+                "-q",
+                *xdist,
+                "tests/kernels",
+                "tests/test_matcher.py",
+                "tests/test_targets.py",
+                *MODEL_CUDA_TESTS,
+            ],
             120,
         ),
         "msda": (suite(msda, name="msda", select=MSDA_HEADLINE), 150),
