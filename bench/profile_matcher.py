@@ -16,7 +16,16 @@ import statistics
 import time
 
 from bench.profiling import keep_gpu_busy, print_profile
-from bench.test_bench_oks import DEVICE, STAGES, B, Q, _matcher_inputs, _sync, matcher_provider
+from bench.test_bench_oks import (
+    DEVICE,
+    MATCHER_PROVIDERS,
+    STAGES,
+    B,
+    Q,
+    _matcher_inputs,
+    _sync,
+    matcher_provider,
+)
 from kernels.oks import COCO_SIGMAS
 
 
@@ -40,9 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gs", type=int, nargs="+", default=[5, 20], help="people per image")
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--rows", type=int, default=15, help="ops listed per table")
-    parser.add_argument(
-        "--providers", nargs="+", default=["padded", "batched"], choices=["padded", "batched"]
-    )
+    batched = list(MATCHER_PROVIDERS[:2])  # per_image is scipy image by image: no device profile to read
+    parser.add_argument("--providers", nargs="+", default=batched, choices=batched)
     args = parser.parse_args(argv)
     for provider, g in itertools.product(args.providers, args.gs):
         matcher, inputs = matcher_provider(provider, COCO_SIGMAS.to(DEVICE)), _matcher_inputs(g)

@@ -140,6 +140,9 @@ def _matcher_per_image(logits, keypoints, targets, sigmas):
     return matches
 
 
+MATCHER_PROVIDERS = ("padded", "batched", "per_image")
+
+
 def matcher_provider(provider: str, sigmas: torch.Tensor):
     """A matcher provider as a function of (logits, keypoints, targets)."""
     matcher = HungarianMatcher(sigmas, **WEIGHTS)
@@ -153,7 +156,7 @@ def matcher_provider(provider: str, sigmas: torch.Tensor):
 
 
 @pytest.mark.parametrize("g", GS)
-@pytest.mark.parametrize("provider", ["padded", "batched", "per_image"])
+@pytest.mark.parametrize("provider", MATCHER_PROVIDERS)
 def test_bench_matcher(benchmark, provider, g):
     benchmark.group = f"matcher S={STAGES} B={B} Q={Q} G={g} K={K}"
     sigmas = COCO_SIGMAS.to(DEVICE, torch.float32)
