@@ -5,6 +5,9 @@ Every decoder layer and the encoder's proposals are matched and supervised (Defo
 auxiliary and two-stage losses); the heatmap loss is CornerNet's focal loss on Gaussian targets.
 """
 
+import functools
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -17,6 +20,8 @@ from jcra.targets import PaddedTargets, pad_targets
 from kernels.dispatch import to_device
 
 DEFAULT_WEIGHTS = {"cls": 2.0, "kpt": 70.0, "oks": 2.0, "hm": 4.0}
+HEATMAP_CHUNK_ELEMENTS = 1 << 24
+"""Largest temporary of :func:`gaussian_heatmap`, in elements (64 MB in fp32)."""
 
 
 def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
@@ -60,8 +65,15 @@ def gaussian_heatmap(keypoints: Tensor, height: int, width: int, stride: int, si
     labelled = (keypoints[..., 2:] > 0).to(keypoints.dtype)  # [..., G, K, 1]
     gy = torch.exp(-(ys - cells[..., 1:]).square() / (2 * sigma**2)) * labelled  # [..., G, K, H]
     gx = torch.exp(-(xs - cells[..., :1]).square() / (2 * sigma**2))  # [..., G, K, W]
-    # one [..., G, K, H, W] temporary: about 20 MB an image for 20 people at 800 x 1333
-    return (gy[..., :, None] * gx[..., None, :]).amax(-4)
+    # the max over people of [..., G, K, H, W] products, people taken in chunks so the temporary stays
+    # under HEATMAP_CHUNK_ELEMENTS however large the batch (8 images of 20 people at 800 x 1333 would
+    # take 180 MB at once; 2 images at that size are one chunk up to 29 people)
+    chunk = max(1, HEATMAP_CHUNK_ELEMENTS // max(1, k * height * width * math.prod(batch)))
+    parts = (
+        (y[..., :, None] * x[..., None, :]).amax(-4)
+        for y, x in zip(gy.split(chunk, -3), gx.split(chunk, -3), strict=True)
+    )
+    return functools.reduce(torch.maximum, parts)
 
 
 class SetCriterion(nn.Module):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from jcra import criterion
 from jcra.criterion import SetCriterion, gaussian_heatmap, heatmap_focal_loss, sigmoid_focal_loss
 from jcra.matcher import HungarianMatcher
 from jcra.oks_loss import oks_loss
@@ -49,6 +50,18 @@ def test_gaussian_heatmap_of_a_padded_batch_equals_each_image_alone():
     torch.testing.assert_close(batch[0], gaussian_heatmap(people[0], 7, 9, stride=8, sigma=1.5))
     torch.testing.assert_close(batch[1], gaussian_heatmap(people[1, :2], 7, 9, stride=8, sigma=1.5))
     assert (gaussian_heatmap(people[:, :0], 7, 9, stride=8, sigma=1.5) == 0).all()
+
+
+def test_gaussian_heatmap_taken_in_chunks_of_people_equals_all_at_once(monkeypatch):
+    gen = torch.Generator().manual_seed(9)
+    people = torch.rand(3, 7, K, 3, generator=gen) * torch.tensor([70.0, 50.0, 1.0])
+    people[..., 2] = torch.randint(0, 3, (3, 7, K), generator=gen).float()
+    whole = gaussian_heatmap(people, 7, 9, stride=8, sigma=1.5)
+    for people_a_chunk in (1, 2, 3, 6):  # one person, uneven chunks, the last chunk a single person
+        monkeypatch.setattr(criterion, "HEATMAP_CHUNK_ELEMENTS", people_a_chunk * 3 * K * 7 * 9)
+        assert torch.equal(gaussian_heatmap(people, 7, 9, stride=8, sigma=1.5), whole)
+    monkeypatch.setattr(criterion, "HEATMAP_CHUNK_ELEMENTS", 1)  # less than one person: still one a chunk
+    assert torch.equal(gaussian_heatmap(people, 7, 9, stride=8, sigma=1.5), whole)
 
 
 def test_heatmap_focal_loss_matches_its_formula():
