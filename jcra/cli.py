@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from jcra.data.images import read_rgb
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
@@ -42,17 +44,6 @@ def image_paths(inputs: list[str]) -> list[Path]:
     if not paths:
         raise ValueError(f"IMAGES: no images found in {inputs}")
     return paths
-
-
-def read_image(path: Path):
-    """The image at ``path`` decoded to RGB; OSError naming ``path`` if it cannot be read."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except OSError as err:
-        raise OSError(f"cannot read image {path}: {err}") from err
 
 
 def drawing_paths(paths: list[Path], out: Path) -> list[Path]:
@@ -106,7 +97,8 @@ def predict(
     top_k: int = 100,
 ) -> Path:
     """Run the model on each image; write ``out/results.json`` (COCO records, ``image_id`` the image's
-    index in the sorted list, ``file_name`` its path) and ``out/<image file name>.png`` (``photo.jpg.png``)
+    index in :func:`image_paths`' list: the arguments in order, a folder's images sorted by name;
+    ``file_name`` its path) and ``out/<image file name>.png`` (``photo.jpg.png``)
     with skeletons scoring at least ``score_threshold`` drawn. Every image is decoded before the model
     runs, so a bad file stops the command before any work. Returns the results path."""
     from jcra.data import build_transforms
@@ -121,7 +113,7 @@ def predict(
     out = Path(out)
     drawings = drawing_paths(paths, out)
     for path in paths:
-        read_image(path)
+        read_rgb(path)
     model, data_config = load_model(checkpoint, dev)
     layout = keypoint_layout(data_config["keypoint_layout"])
     transforms = build_transforms(
@@ -134,7 +126,7 @@ def predict(
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for index, (path, drawing) in enumerate(zip(paths, drawings, strict=True)):
-        image = read_image(path)
+        image = read_rgb(path)
         tensor, _ = transforms(image, unlabelled_target(image, len(layout.sigmas), index))
         with torch.no_grad():
             outputs = model(tensor[None].to(dev))

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from jcra.data.images import to_rgb
+
 # One colour per person, cycled; saturated and far apart in hue so neighbours stay distinguishable.
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75),
@@ -30,7 +32,7 @@ def _to_pil(image, name: str = "image") -> Image.Image:
     """A new RGB PIL image from a PIL image, a numpy [H, W, 3] uint8 array or a torch [3, H, W] uint8
     tensor; the input is never shared, so drawing cannot modify it."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB")  # convert copies even when the mode is already RGB
+        return to_rgb(image)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise TypeError(

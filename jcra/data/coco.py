@@ -1,7 +1,9 @@
 """COCO-format keypoint datasets (COCO 2017, CrowdPose, OCHuman) as a torch ``Dataset``.
 
 The annotation file and every listed image are checked when the dataset is built, so a missing file,
-a malformed annotation or an unreadable image stops a run before training starts, naming the file.
+a malformed annotation, or an image file that is missing or whose header cannot be read stops a run
+before training starts, naming the file. (Only headers are read then: a file damaged past its header
+stops the run when it is loaded, naming it.)
 """
 
 import json
@@ -15,12 +17,20 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from jcra.data.images import read_rgb
+
 PIXEL_CENTRE = 0.5
 """COCO keypoints are pixel indices: a label (x, y) marks the pixel whose centre lies at (x + 0.5,
 y + 0.5) in the continuous coordinates the transforms and the model use (column c spans [c, c + 1)).
 The dataset adds it to every labelled keypoint, :class:`jcra.postprocess.PostProcess` takes it off, as
 detectron2 does; without it a horizontal flip (x -> W - x) would move the labels one pixel off the
 mirrored person while unflipped images stay exact."""
+
+BOX_AREA_FRACTION = 0.53
+"""The area of a person whose annotation gives none (CrowdPose's), as a share of its box: the area
+crowdposetools (and xtcocotools with ``use_area=False``) take in OKS. The dataset's targets (the OKS
+loss and the matcher) and :func:`jcra.evaluation.evaluate_keypoints` both use it, so training works to
+the OKS tolerance it is scored with."""
 
 
 class CocoKeypoints(Dataset):
@@ -29,7 +39,8 @@ class CocoKeypoints(Dataset):
     Item: ``(image, target)``; without ``transforms`` the image is a uint8 tensor [3, H, W]. Target:
     ``keypoints`` [G, K, 3] float (x, y in continuous pixels: the file's labels plus
     :data:`PIXEL_CENTRE`; v: 0 unlabelled, 1 occluded, 2 visible), ``boxes``
-    [G, 4] xyxy pixels, ``area`` [G] pixels², ``iscrowd`` [G] (zeros), ``image_id`` int, ``orig_size``
+    [G, 4] xyxy pixels, ``area`` [G] pixels² (the annotation's, else :data:`BOX_AREA_FRACTION` of the
+    box), ``iscrowd`` [G] (zeros), ``image_id`` int, ``orig_size``
     and ``size`` [2] (h, w). Crowd regions and people without a labelled keypoint are never targets.
 
     ann_file: the annotation JSON; image_dir: folder of the images' ``file_name``s; transforms: a
@@ -58,11 +69,7 @@ class CocoKeypoints(Dataset):
 
     def __getitem__(self, index: int):
         image_id = self.ids[index]
-        path = self.image_path(image_id)
-        try:
-            image = Image.open(path).convert("RGB")
-        except (OSError, UnidentifiedImageError) as err:
-            raise OSError(f"cannot read image {path}: {err}") from err
+        image = read_rgb(self.image_path(image_id))
         keypoints, boxes, area = self.targets[image_id]
         size = torch.tensor([image.height, image.width])
         target = {
@@ -93,7 +100,7 @@ class CocoKeypoints(Dataset):
             k[k[:, 2] > 0, :2] += PIXEL_CENTRE
             kpts.append(k)
             boxes.append([x, y, x + w, y + h])
-            areas.append(ann.get("area") or w * h)
+            areas.append(ann.get("area") or BOX_AREA_FRACTION * w * h)
         return (
             np.stack(kpts) if kpts else np.zeros((0, self.num_keypoints, 3), np.float32),
             np.asarray(boxes, np.float32).reshape(-1, 4),
@@ -124,13 +131,19 @@ def read_json(path: Path, what: str):
 
 
 def read_annotations(ann_file: Path, image_keys=("id", "file_name")) -> dict:
-    """The parsed annotation JSON, with its structure checked: every image has ``image_keys``, no image
-    id twice (annotations would attach to the wrong image)."""
+    """The parsed annotation JSON, with its structure checked: lists of objects, every image with
+    ``image_keys``, no image id twice (annotations would attach to the wrong image)."""
     data = read_json(ann_file, "ann_file")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"ann_file: {ann_file} has no 'images' list (not a COCO annotation file)")
     if not isinstance(data.get("annotations"), list):
         raise ValueError(f"ann_file: {ann_file} has no 'annotations' list (not a COCO annotation file)")
+    for key in ("annotations", "categories"):
+        entries = data.get(key, [])
+        if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+            raise ValueError(
+                f"ann_file: {ann_file} has '{key}' that are not a list of objects: {entries!r:.200}"
+            )
     image_ids = set()
     for image in data["images"]:
         if not isinstance(image, dict) or any(key not in image for key in image_keys):

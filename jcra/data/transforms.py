@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from jcra.data.images import to_rgb
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PERSON_KEYS = ("keypoints", "boxes", "area", "iscrowd")
@@ -74,7 +76,7 @@ class ToTensor:
 
     def __call__(self, image, target):
         if not isinstance(image, Tensor):
-            image = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+            image = torch.from_numpy(np.asarray(to_rgb(image)).copy()).permute(2, 0, 1)
         return image.float(), target
 
 

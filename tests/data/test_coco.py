@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from jcra.data import CocoKeypoints
+from jcra.data.coco import BOX_AREA_FRACTION
 from tests.shared_data import shared_path
 
 COCO_MINI = ("coco-mini", "annotations/person_keypoints_train2017.json", "train2017")
@@ -117,6 +118,9 @@ def test_missing_annotation_file(tmp_path):
         ("[]", ValueError, "no 'images' list"),
         ('{"images": []}', ValueError, "no 'annotations' list"),
         ('{"images": [{"id": 1}], "annotations": []}', ValueError, "without 'id' or 'file_name'"),
+        ('{"images": [], "annotations": [5]}', ValueError, "'annotations' that are not a list of objects"),
+        ('{"images": [], "annotations": [], "categories": null}', ValueError, "'categories' that are not"),
+        ('{"images": [], "annotations": [], "categories": ["person"]}', ValueError, "'categories' that are"),
     ],
 )
 def test_malformed_annotation_file(tmp_path, breakage, error, message):
@@ -124,6 +128,27 @@ def test_malformed_annotation_file(tmp_path, breakage, error, message):
     with pytest.raises(error, match=message) as info:
         CocoKeypoints(path, tmp_path)
     assert str(path) in str(info.value)
+
+
+def test_a_person_without_area_gets_the_share_of_its_box_evaluation_takes(tiny):
+    """CrowdPose gives no area: training targets take the one its OKS is scored with, 0.53 of the box."""
+    tmp_path, data = tiny
+    del data["annotations"][0]["area"]
+    data["annotations"][0]["bbox"] = [2.0, 3.0, 10.0, 6.0]
+    _, target = CocoKeypoints(write(tmp_path, data), tmp_path)[0]
+    assert target["area"].tolist() == [pytest.approx(BOX_AREA_FRACTION * 10.0 * 6.0)]
+    assert BOX_AREA_FRACTION == 0.53
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped(tiny):
+    from PIL import Image
+
+    tmp_path, data = tiny
+    ramp = np.linspace(0, 65535, 20 * 10).round().astype(np.uint16).reshape(10, 20)
+    Image.fromarray(ramp).save(tmp_path / "a.png")
+    image, _ = CocoKeypoints(write(tmp_path, data), tmp_path)[0]
+    expected = torch.from_numpy((ramp / 257.0).round().astype(np.uint8))
+    assert torch.equal(image, expected.expand(3, -1, -1))
 
 
 def test_wrong_keypoint_length(tiny):

@@ -1,0 +1,27 @@
+"""Images as 8-bit RGB, whatever their file's mode, with errors that name the file."""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# PIL's modes of 16-bit grayscale ("I" is how some PNG decoders give it). convert("RGB") clips their
+# values at 255, which turns a 16-bit image almost entirely white: they are scaled instead.
+_WIDE_GRAY = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """A new 8-bit RGB image of ``image``: 16-bit grayscale scaled from 0..65535 to 0..255."""
+    if image.mode in _WIDE_GRAY:
+        values = np.asarray(image, dtype=np.float64) / 257.0
+        image = Image.fromarray(values.round().clip(0, 255).astype(np.uint8))
+    return image.convert("RGB")  # convert copies even when the mode is already RGB
+
+
+def read_rgb(path: Path) -> Image.Image:
+    """The image file at ``path`` decoded to 8-bit RGB; OSError naming ``path`` if it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            return to_rgb(image)
+    except (OSError, UnidentifiedImageError) as err:
+        raise OSError(f"cannot read image {path}: {err}") from err
