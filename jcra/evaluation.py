@@ -26,7 +26,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from jcra.data.coco import finite_numbers, keypoint_box, read_annotations, read_json
+from jcra.data.coco import BOX_AREA_FRACTION, finite_numbers, keypoint_box, read_annotations, read_json
 from jcra.data.coco import num_keypoints as count_keypoints
 from kernels.oks import COCO_SIGMAS, CROWDPOSE_SIGMAS
 
@@ -37,10 +37,6 @@ CROWD_LEVELS = ("AP_easy", "AP_medium", "AP_hard")
 """AP over CrowdPose's crowd-index subsets: < 0.1, 0.1 to 0.8 (both included), > 0.8."""
 
 _DEFAULT_SIGMAS = {17: COCO_SIGMAS, 14: CROWDPOSE_SIGMAS}
-
-# Area given to a ground truth without one (CrowdPose): the box's, shrunk to roughly the person's
-# share of it, as crowdposetools does in OKS.
-_BOX_AREA_FRACTION = 0.53
 
 
 def _load_ground_truth(ann_file: Path) -> tuple[dict, int]:
@@ -57,12 +53,13 @@ def _load_ground_truth(ann_file: Path) -> tuple[dict, int]:
         keypoints = np.asarray(ann["keypoints"], dtype=np.float64).reshape(num_keypoints, 3)
         labelled = keypoints[:, 2] > 0
         ann.setdefault("num_keypoints", int(labelled.sum()))
+        ann.setdefault("iscrowd", 0)  # COCOeval indexes it; the dataset reads a missing one as 0 too
         if not ann.get("bbox"):
             if not labelled.any():
                 continue
             ann["bbox"] = keypoint_box(keypoints)
         if "area" not in ann:
-            ann["area"] = _BOX_AREA_FRACTION * ann["bbox"][2] * ann["bbox"][3]
+            ann["area"] = BOX_AREA_FRACTION * ann["bbox"][2] * ann["bbox"][3]
         kept.append(ann)
     data["annotations"] = kept
     return data, num_keypoints

@@ -1,5 +1,7 @@
 """From model outputs to COCO keypoint result records: top-k by score, no NMS, no grouping."""
 
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -46,5 +48,12 @@ class PostProcess:
 
 
 def _plain(image_id):
-    """A Python int (COCO ids) from an int, a 0-d tensor or a numpy integer."""
-    return int(image_id.item()) if hasattr(image_id, "item") else int(image_id)
+    """The id as the annotation file has it: a Python int from an int, a 0-d tensor or a numpy integer;
+    a string unchanged (an int of "000785" would no longer name its image)."""
+    if isinstance(image_id, str):
+        return image_id
+    if hasattr(image_id, "item"):
+        image_id = image_id.item()
+    if not isinstance(image_id, numbers.Integral) or isinstance(image_id, bool):
+        raise ValueError(f"image_ids must be integers or strings, got {image_id!r}")
+    return int(image_id)

@@ -297,3 +297,14 @@ def test_missing_num_keypoints_and_bbox_are_filled(tmp_path):
     assert 0.0 < expected["AP"] < 1.0
     del unlabelled["bbox"]  # then it marks no place: left out, as no result falls on its image
     assert evaluate_keypoints(results, _write(tmp_path, "gt.json", gt)) == expected
+
+
+def test_missing_iscrowd_counts_as_not_crowd(tmp_path):
+    """The dataset reads a missing iscrowd as 0; evaluation must too (COCOeval indexes it)."""
+    gt = _tiny_gt(17, crowd_indices=[None, None, None])
+    assert not any(ann["iscrowd"] for ann in gt["annotations"])
+    results = _perfect_results(gt)
+    expected = evaluate_keypoints(results, _write(tmp_path, "full.json", gt))
+    for ann in gt["annotations"]:
+        del ann["iscrowd"]
+    assert evaluate_keypoints(results, _write(tmp_path, "gt.json", gt)) == expected

@@ -1,5 +1,6 @@
 """jcra.postprocess: top-k by score, keypoints in original pixels, COCO record layout."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -41,3 +42,15 @@ def test_bad_arguments_raise():
         PostProcess()(out, torch.tensor([[10, 10]]), [1, 2])
     with pytest.raises(ValueError, match="image_ids"):
         PostProcess()(out, torch.tensor([[10, 10], [5, 5]]), [1])
+    for bad in (1.5, True, None):
+        with pytest.raises(ValueError, match="image_ids must be integers or strings"):
+            PostProcess()(out, torch.tensor([[10, 10], [5, 5]]), [1, bad])
+
+
+def test_image_ids_keep_their_type():
+    """Ints (also as tensors or numpy) become Python ints; string ids stay as the file has them."""
+    out = {"logits": torch.zeros(4, 1), "keypoints": torch.rand(4, 1, 17, 2)}
+    ids = [torch.tensor(3), np.int64(4), "000785", "img_a"]
+    records = PostProcess()(out, torch.tensor([[10, 10]] * 4), ids)
+    assert [r["image_id"] for r in records] == [3, 4, "000785", "img_a"]
+    assert [type(r["image_id"]) for r in records[:2]] == [int, int]
