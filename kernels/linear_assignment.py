@@ -241,9 +241,35 @@ def _launch(cost: torch.Tensor, num_gt: torch.Tensor) -> tuple[torch.Tensor, tor
 def _linear_assignment_op(
     cost: torch.Tensor, num_gt: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if use_triton(cost) and _block(cost.shape[1], cost.shape[2]) <= _MAX_BLOCK:
+    b, q, g = cost.shape
+    if use_triton(cost) and _block(q, g) <= _MAX_BLOCK:
         return _launch(cost, num_gt)
+    if use_triton(cost) and g * g < q and _block(g * g, g) <= _MAX_BLOCK:
+        return _solve_tall(cost, num_gt)
     return linear_assignment_reference(cost, num_gt)
+
+
+def _solve_tall(cost: torch.Tensor, num_gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A problem with far more queries than ground truths (the encoder's proposals: one query per token,
+    22k at 800 x 1333), solved on G * G of its rows, on the device.
+
+    Some optimal assignment uses only rows among each column's G cheapest: were ground truth j on
+    another row, one of its G cheapest rows would be free (the other ground truths take at most G - 1
+    of them), and moving j there costs no more. So the rows holding each column's G cheapest, topped
+    up with other rows to exactly G * G, hold the optimum. An image whose used block is not finite is
+    poisoned with NaN on those rows, so the solver leaves it without pairs as it would the whole block.
+    """
+    b, q, g = cost.shape
+    cheapest = cost.topk(g, dim=1, largest=False).indices.flatten(1)  # [B, G * G]
+    candidate = torch.zeros(b, q, device=cost.device).scatter_(1, cheapest, 1.0)
+    rows = candidate.topk(g * g, dim=1).indices  # every candidate (at most G * G), then other rows
+    reduced = cost.gather(1, rows[..., None].expand(-1, -1, g))
+    used = torch.arange(g, device=cost.device) < num_gt[:, None]  # [B, G]
+    finite = (cost.isfinite() | ~used[:, None, :]).flatten(1).all(1)
+    reduced = torch.where(finite[:, None, None], reduced, torch.nan)
+    query_index, gt_index, valid = _launch(reduced, num_gt)
+    query_index = torch.where(valid, rows.gather(1, query_index.clamp(min=0)), -1)
+    return query_index, gt_index, valid
 
 
 @_linear_assignment_op.register_fake
@@ -291,7 +317,9 @@ def linear_assignment(
 
     CUDA tensors run the Triton solver (one program per image), CPU tensors scipy, or the Triton
     solver under ``TRITON_INTERPRET=1``. The solve itself never synchronises with the host. Problems
-    wider than 4096 (``max(Q, G)``) would spill the solver's registers and run scipy instead. The
+    wider than 4096 (``max(Q, G)``) would spill the solver's registers: with ``G * G <= 4096`` (the
+    encoder's 22k proposals for up to 64 people) the solver runs on the G * G rows that hold the
+    optimum, on the device; otherwise scipy runs on the host. The
     solver adds and subtracts costs in the cost's precision (scipy in fp64): fp32 costs must stay well
     inside fp32's range (below about 1e37 in magnitude; at 2.4e38 the sums overflow and the result is
     no longer optimal); pass fp64 for larger ones.

@@ -164,6 +164,33 @@ def test_wide_problems_fall_back_to_scipy(monkeypatch):
     _check(cost, num_gt, linear_assignment(cost, num_gt), atol=1e-5)
 
 
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize(("q", "g"), [(40, 3), (40, 4), (30, 1), (20, 0)])
+def test_tall_problems_solve_on_the_cheapest_rows(monkeypatch, q, g, ties):
+    """Past the solver's width with G * G rows within it (the encoder's proposals), the solver runs on
+    each column's G cheapest rows: still the optimum, without scipy."""
+    monkeypatch.setattr(la_module, "_MAX_BLOCK", 16)
+    monkeypatch.setattr(la_module, "linear_assignment_reference", None)  # would raise if called
+    cost, num_gt = _random_problem(5, q, g, seed=q + g, ties=ties)
+    _check(cost, num_gt, linear_assignment(cost, num_gt), atol=1e-5)
+
+
+def test_tall_problems_keep_non_finite_images_unsolved(monkeypatch):
+    """A NaN outside the cheapest rows still fails its image; NaN in padding columns still does not."""
+    monkeypatch.setattr(la_module, "_MAX_BLOCK", 16)
+    cost, _ = _random_problem(3, 40, 3, seed=21)
+    num_gt = torch.tensor([3, 2, 3])
+    cost[0, 7, 1] = float("nan")
+    cost[1, :, 2] = float("nan")  # padding of image 1
+    cost[2, 11, 2] = float("inf")
+    query_index, gt_index, valid = linear_assignment(cost, num_gt, check_finite=False)
+    for image in (0, 2):
+        assert not valid[image].any() and (query_index[image] == -1).all() and (gt_index[image] == -1).all()
+    _check(cost[1:2], num_gt[1:2], tuple(t[1:2] for t in (query_index, gt_index, valid)), atol=1e-5)
+    with pytest.raises(ValueError, match=r"image\(s\) \[0, 2\]"):
+        linear_assignment(cost, num_gt)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_random_shapes_sweep(seed):
     """Eight problems per seed of random Q <= 12, G <= 8, float or tied costs, fp32 or fp64."""
