@@ -56,10 +56,12 @@ class HungarianMatcher:
         pixels, as COCO scores it), optionally "iscrowd" ``[G_b]`` (crowd entries are never matched):
         see :func:`jcra.targets.pad_targets`. Returns ``matches[s][b] = (query_index, target_index)``:
         int64 tensors of equal length ``min(Q, people)`` on the solver's device (CPU for scipy),
-        target_index indexing the image's targets as given.
+        target_index indexing the image's targets as given. A cost holding NaN or inf (from non-finite
+        predictions) raises a ValueError naming its problems ``stage * B + image``, with either solver
+        (the Triton solver then reads one flag back: a host sync).
         """
         padded = pad_targets(targets, self.sigmas.shape[0], keypoints.device)
-        query, column = self._solve(logits, keypoints, padded)
+        query, column = self._solve(logits, keypoints, padded, check_finite=True)
         s, b = logits.shape[:2]
         kept = [idx if idx is None else to_device(idx, query.device) for idx in padded.kept]
         # row n holds its pairs first: one split of the flat rows, not a Python slice per image
@@ -81,14 +83,16 @@ class HungarianMatcher:
         cost holds NaN or inf (from non-finite predictions) has -1 at its pairs with the Triton solver
         (finding out on the host would sync); scipy raises a ValueError.
         """
-        query, column = self._solve(logits, keypoints, targets)
+        query, column = self._solve(logits, keypoints, targets, check_finite=False)
         s, b = logits.shape[:2]
         width = query.shape[1]
         batch, position = _pair_positions(targets.counts, width, query.device)
         query, column = (t.reshape(s, b * width)[:, position] for t in (query, column))
         return batch, query, column
 
-    def _solve(self, logits: Tensor, keypoints: Tensor, targets: PaddedTargets) -> tuple[Tensor, Tensor]:
+    def _solve(
+        self, logits: Tensor, keypoints: Tensor, targets: PaddedTargets, check_finite: bool
+    ) -> tuple[Tensor, Tensor]:
         """Check the inputs, build the cost of every stage and image at once and assign: query and
         target indices ``[S * B, min(Q, G)]`` as :meth:`_assign` gives them."""
         if logits.dim() != 3:
@@ -116,7 +120,7 @@ class HungarianMatcher:
             gamma=self.gamma,
             image_size=to_device(targets.size, device).repeat(s, 1),
         )
-        return self._assign(cost, targets.counts * s)
+        return self._assign(cost, targets.counts * s, check_finite)
 
     def _sigmas_on(self, device: torch.device) -> Tensor:
         """The sigmas on ``device``, moved there once (a blocking copy per call would sync each step)."""
@@ -128,23 +132,29 @@ class HungarianMatcher:
         """Whether the Triton solver (on the cost's device) rather than scipy (on the host) solves."""
         return self.solver == "triton" or (self.solver == "auto" and cost.is_cuda)
 
-    def _assign(self, cost: Tensor, num_gt: list[int]) -> tuple[Tensor, Tensor]:
+    def _assign(self, cost: Tensor, num_gt: list[int], check_finite: bool) -> tuple[Tensor, Tensor]:
         """Optimal assignment per image of a padded cost ``[N, Q, G]`` (any device), image n using its
         first ``num_gt[n]`` columns: query and target indices ``[N, min(Q, G)]``, row n holding its
         ``min(Q, num_gt[n])`` pairs first and -1 after, on the solver's device.
 
-        The Triton solver skips the finiteness check (a sync): an image whose cost is not finite keeps
-        -1 at its pairs, which the criterion turns into a NaN loss that stops training.
+        An image whose used cost holds NaN or inf raises a ValueError naming it, with scipy always
+        (it would accept inf) and with the Triton solver when ``check_finite``; without, the Triton
+        solver needs no sync and leaves -1 at that image's pairs, which the criterion turns into a NaN
+        loss that stops training.
         """
         if self._on_device(cost):
-            query, column, _ = linear_assignment(cost, num_gt, check_finite=False)
+            query, column, _ = linear_assignment(cost, num_gt, check_finite=check_finite)
             return query, column
         n, q, g = cost.shape
         cost_cpu = cost.cpu().numpy()
+        used = [cost_cpu[image, :, :count] for image, count in enumerate(num_gt)]
+        failed = [image for image, block in enumerate(used) if not np.isfinite(block).all()]
+        if failed:
+            raise ValueError(f"cost of image(s) {failed} holds NaN or inf in its first num_gt columns")
         query = torch.full((n, min(q, g)), -1, dtype=torch.int64)
         column = query.clone()
-        for image, count in enumerate(num_gt):
-            rows, cols = _solve(cost_cpu[image, :, :count])
+        for image, block in enumerate(used):
+            rows, cols = _solve(block)
             query[image, : len(rows)], column[image, : len(cols)] = rows, cols
         return query, column
 

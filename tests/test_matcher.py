@@ -188,9 +188,9 @@ def test_one_cost_padded_to_the_largest_image():
     seen = []
 
     class Recording(HungarianMatcher):
-        def _assign(self, cost, num_gt):
+        def _assign(self, cost, num_gt, check_finite):
             seen.append((tuple(cost.shape), list(num_gt)))
-            return super()._assign(cost, num_gt)
+            return super()._assign(cost, num_gt, check_finite)
 
     gen = torch.Generator().manual_seed(3)
     logits, keypoints = _predictions(7, 3, 8, gen)
@@ -247,3 +247,24 @@ def test_oks_cost_is_taken_in_pixels_on_a_landscape_image():
     matcher = HungarianMatcher(COCO_SIGMAS, w_class=0.0, w_kpt=0.0, w_oks=1.0)
     ((query, _),) = matcher(torch.zeros(1, 1, 2), keypoints, [target])[0]
     assert query.tolist() == [1]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("solver", ["scipy", "triton"])
+def test_non_finite_predictions_raise_naming_the_problem(solver, bad):
+    """Per image, either solver raises (scipy would take inf, the Triton solver would give -1 pairs);
+    the batched match() of training then gives scipy's error or the Triton solver's -1 pairs."""
+    gen = torch.Generator().manual_seed(11)
+    logits, keypoints = _predictions(2, 2, 6, gen)
+    targets = _targets([2, 3], gen)
+    keypoints[1, 0, 4, 3, 0] = bad  # stage 1, image 0: problem 1 * B + 0 = 2
+    matcher = HungarianMatcher(COCO_SIGMAS, solver=solver)
+    with pytest.raises(ValueError, match=r"image\(s\) \[2\]"):
+        matcher(logits, keypoints, targets)
+    padded = pad_targets(targets, 17, "cpu").normalised()
+    if solver == "scipy":
+        with pytest.raises(ValueError, match=r"image\(s\) \[2\]"):
+            matcher.match(logits, keypoints, padded)
+    else:
+        _, query, column = matcher.match(logits, keypoints, padded)
+        assert (query[1, :2] == -1).all() and (column[1, :2] == -1).all() and (query[0] >= 0).all()
