@@ -1,5 +1,7 @@
 """jcra.model: output contract, gradients, padding invariance, configs, torch.compile."""
 
+import importlib
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -321,3 +323,25 @@ def test_training_step_reads_no_tensor_value_on_the_host(tiny_model):
     with _HostReads() as reads:
         criterion(tiny_model(images, mask), targets)["loss"].backward()
     assert not reads.found
+
+
+def test_encoder_proposals_are_matched_on_the_device_past_the_solver_width(tiny_model, monkeypatch):
+    """The encoder's proposals are one query per token (22k at 800 x 1333, past the Triton solver's
+    4096 columns): they must still be matched by the solver, not by scipy after a blocking copy.
+    Scaled down: a solver 64 wide against the tiny model's 30 queries and ~270 tokens."""
+    assignment = importlib.import_module("kernels.linear_assignment")
+    monkeypatch.setattr(assignment, "_MAX_BLOCK", 64)
+
+    def host_fallback(cost, num_gt):
+        raise AssertionError(f"cost {tuple(cost.shape)} went to scipy on the host")
+
+    monkeypatch.setattr(assignment, "linear_assignment_reference", host_fallback)
+    gen = torch.Generator().manual_seed(10)
+    randomise_zero_init(tiny_model, gen)
+    criterion = SetCriterion(K, COCO_SIGMAS, HungarianMatcher(COCO_SIGMAS, solver="triton"))
+    sizes = [(96, 128), (81, 117)]
+    images, mask = pad_batch([torch.randn(3, h, w, generator=gen) for h, w in sizes])
+    outputs = tiny_model.train()(images, mask)
+    assert outputs["enc_outputs"]["logits"].shape[1] > 64 >= outputs["logits"].shape[1]
+    losses = criterion(outputs, _targets(sizes, gen))
+    assert all(torch.isfinite(value) for value in losses.values())
