@@ -33,6 +33,7 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide it from other users (an eval job)
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
@@ -47,6 +48,13 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+def _umask() -> int:
+    """The process's file-creation mask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def remove_partial_writes(path: str | Path) -> list[Path]:

@@ -5,6 +5,7 @@
 """
 
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -12,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -96,12 +98,30 @@ class TrainConfig:
                 _check_int(f"{name} entry", value, 1)
         if not self.train_scales:
             raise ValueError("train_scales must be a non-empty list of sizes >= 1, got []")
+        for name, largest in (("train_scales", max(self.train_scales)), ("val_scale", self.val_scale)):
+            if largest > self.max_size:
+                raise ValueError(f"{name} ({largest}) must not exceed max_size ({self.max_size})")
+        for name in ("model_overrides", "matcher_weights", "loss_weights"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}")
+        from jcra.criterion import DEFAULT_WEIGHTS
+        from jcra.matcher import HungarianMatcher
+
+        matcher_keys = [name for name in inspect.signature(HungarianMatcher).parameters if name != "sigmas"]
+        _check_keys("matcher_weights", self.matcher_weights, matcher_keys)
+        _check_keys("loss_weights", self.loss_weights, list(DEFAULT_WEIGHTS))
         for name in ("train_ann", "val_ann"):
             if not Path(getattr(self, name)).is_file():
                 raise ValueError(f"{name}: annotation file {getattr(self, name)!r} does not exist")
         for name in ("train_images", "val_images"):
             if not Path(getattr(self, name)).is_dir():
                 raise ValueError(f"{name}: image folder {getattr(self, name)!r} does not exist")
+
+
+def _check_keys(name: str, values: dict, known: list[str]) -> None:
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{name} has unknown keys {unknown}; known: {list(known)}")
 
 
 def _is_number(value) -> bool:
@@ -162,6 +182,10 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world == 1:
         return 0, 1
+    if device.type == "cuda":
+        # collectives (all_gather_object) and new CUDA state use the current device: cuda:0 on every
+        # rank unless set, and NCCL refuses two ranks on one GPU
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size()
@@ -227,12 +251,15 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     return [{"params": p, "lr": cfg.lr * mult[k], "name": k} for k, p in groups.items() if p]
 
 
-RESUME_FIELDS = ("model", "model_overrides", "keypoint_layout", "train_ann", "train_images", "batch_size",
-                 "grad_accum", "seed", "lr", "lr_backbone_mult", "lr_offsets_mult", "weight_decay",
-                 "lr_drop_epochs", "lr_gamma")  # fmt: skip
+RESUME_FIELDS = ("model", "model_overrides", "keypoint_layout", "train_ann", "train_images", "train_scales",
+                 "max_size", "rotation", "batch_size", "grad_accum", "seed", "lr", "lr_backbone_mult",
+                 "lr_offsets_mult", "weight_decay", "clip_grad", "lr_drop_epochs", "lr_gamma")  # fmt: skip
 """Settings a resumed run must share with its checkpoint: under others, the sampler's position and the
 restored parameters, optimizer and schedule would silently mean something else. (``epochs``,
-``max_steps``, evaluation, logging and workers may change.)"""
+``max_steps``, ``precision``, evaluation, logging and workers may change.)"""
+
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "step", "epoch", "batch_in_epoch")
+"""What a training checkpoint holds for a resume (:func:`train` writes more)."""
 
 
 def check_resumable(state: dict, cfg: TrainConfig, world: int, path: Path) -> None:
@@ -350,9 +377,11 @@ def train(cfg: TrainConfig) -> dict:
 
     Checkpoints ``<out_dir>/checkpoint.pt`` after each epoch, every ``checkpoint_every`` steps and at
     ``max_steps``. With ``resume`` (and the file present; otherwise it starts afresh) it continues from
-    that file at the same step: parameters, optimizer, scheduler, scaler, RNG and the sampler's epoch
-    and position are restored (bitwise on CPU with ``num_workers=0``). A non-finite loss raises
-    FloatingPointError before the update, leaving the last checkpoint as it was.
+    that file at the same step: parameters, optimizer, scheduler, scaler, RNG, the sampler's epoch
+    and position and the last evaluation are restored (bitwise on CPU with ``num_workers=0``); without
+    ``resume`` an out_dir that holds a checkpoint is refused rather than overwritten. The last model
+    is always evaluated. A non-finite loss, or gradient norm (but under fp16, whose scaler skips the
+    step), raises FloatingPointError before the update, leaving the last checkpoint as it was.
     """
     cfg.validate()
     device = resolve_device(cfg.device)
@@ -391,15 +420,24 @@ def train(cfg: TrainConfig) -> dict:
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=cfg.lr_gamma)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     step, epoch, batch_in_epoch = 0, 0, 0
+    metrics: dict = {}
+    metrics_step = None  # the step the metrics are of
+    if ckpt_path.is_file() and not cfg.resume:
+        raise ValueError(
+            f"out_dir: {out_dir} already holds a run ({ckpt_path}); pass train.resume=true to continue it, "
+            "or choose another out_dir (training afresh would overwrite its checkpoint and log)"
+        )
     if cfg.resume and ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path)
+        state = load_checkpoint(ckpt_path, keys=CHECKPOINT_KEYS)
         check_resumable(state, cfg, world, ckpt_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when written without fp16 (a disabled scaler), which may change
+            scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"][rank])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        metrics, metrics_step = state.get("metrics", {}), state.get("metrics_step")
 
     if cfg.compile:  # encoder and decoder, sizes symbolic: no recompile per random training scale
         model.compile_model(transformer_only=True, dynamic=True)
@@ -410,7 +448,6 @@ def train(cfg: TrainConfig) -> dict:
         )
     log = MetricsLog(out_dir, enabled=rank == 0, resume_step=step)
     total_steps = steps_per_epoch * cfg.epochs if cfg.max_steps is None else cfg.max_steps
-    metrics: dict = {}
 
     def checkpoint() -> None:
         rngs = gather_objects(rng_state(), world)
@@ -434,6 +471,7 @@ def train(cfg: TrainConfig) -> dict:
                     },
                     "train_config": dataclasses.asdict(cfg),
                     "metrics": metrics,
+                    "metrics_step": metrics_step,
                 },
             )
 
@@ -441,26 +479,22 @@ def train(cfg: TrainConfig) -> dict:
     model.train()
     while epoch < cfg.epochs and step < total_steps:
         sampler.set_epoch(epoch, start=batch_in_epoch * cfg.batch_size)
+        seed_workers(loader, cfg.seed, rank, epoch)
         batches = iter(loader)
         while batch_in_epoch + cfg.grad_accum <= steps_per_epoch * cfg.grad_accum and step < total_steps:
             tic = time.perf_counter()
             losses = accumulate(forward_model, criterion, batches, cfg, device, scaler)
             loss = reduce_mean(losses["loss"], world)
             if not math.isfinite(loss):
-                kept = (
-                    f"the last good checkpoint {ckpt_path} is intact"
-                    if ckpt_path.is_file()
-                    else "no checkpoint was written yet"
-                )
-                raise FloatingPointError(
-                    f"non-finite loss {loss} at step {step + 1} (epoch {epoch}); stopped before the update, "
-                    f"{kept}. Try a lower lr or precision=fp32."
-                )
+                raise non_finite("loss", loss, step + 1, epoch, ckpt_path)
             scaler.unscale_(optimizer)
             grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad))
+            if not math.isfinite(grad_norm) and not scaler.is_enabled():  # fp16's scaler skips the step
+                raise non_finite("gradient norm", grad_norm, step + 1, epoch, ckpt_path)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            lr = optimizer.param_groups[-1]["lr"]  # this step's: the scheduler now moves to the next
             scheduler.step()
             step += 1
             batch_in_epoch += cfg.grad_accum
@@ -470,19 +504,22 @@ def train(cfg: TrainConfig) -> dict:
             if step % cfg.log_every == 0 or step == total_steps:
                 values = {k: float(v) for k, v in losses.items() if not k.endswith(tuple("0123456789"))}
                 log.log(step, "train", {**values, "loss": loss, "grad_norm": grad_norm, "images_per_s": speed,
-                                        "lr": optimizer.param_groups[-1]["lr"], "epoch": epoch})  # fmt: skip
+                                        "lr": lr, "epoch": epoch})  # fmt: skip
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 checkpoint()
         if batch_in_epoch + cfg.grad_accum > steps_per_epoch * cfg.grad_accum:
             epoch, batch_in_epoch = epoch + 1, 0
             last = epoch == cfg.epochs or step >= total_steps
             if (cfg.eval_every and epoch % cfg.eval_every == 0) or last:
-                metrics = run_evaluation(model, val_loader, cfg, device, rank, world, out_dir)
+                metrics, metrics_step = (
+                    run_evaluation(model, val_loader, cfg, device, rank, world, out_dir),
+                    step,
+                )
                 log.log(step, "val", metrics)
         checkpoint()
     progress.close()
-    if not metrics:
-        metrics = run_evaluation(model, val_loader, cfg, device, rank, world, out_dir)
+    if metrics_step != step:  # the last model not evaluated yet (max_steps mid-epoch)
+        metrics, metrics_step = run_evaluation(model, val_loader, cfg, device, rank, world, out_dir), step
         log.log(step, "val", metrics)
         checkpoint()
     log.close()
@@ -505,6 +542,19 @@ def accumulate(model, criterion, batches, cfg: TrainConfig, device, scaler) -> d
         for k, v in losses.items():
             totals[k] = totals.get(k, 0.0) + v.detach().float() / cfg.grad_accum
     return totals
+
+
+def non_finite(what: str, value: float, step: int, epoch: int, ckpt_path: Path) -> FloatingPointError:
+    """The error that stops a run before an update with a non-finite loss or gradient."""
+    kept = (
+        f"the last good checkpoint {ckpt_path} is intact"
+        if ckpt_path.is_file()
+        else "no checkpoint was written yet"
+    )
+    return FloatingPointError(
+        f"non-finite {what} {value} at step {step} (epoch {epoch}); stopped before the update, {kept}. "
+        "Try a lower lr or precision=fp32."
+    )
 
 
 def run_evaluation(model, val_loader, cfg: TrainConfig, device, rank: int, world: int, out_dir: Path) -> dict:
@@ -540,6 +590,14 @@ def data_loader(dataset, cfg: TrainConfig, sampler=None) -> DataLoader:
         generator=generator,
         persistent_workers=False,
     )
+
+
+def seed_workers(loader: DataLoader, seed: int, rank: int, epoch: int) -> None:
+    """Seed the generator each iterator of ``loader`` draws its workers' seeds from, for this process
+    and epoch: processes augment differently, and an epoch's augmentations are the same whether or
+    not the run was resumed before it (with ``num_workers=0`` transforms draw from the restored global
+    RNG instead)."""
+    loader.generator.manual_seed(int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0]))
 
 
 def reduce_mean(value: torch.Tensor, world: int) -> float:

@@ -1,5 +1,6 @@
 """Training loop on CPU: a short run end to end, bitwise resume, DDP on gloo, NaN stop, bad input."""
 
+import dataclasses
 import json
 import os
 import socket
@@ -12,7 +13,7 @@ import torch.multiprocessing as mp
 
 from tests.train.conftest import IMAGE_SIZE, tiny_config
 from train.checkpoint import load_checkpoint, save_checkpoint
-from train.train import ResumableSampler, TrainConfig, config_from, train
+from train.train import ResumableSampler, TrainConfig, config_from, seed_workers, train
 
 
 def test_short_run_end_to_end(data, tmp_path):
@@ -51,6 +52,33 @@ def test_resume_after_interruption_is_bitwise(data, tmp_path):
 def test_gradient_accumulation_matches_larger_batch_step_count(data, tmp_path):
     result = train(tiny_config(data, tmp_path, batch_size=1, grad_accum=2, epochs=1))
     assert result["step"] == 3
+
+
+def test_nan_gradient_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch):
+    """A finite loss with a NaN gradient (fp32 or bf16: no scaler skips the step) would put NaN in
+    every weight and then in the checkpoint."""
+    import train.train as loop
+
+    build = loop.build_model_from
+    backwards = {"n": 0}
+
+    def poisoned(name, overrides):
+        model = build(name, overrides)
+        param = next(p for p in model.parameters() if p.requires_grad)
+
+        def hook(grad):
+            backwards["n"] += 1
+            return grad * float("nan") if backwards["n"] == 3 else grad
+
+        param.register_hook(hook)
+        return model
+
+    monkeypatch.setattr(loop, "build_model_from", poisoned)
+    with pytest.raises(FloatingPointError, match="non-finite gradient norm nan at step 3.*intact"):
+        train(tiny_config(data, tmp_path, checkpoint_every=1))
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch):
@@ -101,6 +129,11 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch):
         ({"lr_drop_epochs": 10}, "lr_drop_epochs"),
         ({"rotation": "30"}, "rotation"),
         ({"keypoint_layout": "crowdpose"}, "keypoint_layout"),  # 14 keypoints against COCO's 17
+        ({"model_overrides": None}, "model_overrides must be a mapping"),
+        ({"matcher_weights": {"w_cls": 1.0}}, r"matcher_weights has unknown keys \['w_cls'\]"),
+        ({"loss_weights": {"heatmap": 1.0}}, r"loss_weights has unknown keys \['heatmap'\]"),
+        ({"val_scale": 2 * IMAGE_SIZE}, r"val_scale \(128\) must not exceed max_size \(64\)"),
+        ({"train_scales": [32, 2 * IMAGE_SIZE]}, r"train_scales \(128\) must not exceed max_size"),
     ],
 )
 def test_bad_input_fails_before_training(data, tmp_path, change, message):
@@ -126,6 +159,9 @@ def test_training_set_without_labelled_people_is_named(data, tmp_path):
         ({"batch_size": 1}, "batch_size 2 -> 1"),
         ({"lr_drop_epochs": [1]}, "lr_drop_epochs"),
         ({"seed": 1}, "seed"),
+        ({"rotation": 10.0}, "rotation"),
+        ({"clip_grad": 1.0}, "clip_grad"),
+        ({"train_scales": [48]}, "train_scales"),
     ],
 )
 def test_resume_with_other_settings_is_refused(data, tmp_path, change, message):
@@ -134,6 +170,73 @@ def test_resume_with_other_settings_is_refused(data, tmp_path, change, message):
     with pytest.raises(ValueError, match=f"resume: .*{message}"):
         train(tiny_config(data, tmp_path, max_steps=4, resume=True, **change))
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
+
+
+def test_resume_may_change_precision(data, tmp_path):
+    """fp16's loss scaler starts afresh when the checkpoint was written without one."""
+    train(tiny_config(data, tmp_path, max_steps=2))
+    assert train(tiny_config(data, tmp_path, max_steps=3, resume=True, precision="fp16"))["step"] == 3
+
+
+def test_an_existing_run_is_not_overwritten_without_resume(data, tmp_path):
+    train(tiny_config(data, tmp_path, max_steps=1))
+    log = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match=r"out_dir: .* already holds a run .*train\.resume=true"):
+        train(tiny_config(data, tmp_path, max_steps=2))
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 1
+    assert (tmp_path / "metrics.jsonl").read_text() == log
+
+
+def test_a_foreign_checkpoint_is_named(data, tmp_path):
+    save_checkpoint(tmp_path / "checkpoint.pt", {"model": {}})
+    with pytest.raises(ValueError, match=r"checkpoint .*checkpoint\.pt: missing optimizer"):
+        train(tiny_config(data, tmp_path, max_steps=1, resume=True))
+
+
+def test_the_last_model_is_evaluated_and_its_metrics_survive_a_resume(data, tmp_path):
+    """max_steps mid-epoch after an epoch's evaluation still evaluates the final model; resuming the
+    finished run trains and evaluates nothing more and returns the same metrics."""
+    cfg = tiny_config(data, tmp_path, epochs=3, eval_every=1, max_steps=4)
+    result = train(cfg)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if line["kind"] == "val"] == [3, 4]
+    state = load_checkpoint(result["checkpoint"])
+    assert (state["step"], state["metrics_step"], state["metrics"]) == (4, 4, result["metrics"])
+    again = train(dataclasses.replace(cfg, resume=True))
+    assert (again["step"], again["metrics"]) == (4, result["metrics"])
+    assert (tmp_path / "metrics.jsonl").read_text().count('"val"') == 2
+
+
+def test_logged_lr_is_the_one_the_step_used(data, tmp_path):
+    """3 steps an epoch, the lr dropped after epoch 1: steps 1-3 at 1e-3, steps 4-6 at 1e-4."""
+    train(tiny_config(data, tmp_path, lr_drop_epochs=[1]))
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = [line["lr"] for line in lines if line["kind"] == "train"]
+    assert logged == pytest.approx([1e-3] * 3 + [1e-4] * 3)
+
+
+class _Draws(torch.utils.data.Dataset):
+    """Each item is a random number drawn in the worker, as the augmentations draw theirs."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return torch.rand(())
+
+
+def test_workers_augment_differently_per_process_and_epoch_and_resume_alike(data, tmp_path):
+    loader = torch.utils.data.DataLoader(
+        _Draws(), batch_size=4, num_workers=1, generator=torch.Generator(), multiprocessing_context="fork"
+    )
+
+    def draws(rank, epoch):
+        seed_workers(loader, 0, rank, epoch)
+        return next(iter(loader)).tolist()
+
+    first = {(rank, epoch): draws(rank, epoch) for rank in (0, 1) for epoch in (0, 1)}
+    assert len({tuple(v) for v in first.values()}) == 4  # every process and epoch its own stream
+    assert draws(1, 1) == first[1, 1]  # epoch 1 alike, whether or not epoch 0 ran in this process
 
 
 def test_resume_drops_the_metrics_logged_after_the_last_checkpoint(data, tmp_path):
@@ -177,6 +280,31 @@ def test_sampler_splits_and_resumes():
     assert list(samplers[0]) != orders[0]
     with pytest.raises(ValueError, match="rank"):
         ResumableSampler(7, rank=2, world_size=2)
+
+
+def test_checkpoints_are_as_readable_as_any_new_file(tmp_path):
+    """Not mkstemp's 0600: an evaluation job run by another user must read them."""
+    mask = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "checkpoint.pt", {"step": 1})
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "checkpoint.pt").stat().st_mode & 0o777 == 0o644
+
+
+def test_init_distributed_puts_each_process_on_its_own_gpu(monkeypatch):
+    """NCCL collectives run on the current device: every rank would be on cuda:0 unless it is set."""
+    import train.train as loop
+
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
+    monkeypatch.setattr(loop.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(loop.dist, "init_process_group", lambda backend: calls.append(("init", backend)))
+    monkeypatch.setattr(loop.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(loop.dist, "get_world_size", lambda: 2)
+    assert loop.init_distributed(torch.device("cuda", 1)) == (1, 2)
+    assert calls == [("set_device", torch.device("cuda", 1)), ("init", "nccl")]
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
