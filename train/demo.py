@@ -3,6 +3,8 @@
 Generates the synthetic people (once, under ``outputs/demo/data``), trains the demo configuration
 (``train/conf`` defaults: tiny model on CPU, about 13 minutes on 2 cores), evaluates COCO keypoint AP
 on the synthetic val split, draws predictions for a few val images, and prints where everything is.
+Run again, it continues its run in ``outputs/demo/run`` (finished, it only draws again); data paths
+given on the command line replace the synthetic ones.
 """
 
 import json
@@ -38,8 +40,10 @@ def run(overrides: list[str]) -> dict:
     paths = ensure_data(DATA_DIR, **SYNTHETIC)
     with initialize(version_base=None, config_path="conf"):
         cfg = config_from(compose("config", overrides=["experiment=demo", *overrides]).train)
+    given = {override.split("=")[0].lstrip("+~") for override in overrides}
     for key, value in paths.items():
-        setattr(cfg, key, value)
+        if f"train.{key}" not in given:  # the synthetic data, unless the command line names other
+            setattr(cfg, key, value)
     result = train(cfg)
     val_images = sorted(Path(cfg.val_images).iterdir())[:4]
     out_dir = Path(cfg.out_dir).resolve()

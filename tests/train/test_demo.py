@@ -28,3 +28,35 @@ def test_demo_runs_and_prints_outputs(tmp_path, monkeypatch, capsys):
     paths = json.loads((tmp_path / "data" / "paths.json").read_text())
     demo.ensure_data(tmp_path / "data")  # second call reuses the index instead of regenerating
     assert json.loads((tmp_path / "data" / "paths.json").read_text()) == paths
+
+
+def test_demo_again_continues_its_run(tmp_path, monkeypatch, capsys):
+    """A second `make demo` resumes the finished run (nothing more to train) rather than refusing it."""
+    pytest.importorskip("jcra.data.synthetic")
+    monkeypatch.setattr(demo, "DATA_DIR", tmp_path / "data")
+    monkeypatch.setattr(demo, "SYNTHETIC", dict(num_train=4, num_val=2, seed=0, image_size=IMAGE_SIZE))
+    sizes = [
+        f"train.train_scales=[{IMAGE_SIZE}]",
+        f"train.val_scale={IMAGE_SIZE}",
+        f"train.max_size={IMAGE_SIZE}",
+    ]
+    overrides = [f"train.out_dir={tmp_path / 'run'}", "train.device=cpu", "train.max_steps=1", *sizes]
+    first = demo.run(overrides)
+    again = demo.run(overrides)
+    assert again["step"] == first["step"] == 1 and again["metrics"] == first["metrics"]
+
+
+def test_data_paths_on_the_command_line_replace_the_synthetic_ones(tmp_path, monkeypatch):
+    import train.train as loop
+
+    monkeypatch.setattr(demo, "ensure_data", lambda data_dir, **synthetic: {"val_ann": "synthetic.json"})
+    seen = {}
+
+    def stop(cfg):
+        seen["val_ann"] = cfg.val_ann
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train", stop)
+    with pytest.raises(KeyboardInterrupt):
+        demo.run(["train.val_ann=mine.json"])
+    assert seen["val_ann"] == "mine.json"
