@@ -5,6 +5,7 @@
 """
 
 import dataclasses
+import datetime
 import inspect
 import json
 import math
@@ -23,6 +24,8 @@ from kernels.dispatch import to_device
 from train.checkpoint import load_checkpoint, remove_partial_writes, rng_state, save_checkpoint, set_rng_state
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+EVAL_TIMEOUT = datetime.timedelta(hours=1)
+"""How long processes wait for each other (collectives, rank 0's evaluation) before torch gives up."""
 
 
 @dataclass
@@ -187,7 +190,9 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
         # rank unless set, and NCCL refuses two ranks on one GPU
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # rank 0 evaluates the whole val split while the others wait at a barrier: a COCO evaluation of
+        # a large model can outlast the default 10 minutes
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=EVAL_TIMEOUT)
     return dist.get_rank(), dist.get_world_size()
 
 

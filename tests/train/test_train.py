@@ -300,7 +300,9 @@ def test_init_distributed_puts_each_process_on_its_own_gpu(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
     monkeypatch.setattr(loop.dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(loop.dist, "init_process_group", lambda backend: calls.append(("init", backend)))
+    monkeypatch.setattr(
+        loop.dist, "init_process_group", lambda backend, timeout: calls.append(("init", backend))
+    )
     monkeypatch.setattr(loop.dist, "get_rank", lambda: 1)
     monkeypatch.setattr(loop.dist, "get_world_size", lambda: 2)
     assert loop.init_distributed(torch.device("cuda", 1)) == (1, 2)
