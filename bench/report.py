@@ -335,7 +335,7 @@ def summary(groups: dict) -> dict:
         "matching_cost_speedup_vs_broadcast": _ratio(
             groups, r"pose_matching_cost .* G=20 .*", "reference", "triton"
         ),
-        "matcher_speedup_vs_scipy": _ratio(groups, r"linear_assignment .* G=20", "scipy", "triton"),
+        "matcher_speedup_vs_scipy": _ratio(groups, r"linear_assignment N=\d+ Q=\d+ G=20", "scipy", "triton"),
     }
 
 

@@ -10,6 +10,10 @@ whole batch, which these inputs have).
 Sizes follow the issue on CUDA: S * B = 7 * 8 problems (seven decoder stages, eight images) of
 Q = 300 queries by G in {5, 20, 100} people, fp32 costs uniform in [0, 1). Target on H100/H200: the
 Triton solver at least 20x scipy at G = 20. On CPU the sizes are small and scipy alone runs.
+
+The encoder's proposals are the seventh matching of a training step: one query per token, B = 8
+problems of 22223 queries (800 x 1333: 100x167 + 50x84 + 25x42 + 13x21 tokens) by G = 20, past the
+solver's 4096 columns, so it solves on each column's 20 cheapest rows (``test_bench_encoder_proposals``).
 Run: ``pytest bench/test_bench_linear_assignment.py``, then ``python -m bench.report``.
 """
 
@@ -27,6 +31,7 @@ CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 STAGES, B, Q = (7, 8, 300) if CUDA else (7, 2, 60)
 GS = (5, 20, 100) if CUDA else (5, 20)
+TOKENS = 22223 if CUDA else 2000
 
 
 def _sync():
@@ -34,11 +39,11 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def _inputs(g: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cost ``[S * B, Q, g]`` on DEVICE and num_gt ``[S * B]`` (all g, so the peer can run too)."""
+def _inputs(g: int, seed: int = 0, n: int = STAGES * B, q: int = Q) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cost ``[n, q, g]`` on DEVICE and num_gt ``[n]`` (all g, so the peer can run too)."""
     gen = torch.Generator().manual_seed(seed)
-    cost = torch.rand(STAGES * B, Q, g, generator=gen).to(DEVICE)
-    return cost, torch.full((STAGES * B,), g, dtype=torch.int64, device=DEVICE)
+    cost = torch.rand(n, q, g, generator=gen).to(DEVICE)
+    return cost, torch.full((n,), g, dtype=torch.int64, device=DEVICE)
 
 
 def _triton(cost, num_gt):
@@ -63,14 +68,23 @@ PROVIDERS = {"triton": _triton, "scipy": _scipy, "torch_linear_assignment": _pee
 @pytest.mark.parametrize("g", GS)
 @pytest.mark.parametrize("provider", list(PROVIDERS))
 def test_bench_linear_assignment(benchmark, provider, g):
+    _bench(benchmark, provider, *_inputs(g))
+
+
+@pytest.mark.parametrize("provider", ["triton", "scipy"])
+def test_bench_encoder_proposals(benchmark, provider):
+    _bench(benchmark, provider, *_inputs(20, n=B, q=TOKENS), name="linear_assignment encoder proposals")
+
+
+def _bench(benchmark, provider: str, cost, num_gt, name: str = "linear_assignment") -> None:
     if provider == "triton" and not CUDA:
         pytest.skip("Triton runs only as its interpreter without CUDA")
     if provider == "torch_linear_assignment":
         peer = pytest.importorskip("torch_linear_assignment")
         peer_version = getattr(peer, "__version__", "installed")
-    benchmark.group = f"linear_assignment N={STAGES * B} Q={Q} G={g}"
+    n, q, g = cost.shape
+    benchmark.group = f"{name} N={n} Q={q} G={g}"
     fn = PROVIDERS[provider]
-    cost, num_gt = _inputs(g)
 
     def target():
         out = fn(cost, num_gt)
@@ -79,7 +93,7 @@ def test_bench_linear_assignment(benchmark, provider, g):
 
     benchmark.extra_info.update(
         provider=provider,
-        shape={"problems": STAGES * B, "Q": Q, "G": g},
+        shape={"problems": n, "Q": q, "G": g},
         dtype=str(cost.dtype),
         device=torch.cuda.get_device_name() if CUDA else platform.processor() or "cpu",
         torch=torch.__version__,
@@ -92,10 +106,10 @@ def test_bench_linear_assignment(benchmark, provider, g):
 
 
 @pytest.mark.skipif(not CUDA, reason="checks the compiled solver at benchmark sizes")
-@pytest.mark.parametrize("g", GS)
-def test_triton_totals_equal_scipy_at_benchmark_sizes(g):
+@pytest.mark.parametrize(("g", "n", "q"), [*((g, STAGES * B, Q) for g in GS), (20, B, TOKENS)])
+def test_triton_totals_equal_scipy_at_benchmark_sizes(g, n, q):
     """What is timed is also right: the GPU solver's totals equal scipy's on the benchmark inputs."""
-    cost, num_gt = _inputs(g, seed=1)
+    cost, num_gt = _inputs(g, seed=1, n=n, q=q)
     query_index, gt_index, valid = _triton(cost, num_gt)
     assert bool(valid.all())
     rows = torch.arange(cost.shape[0], device=DEVICE)[:, None]
