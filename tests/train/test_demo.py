@@ -8,7 +8,8 @@ import train.demo as demo
 from tests.train.conftest import IMAGE_SIZE
 
 
-def test_demo_runs_and_prints_outputs(tmp_path, monkeypatch, capsys):
+def toy_demo(tmp_path, monkeypatch) -> list[str]:
+    """The demo at toy size (4 train, 2 val images of 64 pixels, one step): its overrides."""
     pytest.importorskip("jcra.data.synthetic")
     monkeypatch.setattr(demo, "DATA_DIR", tmp_path / "data")
     monkeypatch.setattr(demo, "SYNTHETIC", dict(num_train=4, num_val=2, seed=0, image_size=IMAGE_SIZE))
@@ -17,8 +18,12 @@ def test_demo_runs_and_prints_outputs(tmp_path, monkeypatch, capsys):
         f"train.val_scale={IMAGE_SIZE}",
         f"train.max_size={IMAGE_SIZE}",
     ]
+    return [f"train.out_dir={tmp_path / 'run'}", "train.device=cpu", "train.max_steps=1", *sizes]
+
+
+def test_demo_runs_and_prints_outputs(tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "run"
-    result = demo.run([f"train.out_dir={run_dir}", "train.device=cpu", "train.max_steps=1", *sizes])
+    result = demo.run(toy_demo(tmp_path, monkeypatch))
     assert result["step"] == 1 and "AP" in result["metrics"]
     out = capsys.readouterr().out
     for name in ("checkpoint.pt", "metrics.jsonl", "val_results.json", "drawings"):
@@ -30,17 +35,9 @@ def test_demo_runs_and_prints_outputs(tmp_path, monkeypatch, capsys):
     assert json.loads((tmp_path / "data" / "paths.json").read_text()) == paths
 
 
-def test_demo_again_continues_its_run(tmp_path, monkeypatch, capsys):
+def test_demo_again_continues_its_run(tmp_path, monkeypatch):
     """A second `make demo` resumes the finished run (nothing more to train) rather than refusing it."""
-    pytest.importorskip("jcra.data.synthetic")
-    monkeypatch.setattr(demo, "DATA_DIR", tmp_path / "data")
-    monkeypatch.setattr(demo, "SYNTHETIC", dict(num_train=4, num_val=2, seed=0, image_size=IMAGE_SIZE))
-    sizes = [
-        f"train.train_scales=[{IMAGE_SIZE}]",
-        f"train.val_scale={IMAGE_SIZE}",
-        f"train.max_size={IMAGE_SIZE}",
-    ]
-    overrides = [f"train.out_dir={tmp_path / 'run'}", "train.device=cpu", "train.max_steps=1", *sizes]
+    overrides = toy_demo(tmp_path, monkeypatch)
     first = demo.run(overrides)
     again = demo.run(overrides)
     assert again["step"] == first["step"] == 1 and again["metrics"] == first["metrics"]

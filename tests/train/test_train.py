@@ -54,57 +54,51 @@ def test_gradient_accumulation_matches_larger_batch_step_count(data, tmp_path):
     assert result["step"] == 3
 
 
-def test_nan_gradient_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch):
-    """A finite loss with a NaN gradient (fp32 or bf16: no scaler skips the step) would put NaN in
-    every weight and then in the checkpoint."""
+def _stops_at_step_3_keeping_step_2(data, tmp_path, monkeypatch, builder: str, poison, message: str):
+    """Train with ``train.train.<builder>``'s product passed through ``poison(product, at_third_call)``:
+    the run stops at step 3 with ``message`` and its checkpoint holds step 2's finite weights."""
     import train.train as loop
 
-    build = loop.build_model_from
-    backwards = {"n": 0}
+    build, calls = getattr(loop, builder), {"n": 0}
 
-    def poisoned(name, overrides):
-        model = build(name, overrides)
-        param = next(p for p in model.parameters() if p.requires_grad)
+    def third_call() -> bool:
+        calls["n"] += 1
+        return calls["n"] == 3
 
-        def hook(grad):
-            backwards["n"] += 1
-            return grad * float("nan") if backwards["n"] == 3 else grad
-
-        param.register_hook(hook)
-        return model
-
-    monkeypatch.setattr(loop, "build_model_from", poisoned)
-    with pytest.raises(FloatingPointError, match="non-finite gradient norm nan at step 3.*intact"):
+    monkeypatch.setattr(loop, builder, lambda *args: poison(build(*args), third_call))
+    with pytest.raises(FloatingPointError, match=message):
         train(tiny_config(data, tmp_path, checkpoint_every=1))
     state = load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["step"] == 2
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+def test_nan_gradient_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch):
+    """A finite loss with a NaN gradient (fp32 or bf16: no scaler skips the step) would put NaN in
+    every weight and then in the checkpoint."""
+
+    def poison(model, third_call):
+        param = next(p for p in model.parameters() if p.requires_grad)
+        param.register_hook(lambda grad: grad * float("nan") if third_call() else grad)
+        return model
+
+    message = "non-finite gradient norm nan at step 3.*intact"
+    _stops_at_step_3_keeping_step_2(data, tmp_path, monkeypatch, "build_model_from", poison, message)
+
+
 def test_nan_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch):
-    import train.train as loop
-
-    build = loop.build_criterion
-    calls = {"n": 0}
-
-    def poisoned(cfg, layout):
-        criterion = build(cfg, layout)
+    def poison(criterion, third_call):
         forward = criterion.forward
 
         def forward_nan(outputs, targets):
-            calls["n"] += 1
             losses = forward(outputs, targets)
-            return {**losses, "loss": losses["loss"] * float("nan")} if calls["n"] == 3 else losses
+            return {**losses, "loss": losses["loss"] * float("nan")} if third_call() else losses
 
         criterion.forward = forward_nan
         return criterion
 
-    monkeypatch.setattr(loop, "build_criterion", poisoned)
-    with pytest.raises(FloatingPointError, match="non-finite loss .* step 3.*intact"):
-        train(tiny_config(data, tmp_path, checkpoint_every=1))
-    state = load_checkpoint(tmp_path / "checkpoint.pt")
-    assert state["step"] == 2
-    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    message = "non-finite loss .* step 3.*intact"
+    _stops_at_step_3_keeping_step_2(data, tmp_path, monkeypatch, "build_criterion", poison, message)
 
 
 @pytest.mark.parametrize(
