@@ -5,14 +5,17 @@ image pixels, ``score`` (what :class:`jcra.postprocess.PostProcess` returns). Th
 the ground truth's K: COCO's for 17 keypoints, CrowdPose's for 14, the caller's otherwise.
 
 CrowdPose ground truth differs from COCO's in two ways handled here. Its annotations carry no
-``area``, so a missing one is taken as ``0.53 * w * h`` of the box, the area crowdposetools (and
-xtcocotools with ``use_area=False``) use in OKS; ``APM``/``APL`` then bin by that area too. Its images
+``area``, so a missing one is taken as ``0.53 * w * h`` of the box
+(:data:`jcra.data.coco.BOX_AREA_FRACTION`, which the training targets use too), the area
+crowdposetools (and xtcocotools with ``use_area=False``) use in OKS; ``APM``/``APL`` then bin by that
+area too. Its images
 carry a crowd index in [0, 1], by which CrowdPose reports AP on easy (< 0.1), medium (0.1 to 0.8) and
 hard (> 0.8) images; those three are added when the images have ``crowdIndex``.
 
-An annotation without ``num_keypoints`` gets its count of labelled (v > 0) keypoints, one without
-``bbox`` the box around its labelled keypoints (what :class:`jcra.data.CocoKeypoints` uses for it);
-one with neither a bbox nor a labelled keypoint marks no place, to score or to ignore, and is left out.
+An annotation without ``iscrowd`` is not a crowd (as the dataset reads it), one without
+``num_keypoints`` gets its count of labelled (v > 0) keypoints, one without ``bbox`` the box around
+its labelled keypoints (what :class:`jcra.data.CocoKeypoints` uses for it); one with neither a bbox
+nor a labelled keypoint marks no place, to score or to ignore, and is left out.
 """
 
 import contextlib
