@@ -9,6 +9,7 @@ stops the run when it is loaded, naming it.)
 import json
 import math
 import numbers
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from jcra.data.images import read_rgb
+from jcra.data.transforms import keep_inside
 
 PIXEL_CENTRE = 0.5
 """COCO keypoints are pixel indices: a label (x, y) marks the pixel whose centre lies at (x + 0.5,
@@ -41,7 +43,8 @@ class CocoKeypoints(Dataset):
     :data:`PIXEL_CENTRE`; v: 0 unlabelled, 1 occluded, 2 visible), ``boxes``
     [G, 4] xyxy pixels, ``area`` [G] pixels² (the annotation's, else :data:`BOX_AREA_FRACTION` of the
     box), ``iscrowd`` [G] (zeros), ``image_id`` int, ``orig_size``
-    and ``size`` [2] (h, w). Crowd regions and people without a labelled keypoint are never targets.
+    and ``size`` [2] (h, w). Crowd regions and people without a labelled keypoint are never targets;
+    labels outside the image are unlabelled (with a warning), as a crop would.
 
     ann_file: the annotation JSON; image_dir: folder of the images' ``file_name``s; transforms: a
     callable ``(PIL image, target) -> (tensor, target)`` (see :func:`jcra.data.build_transforms`);
@@ -51,6 +54,7 @@ class CocoKeypoints(Dataset):
 
     def __init__(self, ann_file, image_dir, transforms=None, *, skip_empty=False, check_images=True):
         self.ann_file, self.image_dir, self.transforms = Path(ann_file), Path(image_dir), transforms
+        self._warned_outside = False
         data = read_annotations(self.ann_file)
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image_dir: {self.image_dir} is not a folder")
@@ -81,9 +85,25 @@ class CocoKeypoints(Dataset):
             "orig_size": size,
             "size": size.clone(),
         }
+        target = self._inside(target, image_id)
         if self.transforms is None:
             return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1), target
         return self.transforms(image, target)
+
+    def _inside(self, target: dict, image_id) -> dict:
+        """The target with labels outside the image dropped, as a crop drops them (with one warning
+        per dataset: the annotation file is wrong there)."""
+        h, w = target["size"].tolist()
+        kept = keep_inside(target, h, w)
+        dropped = int((target["keypoints"][..., 2] > 0).sum() - (kept["keypoints"][..., 2] > 0).sum())
+        if dropped and not self._warned_outside:
+            self._warned_outside = True
+            warnings.warn(
+                f"{self.ann_file}: image {image_id} has {dropped} labelled keypoint(s) outside its {w} x {h} "
+                "pixels; they are treated as unlabelled (a person left without any is dropped)",
+                stacklevel=3,
+            )
+        return kept
 
     def image_path(self, image_id: int) -> Path:
         return self.image_dir / self.images[image_id]["file_name"]

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
+from jcra.data.coco import PIXEL_CENTRE
 from jcra.data.keypoint_layouts import COCO
 
 PEOPLE_WEIGHTS = np.array([24, 20, 15, 11, 8, 7, 5, 4, 3, 3], dtype=float)
@@ -214,10 +215,12 @@ def draw_figure(draw: ImageDraw.ImageDraw, j: np.ndarray, height: float, colours
 
 
 def label_keypoints(joints: np.ndarray, covered: np.ndarray, w: int, h: int) -> np.ndarray:
-    """COCO keypoints [17, 3]: outside the image -> (0, 0, 0); under a nearer person -> v=1; else v=2."""
+    """COCO keypoints [17, 3], rounded to 0.01 pixel as written: outside the image -> (0, 0, 0); under
+    a nearer person -> v=1; else v=2. Inside as the dataset reads a label (a pixel index, whose centre
+    lies :data:`~jcra.data.coco.PIXEL_CENTRE` further): within the last half pixel it is outside."""
     out = np.zeros((len(joints), 3))
-    for k, (x, y) in enumerate(joints):
-        if 0 <= x < w and 0 <= y < h:
+    for k, (x, y) in enumerate(np.round(joints, 2)):
+        if 0 <= x and x + PIXEL_CENTRE < w and 0 <= y and y + PIXEL_CENTRE < h:
             out[k] = (x, y, 1 if covered[int(y), int(x)] else 2)
     return out
 

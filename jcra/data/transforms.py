@@ -217,9 +217,6 @@ class RandomCrop:
         top, left = int(torch.randint(h - ch + 1, ())), int(torch.randint(w - cw + 1, ()))
         image = image[:, top : top + ch, left : left + cw]
         target = _move_keypoints(target, lambda xy: xy - torch.tensor([left, top], dtype=xy.dtype))
-        kpts = target["keypoints"]
-        inside = (kpts[..., 0] >= 0) & (kpts[..., 0] < cw) & (kpts[..., 1] >= 0) & (kpts[..., 1] < ch)
-        target["keypoints"] = kpts * inside[..., None]
         if "boxes" in target:
             boxes = target["boxes"]
             clipped = (boxes - torch.tensor([left, top, left, top])).clamp(min=0)
@@ -229,7 +226,7 @@ class RandomCrop:
             target["area"] = target["area"] * shrink
             target["boxes"] = clipped
         target["size"] = torch.tensor([ch, cw])
-        return image, _keep_people(target, (target["keypoints"][..., 2] > 0).any(-1))
+        return image, keep_inside(target, ch, cw)
 
     def _side(self, n: int) -> int:
         high = min(n, self.max_size)
@@ -272,6 +269,15 @@ def _move_keypoints(target: dict, move) -> dict:
     kpts[labelled, :2] = move(kpts[labelled, :2]).to(kpts.dtype)
     target["keypoints"] = kpts
     return target
+
+
+def keep_inside(target: dict, h: int, w: int) -> dict:
+    """``target`` with the keypoints outside an ``h`` x ``w`` image unlabelled, and the people left
+    without a labelled keypoint removed."""
+    kpts = target["keypoints"]
+    inside = (kpts[..., 0] >= 0) & (kpts[..., 0] < w) & (kpts[..., 1] >= 0) & (kpts[..., 1] < h)
+    target = {**target, "keypoints": kpts * inside[..., None]}
+    return _keep_people(target, (target["keypoints"][..., 2] > 0).any(-1))
 
 
 def _keep_people(target: dict, keep: Tensor) -> dict:

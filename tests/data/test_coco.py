@@ -140,6 +140,27 @@ def test_a_person_without_area_gets_the_share_of_its_box_evaluation_takes(tiny):
     assert BOX_AREA_FRACTION == 0.53
 
 
+def test_labels_outside_the_image_are_unlabelled_with_a_warning(tiny):
+    """A label off the 20 x 10 image would be a target the model cannot reach: it goes, as in a crop,
+    and a person left without any goes too."""
+    tmp_path, data = tiny
+    outside = np.zeros((17, 3))
+    outside[0] = (25, 5, 2)  # x past the 20 pixels
+    partly = np.zeros((17, 3))
+    partly[:2] = [(3, 4, 2), (5, -1, 1)]
+    for ann_id, keypoints in ((8, outside), (9, partly)):
+        data["annotations"].append(
+            {"id": ann_id, "image_id": 1, "keypoints": keypoints.ravel().tolist(), "area": 4.0}
+        )
+    dataset = CocoKeypoints(write(tmp_path, data), tmp_path)
+    with pytest.warns(
+        UserWarning, match=r"ann\.json: image 1 has 2 labelled keypoint\(s\) outside its 20 x 10"
+    ):
+        _, target = dataset[0]
+    assert target["keypoints"].shape == (2, 17, 3) and len(target["area"]) == len(target["boxes"]) == 2
+    assert target["keypoints"][1, :2].tolist() == [[3.5, 4.5, 2.0], [0.0, 0.0, 0.0]]
+
+
 def test_sixteen_bit_grayscale_is_scaled_not_clipped(tiny):
     from PIL import Image
 

@@ -1,6 +1,7 @@
 """The synthetic default dataset: deterministic, COCO-valid, plausible people, occlusion labels."""
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +50,13 @@ def test_annotations_are_valid_coco_people(synthetic):
 
 
 def test_loads_as_a_dataset(synthetic):
+    """Every label lies inside its image as the dataset reads it (no label is dropped, no warning)."""
     for split in ("train", "val"):
         dataset = CocoKeypoints(synthetic[f"{split}_ann"], synthetic[f"{split}_images"])
-        image, target = dataset[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            items = [dataset[i] for i in range(len(dataset))]
+        image, target = items[0]
         assert image.shape[0] == 3 and max(image.shape[1:]) == 128
         assert target["keypoints"].shape[1:] == (17, 3)
 
