@@ -199,7 +199,8 @@ class ResNet(nn.Module):
             # as ceil(h / 2), but written the conv's way so that symbolic sizes under torch.compile
             # are identical expressions, which Inductor needs to order strides)
             h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-        x = _masked(images, masks[1])
+        # where, not a product: NaN or inf in the padding must not reach the image (0 * NaN is NaN)
+        x = images if masks[1] is None else torch.where(masks[1] > 0, images, 0.0)
         x = _masked(self.relu(self.bn1(self.conv1(x), masks[2])), masks[2])
         x = _masked(self.maxpool(x), masks[4])
         outputs, stride = [], 4

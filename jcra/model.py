@@ -76,16 +76,27 @@ class JCRA(nn.Module):
         In training also ``aux_outputs`` (earlier decoder layers), ``enc_outputs`` (every token's
         proposal, padded tokens at logit -1e4) and ``heatmap`` [B, K, H/8, W/8] logits.
         """
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
+        if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
+            raise ValueError(f"images must be float [B, 3, H, W], got {images.dtype} {tuple(images.shape)}")
         B, _, H, W = images.shape
-        if padding_mask is not None and tuple(padding_mask.shape) != (B, H, W):
-            raise ValueError(f"padding_mask must be [B={B}, H={H}, W={W}], got {tuple(padding_mask.shape)}")
+        if padding_mask is not None and (
+            tuple(padding_mask.shape) != (B, H, W) or padding_mask.dtype != torch.bool
+        ):
+            raise ValueError(
+                f"padding_mask must be bool [B={B}, H={H}, W={W}], got {padding_mask.dtype} "
+                f"{tuple(padding_mask.shape)}"
+            )
         valid_hw = self._valid_sizes(images, padding_mask)
         detail, *feats = self.backbone(images, None if padding_mask is None else valid_hw)
         maps, masks, pos, valid = self.neck(feats, valid_hw)
 
         spatial_shapes = tuple((m.shape[-2], m.shape[-1]) for m in maps)
+        tokens = sum(h * w for h, w in spatial_shapes)
+        if tokens < self.num_queries:
+            raise ValueError(
+                f"images of {H} x {W} pixels give {tokens} tokens, fewer than num_queries="
+                f"{self.num_queries}: pad them to a larger size or build the model with fewer queries"
+            )
         src = torch.cat([m.flatten(2).transpose(1, 2) for m in maps], 1)  # [B, S, C]
         pos_flat = torch.cat([p.flatten(2).transpose(1, 2) for p in pos], 1)
         mask_flat = torch.cat([m.flatten(1) for m in masks], 1)  # [B, S]
@@ -115,19 +126,23 @@ class JCRA(nn.Module):
         """Every token proposes a pose around its centre; the best ``num_queries`` become the queries.
 
         Returns all tokens' logits [B, S] (padded ones at :data:`MASKED_LOGIT`) and keypoints
-        [B, S, K, 2] (None in eval mode, where only the selected proposals' keypoints are computed:
-        the keypoint head runs per token), and the selected queries' content [B, Q, C] and keypoints
-        [B, Q, K, 2].
+        [B, S, K, 2] (None in eval mode: training supervises them), and the selected queries' content
+        [B, Q, C] and keypoints [B, Q, K, 2] (the keypoint head runs per token, so on the selected ones).
+
+        An image with fewer valid tokens than queries (a small image padded in a batch) has padded
+        tokens among its selection: they start as blank queries (zero content, at the image's
+        centre), so that nothing of the padding, which depends on the batch, reaches the decoder.
         """
         enc_memory = self.enc_proj(memory)
         logits = self.enc_class(enc_memory).masked_fill(padding_mask, MASKED_LOGIT)
         top = logits.topk(self.num_queries, dim=1).indices  # [B, Q]
-        tgt = enc_memory.gather(1, top[..., None].expand(-1, -1, enc_memory.shape[-1]))
-        if not self.training:
-            centre = centres.gather(1, top[..., None].expand(-1, -1, centres.shape[-1]))
-            return logits, None, tgt, self.enc_keypoints(tgt, self._keypoint_start(centre))
-        keypoints = self.enc_keypoints(enc_memory, self._keypoint_start(centres))
-        init = keypoints.gather(1, top[..., None, None].expand(-1, -1, *keypoints.shape[2:]))
+        padded = padding_mask.gather(1, top)[..., None]  # [B, Q, 1]
+        tgt = enc_memory.gather(1, top[..., None].expand(-1, -1, enc_memory.shape[-1])).masked_fill(
+            padded, 0.0
+        )
+        centre = centres.gather(1, top[..., None].expand(-1, -1, centres.shape[-1])).masked_fill(padded, 0.5)
+        init = self.enc_keypoints(tgt, self._keypoint_start(centre))
+        keypoints = self.enc_keypoints(enc_memory, self._keypoint_start(centres)) if self.training else None
         return logits, keypoints, tgt, init
 
     def _keypoint_start(self, centres: torch.Tensor) -> torch.Tensor:

@@ -80,6 +80,44 @@ def test_padding_invariance(tiny_model):
             torch.testing.assert_close(together["keypoints"][b], alone["keypoints"][0], rtol=1e-4, atol=1e-5)
 
 
+def test_an_image_with_fewer_tokens_than_queries_does_not_depend_on_its_batch(tiny_model):
+    """A 32 x 32 image has 22 tokens for 30 queries: alone it is refused by name; padded in a batch,
+    the padded tokens it must take become blank queries, so its outputs do not depend on its partner."""
+    gen = torch.Generator().manual_seed(5)
+    randomise_zero_init(tiny_model, gen)
+    tiny_model.eval()
+    small = torch.randn(3, 32, 32, generator=gen)
+    with pytest.raises(ValueError, match="32 x 32 pixels give 22 tokens, fewer than num_queries=30"):
+        tiny_model(small[None])
+    outputs = []
+    with torch.no_grad():
+        for side in (64, 128):
+            batch, mask = pad_batch([small, torch.randn(3, side, side, generator=gen)])
+            outputs.append(tiny_model(batch, mask))
+    for key in ("logits", "keypoints"):
+        torch.testing.assert_close(outputs[0][key][0], outputs[1][key][0], rtol=1e-4, atol=1e-5)
+
+
+def test_padding_that_is_not_finite_does_not_reach_the_image(tiny_model):
+    gen = torch.Generator().manual_seed(6)
+    tiny_model.eval()
+    batch, mask = pad_batch([torch.randn(3, 64, 80, generator=gen), torch.randn(3, 128, 160, generator=gen)])
+    with torch.no_grad():
+        clean = tiny_model(batch, mask)
+        batch[0][:, mask[0]] = float("nan")
+        poisoned = tiny_model(batch, mask)
+    torch.testing.assert_close(poisoned["logits"], clean["logits"], rtol=0, atol=0)
+
+
+def test_bad_dtypes_are_named(tiny_model):
+    images = torch.zeros(1, 3, 64, 64)
+    with pytest.raises(ValueError, match="images must be float"):
+        tiny_model(images.to(torch.uint8))
+    for dtype in (torch.uint8, torch.int64, torch.float32):  # an integer mask would read as no padding
+        with pytest.raises(ValueError, match=f"padding_mask must be bool .*{dtype}"):
+            tiny_model(images, torch.zeros(1, 64, 64, dtype=dtype))
+
+
 def test_heatmap_of_a_padded_image_equals_the_image_alone(tiny_model):
     """The auxiliary heatmap head's 3x3 conv sees zeros beyond the image, whether the image is alone
     or padded in a batch (the encoder's outputs at padded tokens are not zero, and must not leak)."""
