@@ -62,4 +62,7 @@ def device_table(rows, dtype: torch.dtype, device: torch.device) -> torch.Tensor
 
 @functools.lru_cache(maxsize=256)
 def _cached_table(rows: tuple[tuple, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return to_device(torch.tensor(rows, dtype=dtype), device)
+    # a normal tensor even when first built under inference_mode: later training calls save it for
+    # backward, which an inference tensor refuses
+    with torch.inference_mode(False):
+        return to_device(torch.tensor(rows, dtype=dtype), device)

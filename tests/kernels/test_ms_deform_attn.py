@@ -26,13 +26,15 @@ DTYPES = [
     (torch.float16, 4e-3, 3e-3),
 ]
 
-# (N, Lq, M, D, shapes, P): one level, five levels, odd maps, P up to 17, D in {8, 16, 32, 64} and 24.
+# (N, Lq, M, D, shapes, P): one level, five levels, odd maps, P up to 17, D in {8, 16, 32, 64} and 24,
+# Lq past one block of queries.
 CASES = [
     (1, 5, 1, 8, ((7, 5),), 1),
     (2, 9, 2, 16, ((6, 9), (3, 5)), 3),
     (1, 7, 2, 32, ((5, 5), (4, 3), (2, 2)), 8),
     (2, 4, 1, 64, ((9, 7), (5, 4), (3, 2), (1, 1)), 17),
     (2, 6, 3, 24, ((8, 6), (4, 3), (2, 2), (1, 2), (1, 1)), 2),
+    (1, 300, 2, 8, ((9, 11), (4, 6)), 2),  # more queries than one program's block holds
 ]
 
 
@@ -63,11 +65,14 @@ def reference64(value, shapes, loc, attn):
 
 
 def assert_matches(got, want, atol, rtol, names=("output", "grad value", "grad locations", "grad weights")):
+    """Output and value and weight gradients (in the inputs' dtype) within ``atol``/``rtol``; the
+    location gradient, fp32 from exact products of the inputs whatever their dtype, within fp32's."""
     for name, g, w in zip(names, got, want, strict=True):
         assert not g.isnan().any(), f"{name} has NaN (unwritten elements?)"
         scale = max(w.abs().max().item(), 1.0)
+        a, r = DTYPES[0][1:] if name == "grad locations" else (atol, rtol)
         torch.testing.assert_close(
-            g.double(), w.double(), atol=atol * scale, rtol=rtol, msg=lambda m, name=name: f"{name}: {m}"
+            g.double(), w.double(), atol=a * scale, rtol=r, msg=lambda m, name=name: f"{name}: {m}"
         )
 
 
@@ -121,10 +126,10 @@ def test_launch_candidates_fit_the_register_budget(block_d, direction):
     """Every candidate config holds 4 to 16 (backward 8) tile elements a thread; very wide D gets the
     smallest tile rather than none."""
     fits = msda._candidates(block_d, direction)
-    assert fits
-    per_thread = [block_q * block_d // (32 * warps) for block_q, warps in fits]
     most = msda._MAX_PER_THREAD[direction]
-    assert all(4 <= n <= most for n in per_thread) or fits == [(4, 4)]
+    in_budget = [(q, w) for q, w in msda._CANDIDATES if 4 <= q * block_d // (32 * w) <= most]
+    assert fits == (in_budget or [(4, 4)])
+    assert fits != [(4, 4)] or block_d >= 256  # the fallback only where no config fits
 
 
 def test_noncontiguous_inputs_and_sum_backward():
@@ -133,9 +138,10 @@ def test_noncontiguous_inputs_and_sum_backward():
     value, loc, attn = make_inputs(N, Lq, M, D, shapes, P, torch.float32, seed=3)
     value_t = value.transpose(0, 1).contiguous().transpose(0, 1)  # same values, non-contiguous
     loc_t = torch.stack([loc, loc], dim=-1)[..., 0]  # same values, stride 2 in the last dim
-    assert not value_t.is_contiguous() and not loc_t.is_contiguous()
+    attn_t = attn.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not value_t.is_contiguous() and not loc_t.is_contiguous() and not attn_t.is_contiguous()
     one = torch.tensor(1.0, device=DEVICE)
-    got = run(lambda v, s, lc, a: fused(v, s, lc, a).sum(), value_t, shapes, loc_t, attn, one)
+    got = run(lambda v, s, lc, a: fused(v, s, lc, a).sum(), value_t, shapes, loc_t, attn_t, one)
     want = run(lambda v, s, lc, a: reference64(v, s, lc, a).sum(), value, shapes, loc, attn, one)
     assert_matches(got, want, 2e-5, 2e-5)
 
@@ -172,6 +178,38 @@ def test_deterministic_backward_is_bitwise_reproducible():
     second = run(lambda *a: fused(*a, deterministic=True), value, shapes, loc, attn, grad)
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
+
+
+def test_deterministic_backward_gathers_and_atomic_does_not(monkeypatch):
+    """Which value-gradient path ran (both give the same values, and the interpreter's atomics are
+    serial, so only this tells them apart on a CPU)."""
+    launches = []
+    kernel = msda._gather_grad_value_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(msda, "_gather_grad_value_kernel", Spy())
+    shapes = ((5, 4), (2, 3))
+    value, loc, attn = make_inputs(1, 6, 2, 8, shapes, 2, torch.float32, seed=4)
+    grad = torch.randn(1, 6, 16, device=DEVICE)
+    run(lambda *a: fused(*a, deterministic=False), value, shapes, loc, attn, grad)
+    assert launches == []
+    run(lambda *a: fused(*a, deterministic=True), value, shapes, loc, attn, grad)
+    assert launches == [(1 * 26 * 2,)]  # one program per value row (N * S * M)
+
+
+def test_training_after_a_first_call_under_inference_mode():
+    """The level table cached by the first call must not be an inference tensor, or every later
+    training call with those shapes fails to save it for backward."""
+    shapes = ((4, 7), (2, 5))  # shapes no other test uses, so this call fills the cache
+    value, loc, attn = make_inputs(1, 3, 1, 8, shapes, 2, torch.float32, seed=8)
+    with torch.inference_mode():
+        fused(value, shapes, loc, attn)
+    got = run(fused, value, shapes, loc, attn, torch.ones(1, 3, 8, device=DEVICE))
+    assert_matches(got, run(reference64, value, shapes, loc, attn, torch.ones(1, 3, 8).double()), 2e-5, 2e-5)
 
 
 def test_deterministic_follows_torch_switch(monkeypatch):
