@@ -268,6 +268,31 @@ def test_kernel_reads_strided_inputs():
     torch.testing.assert_close(got, want.expand(3, -1, -1), rtol=0, atol=0)
 
 
+def test_kernel_reads_every_input_by_its_strides():
+    """Every input a view with strides the contiguous layout does not have: keypoints and coordinates
+    of the ground truth, its areas, the sigmas, the logits and the image sizes."""
+    logits, pred, gt, area = _random_batch(2, 13, 5, 17, torch.float32, seed=6)
+    size = _image_size(2, True)
+    sigmas = _sigmas(17)
+
+    def spread(t: torch.Tensor, dim: int) -> torch.Tensor:
+        """The same values, every step along ``dim`` two elements apart in memory."""
+        return torch.stack([t, torch.full_like(t, float("nan"))], dim + 1).select(dim + 1, 0)
+
+    views = (
+        spread(logits, 1),
+        pred,
+        spread(spread(gt, 2), 3),
+        spread(area, 1),
+        spread(sigmas, 0),
+        spread(size, 1),
+    )
+    assert not any(v.is_contiguous() for v in views if v is not pred)
+    got = pose_matching_cost(*views[:5], **WEIGHTS, image_size=views[5])
+    want = pose_matching_cost(logits, pred, gt, area, sigmas, **WEIGHTS, image_size=size)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_cpu_path_without_triton_is_the_reference(monkeypatch):
     monkeypatch.setattr(oks, "use_triton", lambda tensor: False)
     logits, pred, gt, area = _random_batch(2, 9, 4, 17, torch.float32, seed=4)
