@@ -11,6 +11,7 @@ The smaller side of each image is the row side (the ground truths when ``num_gt 
 model; otherwise the queries), so every row is assigned and at most ``min(Q, num_gt)`` pairs exist.
 """
 
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -291,8 +292,12 @@ def _as_num_gt(num_gt: torch.Tensor | Sequence[int], b: int, g: int, device: tor
     if isinstance(num_gt, torch.Tensor):
         if num_gt.is_floating_point() or num_gt.is_complex() or num_gt.dtype == torch.bool:
             raise ValueError(f"num_gt must hold integers, got {num_gt.dtype}")
-    else:
+    elif isinstance(num_gt, Sequence) and all(
+        isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in num_gt
+    ):
         num_gt = torch.as_tensor(list(num_gt), dtype=torch.int64)
+    else:
+        raise ValueError(f"num_gt must be a [B] tensor or a list of integers, got {num_gt!r:.100}")
     if tuple(num_gt.shape) != (b,):
         raise ValueError(f"num_gt must be [B={b}], got {tuple(num_gt.shape)}")
     if num_gt.device.type == "cpu":

@@ -69,7 +69,11 @@ def ms_deform_attn_reference(
 def _as_shapes(spatial_shapes: Sequence[Sequence[int]] | torch.Tensor) -> Shapes:
     if isinstance(spatial_shapes, torch.Tensor):
         spatial_shapes = spatial_shapes.tolist()
-    return tuple((int(h), int(w)) for h, w in spatial_shapes)
+    shapes = tuple((h, w) for h, w in spatial_shapes)
+    # ints (symbolic ones under torch.compile too), never 2.5 silently truncated, nor True
+    if not all(isinstance(n, int | torch.SymInt) and not isinstance(n, bool) for hw in shapes for n in hw):
+        raise ValueError(f"sizes must be integers, got {shapes}")
+    return tuple((int(h), int(w)) for h, w in shapes)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -554,6 +558,8 @@ def ms_deform_attn(
     gradient atomic-free and bitwise reproducible, at the cost of a sort.
     """
     shapes = _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    if deterministic is not None and not isinstance(deterministic, bool):
+        raise ValueError(f"deterministic must be True, False or None, got {deterministic!r}")
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
     flat = [size for hw in shapes for size in hw]
@@ -581,7 +587,7 @@ def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, 
     if isinstance(spatial_shapes, torch.Tensor):
         if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
             raise ValueError(f"spatial_shapes must be [L, 2], got shape {tuple(spatial_shapes.shape)}")
-        if spatial_shapes.is_floating_point():
+        if spatial_shapes.is_floating_point() or spatial_shapes.dtype == torch.bool:
             raise ValueError(f"spatial_shapes must hold integers, got {spatial_shapes.dtype}")
     try:
         shapes = _as_shapes(spatial_shapes)
@@ -597,10 +603,12 @@ def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, 
     if level_start_index is not None:
         if isinstance(level_start_index, torch.Tensor):
             level_start_index = level_start_index.tolist()
+        if not isinstance(level_start_index, Sequence):
+            raise ValueError(f"level_start_index must be [L] integers, got {level_start_index!r}")
         starts = [0]
         for h, w in shapes[:-1]:
             starts.append(starts[-1] + h * w)
-        if [int(s) for s in level_start_index] != starts:
+        if list(level_start_index) != starts:
             raise ValueError(
                 f"level_start_index {list(level_start_index)} is inconsistent with spatial_shapes {shapes}: "
                 f"expected {starts}"

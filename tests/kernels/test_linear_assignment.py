@@ -232,6 +232,9 @@ def test_non_finite_padding_is_ignored():
         (torch.rand(2, 6, 4), [4, 5], "num_gt must lie"),
         (torch.rand(2, 6, 4), [4, -1], "num_gt must lie"),
         (torch.rand(2, 6, 4), torch.tensor([4.0, 1.0]), "num_gt must hold integers"),
+        (torch.rand(2, 6, 4), [3.9, 2.2], "num_gt must be a .B. tensor or a list of integers"),
+        (torch.rand(2, 6, 4), None, "num_gt must be a .B. tensor or a list of integers"),
+        (torch.rand(2, 6, 4), 4, "num_gt must be a .B. tensor or a list of integers"),
     ],
 )
 def test_bad_arguments(cost, num_gt, match):

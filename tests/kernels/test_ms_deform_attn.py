@@ -321,7 +321,15 @@ BAD_INPUTS = [
         "spatial_shapes must",
     ),
     ("spatial_shapes", lambda v, s, st, lc, a: (v, [(5, 4), (0, 3)], st, lc, a), "positive"),
+    ("spatial_shapes", lambda v, s, st, lc, a: (v, [(5.5, 4), (2, 3)], st, lc, a), "must be integers"),
+    (
+        "spatial_shapes",
+        lambda v, s, st, lc, a: (v, torch.ones(2, 2, dtype=torch.bool), st, lc, a),
+        "integers",
+    ),
     ("level_start_index", lambda v, s, st, lc, a: (v, s, [0, 19], lc, a), "level_start_index"),
+    ("level_start_index", lambda v, s, st, lc, a: (v, s, [0, 20.5], lc, a), "level_start_index"),
+    ("level_start_index", lambda v, s, st, lc, a: (v, s, torch.tensor(20), lc, a), "level_start_index must"),
     ("sampling_locations", lambda v, s, st, lc, a: (v, s, st, lc[..., :1], a), "sampling_locations must be"),
     ("sampling_locations", lambda v, s, st, lc, a: (v, s, st, lc[:, :, :1], a), "sampling_locations must be"),
     ("attention_weights", lambda v, s, st, lc, a: (v, s, st, lc, a[..., :1]), "attention_weights must be"),
@@ -342,6 +350,13 @@ def test_bad_input_names_the_argument(argument, mutate, message):
     with pytest.raises(ValueError, match=message) as err:
         ms_deform_attn(*mutate(value, shapes, [0, 20], loc, attn))
     assert argument in str(err.value)
+
+
+def test_deterministic_must_be_a_bool_or_none():
+    shapes = ((5, 4), (2, 3))
+    value, loc, attn = make_inputs(1, 3, 2, 8, shapes, 2, torch.float32, seed=0)
+    with pytest.raises(ValueError, match="deterministic must be True, False or None, got 'no'"):
+        ms_deform_attn(value, shapes, None, loc, attn, deterministic="no")
 
 
 def test_offsets_past_int32():
