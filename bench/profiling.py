@@ -18,6 +18,15 @@ from bench.report import STAGE_GROUP
 CUDA = torch.cuda.is_available()
 
 
+def static_compile(fn):
+    """``torch.compile(fn, dynamic=False)`` with Dynamo's caches cleared first: every compile of one
+    function shares its cache, and past the recompile limit (8 graphs) a suite's later shapes would
+    silently time eager code under the compiled provider's name; without ``dynamic=False`` a second
+    shape recompiles with symbolic sizes."""
+    torch._dynamo.reset()
+    return torch.compile(fn, dynamic=False)
+
+
 def keep_gpu_busy(seconds: float = 0.05) -> None:
     """Run bf16 matmuls on the GPU for ``seconds`` (nothing on a CPU), so a timing that follows
     starts at full clocks. A GPU left idle, as it is while a host-bound provider (scipy per image)

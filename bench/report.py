@@ -314,17 +314,17 @@ def _crowd_speedups(groups: dict, batch: int) -> dict[str, float] | None:
 
 def summary(groups: dict) -> dict:
     """The headline ratios (the benchmark issue's summary.json), each from one process's timings."""
-    info = next(
-        (r["info"] for rows in groups.values() for r in rows if r["info"].get("device") not in (None, "cpu")),
-        next((rows[0]["info"] for rows in groups.values()), {}),
-    )
+    infos = [r["info"] for rows in groups.values() for r in rows]
+    info = next((i for i in infos if i.get("device") not in (None, "cpu")), infos[0] if infos else {})
+    # not every suite records triton's version (the bottom-up baselines do not use it)
+    triton_version = info.get("triton") or next((i["triton"] for i in infos if i.get("triton")), None)
     # the whole forward compiled if it ran, else the transformer alone (what train.compile=true runs)
     train = [(p, _ratio(groups, r"train step .*", "reference", p)) for p in TRAIN_PROVIDERS]
     train_provider, train_speedup = next(((p, r) for p, r in train if r), (None, None))
     return {
         "gpu": info.get("device"),
         "torch": info.get("torch"),
-        "triton": info.get("triton"),
+        "triton": triton_version,
         "e2e_speedup_vs_bottom_up": _crowd_speedups(groups, 1),
         "e2e_speedup_vs_bottom_up_batch8": _crowd_speedups(groups, 8),
         "train_step_speedup": train_speedup,
@@ -354,14 +354,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("no benchmark results in " + ", ".join(map(str, args.results)))
     add_speedups(groups)
     args.out.mkdir(parents=True, exist_ok=True)
-    info = next((rows[0]["info"] for rows in groups.values()), {})
+    headline = summary(groups)
     cpu = machine.get("cpu", {}).get("brand_raw", "?")
     header = (
-        f"device: {info.get('device', '?')}, torch {info.get('torch', '?')}, "
-        f"triton {info.get('triton', '?')}, cpu: {cpu}\n\n"
+        f"device: {headline['gpu']}, torch {headline['torch']}, triton {headline['triton']}, cpu: {cpu}\n\n"
     )
     (args.out / "table.md").write_text(header + markdown_table(groups) + crowd_markdown(groups))
-    (args.out / "summary.json").write_text(json.dumps(summary(groups), indent=2) + "\n")
+    (args.out / "summary.json").write_text(json.dumps(headline, indent=2) + "\n")
     plots = [plot_speedups(groups, args.out), plot_crowd(groups, args.out), plot_stages(groups, args.out)]
     names = ", ".join(str(p) for p in plots if p)
     print(f"wrote {args.out / 'table.md'}, {args.out / 'summary.json'} and {names}")

@@ -21,6 +21,7 @@ import pytest
 import torch
 import triton
 
+from bench.profiling import static_compile
 from kernels.ms_deform_attn import ms_deform_attn, ms_deform_attn_reference
 
 CUDA = torch.cuda.is_available()
@@ -108,7 +109,7 @@ def provider_fn(provider):
         return lambda v, s, lc, a: ms_deform_attn(v, s, None, lc, a)
     if provider == "reference":
         return ms_deform_attn_reference
-    return torch.compile(ms_deform_attn_reference, dynamic=False)
+    return static_compile(ms_deform_attn_reference)
 
 
 def sync():

@@ -233,3 +233,28 @@ def test_matcher_profile_prints_wall_time_and_top_ops(capsys):
     assert runs == [("padded", "1"), ("padded", "5"), ("batched", "1"), ("batched", "5")]
     assert all(float(line.split(": ")[1].split()[0]) > 0 for line in walls)
     assert "pose_matching_cost" in out
+
+
+def test_versions_come_from_the_rows_that_have_them(tmp_path):
+    """The bottom-up suite records no triton version: a run whose first rows are its own still names
+    the GPU's triton in summary.json and the table's header."""
+    gpu = {"device": "NVIDIA H100 80GB HBM3", "torch": "2.11.0"}
+    first = bench_row("bottom-up network, batch 1", "dekr", 0.003)
+    first["extra_info"] = {**gpu, "provider": "dekr"}
+    second = bench_row("g1", "triton", 0.001)
+    second["extra_info"].update(gpu, triton="3.6.0")
+    main(
+        [
+            str(write_run(tmp_path / "a.json", [first])),
+            str(write_run(tmp_path / "b.json", [second])),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert (summary["gpu"], summary["torch"], summary["triton"]) == (gpu["device"], "2.11.0", "3.6.0")
+    assert (
+        (tmp_path / "out" / "table.md")
+        .read_text()
+        .startswith("device: NVIDIA H100 80GB HBM3, torch 2.11.0, triton 3.6.0")
+    )
