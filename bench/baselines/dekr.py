@@ -2,14 +2,17 @@
 
 The network gives K + 1 heatmaps at stride 4 (the K keypoints and the person centre, the mean of the
 labelled keypoints) and 2K offset channels: at each pixel, the displacement to each keypoint of the
-person centred there, regressed by one branch per keypoint (grouped convolutions here). Post-processing:
-max-pool NMS on the centre heatmap, the top centres above a threshold, the offsets read at each centre
-give a pose, a pose's score is its centre value times the mean keypoint-heatmap value at its joints,
-then pose NMS drops a pose when enough of its joints lie within a fraction of the pose's scale of a
-higher-scoring pose's joints. DEKR's learned rescoring net is not reproduced (it needs training).
+person centred there, regressed by one branch per keypoint (grouped convolutions here). Post-processing
+follows HRNet/DEKR's test code (``lib/core/inference.py``, ``nms.py``; COCO settings): max-pool NMS
+on the centre heatmap, the top centres above a threshold, the offsets read at each centre give a pose,
+each joint scored by its centre's value times the keypoint heatmap (upsampled to the image) there, then
+DEKR's cluster pose NMS, which keeps each cluster's pose of the best mean keypoint heat. Not
+reproduced: flip testing and the learned rescoring net (it needs training).
 """
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bench.baselines.associative_embedding import StrideFourHead, peak_nms
@@ -48,33 +51,30 @@ class DEKRHead(StrideFourHead):
         return self.out(feats).sigmoid(), self.offset_branch(feats)
 
 
-def _bilinear(maps: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
-    """maps [K, h, w] sampled at xy [P, K, 2] (map pixels, pixel centres on integers): [P, K]."""
-    k, h, w = maps.shape
-    grid = torch.stack([xy[..., 0] / max(w - 1, 1), xy[..., 1] / max(h - 1, 1)], -1) * 2 - 1
-    sampled = nn.functional.grid_sample(maps[:, None], grid.transpose(0, 1)[:, :, None], align_corners=True)
-    return sampled[:, 0, :, 0].transpose(0, 1)
+def pose_nms(poses: torch.Tensor, heat_scores: torch.Tensor, distance: float, more_than: int) -> torch.Tensor:
+    """DEKR's pose NMS: indices of the poses kept, in the order they are decided.
 
-
-def pose_nms(
-    poses: torch.Tensor, scores: torch.Tensor, areas: torch.Tensor, distance: float, min_joints: int
-):
-    """Indices of the poses kept by greedy pose NMS, best score first.
-
-    poses [P, K, 2+], scores [P], areas [P] (pixels^2). Pose j is suppressed by a kept, better pose i
-    when at least ``min_joints`` joints of j lie within ``distance * sqrt(area_i)`` of i's.
+    poses [P, K, 2+] in image pixels, in centre-score order; heat_scores [P] each pose's mean keypoint
+    heat at its joints. Pose j is in pose i's cluster when more than ``more_than`` of j's joints lie
+    within ``distance`` times the diagonal of i's joint extent of i's. In order, each pose not yet
+    clustered keeps the best heat score of its cluster (unless that one is already clustered), and
+    clusters them all. The clusters are built on the device, the walk on the host (as DEKR does).
     """
-    order = scores.argsort(descending=True)
-    poses, areas = poses[order], areas[order]
-    close = (poses[:, None, :, :2] - poses[None, :, :, :2]).norm(dim=-1) < distance * areas.sqrt()[
-        :, None, None
-    ]
-    overlaps = (close.sum(-1) >= min_joints).cpu()
-    keep = torch.ones(len(order), dtype=torch.bool)
-    for i in range(len(order)):
-        if keep[i]:
-            keep[i + 1 :] &= ~overlaps[i, i + 1 :]
-    return order[keep.to(order.device)]
+    xy = poses[..., :2].float()
+    diagonal = (xy.amax(1) - xy.amin(1)).norm(dim=-1)  # sqrt(w^2 + h^2)
+    close = (xy[:, None] - xy[None]).norm(dim=-1) < distance * diagonal[:, None, None]
+    cluster = (close.sum(-1) > more_than).cpu().numpy()
+    heat = heat_scores.cpu().numpy()
+    clustered, keep = set(), []
+    for i in range(len(cluster)):
+        members = np.flatnonzero(cluster[i])
+        if i in clustered or len(members) == 0:  # a pose of zero extent has no cluster, not even itself
+            continue
+        best = int(members[heat[members].argmax()])
+        if best not in clustered:
+            keep.append(best)
+            clustered.update(members.tolist())
+    return torch.tensor(keep, dtype=torch.int64, device=poses.device)
 
 
 def decode_dekr(
@@ -82,14 +82,18 @@ def decode_dekr(
     offsets: torch.Tensor,
     stride: int = 4,
     max_people: int = 30,
-    centre_threshold: float = 0.1,
-    nms_kernel: int = 5,
+    centre_threshold: float = 0.01,
     nms_distance: float = 0.05,
     nms_joints: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """People from one image: heatmaps [K + 1, h, w], offsets [2K, h, w] -> poses [P, K, 3], scores [P].
 
-    Poses are ``(x, y, score)`` in image pixels. ``nms_joints`` defaults to 30 % of K, rounded up.
+    Poses are ``(x, y, score)`` in image pixels, a joint's score its centre's times the keypoint heat
+    there. DEKR's COCO test settings: centre peaks by a max pool of 3, 5 or 7 as the map's mean side
+    passes 200 and 300, the top ``max_people`` above 0.01; keypoint heat read on the heatmaps upsampled
+    to the image (the pixel below each joint); pose NMS at 0.05 of the pose's diagonal when more than
+    ``nms_joints`` joints agree (DEKR's 8 for K = 17, scaled with K otherwise); then at most
+    ``max_people`` poses by heat score. A pose's score is the mean of its joints'.
     """
     if heatmaps.dim() != 3 or offsets.shape != (2 * (heatmaps.shape[0] - 1), *heatmaps.shape[1:]):
         raise ValueError(
@@ -99,19 +103,25 @@ def decode_dekr(
     _, h, w = heatmaps.shape
     heatmaps, offsets = heatmaps.float(), offsets.float()
     centre = heatmaps[k_joints:]
-    vals, idx = peak_nms(centre, nms_kernel).flatten().topk(min(max_people, h * w))
+    side = (h + w) / 2
+    kernel = 7 if side > 300 else 5 if side > 200 else 3
+    vals, idx = peak_nms(centre, kernel).flatten().topk(min(max_people, h * w))
     keep = vals > centre_threshold
     vals, idx = vals[keep], idx[keep]
     cx, cy = (idx % w).float(), (idx // w).float()
     displacement = offsets.flatten(1)[:, idx].T.view(-1, k_joints, 2)  # [P, K, 2]
-    xy = displacement + torch.stack([cx, cy], -1)[:, None]
-    joint_scores = _bilinear(heatmaps[:k_joints], xy)
-    scores = vals * joint_scores.mean(1)
-    poses = torch.cat([xy * stride, joint_scores[..., None]], -1)
+    xy = (displacement + torch.stack([cx, cy], -1)[:, None]) * stride  # image pixels
+    image_heat = F.interpolate(heatmaps[None, :k_joints], scale_factor=stride, mode="bilinear", align_corners=False)[0]
+    col = xy[..., 0].floor().clamp(0, w * stride - 1).long()
+    row = xy[..., 1].floor().clamp(0, h * stride - 1).long()
+    heat = image_heat.flatten(1).gather(1, (row * w * stride + col).T).T  # [P, K]
+    joint_scores = vals[:, None] * heat
+    poses = torch.cat([xy, joint_scores[..., None]], -1)
     if poses.shape[0] == 0:
-        return poses, scores
-    extent = poses[..., :2].amax(1) - poses[..., :2].amin(1)
-    areas = extent.clamp(min=1).prod(1)
-    min_joints = nms_joints if nms_joints is not None else -(-3 * k_joints // 10)
-    kept = pose_nms(poses, scores, areas, nms_distance, min_joints)
-    return poses[kept], scores[kept]
+        return poses, joint_scores.mean(1)
+    more_than = nms_joints if nms_joints is not None else round(8 * k_joints / 17)
+    heat_scores = heat.mean(1)
+    kept = pose_nms(poses, heat_scores, nms_distance, more_than)
+    if len(kept) > max_people:
+        kept = kept[heat_scores[kept].topk(max_people).indices]
+    return poses[kept], joint_scores[kept].mean(1)

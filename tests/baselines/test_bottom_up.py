@@ -131,9 +131,21 @@ def test_ap_helper_fails_on_shifted_poses():
 def test_pose_nms_drops_duplicates_only():
     pose = random_poses(2, 256, 320)
     poses = torch.cat([pose, pose[:1] + torch.tensor([1.0, 0.0, 0.0])])
-    scores = torch.tensor([0.9, 0.8, 0.5])
-    kept = pose_nms(poses, scores, pose_areas(poses), 0.05, 6)
+    kept = pose_nms(poses, torch.tensor([0.9, 0.8, 0.5]), 0.05, 8)
     assert kept.tolist() == [0, 1]
+
+
+def test_pose_nms_keeps_the_best_heat_of_a_cluster_as_dekr_does():
+    """A cluster keeps its pose of the best mean heat, not the first by centre score; a pose sharing
+    only 8 of 17 joints is not a duplicate (DEKR: more than 8), one sharing 9 is."""
+    pose = random_poses(1, 256, 320)
+    shifted = pose + torch.tensor([80.0, 0.0, 0.0])  # every joint far away
+    poses = torch.cat([pose, pose + torch.tensor([1.0, 0.0, 0.0]), shifted])
+    assert pose_nms(poses, torch.tensor([0.5, 0.9, 0.7]), 0.05, 8).tolist() == [1, 2]
+    for shared, expected in ((8, [0, 1]), (9, [0])):
+        partial = shifted.clone()
+        partial[0, :shared] = pose[0, :shared]
+        assert pose_nms(torch.cat([pose, partial]), torch.tensor([0.9, 0.5]), 0.05, 8).tolist() == expected
 
 
 @pytest.mark.parametrize("head_cls", [AssociativeEmbeddingHead, DEKRHead])
