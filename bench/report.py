@@ -5,7 +5,8 @@
 A benchmark's provider is ``extra_info["provider"]``, else the first id of its parametrisation
 (``test[dekr-20]`` is ``dekr``). Within one benchmark group (same shape, mode and dtype, timed in the
 same process) each provider's speedup is the baseline's median over its own; the baseline is the first
-provider present from ``BASELINES``: kernels earn their place against the compiled reference.
+provider present from ``BASELINES``: kernels earn their place against the compiled reference; the
+whole matcher is set against matching image by image, JCRA's fused end to end against its reference.
 
 When the bottom-up and end-to-end suites are present, the crowd table compares per-image latency:
 JCRA's end-to-end time (independent of the number of people) against each bottom-up baseline's
@@ -21,7 +22,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-BASELINES = ("reference+compile", "reference", "broadcast", "scipy")
+BASELINES = ("reference+compile", "reference", "broadcast", "scipy", "per_image", "jcra-reference")
 BOTTOM_UP = ("associative_embedding", "dekr")
 TRAIN_PROVIDERS = ("fused+compile", "fused+compile-transformer")  # summary's train step, in preference
 STAGE_GROUP = "JCRA stages"
