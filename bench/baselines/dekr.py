@@ -111,7 +111,9 @@ def decode_dekr(
     cx, cy = (idx % w).float(), (idx // w).float()
     displacement = offsets.flatten(1)[:, idx].T.view(-1, k_joints, 2)  # [P, K, 2]
     xy = (displacement + torch.stack([cx, cy], -1)[:, None]) * stride  # image pixels
-    image_heat = F.interpolate(heatmaps[None, :k_joints], scale_factor=stride, mode="bilinear", align_corners=False)[0]
+    image_heat = F.interpolate(
+        heatmaps[None, :k_joints], scale_factor=stride, mode="bilinear", align_corners=False
+    )[0]
     col = xy[..., 0].floor().clamp(0, w * stride - 1).long()
     row = xy[..., 1].floor().clamp(0, h * stride - 1).long()
     heat = image_heat.flatten(1).gather(1, (row * w * stride + col).T).T  # [P, K]
