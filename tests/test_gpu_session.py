@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench import gpu_session
+from tests.shared_data import shared_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,6 +52,21 @@ def test_train_run_points_at_the_shared_coco_mini():
     assert overrides["experiment"] == "coco_r50"
     assert overrides["train.model_overrides.pretrained"] == "false"  # no network on the GPU machine
     assert overrides["train.train_ann"].endswith("coco-mini/annotations/person_keypoints_train2017.json")
+    assert (
+        overrides["train.out_dir"]
+        != dict(item.split("=", 1) for item in gpu_session.train_run_overrides())["train.out_dir"]
+    )  # a new folder each call: a second call on a warm machine is not refused for the first's run
+
+
+def test_train_run_has_data_for_its_steps():
+    """Its epochs hold at least max_steps steps of the images that have a labelled person."""
+    from jcra.data import CocoKeypoints
+
+    overrides = dict(item.split("=", 1) for item in gpu_session.train_run_overrides())
+    train_ann = shared_path("coco-mini", "annotations", "person_keypoints_train2017.json")
+    images = CocoKeypoints(train_ann, overrides["train.train_images"], skip_empty=True, check_images=False)
+    steps_per_epoch = len(images) // int(overrides["train.batch_size"])
+    assert int(overrides["train.epochs"]) * steps_per_epoch >= int(overrides["train.max_steps"])
 
 
 def test_session_runs_sections_and_reports_each(tmp_path, capsys):

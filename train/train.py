@@ -34,7 +34,7 @@ class TrainConfig:
 
     Sizes are pixels; ``batch_size`` is per process and per micro-batch, so the effective batch is
     ``batch_size * grad_accum * world_size``. ``lr_drop_epochs`` are epochs after which the learning rate
-    is multiplied by ``lr_gamma``. ``max_steps`` (optimizer steps, for tests and the demo) stops early and
+    is multiplied by ``lr_gamma``. ``max_steps`` (optimizer steps, for tests and smoke runs) stops early and
     checkpoints. ``eval_every`` epochs (0: only after the last).
     """
 

@@ -1,8 +1,8 @@
 """COCO-format keypoint datasets (COCO 2017, CrowdPose, OCHuman) as a torch ``Dataset``.
 
-The annotation file and every listed image are checked when the dataset is built, so a missing file,
-a malformed annotation, or an image file that is missing or whose header cannot be read stops a run
-before training starts, naming the file. (Only headers are read then: a file damaged past its header
+The annotation file and every image the dataset will load are checked when it is built, so a missing
+file, a malformed annotation, or an image file that is missing or whose header cannot be read stops a
+run before training starts, naming the file. (Only headers are read then: a file damaged past its header
 stops the run when it is loaded, naming it.)
 """
 
@@ -48,8 +48,8 @@ class CocoKeypoints(Dataset):
 
     ann_file: the annotation JSON; image_dir: folder of the images' ``file_name``s; transforms: a
     callable ``(PIL image, target) -> (tensor, target)`` (see :func:`jcra.data.build_transforms`);
-    skip_empty: drop images without targets (training, as PETR); check_images: open every image's header
-    now (catches missing, empty and non-image files early).
+    skip_empty: drop images without targets (training, as PETR); check_images: open the header of
+    every image kept now (catches missing, empty and non-image files early).
     """
 
     def __init__(self, ann_file, image_dir, transforms=None, *, skip_empty=False, check_images=True):
