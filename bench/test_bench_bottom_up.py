@@ -2,13 +2,15 @@
 
 Post-processing (associative embedding as HigherHRNet decodes it, DEKR) runs on the maps a trained
 network would give: rendered from real COCO poses pasted into crowds of N people (``../shared/data``;
-random plausible poses when it is absent), with noise. GPU: maps at stride 4 of an 800x1333 input,
-N in {1, 5, 10, 20, 50}; CPU: a 512x768 input and N in {1, 5, 20}. The networks (ResNet-50 C5 upsampled
-to stride 4, then the heads) are timed separately on random inputs of the same size, batch 1 and 8 on
-GPU, treated as JCRA is in ``test_bench_end_to_end.py``: the ResNet in its ImageNet-weights layout
-(frozen batch norm) with random weights, bf16 autocast and, on GPU, torch.compile at a fixed size
-replayed as a CUDA graph (``mode="reduce-overhead"``). Their post-processing cannot be a graph: peak and
-candidate counts, and so shapes, depend on the image.
+random plausible poses when it is absent), with noise on the people's peaks and offsets (a trained
+network's background stays below the decoders' thresholds: ``add_peak_noise``). GPU: maps at
+stride 4 of an 800x1333 input, N in {1, 5, 10, 20, 50}; CPU: a 512x768 input and N in {1, 5, 20}.
+The networks (ResNet-50 C5 upsampled to stride 4, then the heads) are timed separately on random
+inputs of the same size, batch 1 and 8 on GPU, treated as JCRA is in ``test_bench_end_to_end.py``:
+the ResNet in its ImageNet-weights layout (frozen batch norm) with random weights, bf16 autocast
+and, on GPU, torch.compile at a fixed size replayed as a CUDA graph (``mode="reduce-overhead"``).
+Their post-processing cannot be a graph: peak and candidate counts, and so shapes, depend on the
+image.
 Run: ``pytest bench/test_bench_bottom_up.py``.
 """
 
@@ -22,6 +24,7 @@ from bench.baselines.associative_embedding import AssociativeEmbeddingHead, deco
 from bench.baselines.dekr import DEKRHead, decode_dekr
 from bench.baselines.render import (
     add_noise,
+    add_peak_noise,
     load_people,
     random_poses,
     render_dekr,
@@ -56,13 +59,13 @@ def _crowd(n: int) -> tuple[torch.Tensor, str]:
 
 
 def _ae_maps(gt):
-    heat = add_noise(render_heatmaps(gt, MAP_HW, STRIDE), NOISE, 0).clamp(0, 1)
+    heat = add_peak_noise(render_heatmaps(gt, MAP_HW, STRIDE), NOISE, 0)
     return heat, add_noise(render_tags(gt, MAP_HW, STRIDE), NOISE, 1)
 
 
 def _dekr_maps(gt):
     heat, offsets = render_dekr(gt, MAP_HW, STRIDE)
-    return add_noise(heat, NOISE, 0).clamp(0, 1), add_noise(offsets, 2 * NOISE, 1)
+    return add_peak_noise(heat, NOISE, 0), add_noise(offsets, 2 * NOISE, 1)
 
 
 METHODS = {

@@ -142,6 +142,13 @@ def add_noise(maps: torch.Tensor, std: float, seed: int = 0) -> torch.Tensor:
     return maps + std * torch.randn(maps.shape, generator=gen).to(maps.device)
 
 
+def add_peak_noise(heatmaps: torch.Tensor, std: float, seed: int = 0) -> torch.Tensor:
+    """Heatmaps with seeded Gaussian noise where they show people, clamped to [0, 1]; where a map is
+    below 1e-3 it stays as it is, as a trained network's sigmoid background stays below the decoders'
+    thresholds (DEKR's centre threshold is 0.01, which noise everywhere would cross all over the map)."""
+    return torch.where(heatmaps > 1e-3, add_noise(heatmaps, std, seed), heatmaps).clamp(0, 1)
+
+
 def pose_areas(poses: torch.Tensor) -> torch.Tensor:
     """Area of the box around each pose's labelled keypoints [P] (pixels^2), the OKS scale."""
     labelled = poses[..., 2] > 0

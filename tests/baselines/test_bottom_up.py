@@ -13,6 +13,7 @@ from bench.baselines.associative_embedding import AssociativeEmbeddingHead, deco
 from bench.baselines.dekr import DEKRHead, decode_dekr, pose_nms
 from bench.baselines.render import (
     add_noise,
+    add_peak_noise,
     load_people,
     pose_areas,
     random_poses,
@@ -173,3 +174,15 @@ def test_grouping_follows_tags():
     heat = render_heatmaps(gt, (hw[0] // STRIDE, hw[1] // STRIDE), STRIDE)
     poses, scores = decode_associative_embedding(heat, torch.zeros_like(heat), STRIDE)
     assert oks_ap(gt, poses, scores) < 0.2
+
+
+def test_peak_noise_leaves_the_background_below_dekrs_threshold():
+    """The bench's noise moves the people's peaks but leaves the background as it is, below 1e-3:
+    noise there would cross DEKR's 0.01 centre threshold all over the map, which a trained network's
+    does not."""
+    heat, _ = render_dekr(random_poses(3, 256, 320, seed=2), (64, 80), STRIDE)
+    noisy = add_peak_noise(heat, 0.05, seed=4)
+    background = heat <= 1e-3
+    assert background.float().mean() > 0.5 and torch.equal(noisy[background], heat[background])
+    assert (noisy[~background] != heat[~background]).float().mean() > 0.9
+    assert noisy.min() >= 0 and noisy.max() <= 1
