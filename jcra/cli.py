@@ -6,14 +6,16 @@ jcra evaluate CHECKPOINT --ann-file F --image-dir D [--out DIR]
 
 import argparse
 import json
+import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
 
 from jcra.data.images import read_rgb
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
 def load_model(checkpoint: str | Path, device: torch.device):
@@ -32,18 +34,46 @@ def load_model(checkpoint: str | Path, device: torch.device):
 
 
 def image_paths(inputs: list[str]) -> list[Path]:
-    """Image files from files and folders (a folder's images sorted by name)."""
+    """Image files from files and folders (a folder's files with an image suffix, sorted by name; the
+    others, but hidden ones, are named in a warning)."""
     paths: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            paths += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(p for p in item.iterdir() if p.is_file() and not p.name.startswith("."))
+            skipped = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+            if skipped:
+                warnings.warn(
+                    f"IMAGES: skipping {len(skipped)} file(s) of {item} without an image suffix: "
+                    f"{skipped[:5]}",
+                    stacklevel=2,
+                )
+            paths += [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
         elif item.is_file():
             paths.append(item)
         else:
             raise ValueError(f"IMAGES: {str(item)!r} is neither an image file nor a folder")
     if not paths:
-        raise ValueError(f"IMAGES: no images found in {inputs}")
+        raise ValueError(f"IMAGES: no images ({', '.join(IMAGE_SUFFIXES)}) found in {inputs}")
     return paths
+
+
+def output_folder(out: str | Path) -> Path:
+    """``--out`` created and checked writable before any work, so a bad path costs no inference."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"--out: cannot create folder {out}: {err}") from err
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OSError(f"--out: folder {out} is not writable")
+    return out
+
+
+def metrics_json(metrics: dict[str, float]) -> str:
+    """Metrics as strict JSON: a level with no images (nan) is null."""
+    from jcra.evaluation import strict_json
+
+    return json.dumps(strict_json(metrics), indent=1, allow_nan=False)
 
 
 def drawing_paths(paths: list[Path], out: Path) -> list[Path]:
@@ -99,8 +129,10 @@ def predict(
     """Run the model on each image; write ``out/results.json`` (COCO records, ``image_id`` the image's
     index in :func:`image_paths`' list: the arguments in order, a folder's images sorted by name;
     ``file_name`` its path) and ``out/<image file name>.png`` (``photo.jpg.png``)
-    with skeletons scoring at least ``score_threshold`` drawn. Every image is decoded before the model
-    runs, so a bad file stops the command before any work. Returns the results path."""
+    with skeletons scoring at least ``score_threshold`` drawn. Images are read upright as their EXIF
+    orientation says (a phone photo as it is shown), and coordinates are in that frame. Every image is
+    decoded and ``out`` created before the model runs, so a bad file or folder stops the command
+    before any work. Returns the results path."""
     from jcra.data import build_transforms
     from jcra.postprocess import PostProcess
     from jcra.visualize import draw_keypoints
@@ -110,10 +142,10 @@ def predict(
         raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
     dev = resolve_cli_device(device)
     paths = image_paths(images)
-    out = Path(out)
-    drawings = drawing_paths(paths, out)
+    drawings = drawing_paths(paths, Path(out))
     for path in paths:
-        read_rgb(path)
+        read_rgb(path, upright=True)
+    out = output_folder(out)
     model, data_config = load_model(checkpoint, dev)
     layout = keypoint_layout(data_config["keypoint_layout"])
     transforms = build_transforms(
@@ -123,10 +155,9 @@ def predict(
         max_size=data_config["max_size"],
     )
     postprocess = PostProcess(top_k)
-    out.mkdir(parents=True, exist_ok=True)
     results = []
     for index, (path, drawing) in enumerate(zip(paths, drawings, strict=True)):
-        image = read_rgb(path)
+        image = read_rgb(path, upright=True)
         tensor, _ = transforms(image, unlabelled_target(image, len(layout.sigmas), index))
         with torch.no_grad():
             outputs = model(tensor[None].to(dev))
@@ -150,10 +181,12 @@ def evaluate(
     batch_size: int = 4,
 ) -> dict:
     """COCO keypoint AP of a checkpoint on a COCO-format set; writes ``out/results.json`` and
-    ``out/metrics.json`` when ``out`` is given."""
+    ``out/metrics.json`` (strict JSON: nan is null) when ``out`` is given, created before any work."""
     from train.train import TrainConfig, build_dataset, data_loader, evaluate, keypoint_layout
 
     dev = resolve_cli_device(device)
+    if out is not None:
+        out = output_folder(out)
     model, data_config = load_model(checkpoint, dev)
     cfg = TrainConfig(
         out_dir=str(out or "."),
@@ -169,9 +202,8 @@ def evaluate(
     loader = data_loader(build_dataset(ann_file, image_dir, False, cfg, layout), cfg)
     metrics, results = evaluate(model, loader, ann_file, dev)
     if out is not None:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "results.json").write_text(json.dumps(results))
-        (Path(out) / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        (out / "results.json").write_text(json.dumps(results))
+        (out / "metrics.json").write_text(metrics_json(metrics))
     return metrics
 
 
@@ -212,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics = evaluate(
                 args.checkpoint, args.ann_file, args.image_dir, args.out, args.device, args.batch_size
             )
-            print(json.dumps(metrics, indent=1))
+            print(metrics_json(metrics))
     except (ValueError, OSError) as error:  # bad arguments, missing or unreadable files
         parser().exit(2, f"jcra: error: {error}\n")
     return 0

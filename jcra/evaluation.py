@@ -5,7 +5,7 @@ image pixels, ``score`` (what :class:`jcra.postprocess.PostProcess` returns). Th
 the ground truth's K: COCO's for 17 keypoints, CrowdPose's for 14, the caller's otherwise.
 
 CrowdPose ground truth differs from COCO's in two ways handled here. Its annotations carry no
-``area``, so a missing one is taken as ``0.53 * w * h`` of the box
+``area``, so a missing one (or null, or 0) is taken as ``0.53 * w * h`` of the box
 (:data:`jcra.data.coco.BOX_AREA_FRACTION`, which the training targets use too), the area
 crowdposetools (and xtcocotools with ``use_area=False``) use in OKS; ``APM``/``APL`` then bin by that
 area too. Its images
@@ -61,7 +61,7 @@ def _load_ground_truth(ann_file: Path) -> tuple[dict, int]:
             if not labelled.any():
                 continue
             ann["bbox"] = keypoint_box(keypoints)
-        if "area" not in ann:
+        if not ann.get("area"):  # missing, null or 0, as the dataset reads it
             ann["area"] = BOX_AREA_FRACTION * ann["bbox"][2] * ann["bbox"][3]
         kept.append(ann)
     data["annotations"] = kept
@@ -182,6 +182,12 @@ def evaluate_keypoints(results, ann_file, *, sigmas=None) -> dict[str, float]:
     for name, ids in subsets.items():
         metrics[name] = float(_stats(gt, dt, sigmas, ids)[0]) if ids else math.nan
     return metrics
+
+
+def strict_json(metrics: dict) -> dict:
+    """``metrics`` with every non-finite float (a crowd level with no images is nan) as None, which
+    JSON writes as null: ``json.dumps`` would write NaN, which strict parsers reject."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
 
 
 def format_metrics(metrics: dict[str, float]) -> str:

@@ -11,16 +11,17 @@ from jcra.data.coco import PIXEL_CENTRE
 class PostProcess:
     """Keep each image's ``top_k`` highest-scoring queries as COCO results.
 
-    Records: ``image_id``, ``category_id`` 1 (person), ``keypoints`` [x, y, v] * K in original image
-    pixels as COCO labels them (pixel indices: the model's continuous coordinates less
-    :data:`jcra.data.coco.PIXEL_CENTRE`), ``score`` = sigmoid(logit). v is 1 for every keypoint: the
-    model predicts every keypoint and no per-keypoint confidence; COCOeval reads only x and y of results.
+    Records: ``image_id``, ``category_id`` (the person category's id in the annotation file, COCO's 1),
+    ``keypoints`` [x, y, v] * K in original image pixels as COCO labels them (pixel indices: the
+    model's continuous coordinates less :data:`jcra.data.coco.PIXEL_CENTRE`), ``score`` =
+    sigmoid(logit). v is 1 for every keypoint: the model predicts every keypoint and no per-keypoint
+    confidence; COCOeval reads only x and y of results.
     """
 
-    def __init__(self, top_k: int = 100):
+    def __init__(self, top_k: int = 100, category_id=1):
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        self.top_k = top_k
+        self.top_k, self.category_id = top_k, category_id
 
     @torch.no_grad()
     def __call__(self, outputs: dict, orig_sizes: Tensor, image_ids) -> list[dict]:
@@ -41,7 +42,7 @@ class PostProcess:
         triples = torch.cat([kpts, torch.ones_like(kpts[..., :1])], -1).flatten(2)  # [B, k, 3K]
         triples, scores = triples.tolist(), rows[..., -1].tolist()
         return [
-            {"image_id": _plain(image_id), "category_id": 1, "keypoints": kp, "score": s}
+            {"image_id": _plain(image_id), "category_id": self.category_id, "keypoints": kp, "score": s}
             for image_id, kps, ss in zip(image_ids, triples, scores, strict=True)
             for kp, s in zip(kps, ss, strict=True)
         ]

@@ -107,9 +107,12 @@ def draw_keypoints(
             k: (x, y) for k, (x, y, v) in enumerate(triples) if v > min_visibility and math.isfinite(x + y)
         }
         # Limbs first so the keypoint discs sit on top of the line ends.
+        box = (-width, -width, canvas.width + width, canvas.height + width)
         for i, j in skeleton:
             if i in points and j in points:
-                draw.line([points[i], points[j]], fill=colour, width=width)
+                segment = _clip_segment(points[i], points[j], box)
+                if segment is not None:
+                    draw.line(segment, fill=colour, width=width)
         for x, y in points.values():
             draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour)
         if "score" in record and points:
@@ -120,6 +123,26 @@ def draw_keypoints(
             ty = max(0.0, y - radius - (bottom - top) - 2) - top
             draw.text((tx, ty), f"{record['score']:.2f}", fill=colour, font=font)
     return canvas
+
+
+def _clip_segment(p, q, box):
+    """The part of segment p-q inside ``box`` (x0, y0, x1, y1), or None (Liang-Barsky). ImageDraw
+    walks a thin line pixel by pixel, off the canvas too: an end at 1e9 would take seconds."""
+    (px, py), (dx, dy) = p, (q[0] - p[0], q[1] - p[1])
+    t0, t1 = 0.0, 1.0
+    for step, room in ((-dx, px - box[0]), (dx, box[2] - px), (-dy, py - box[1]), (dy, box[3] - py)):
+        if step == 0:
+            if room < 0:
+                return None
+            continue
+        t = room / step
+        if step < 0:
+            t0 = max(t0, t)
+        else:
+            t1 = min(t1, t)
+    if t0 > t1:
+        return None
+    return [(px + t0 * dx, py + t0 * dy), (px + t1 * dx, py + t1 * dy)]
 
 
 def save_grid(images: Sequence, path: str | Path, *, columns: int = 4, cell: int = 256) -> Path:

@@ -308,3 +308,19 @@ def test_missing_iscrowd_counts_as_not_crowd(tmp_path):
     for ann in gt["annotations"]:
         del ann["iscrowd"]
     assert evaluate_keypoints(results, _write(tmp_path, "gt.json", gt)) == expected
+
+
+@pytest.mark.parametrize("area", [None, 0], ids=["null", "zero"])
+def test_null_or_zero_area_is_read_as_missing(tmp_path, area):
+    """As the dataset reads it: the share of the box; COCOeval would take 0 (AP 0) or fail on null."""
+    gt = _tiny_gt(17, crowd_indices=[None, None])
+    results = _perfect_results(gt)
+    for record, shift in zip(results, (1.0, 3.0), strict=True):
+        record["keypoints"] = [v + shift if i % 3 < 2 else v for i, v in enumerate(record["keypoints"])]
+    for ann in gt["annotations"]:
+        del ann["area"]
+    expected = evaluate_keypoints(results, _write(tmp_path, "missing.json", gt))
+    assert 0.0 < expected["AP"] < 1.0
+    for ann in gt["annotations"]:
+        ann["area"] = area
+    assert evaluate_keypoints(results, _write(tmp_path, "gt.json", gt)) == expected

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from jcra.visualize import PALETTE, draw_keypoints, save_grid
+from jcra.visualize import PALETTE, _clip_segment, draw_keypoints, save_grid
 from tests.shared_data import shared_path
 
 # COCO's 19 limbs, 0-based (the annotation file lists them 1-based).
@@ -47,6 +47,34 @@ def test_pixels_of_one_person():
     for x, y in [(150, 100), (190, 10), (5, 115), (100, 60)]:
         assert _px(out, x, y) == BLACK, (x, y)
     assert src.getextrema() == ((0, 0), (0, 0), (0, 0))  # the input stays black
+
+
+def test_limbs_running_far_off_the_image_are_drawn_where_they_cross_it(monkeypatch):
+    """Each limb is clipped to the canvas before ImageDraw walks it (an end at 1e9 took seconds)."""
+    lines = []
+    line = ImageDraw.ImageDraw.line
+    monkeypatch.setattr(
+        ImageDraw.ImageDraw, "line", lambda self, xy, **kw: [lines.append(xy), line(self, xy, **kw)]
+    )
+    far = [(20.0, 30.0, 2), (1e9, 30.0, 2), (60.0, -1e9, 2), (-1e9, 1e9, 2)]
+    out = draw_keypoints(Image.new("RGB", SIZE), [_person(far)], [(0, 1), (0, 2), (2, 3)], radius=3, width=1)
+    assert len(lines) == 2 and all(
+        -1 <= x <= SIZE[0] + 1 and -1 <= y <= SIZE[1] + 1 for xy in lines for x, y in xy
+    )
+    assert _px(out, 199, 30) == PALETTE[0]  # limb 0-1 runs right to the edge
+    assert _px(out, 20, 0) == _px(out, 20, 15) == PALETTE[0]  # limb 0-2 runs (almost) straight up
+    assert _px(out, 25, 15) == BLACK
+    assert _px(out, 150, 100) == BLACK  # limb 2-3 passes far outside the image
+
+
+def test_clip_segment_to_a_box():
+    box = (0, 0, 100, 50)
+    assert _clip_segment((10, 10), (90, 40), box) == [(10, 10), (90, 40)]
+    assert _clip_segment((10, 10), (1e9, 10), box) == [(10, 10), (100, 10)]
+    assert _clip_segment((-10, 25), (200, 25), box) == [(0, 25), (100, 25)]
+    assert _clip_segment((50, -50), (50, 150), box) == [(50, 0), (50, 50)]
+    assert _clip_segment((-10, -10), (-5, 200), box) is None
+    assert _clip_segment((150, 25), (150, 25), box) is None
 
 
 def test_min_visibility_and_score_text():

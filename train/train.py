@@ -325,10 +325,12 @@ class MetricsLog:
                 self.writer = None
 
     def log(self, step: int, kind: str, values: dict) -> None:
+        from jcra.evaluation import strict_json
+
         if not self.enabled:
             return
         with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, "kind": kind, **values}) + "\n")
+            f.write(json.dumps({"step": step, "kind": kind, **strict_json(values)}) + "\n")
         if self.writer is not None:
             for k, v in values.items():
                 if isinstance(v, int | float):
@@ -344,10 +346,11 @@ class MetricsLog:
 
 @torch.no_grad()
 def predict_loader(model: nn.Module, loader, device: torch.device, top_k: int = 100, precision="fp32"):
-    """COCO result records for every image of ``loader`` (batches from ``jcra.data.collate``)."""
+    """COCO result records for every image of ``loader`` (batches from ``jcra.data.collate``, of a
+    :class:`jcra.data.CocoKeypoints`, whose person category the records name)."""
     from jcra.postprocess import PostProcess
 
-    postprocess = PostProcess(top_k)
+    postprocess = PostProcess(top_k, loader.dataset.category_id)
     was_training = model.training
     model.eval()
     results = []

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from jcra.data.images import read_rgb
+from jcra.data.images import UNREADABLE, read_rgb
 from jcra.data.transforms import keep_inside
 
 PIXEL_CENTRE = 0.5
@@ -49,7 +49,8 @@ class CocoKeypoints(Dataset):
     ann_file: the annotation JSON; image_dir: folder of the images' ``file_name``s; transforms: a
     callable ``(PIL image, target) -> (tensor, target)`` (see :func:`jcra.data.build_transforms`);
     skip_empty: drop images without targets (training, as PETR); check_images: open the header of
-    every image kept now (catches missing, empty and non-image files early).
+    every image kept now (catches missing, empty and non-image files early). ``category_id``: the id
+    results on it are scored under (:func:`keypoint_category_id`).
     """
 
     def __init__(self, ann_file, image_dir, transforms=None, *, skip_empty=False, check_images=True):
@@ -59,6 +60,7 @@ class CocoKeypoints(Dataset):
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image_dir: {self.image_dir} is not a folder")
         self.num_keypoints = num_keypoints(data, self.ann_file)
+        self.category_id = keypoint_category_id(data)
         self.images = {image["id"]: image for image in data["images"]}
         self.annotations: dict = {image_id: [] for image_id in self.images}
         for ann in data["annotations"]:
@@ -136,7 +138,7 @@ class CocoKeypoints(Dataset):
             try:
                 with Image.open(path) as image:
                     image.size  # noqa: B018 (parsed from the header)
-            except (OSError, UnidentifiedImageError) as err:
+            except UNREADABLE as err:
                 raise OSError(f"cannot read image {path} (listed in {self.ann_file}): {err}") from err
 
 
@@ -175,14 +177,29 @@ def read_annotations(ann_file: Path, image_keys=("id", "file_name")) -> dict:
     return data
 
 
+def _keypoint_category(data: dict) -> dict | None:
+    """The category that names keypoints (COCO's person), if the file has one."""
+    return next((c for c in data.get("categories", []) if c.get("keypoints")), None)
+
+
+def keypoint_category_id(data: dict):
+    """The id results are scored under: the category that names keypoints, else the file's only
+    category, else 1 (the dataset reads every annotation that has keypoints, whatever its category)."""
+    category, categories = _keypoint_category(data), data.get("categories", [])
+    if category is None and len(categories) == 1:
+        category = categories[0]
+    return category.get("id", 1) if category else 1
+
+
 def num_keypoints(data: dict, ann_file: Path) -> int:
     """K of a parsed annotation file: the person category's keypoint names (else the first
     annotation); ValueError naming ``ann_file`` for an annotation without 3 * K finite keypoint values,
-    with a bbox that is not 4 finite numbers, or of an unknown image."""
-    names = next((c.get("keypoints") for c in data.get("categories", []) if c.get("keypoints")), None)
+    with a bbox that is not 4 finite numbers, an area that is not a finite number >= 0 (null or 0 is
+    read as none: :data:`BOX_AREA_FRACTION` of the box), or of an unknown image."""
+    category = _keypoint_category(data)
     anns = data["annotations"]
-    if names:
-        k = len(names)
+    if category:
+        k = len(category["keypoints"])
     elif anns and "keypoints" in anns[0]:
         k = len(anns[0]["keypoints"]) // 3
     else:
@@ -198,6 +215,9 @@ def num_keypoints(data: dict, ann_file: Path) -> int:
             raise ValueError(f"{where} has keypoint values that are not finite numbers")
         if bbox and not (isinstance(bbox, list) and len(bbox) == 4 and finite_numbers(bbox)):
             raise ValueError(f"{where} has bbox {bbox!r:.100}, expected 4 finite numbers [x, y, w, h]")
+        area = ann.get("area")
+        if area is not None and not (finite_numbers([area]) and area >= 0):
+            raise ValueError(f"{where} has area {area!r:.100}, expected a finite number >= 0")
         if ann.get("image_id") not in image_ids:
             raise ValueError(f"{where} refers to unknown image_id")
     return k

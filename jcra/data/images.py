@@ -3,7 +3,11 @@
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
+
+UNREADABLE = (OSError, Image.DecompressionBombError)
+"""What PIL raises for a file it cannot read as an image (UnidentifiedImageError is an OSError; a
+header claiming more than about 179 megapixels, corrupt or real, raises DecompressionBombError)."""
 
 # PIL's modes of 16-bit grayscale ("I" is how some PNG decoders give it). convert("RGB") clips their
 # values at 255, which turns a 16-bit image almost entirely white: they are scaled instead.
@@ -18,10 +22,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # convert copies even when the mode is already RGB
 
 
-def read_rgb(path: Path) -> Image.Image:
-    """The image file at ``path`` decoded to 8-bit RGB; OSError naming ``path`` if it cannot be read."""
+def read_rgb(path: Path, upright: bool = False) -> Image.Image:
+    """The image file at ``path`` decoded to 8-bit RGB; OSError naming ``path`` if it cannot be read.
+
+    The pixels as stored, which is what annotations are labelled on; ``upright`` turns them as the
+    file's EXIF orientation says, as photo viewers show them (a phone photo taken upright).
+    """
     try:
         with Image.open(path) as image:
-            return to_rgb(image)
-    except (OSError, UnidentifiedImageError) as err:
+            return to_rgb(ImageOps.exif_transpose(image) if upright else image)
+    except UNREADABLE as err:
         raise OSError(f"cannot read image {path}: {err}") from err

@@ -9,6 +9,7 @@ import torch
 
 from jcra.data import CocoKeypoints
 from jcra.data.coco import BOX_AREA_FRACTION
+from jcra.data.images import read_rgb
 from tests.shared_data import shared_path
 
 COCO_MINI = ("coco-mini", "annotations/person_keypoints_train2017.json", "train2017")
@@ -237,6 +238,67 @@ def test_malformed_bbox(tiny, bbox):
     data["annotations"][0]["bbox"] = bbox
     with pytest.raises(ValueError, match=r"ann\.json: annotation 7 has bbox .*expected 4 finite numbers"):
         CocoKeypoints(write(tmp_path, data), tmp_path)
+
+
+@pytest.mark.parametrize("area", [-1.0, "4", float("nan")], ids=["negative", "str", "nan"])
+def test_malformed_area(tiny, area):
+    tmp_path, data = tiny
+    data["annotations"][0]["area"] = area
+    with pytest.raises(ValueError, match=r"ann\.json: annotation 7 has area .*expected a finite number >= 0"):
+        CocoKeypoints(write(tmp_path, data), tmp_path)
+
+
+@pytest.mark.parametrize("area", [None, 0], ids=["null", "zero"])
+def test_null_or_zero_area_is_read_as_none(tiny, area):
+    """As evaluation reads it: the share of the box (COCOeval would score against an area of 0)."""
+    tmp_path, data = tiny
+    data["annotations"][0].update(area=area, bbox=[2.0, 3.0, 10.0, 6.0])
+    _, target = CocoKeypoints(write(tmp_path, data), tmp_path)[0]
+    assert target["area"].tolist() == [pytest.approx(BOX_AREA_FRACTION * 10.0 * 6.0)]
+
+
+def test_image_past_pil_pixel_limit_is_named(tiny, monkeypatch):
+    """PIL's DecompressionBombError (a corrupt header, or a huge image) is not an OSError."""
+    from PIL import Image
+
+    tmp_path, data = tiny
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)  # the 20 x 10 images pass twice that: an error
+    with pytest.raises(OSError, match=r"cannot read image .*a\.png.*exceeds limit"):
+        CocoKeypoints(write(tmp_path, data), tmp_path)
+    dataset = CocoKeypoints(write(tmp_path, data), tmp_path, check_images=False)
+    with pytest.raises(OSError, match=r"cannot read image .*a\.png"):
+        dataset[0]
+
+
+def test_exif_orientation_is_applied_only_when_asked(tmp_path):
+    """Annotations label the stored pixels; ``upright`` shows a phone photo as viewers do."""
+    from PIL import Image
+
+    stored = np.zeros((10, 20, 3), np.uint8)
+    stored[0, 0] = 255  # the top-left pixel as stored
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to show
+    image.save(tmp_path / "phone.jpg", exif=exif, quality=100)
+    raw, upright = read_rgb(tmp_path / "phone.jpg"), read_rgb(tmp_path / "phone.jpg", upright=True)
+    assert raw.size == (20, 10) and upright.size == (10, 20)
+    assert np.asarray(raw)[0, 0, 0] > 200 and np.asarray(upright)[0, -1, 0] > 200
+
+
+@pytest.mark.parametrize(
+    ("categories", "expected"),
+    [
+        ([{"id": 1, "name": "person"}], 1),
+        ([{"id": 3, "name": "human"}], 3),
+        ([{"id": 2, "name": "person", "keypoints": ["nose"] * 17}, {"id": 1, "name": "dog"}], 2),
+        ([{"id": 5, "name": "a"}, {"id": 6, "name": "b"}], 1),
+        ([], 1),
+    ],
+)
+def test_results_are_scored_under_the_keypoint_category(tiny, categories, expected):
+    tmp_path, data = tiny
+    data["categories"] = categories
+    assert CocoKeypoints(write(tmp_path, data), tmp_path).category_id == expected
 
 
 def test_labels_stay_on_their_pixel_through_a_flip_and_come_back_as_labelled(tiny):

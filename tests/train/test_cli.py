@@ -71,6 +71,91 @@ def test_evaluate_command_prints_ap(data, checkpoint, tmp_path, capsys):
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
 
 
+def test_evaluate_scores_under_the_files_person_category(data, checkpoint, tmp_path, capsys):
+    """A file whose person category has id 2: records name it, and score as under COCO's id 1."""
+    args = ["--image-dir", data["val_images"], "--device", "cpu"]
+    assert main(["evaluate", checkpoint, "--ann-file", data["val_ann"], *args]) == 0
+    expected = json.loads(capsys.readouterr().out)
+    gt = json.loads(Path(data["val_ann"]).read_text())
+    for entry in gt["categories"] + gt["annotations"]:
+        entry["id" if "name" in entry else "category_id"] = 2
+    (tmp_path / "cat2.json").write_text(json.dumps(gt))
+    out = tmp_path / "out"
+    assert (
+        main(["evaluate", checkpoint, "--ann-file", str(tmp_path / "cat2.json"), *args, "--out", str(out)])
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out) == expected
+    assert {r["category_id"] for r in json.loads((out / "results.json").read_text())} == {2}
+
+
+def test_metrics_json_is_strict_with_an_empty_crowd_level(data, checkpoint, tmp_path, capsys):
+    """Every image easy: the medium and hard levels have none (nan), written as null, not NaN."""
+    gt = json.loads(Path(data["val_ann"]).read_text())
+    for image in gt["images"]:
+        image["crowdIndex"] = 0.05
+    (tmp_path / "crowd.json").write_text(json.dumps(gt))
+    args = ["--ann-file", str(tmp_path / "crowd.json"), "--image-dir", data["val_images"], "--device", "cpu"]
+    assert main(["evaluate", checkpoint, *args, "--out", str(tmp_path)]) == 0
+
+    def strict(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    for text in (capsys.readouterr().out, (tmp_path / "metrics.json").read_text()):
+        metrics = json.loads(text, parse_constant=strict)
+        assert metrics["AP_medium"] is None and metrics["AP_hard"] is None
+        assert 0.0 <= metrics["AP_easy"] <= 1.0
+
+
+def test_bad_out_stops_before_the_model_loads(data, checkpoint, bad_files, monkeypatch, capsys):
+    monkeypatch.setattr("jcra.cli.load_model", lambda *args: pytest.fail("the model loaded"))
+    out = str(bad_files / "k14.json" / "sub")  # under a file
+    for command in (
+        ["predict", checkpoint, data["val_images"], "--out", out],
+        [
+            "evaluate",
+            checkpoint,
+            "--ann-file",
+            data["val_ann"],
+            "--image-dir",
+            data["val_images"],
+            "--out",
+            out,
+        ],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, "--device", "cpu"])
+        assert exit_info.value.code == 2
+        assert re.search(r"--out: cannot create folder .*k14\.json/sub", capsys.readouterr().err)
+
+
+def test_predict_reads_tiff_and_gif_names_other_files_and_turns_photos_upright(data, tmp_path, checkpoint):
+    from PIL import Image
+
+    with Image.open(sorted(Path(data["val_images"]).iterdir())[0]) as photo:
+        image = photo.convert("RGB").resize((64, 48))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image.save(folder / "a.tif")
+    image.save(folder / "b.gif")
+    exif = image.getexif()
+    exif[0x0112] = 6  # shown turned a quarter clockwise: 48 x 64
+    image.save(folder / "phone.jpg", exif=exif)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / ".hidden").write_text("")
+    out = tmp_path / "out"
+    with pytest.warns(
+        UserWarning, match=r"skipping 1 file\(s\) of .*in without an image suffix: \['notes\.txt'\]"
+    ):
+        assert main(["predict", checkpoint, str(folder), "--out", str(out), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["a.tif.png", "b.gif.png", "phone.jpg.png"]
+    with Image.open(out / "phone.jpg.png") as drawing:
+        assert drawing.size == (48, 64)
+    records = json.loads((out / "results.json").read_text())
+    phone = [r["keypoints"] for r in records if r["file_name"].endswith("phone.jpg")]
+    assert phone and max(max(kp[0::3]) for kp in phone) <= 48 and max(max(kp[1::3]) for kp in phone) <= 64
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
