@@ -115,6 +115,72 @@ def test_loss_parts_with_known_matching():
     torch.testing.assert_close(losses["loss"], total, rtol=1e-5, atol=1e-5)
 
 
+def _batch_with_a_crowd(gen):
+    """Two images of other sizes: three people in the first (the middle one a crowd), one in the
+    second; query 1 (first image) near person 0, query 4 near person 2, query 2 (second) near its
+    person, the other queries far off. Returns outputs, targets and the near (image, query, person)."""
+    sizes, counts, q = [(80, 120), (60, 50)], [3, 1], 6
+    targets = []
+    for (h, w), g in zip(sizes, counts, strict=True):
+        kpts = torch.rand(g, K, 3, generator=gen) * torch.tensor([w, h, 1.0])
+        kpts[..., 2] = 2.0 * (torch.rand(g, K, generator=gen) > 0.3)
+        kpts[:, 0, 2] = 2.0
+        targets.append({"keypoints": kpts, "area": 200 + 800 * torch.rand(g, generator=gen),
+                        "size": torch.tensor([h, w]), "iscrowd": (torch.arange(g) == 1).long()})  # fmt: skip
+    keypoints = torch.rand(2, q, K, 2, generator=gen) * 0.05 + 0.95
+    near = [(0, 1, 0), (0, 4, 2), (1, 2, 0)]
+    for b, query, person in near:
+        h, w = sizes[b]
+        gt = targets[b]["keypoints"][person, :, :2] / torch.tensor([w, h])
+        keypoints[b, query] = gt + 0.01 * torch.randn(K, 2, generator=gen)
+    outputs = {"logits": torch.randn(2, q, generator=gen), "keypoints": keypoints}
+    return outputs, targets, near
+
+
+def test_losses_are_normalised_by_the_batchs_people():
+    """Two images, a crowd entry: classification and OKS summed and divided by the 3 non-crowd people,
+    keypoint L1 by their labelled coordinates, against a direct computation."""
+    outputs, targets, near = _batch_with_a_crowd(torch.Generator().manual_seed(4))
+    losses = _criterion()(outputs, targets)
+    labels = torch.zeros(2, 6)
+    l1, coords, oks = 0.0, 0, 0.0
+    for b, query, person in near:
+        labels[b, query] = 1
+        h, w = targets[b]["size"].tolist()
+        gt = targets[b]["keypoints"][person]
+        pred = outputs["keypoints"][b, query]
+        labelled = gt[:, 2] > 0
+        l1 = l1 + (pred - gt[:, :2] / torch.tensor([w, h])).abs()[labelled].sum()
+        coords += 2 * int(labelled.sum())
+        area = targets[b]["area"][person : person + 1]
+        oks = oks + oks_loss(pred[None] * torch.tensor([w, h]), gt[None], area, COCO_SIGMAS)[0].float()
+    expected = {
+        "loss_cls": sigmoid_focal_loss(outputs["logits"], labels).sum() / 3,
+        "loss_kpt": l1 / coords,
+        "loss_oks": oks / 3,
+    }
+    for key, value in expected.items():
+        torch.testing.assert_close(losses[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_heatmap_loss_against_its_targets_and_the_valid_cells():
+    """Padded batch: the Gaussian targets of each image's non-crowd people at stride 8 (sigma 2 cells),
+    scored only on the cells inside each image (ceil of its size over the stride)."""
+    gen = torch.Generator().manual_seed(5)
+    outputs, targets, _ = _batch_with_a_crowd(gen)
+    height, width = 10, 15  # the padded batch's stride-8 map: 80 x 120 pixels
+    outputs["heatmap"] = torch.randn(2, K, height, width, generator=gen)
+    losses = _criterion()(outputs, targets)
+    goals = torch.stack(
+        [gaussian_heatmap(t["keypoints"][t["iscrowd"] == 0], height, width, 8, 2.0) for t in targets]
+    )
+    valid = torch.zeros(2, 1, height, width, dtype=torch.bool)
+    valid[0, :, :10, :15] = True  # 80 x 120
+    valid[1, :, :8, :7] = True  # 60 x 50: ceil(7.5) rows, ceil(6.25) columns
+    expected = heatmap_focal_loss(outputs["heatmap"], goals, valid)
+    torch.testing.assert_close(losses["loss_hm"], expected, rtol=1e-5, atol=1e-6)
+
+
 def test_crowd_and_empty_images():
     gen = torch.Generator().manual_seed(3)
     kpts = torch.rand(2, K, 3, generator=gen) * torch.tensor([50.0, 40.0, 1.0])

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 
 from tests.train.conftest import IMAGE_SIZE, tiny_config
 from train.checkpoint import load_checkpoint, save_checkpoint
-from train.train import ResumableSampler, TrainConfig, config_from, seed_workers, train
+from train.train import MetricsLog, ResumableSampler, TrainConfig, config_from, seed_workers, train
 
 
 def test_short_run_end_to_end(data, tmp_path):
@@ -380,3 +380,19 @@ def test_compiled_training_steps(data, tmp_path):
     assert result["step"] == 2
     state = load_checkpoint(result["checkpoint"])
     assert all(not name.startswith("_orig_mod") for name in state["model"])
+
+
+def test_metrics_log_writes_strict_json(tmp_path):
+    """A CrowdPose level without images is nan: the line holds null, which every JSON parser reads."""
+
+    def strict(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    log = MetricsLog(tmp_path, enabled=True)
+    log.log(3, "val", {"AP": 0.5, "AP_medium": float("nan")})
+    assert json.loads((tmp_path / "metrics.jsonl").read_text(), parse_constant=strict) == {
+        "step": 3,
+        "kind": "val",
+        "AP": 0.5,
+        "AP_medium": None,
+    }
