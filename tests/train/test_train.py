@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,15 @@ import torch.multiprocessing as mp
 
 from tests.train.conftest import IMAGE_SIZE, tiny_config
 from train.checkpoint import load_checkpoint, save_checkpoint
-from train.train import MetricsLog, ResumableSampler, TrainConfig, config_from, seed_workers, train
+from train.train import (
+    MetricsLog,
+    ResumableSampler,
+    TrainConfig,
+    accumulate,
+    config_from,
+    seed_workers,
+    train,
+)
 
 
 def test_short_run_end_to_end(data, tmp_path):
@@ -52,6 +61,45 @@ def test_resume_after_interruption_is_bitwise(data, tmp_path):
 def test_gradient_accumulation_matches_larger_batch_step_count(data, tmp_path):
     result = train(tiny_config(data, tmp_path, batch_size=1, grad_accum=2, epochs=1))
     assert result["step"] == 3
+
+
+class _Affine(torch.nn.Module):
+    """A model of the training loop's interface: ``(images, padding_mask) -> outputs``."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+
+    def forward(self, images, padding_mask):
+        return {"out": images @ self.weight}
+
+
+def test_accumulate_averages_the_gradients_and_losses_of_every_micro_batch():
+    model = _Affine()
+    micro = [
+        torch.tensor([[1.0, 2.0, 3.0]]),
+        torch.tensor([[-4.0, 0.0, 8.0]]),
+        torch.tensor([[0.0, 1.0, 1.0]]),
+    ]
+
+    def criterion(outputs, targets):
+        loss = (outputs["out"] * targets).sum() ** 2
+        return {"loss": loss, "loss_part": 2 * loss}
+
+    batches = iter(
+        [(x, torch.zeros(1, dtype=torch.bool), torch.tensor([float(i + 1)])) for i, x in enumerate(micro)]
+    )
+    cfg = SimpleNamespace(grad_accum=3, precision="fp32")
+    totals = accumulate(
+        model, criterion, batches, cfg, torch.device("cpu"), torch.amp.GradScaler("cpu", enabled=False)
+    )
+    # loss_i = (t_i x_i . w)^2: gradient 2 t_i^2 (x_i . w) x_i
+    w = model.weight.detach()
+    losses = [float(((i + 1) * (x @ w)).sum() ** 2) for i, x in enumerate(micro)]
+    grads = [2 * (i + 1) ** 2 * (x @ w).sum() * x[0] for i, x in enumerate(micro)]
+    torch.testing.assert_close(model.weight.grad, sum(grads) / 3)
+    torch.testing.assert_close(totals["loss"], torch.tensor(sum(losses) / 3))
+    torch.testing.assert_close(totals["loss_part"], torch.tensor(2 * sum(losses) / 3))
 
 
 def _stops_at_step_3_keeping_step_2(data, tmp_path, monkeypatch, builder: str, poison, message: str):
@@ -330,15 +378,27 @@ def test_writes_killed_before_their_rename_are_cleaned_up_at_start(data, tmp_pat
     assert not stale.exists() and other.exists()
 
 
+def _built_models(monkeypatch) -> list:
+    """The models ``train`` builds, as it builds them (the module DDP wraps)."""
+    import train.train as loop
+
+    built, build = [], loop.build_model_from
+    monkeypatch.setattr(loop, "build_model_from", lambda *args: built.append(build(*args)) or built[-1])
+    return built
+
+
 def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
-    result = train(cfg)
-    torch.save({"step": result["step"]}, f"{out}/rank{rank}.pt")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        built = _built_models(monkeypatch)
+        result = train(cfg)
+    torch.save({"step": result["step"], "model": built[0].state_dict()}, f"{out}/rank{rank}.pt")
     torch.distributed.destroy_process_group()
 
 
 def test_ddp_two_gloo_processes(data, tmp_path):
+    """Each rank trains on its half of the data; averaged gradients keep their weights identical."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -348,13 +408,33 @@ def test_ddp_two_gloo_processes(data, tmp_path):
     assert state["step"] == 2 and len(state["rng"]) == 2
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert ranks[0]["step"] == ranks[1]["step"] == 2
+    for name, value in ranks[0]["model"].items():
+        assert torch.equal(value, ranks[1]["model"][name]), name
+        assert torch.equal(value, state["model"][name]), name
+    alone = train(dataclasses.replace(cfg, out_dir=str(tmp_path / "alone")))  # one process: other batches
+    assert not all(
+        torch.equal(v, load_checkpoint(alone["checkpoint"])["model"][k]) for k, v in state["model"].items()
+    )
 
 
-def test_bf16_autocast_trains(data, tmp_path):
+def test_bf16_autocast_trains(data, tmp_path, monkeypatch):
+    """The forward (training and evaluation) runs its linear layers in bf16; the weights stay fp32."""
+    import train.train as loop
+
+    dtypes, build = [], loop.build_model_from
+
+    def build_and_watch(*args):
+        model = build(*args)
+        model.encoder.layers[0].ffn.net[0].register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+        return model
+
+    monkeypatch.setattr(loop, "build_model_from", build_and_watch)
     result = train(tiny_config(data, tmp_path, precision="bf16", max_steps=2))
     state = load_checkpoint(result["checkpoint"])
     assert state["step"] == 2
-    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    weights = [v for v in state["model"].values() if v.is_floating_point()]
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights)
+    assert len(dtypes) >= 3 and set(dtypes) == {torch.bfloat16}  # two steps, then the evaluation
 
 
 def test_hydra_command_line(data, tmp_path):
@@ -374,10 +454,15 @@ def test_hydra_command_line(data, tmp_path):
 
 
 def test_compiled_training_steps(data, tmp_path):
-    """compile=True trains through the compiled encoder and decoder (two image sizes, one graph)."""
+    """compile=True trains through the compiled encoder and decoder, their sizes symbolic: one graph
+    each for training and one for evaluation, whatever the image sizes."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     cfg = tiny_config(data, tmp_path, compile=True, max_steps=2, train_scales=[48, IMAGE_SIZE])
     result = train(cfg)
     assert result["step"] == 2
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 4
+    torch._dynamo.reset()
     state = load_checkpoint(result["checkpoint"])
     assert all(not name.startswith("_orig_mod") for name in state["model"])
 
