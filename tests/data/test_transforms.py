@@ -1,5 +1,7 @@
 """Transforms keep keypoints on their pixels (draw markers, transform, look), flips swap sides."""
 
+import math
+
 import pytest
 import torch
 
@@ -157,6 +159,53 @@ def test_crop_unlabels_outside_keypoints_drops_empty_people_and_shrinks_areas():
         assert (out["area"] <= target["area"].max() + 1e-3).all()
 
 
+def test_crop_shrinks_each_area_with_its_box():
+    """A person whose box is the whole 100 x 100 image and whose keypoint, at the centre, every 60 x 60
+    window holds: the box becomes the window, and the area shrinks by the window's share."""
+    keypoints = torch.zeros(1, 17, 3)
+    keypoints[0, 0] = torch.tensor([50.5, 50.5, 2.0])
+    target = {"keypoints": keypoints, "boxes": torch.tensor([[0.0, 0.0, 100.0, 100.0]]),
+              "area": torch.tensor([1000.0]), "iscrowd": torch.zeros(1, dtype=torch.int64),
+              "size": torch.tensor([100, 100])}  # fmt: skip
+    torch.manual_seed(0)
+    for _ in range(5):
+        out_image, out = RandomCrop(60, 60)(torch.zeros(3, 100, 100), dict(target))
+        assert out_image.shape[-2:] == (60, 60)
+        assert out["boxes"].tolist() == [[0.0, 0.0, 60.0, 60.0]]
+        torch.testing.assert_close(out["area"], torch.tensor([1000.0 * 0.36]))
+
+
+@pytest.mark.parametrize("degrees", [90.0, -90.0, 30.0])
+def test_rotation_moves_a_keypoint_with_its_pixel(monkeypatch, degrees):
+    """One lit pixel with a keypoint on its centre. At +-90 degrees the pixel grid maps onto itself:
+    (x, y) goes to (y, w - x) (counter-clockwise on screen) or (h - y, x), exactly. At 30 degrees the
+    lit pixel spreads over its neighbours, whose brightness-weighted centre is the keypoint."""
+    from jcra.data import transforms
+
+    monkeypatch.setattr(transforms, "_uniform", lambda low, high: degrees)
+    h, w, px, py = 40, 60, 13, 29
+    image = torch.zeros(3, h, w)
+    image[:, py, px] = 255.0
+    keypoints = torch.zeros(1, 17, 3)
+    keypoints[0, 0] = torch.tensor([px + 0.5, py + 0.5, 2.0])
+    out_image, out = RandomRotation(90.0, p=1.0)(
+        image, {"keypoints": keypoints, "size": torch.tensor([h, w])}
+    )
+    x, y = out["keypoints"][0, 0, :2].tolist()
+    gray = out_image.mean(0)
+    if abs(degrees) == 90:
+        assert out_image.shape[-2:] == (w, h)
+        expected = (py + 0.5, w - px - 0.5) if degrees > 0 else (h - py - 0.5, px + 0.5)
+        assert (x, y) == pytest.approx(expected, abs=1e-4)
+        assert gray[int(y), int(x)] == pytest.approx(255.0, abs=1e-3) and gray.sum() == pytest.approx(255.0)
+    else:
+        rows, cols = torch.meshgrid(
+            torch.arange(gray.shape[0]) + 0.5, torch.arange(gray.shape[1]) + 0.5, indexing="ij"
+        )
+        centre = (float((gray * cols).sum() / gray.sum()), float((gray * rows).sum() / gray.sum()))
+        assert (x, y) == pytest.approx(centre, abs=0.15)
+
+
 def test_rotation_grows_the_canvas_and_keeps_areas():
     image, target = marked_sample(torch.Generator().manual_seed(2), h=100, w=200)
     torch.manual_seed(0)
@@ -222,6 +271,32 @@ def test_photometric_distortion_stays_in_range():
     for _ in range(20):
         out, _ = PhotometricDistortion()(image, {})
         assert out.min() >= 0 and out.max() <= 255
+
+
+def test_photometric_distortion_follows_its_formulas(monkeypatch):
+    """Every coin up, fixed draws: brightness +10, contrast x1.2, saturation x0.8 about the gray
+    level, hue: luma kept and YIQ's chroma turned 120 degrees; the draws in mmdet's ranges. Every
+    coin down: the image unchanged."""
+    from jcra.data import transforms
+
+    draws, ranges = iter([10.0, 1.2, 0.8, 120.0]), []
+    monkeypatch.setattr(transforms, "_coin", lambda p=0.5: True)
+    monkeypatch.setattr(transforms, "_uniform", lambda low, high: ranges.append((low, high)) or next(draws))
+    image = 20 + 100 * torch.rand(3, 6, 5, generator=torch.Generator().manual_seed(0))
+    out, _ = transforms.PhotometricDistortion()(image, {})
+    assert ranges == [(-32.0, 32.0), (0.5, 1.5), (0.5, 1.5), (-18.0, 18.0)]
+    x = (image + 10.0) * 1.2
+    gray = (x * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0)
+    x = gray + (x - gray) * 0.8
+    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    y, i, q = torch.einsum("ij,jhw->ihw", to_yiq, x)
+    y_out, i_out, q_out = torch.einsum("ij,jhw->ihw", to_yiq, out)
+    cos, sin = math.cos(math.radians(120.0)), math.sin(math.radians(120.0))
+    torch.testing.assert_close(y_out, y, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(i_out, i * cos - q * sin, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(q_out, i * sin + q * cos, rtol=1e-5, atol=1e-3)
+    monkeypatch.setattr(transforms, "_coin", lambda p=0.5: False)
+    assert torch.equal(transforms.PhotometricDistortion()(image, {})[0], image)
 
 
 @pytest.mark.parametrize(
