@@ -481,3 +481,27 @@ def test_metrics_log_writes_strict_json(tmp_path):
         "AP": 0.5,
         "AP_medium": None,
     }
+
+
+def test_predictions_come_back_in_each_images_original_pixels(data):
+    """Evaluation resizes the 64-pixel images to 48: a model that puts every keypoint at (0.75, 0.5) of
+    its input gives records at 0.75 and 0.5 of each image's own width and height (COCO's pixel indices)."""
+    from jcra.data.coco import PIXEL_CENTRE
+    from train.train import build_dataset, data_loader, keypoint_layout, predict_loader
+
+    class Fixed(torch.nn.Module):
+        def forward(self, images, padding_mask):
+            valid = ~padding_mask
+            assert max(valid.any(2).sum(1).max(), valid.any(1).sum(1).max()) <= 48  # resized, then padded
+            keypoints = torch.tensor([0.75, 0.5]).expand(images.shape[0], 2, 17, 2)
+            return {"logits": torch.zeros(images.shape[0], 2), "keypoints": keypoints}
+
+    cfg = tiny_config(data, ".", val_scale=48, max_size=48)
+    loader = data_loader(build_dataset(cfg.val_ann, cfg.val_images, False, cfg, keypoint_layout("coco")), cfg)
+    records = predict_loader(Fixed(), loader, torch.device("cpu"))
+    sizes = {image["id"]: image for image in json.loads(open(cfg.val_ann).read())["images"]}
+    assert len(records) == 2 * len(sizes)
+    for record in records:
+        image = sizes[record["image_id"]]
+        assert record["keypoints"][0::3] == pytest.approx([0.75 * image["width"] - PIXEL_CENTRE] * 17)
+        assert record["keypoints"][1::3] == pytest.approx([0.5 * image["height"] - PIXEL_CENTRE] * 17)
