@@ -88,6 +88,27 @@ def test_random_costs_match_scipy(q, g, dtype, atol):
     _check(cost, num_gt, linear_assignment(cost, num_gt), atol)
 
 
+def test_larger_random_costs_match_scipy():
+    """Longer augmenting paths and more dual updates than the small shapes: a solver that skips the
+    dual update is suboptimal on about a third of these."""
+    for b, q, g, seed in ((16, 20, 20, 31), (8, 16, 12, 32)):
+        cost, _ = _random_problem(b, q, g, seed=seed)
+        num_gt = torch.full((b,), g)
+        _check(cost, num_gt, linear_assignment(cost, num_gt), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [[[1.0, 1.0 + 1e-9], [1.0 + 1e-9, 1.0 + 3e-9]], [[1e8, 1e8 + 1.0], [1e8 + 1.0, 1e8 + 3.0]]],
+    ids=["near-ties", "large-offset"],
+)
+def test_fp64_costs_are_solved_in_fp64(rows):
+    """Differences fp32 cannot hold (1e-9 at 1, or 1 at 1e8): the anti-diagonal is the optimum."""
+    cost = torch.tensor([rows], dtype=torch.float64, device=DEVICE)
+    query_index, gt_index, valid = linear_assignment(cost, [2])
+    assert query_index.tolist() == [[1, 0]] and gt_index.tolist() == [[0, 1]] and valid.all()
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_ties_match_scipy(seed):
     """Integer costs from {0..3}: many optimal assignments and tied Dijkstra steps; totals are exact."""
@@ -175,6 +196,32 @@ def test_tall_problems_solve_on_the_cheapest_rows(monkeypatch, q, g, ties):
     _check(cost, num_gt, linear_assignment(cost, num_gt), atol=1e-5)
 
 
+def test_tall_problems_reach_each_columns_gth_cheapest_row(monkeypatch):
+    """Three ground truths whose three cheapest rows are the same, at the end of 40 queries: the
+    optimum needs each column's third cheapest row (a solver on fewer rows per column pays 1 for the
+    third); the other rows tie at 1."""
+    monkeypatch.setattr(la_module, "_MAX_BLOCK", 16)
+    cost = torch.ones(2, 40, 3, device=DEVICE)
+    cost[0, 37:] = torch.tensor([0.0, 0.1, 0.2], device=DEVICE)[:, None]
+    cost[1, :3] = torch.tensor([0.2, 0.1, 0.0], device=DEVICE)[:, None]
+    num_gt = torch.tensor([3, 3])
+    result = linear_assignment(cost, num_gt)
+    _check(cost, num_gt, result, atol=1e-6)
+    assert sorted(result[0][0].tolist()) == [37, 38, 39] and sorted(result[0][1].tolist()) == [0, 1, 2]
+
+
+def test_tall_problems_keep_every_candidate_row(monkeypatch):
+    """G = 2 with four distinct candidate rows (30 to 33), two of which the optimum (0) needs: the
+    first two in one image, the last two in the other, so dropping any candidate costs an image 0.5."""
+    monkeypatch.setattr(la_module, "_MAX_BLOCK", 16)
+    cost = torch.ones(2, 40, 2, device=DEVICE)
+    for image, (x, z, y, w) in enumerate([(30, 31, 32, 33), (32, 33, 30, 31)]):
+        cost[image, [x, y], 0] = torch.tensor([0.0, 0.5], device=DEVICE)
+        cost[image, [z, w], 1] = torch.tensor([0.0, 0.5], device=DEVICE)
+    num_gt = torch.tensor([2, 2])
+    _check(cost, num_gt, linear_assignment(cost, num_gt), atol=1e-6)
+
+
 def test_tall_problems_keep_non_finite_images_unsolved(monkeypatch):
     """A NaN outside the cheapest rows still fails its image; NaN in padding columns still does not."""
     monkeypatch.setattr(la_module, "_MAX_BLOCK", 16)
@@ -213,6 +260,17 @@ def test_non_finite_cost_names_image(bad):
     assert not valid[1].any() and (query_index[1] == -1).all() and (gt_index[1] == -1).all()
     keep = torch.tensor([0, 2])
     _check(cost[keep], num_gt[keep], tuple(t[keep] for t in (query_index, gt_index, valid)), atol=1e-5)
+
+
+@pytest.mark.parametrize(("q", "where"), [(6, (5, 3)), (3, (2, 3))], ids=["gt-rows", "query-rows"])
+def test_non_finite_cost_in_the_last_row_names_image(q, where):
+    """The finiteness scan reaches the last row of either side: the last ground truth (Q >= num_gt)
+    or the last query (Q < num_gt)."""
+    cost, _ = _random_problem(2, q, 5, seed=5)
+    num_gt = torch.tensor([4, 4])
+    cost[1, where[0], where[1]] = float("nan")
+    with pytest.raises(ValueError, match=r"image\(s\) \[1\]"):
+        linear_assignment(cost, num_gt)
 
 
 def test_non_finite_padding_is_ignored():

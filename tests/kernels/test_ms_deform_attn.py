@@ -105,6 +105,34 @@ def test_matches_reference(case, dtype, atol, rtol, deterministic, poisoned):
     assert_matches(got, want, atol, rtol)
 
 
+def _ulp(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The spacing of ``dtype`` numbers at each value of ``x`` (fp64)."""
+    bits, min_exponent = {torch.bfloat16: (7, -126), torch.float16: (10, -14)}[dtype]
+    _, exponent = torch.frexp(x.abs())
+    return torch.pow(2.0, (exponent - 1).clamp(min=min_exponent).double() - bits)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+def test_reduced_precision_sums_in_fp32_and_rounds_once(case, dtype, deterministic):
+    """Output, value and weight gradients in bf16/fp16: each element within 2 ulps of the exact sum
+    (one rounding, to nearest on GPUs, towards zero in the interpreter) plus 2^-18 of the sum of its
+    terms' magnitudes (fp32 accumulation). Sums with cancellation show any term rounded to the dtype
+    on the way, which the scale-relative tolerances above cannot."""
+    N, Lq, M, D, shapes, P = CASES[case]
+    value, loc, attn = make_inputs(N, Lq, M, D, shapes, P, dtype, seed=1000 * case + 7)
+    grad = torch.randn(N, Lq, M * D, device=DEVICE).to(dtype)
+    got = run(lambda *a: fused(*a, deterministic=deterministic), value, shapes, loc, attn, grad)
+    want = run(reference64, value, shapes, loc, attn, grad.double())
+    # every term's magnitude: the same sums over absolute values (bilinear weights are >= 0)
+    magnitude = run(reference64, value.abs(), shapes, loc, attn.abs(), grad.double().abs())
+    for name, i in (("output", 0), ("grad value", 1), ("grad weights", 3)):
+        bound = 2 * _ulp(want[i], dtype) + 2.0**-18 * magnitude[i].abs()
+        excess = ((got[i].double() - want[i]).abs() / bound).max().item()
+        assert excess <= 1.0, f"{name}: error {excess:.1f} times its bound"
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="autotuning runs only for CUDA launches")
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPES[:2], ids=["float32", "bfloat16"])
 def test_autotuned_launch_matches_reference(dtype, atol, rtol):

@@ -239,6 +239,41 @@ def test_pose_matching_cost_kernel_matches_reference(b, q, g, k, dtype, sized):
     torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=2e-5)
 
 
+@pytest.mark.parametrize(
+    "weights",
+    [(1.0, 5.0, 3.0, 0.25, 2.0), (2.0, 70.0, 7.0, 0.4, 1.0), (0.5, 10.0, 2.0, 0.1, 1.5)],
+    ids=["distinct-weights", "gamma-1", "gamma-1.5"],
+)
+def test_pose_matching_cost_kernel_takes_every_weight(weights):
+    """Each weight, alpha and gamma reaches its term: distinct values, unlike the defaults' w_class =
+    w_oks and gamma = 2."""
+    w_class, w_kpt, w_oks, alpha, gamma = weights
+    logits, pred, gt, area = _random_batch(2, 37, 5, 17, torch.float32, seed=3)
+    size = _image_size(2, True)
+    kwargs = dict(w_class=w_class, w_kpt=w_kpt, w_oks=w_oks, alpha=alpha, gamma=gamma)
+    got = pose_matching_cost(logits, pred, gt, area, _sigmas(17), **kwargs, image_size=size)
+    want = pose_matching_cost_reference(
+        logits.double(), pred.double(), gt.double(), area.double(), _sigmas(17).double(), **kwargs,
+        image_size=size.double(),
+    )  # fmt: skip
+    torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=2e-5)
+
+
+@pytest.mark.parametrize("fn", ["reference", "kernel"])
+def test_ground_truth_of_zero_area_has_no_oks(fn):
+    """A person with labelled keypoints but area 0 (padding, or a degenerate box) scores OKS 0 even
+    against a perfect prediction, so its cost's OKS term is the whole w_oks."""
+    gt = torch.rand(1, 2, 17, 3, generator=torch.Generator().manual_seed(4))
+    gt[..., 2] = 2.0
+    area = torch.tensor([[0.0, 0.2]])
+    pred = gt[:, :, :, :2].clone()  # query q predicts ground truth q exactly
+    oks = (pairwise_oks if fn == "kernel" else pairwise_oks_reference)(pred, gt, area, _sigmas(17))
+    assert oks[0, 0, 0] == 0 and oks[0, 1, 1] == pytest.approx(1.0)
+    cost_fn = pose_matching_cost if fn == "kernel" else pose_matching_cost_reference
+    cost = cost_fn(torch.zeros(1, 2), pred, gt, area, _sigmas(17), w_class=0.0, w_kpt=0.0, w_oks=3.0)
+    assert cost[0, 0, 0] == pytest.approx(3.0) and cost[0, 1, 1] == pytest.approx(0.0, abs=1e-6)
+
+
 @pytest.mark.parametrize("fn", ["reference", "kernel"])
 def test_image_size_gives_oks_in_pixels(fn):
     """Normalised coordinates with image_size give the OKS of the same poses in pixels, on images far
