@@ -3,13 +3,19 @@
 import contextlib
 import io
 
+import numpy as np
 import pytest
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import nn
 
-from bench.baselines.associative_embedding import AssociativeEmbeddingHead, decode_associative_embedding
+from bench.baselines.associative_embedding import (
+    COCO_JOINT_ORDER,
+    AssociativeEmbeddingHead,
+    _group,
+    decode_associative_embedding,
+)
 from bench.baselines.dekr import DEKRHead, decode_dekr, pose_nms
 from bench.baselines.render import (
     add_noise,
@@ -186,3 +192,117 @@ def test_peak_noise_leaves_the_background_below_dekrs_threshold():
     assert background.float().mean() > 0.5 and torch.equal(noisy[background], heat[background])
     assert (noisy[~background] != heat[~background]).float().mean() > 0.9
     assert noisy.min() >= 0 and noisy.max() <= 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# Each decoding step on its own
+# ---------------------------------------------------------------------------------------------------
+
+
+def _one_person(hw=(192, 320), seed=11):
+    return random_poses(1, *hw, seed=seed)
+
+
+def test_dekr_pose_nms_removes_a_second_centre_of_the_same_person():
+    """A second centre peak whose offsets point at the same person's joints: one pose comes back, the
+    person's."""
+    hw, (h, w) = (192, 320), (48, 80)
+    gt = _one_person(hw)
+    heat, offsets = render_dekr(gt, (h, w), STRIDE)
+    cy, cx = np.unravel_index(int(heat[-1].argmax()), (h, w))
+    y2, x2 = (cy + 10) % h, (cx + 10) % w  # well outside the centre's max-pool window
+    heat[-1, y2, x2] = 0.8
+    offsets[0::2, y2, x2] = gt[0, :, 0] / STRIDE - x2
+    offsets[1::2, y2, x2] = gt[0, :, 1] / STRIDE - y2
+    poses, scores = decode_dekr(heat, offsets, STRIDE)
+    assert poses.shape[0] == scores.shape[0] == 1
+    torch.testing.assert_close(poses[0, :, :2], gt[0, :, :2], atol=1e-3, rtol=0)
+
+
+def test_dekr_keeps_centres_above_its_threshold_only():
+    """Two people, one centre peak at 0.005: below DEKR's 0.01, found at a threshold of 0.001."""
+    hw = (192, 320)
+    gt = random_poses(2, *hw, seed=12)
+    heat, offsets = render_dekr(gt, (hw[0] // STRIDE, hw[1] // STRIDE), STRIDE)
+    faint = render_dekr(gt[1:], (hw[0] // STRIDE, hw[1] // STRIDE), STRIDE)[0][-1]
+    heat[-1] = torch.maximum(
+        render_dekr(gt[:1], (hw[0] // STRIDE, hw[1] // STRIDE), STRIDE)[0][-1], 0.005 * faint
+    )
+    assert decode_dekr(heat, offsets, STRIDE)[0].shape[0] == 1
+    assert decode_dekr(heat, offsets, STRIDE, centre_threshold=0.001)[0].shape[0] == 2
+
+
+def _upsampled_at(heat: np.ndarray, x: int, y: int, stride: int) -> float:
+    """Bilinear upsampling by ``stride`` (align_corners=False, edges clamped) read at image pixel (x, y)."""
+    h, w = heat.shape
+    sx, sy = (x + 0.5) / stride - 0.5, (y + 0.5) / stride - 0.5
+    sx, sy = min(max(sx, 0.0), w - 1.0), min(max(sy, 0.0), h - 1.0)
+    x0, y0 = int(np.floor(sx)), int(np.floor(sy))
+    x1, y1 = min(x0 + 1, w - 1), min(y0 + 1, h - 1)
+    fx, fy = sx - x0, sy - y0
+    top = heat[y0, x0] * (1 - fx) + heat[y0, x1] * fx
+    bottom = heat[y1, x0] * (1 - fx) + heat[y1, x1] * fx
+    return float(top * (1 - fy) + bottom * fy)
+
+
+def test_dekr_joint_score_is_centre_times_upsampled_heat():
+    """On a non-square map: joint k scores the centre's peak value times keypoint k's heat upsampled
+    to the image, read at the pixel under the regressed joint (computed here by hand)."""
+    hw = (160, 320)
+    gt = _one_person(hw, seed=13)
+    heat, offsets = render_dekr(gt, (hw[0] // STRIDE, hw[1] // STRIDE), STRIDE)
+    heat = (0.9 * heat).clamp(0, 1)
+    poses, _ = decode_dekr(heat, offsets, STRIDE)
+    centre = float(heat[-1].max())
+    maps = heat.numpy()
+    for k, (x, y, score) in enumerate(poses[0].tolist()):
+        expected = centre * _upsampled_at(maps[k], int(np.floor(x)), int(np.floor(y)), STRIDE)
+        assert score == pytest.approx(expected, rel=1e-4), k
+
+
+def test_associative_embedding_refinement_fills_a_faint_joint_from_its_own_tag():
+    """Person 1's left wrist peaks at 0.05, below the 0.1 detection threshold, while the others' are
+    strong: refinement finds it where heat minus rounded tag distance peaks, at person 1's own wrist
+    (tags off their integers by noise, which the rounding absorbs)."""
+    hw, joint = (256, 384), 9
+    out_hw = (hw[0] // STRIDE, hw[1] // STRIDE)
+    gt = random_poses(3, *hw, seed=14)
+    heat = render_heatmaps(gt, out_hw, STRIDE)
+    others = render_heatmaps(gt[[0, 2]], out_hw, STRIDE)[joint]
+    heat[joint] = torch.maximum(others, 0.05 * render_heatmaps(gt[1:2], out_hw, STRIDE)[joint])
+    tags = add_noise(render_tags(gt, out_hw, STRIDE), 0.1, seed=3)
+    poses, _ = decode_associative_embedding(heat, tags, STRIDE)
+    assert poses.shape[0] == 3
+    person = int((poses[:, 0, :2] - gt[1, 0, :2]).norm(dim=-1).argmin())  # matched by the nose
+    assert (poses[person, joint, :2] - gt[1, joint, :2]).norm() < STRIDE
+    assert poses[person, joint, 2] == pytest.approx(0.05, abs=0.01)
+
+
+def test_associative_embedding_groups_the_higher_peak_of_equal_tag_distance():
+    """Joint 1 has two peaks within a tag unit of person 0 (rounded distance 0): the higher joins it
+    (cost round(distance) * 100 - heat), the lower starts a new person, whichever comes first."""
+    vals = np.array([[0.9, 0.0], [0.3, 0.9]])
+    tags = np.array([[0.0, 0.0], [0.2, 0.3]])
+    xy = np.arange(8, dtype=float).reshape(2, 2, 2)
+    people = _group(vals, tags, xy, (0, 1), threshold=0.1, tag_threshold=1.0)
+    assert people.shape == (2, 2, 4)
+    assert people[0, 1].tolist() == [6.0, 7.0, 0.9, 0.3] and people[1, 1].tolist() == [4.0, 5.0, 0.3, 0.2]
+
+
+def test_associative_embedding_groups_in_higherhrnets_joint_order():
+    """Head, shoulders, hips, then limbs outward (HigherHRNet's ``joint_order``, 0-based)."""
+    assert COCO_JOINT_ORDER == (0, 1, 2, 3, 4, 5, 6, 11, 12, 7, 8, 9, 10, 13, 14, 15, 16)
+
+
+def test_associative_embedding_moves_each_peak_a_quarter_pixel_to_its_higher_neighbour():
+    """One person: a joint at map coordinate m decodes to round(m) + 0.25 * sign(m - round(m)), in
+    each axis, times the stride."""
+    hw = (192, 320)
+    gt = _one_person(hw, seed=15)
+    out_hw = (hw[0] // STRIDE, hw[1] // STRIDE)
+    poses, _ = decode_associative_embedding(
+        render_heatmaps(gt, out_hw, STRIDE), render_tags(gt, out_hw, STRIDE), STRIDE
+    )
+    m = gt[0, :, :2] / STRIDE
+    expected = (m.round() + 0.25 * torch.sign(m - m.round())) * STRIDE
+    torch.testing.assert_close(poses[0, :, :2], expected, atol=1e-4, rtol=0)
