@@ -37,24 +37,71 @@ def test_report_ratios_against_compiled_reference(tmp_path):
     assert (tmp_path / "out" / "speedups.png").stat().st_size > 0
 
 
-def crowd_rows(jcra_ms, network_ms, post_ms, network_hw=(64, 64)):
+def crowd_rows(jcra_ms, network_ms, post_ms, network_hw=(64, 64), batch=1):
     """End-to-end and bottom-up rows as the suites name them (providers from the test ids), JCRA at
-    64x64 and the baselines' networks at ``network_hw``."""
+    64x64 and the baselines' networks at ``network_hw``, both timing whole batches of ``batch``;
+    post-processing rows (per image, no batch) for the ``post_ms`` given."""
+    group = f"end to end batch {batch} 64x64"
     rows = [
-        {**bench_row("end to end batch 1 64x64", "jcra", jcra_ms / 1e3), "name": "test_end_to_end[jcra-1]"},
-        {**bench_row("end to end batch 1 64x64", "jcra-reference", 1.0), "name": "x[jcra-reference-1]"},
+        {**bench_row(group, "jcra", jcra_ms / 1e3), "name": f"test_end_to_end[jcra-{batch}]"},
+        {**bench_row(group, "jcra-reference", 1.0), "name": f"x[jcra-reference-{batch}]"},
     ]
     rows[0]["extra_info"]["image"] = [64, 64]
     for method, net in network_ms.items():
-        row = {**bench_row("bottom-up network, batch 1", "", net / 1e3), "name": f"net[{method}-1]"}
+        row = {
+            **bench_row(f"bottom-up network, batch {batch}", "", net / 1e3),
+            "name": f"net[{method}-{batch}]",
+        }
         row["extra_info"]["image_hw"] = list(network_hw)
         rows.append(row)
-        for people, post in post_ms[method].items():
+        for people, post in post_ms.get(method, {}).items():
             group = f"bottom-up postprocess, {people} people"
             rows.append({**bench_row(group, "", post / 1e3), "name": f"post[{method}-{people}]"})
     for row in rows[2:]:
         del row["extra_info"]["provider"]
     return rows
+
+
+def test_batch_eight_takes_each_images_share_of_the_batch(tmp_path):
+    """At batch 8 JCRA and the bottom-up networks cost an eighth of their batch's time each image, the
+    post-processing (per image) its own."""
+    post = {"associative_embedding": {1: 1.0, 20: 8.0}, "dekr": {1: 2.0, 20: 3.0}}
+    rows = crowd_rows(10.0, {"associative_embedding": 12.0, "dekr": 14.0}, post)
+    rows += crowd_rows(40.0, {"associative_embedding": 48.0, "dekr": 56.0}, {}, batch=8)
+    main([str(write_run(tmp_path / "crowd.json", rows)), "--out", str(tmp_path / "out")])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["e2e_speedup_vs_bottom_up"] == {"1": 1.3, "20": 1.7}
+    # 1 person: AE 48/8 + 1 = 7 beats DEKR 56/8 + 2 = 9, against JCRA's 40/8 = 5; 20: DEKR 7 + 3 = 10
+    assert summary["e2e_speedup_vs_bottom_up_batch8"] == {"1": 1.4, "20": 2.0}
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "latency at batch 8" in table and "| 20 | 5.00 | 14.00 | 10.00 | 2.00x |" in table
+
+
+def test_matcher_summary_is_scipy_over_triton_at_g_20(tmp_path):
+    """From the linear-assignment suite's G = 20 group (its G = 200 group sorts first and is another)."""
+    rows = [bench_row("linear_assignment N=56 Q=300 G=20", p, m) for p, m in
+            (("scipy", 0.0024), ("triton", 0.00012), ("torch_linear_assignment", 0.00043))]  # fmt: skip
+    rows += [
+        bench_row("linear_assignment N=16 Q=300 G=200", p, m) for p, m in (("scipy", 0.01), ("triton", 0.001))
+    ]
+    main([str(write_run(tmp_path / "assignment.json", rows)), "--out", str(tmp_path / "out")])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["matcher_speedup_vs_scipy"] == pytest.approx(20.0)
+
+
+def test_stage_times_keep_their_units(tmp_path, monkeypatch):
+    """Host stamps 20 ms apart (a CPU's clock, faked) are 20 ms, stored as 0.020 s, tabled as 20 ms."""
+    import bench.profiling as profiling
+
+    clock = iter([1.000, 1.020])
+    monkeypatch.setattr(profiling, "CUDA", False)
+    monkeypatch.setattr(profiling.time, "perf_counter", lambda: next(clock))
+    start, end = profiling.Stamp(), profiling.Stamp()
+    assert start.ms_until(end) == pytest.approx(20.0)
+    results = profiling.benchmark_json({"encoder": start.ms_until(end)}, "jcra, batch 1", batch=1)
+    assert results["benchmarks"][0]["stats"]["median"] == pytest.approx(0.020)
+    main([str(write_run(tmp_path / "stages.json", results["benchmarks"])), "--out", str(tmp_path / "out")])
+    assert "| JCRA stages, jcra, batch 1 | encoder | 20.000 |" in (tmp_path / "out" / "table.md").read_text()
 
 
 def test_summary_and_crowd_table_from_several_files(tmp_path):

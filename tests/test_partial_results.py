@@ -20,17 +20,22 @@ def test_first(benchmark):
     benchmark.pedantic(time.sleep, args=(0.001,), rounds=3)
 
 def test_second(benchmark):
-    if os.environ.get("KILL_SECOND"):
-        os.kill(os.getpid(), signal.SIGKILL)  # what a section's time limit does
     benchmark.group = "g"
     benchmark.extra_info["provider"] = "second"
+    benchmark.pedantic(time.sleep, args=(0.001,), rounds=3)
+
+def test_third(benchmark):
+    if os.environ.get("KILL_THIRD"):
+        os.kill(os.getpid(), signal.SIGKILL)  # what a section's time limit does
+    benchmark.group = "g"
+    benchmark.extra_info["provider"] = "third"
     benchmark.pedantic(time.sleep, args=(0.001,), rounds=3)
 """
 
 
 def _run(tmp_path: Path, kill: bool) -> subprocess.CompletedProcess:
     (tmp_path / "bench_suite.py").write_text(SUITE)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **({"KILL_SECOND": "1"} if kill else {})}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **({"KILL_THIRD": "1"} if kill else {})}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "bench.partial_results", "-p", "no:cacheprovider",
                str(tmp_path / "bench_suite.py"), f"--benchmark-json={tmp_path / 'out.json'}"]  # fmt: skip
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
@@ -40,10 +45,10 @@ def test_killed_run_keeps_the_finished_benchmarks(tmp_path, capsys):
     result = _run(tmp_path, kill=True)
     assert result.returncode != 0
     partial = json.loads((tmp_path / "out.partial.json").read_text())
-    assert [b["extra_info"]["provider"] for b in partial["benchmarks"]] == ["first"]
-    assert partial["benchmarks"][0]["stats"]["rounds"] == 3
+    assert [b["extra_info"]["provider"] for b in partial["benchmarks"]] == ["first", "second"]
+    assert all(b["stats"]["rounds"] == 3 for b in partial["benchmarks"])
     _, groups = load_groups([tmp_path / "out.json", tmp_path / "out.partial.json"])
-    assert [row["provider"] for row in groups["g"]] == ["first"]
+    assert [row["provider"] for row in groups["g"]] == ["first", "second"]
     assert "empty or not JSON" in capsys.readouterr().out
 
 
@@ -52,7 +57,7 @@ def test_finished_run_leaves_only_its_json(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert not (tmp_path / "out.partial.json").exists()
     _, groups = load_groups([tmp_path / "out.json"])
-    assert sorted(row["provider"] for row in groups["g"]) == ["first", "second"]
+    assert sorted(row["provider"] for row in groups["g"]) == ["first", "second", "third"]
 
 
 @pytest.mark.parametrize("section", ["train_step", "crowd"])
