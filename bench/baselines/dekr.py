@@ -92,8 +92,8 @@ def decode_dekr(
     there. DEKR's COCO test settings: centre peaks by a max pool of 3, 5 or 7 as the map's mean side
     passes 200 and 300, the top ``max_people`` above 0.01; keypoint heat read on the heatmaps upsampled
     to the image (the pixel below each joint); pose NMS at 0.05 of the pose's diagonal when more than
-    ``nms_joints`` joints agree (DEKR's 8 for K = 17, scaled with K otherwise); then at most
-    ``max_people`` poses by heat score. A pose's score is the mean of its joints'.
+    ``nms_joints`` joints agree (DEKR's 8 for K = 17, scaled with K otherwise), so at most
+    ``max_people`` poses. A pose's score is the mean of its joints'.
     """
     if heatmaps.dim() != 3 or offsets.shape != (2 * (heatmaps.shape[0] - 1), *heatmaps.shape[1:]):
         raise ValueError(
@@ -124,6 +124,4 @@ def decode_dekr(
     more_than = nms_joints if nms_joints is not None else round(8 * k_joints / 17)
     heat_scores = heat.mean(1)
     kept = pose_nms(poses, heat_scores, nms_distance, more_than)
-    if len(kept) > max_people:
-        kept = kept[heat_scores[kept].topk(max_people).indices]
     return poses[kept], joint_scores[kept].mean(1)

@@ -22,6 +22,7 @@ from bench.baselines.render import (
     add_peak_noise,
     load_people,
     pose_areas,
+    pose_centres,
     random_poses,
     render_dekr,
     render_heatmaps,
@@ -306,3 +307,75 @@ def test_associative_embedding_moves_each_peak_a_quarter_pixel_to_its_higher_nei
     m = gt[0, :, :2] / STRIDE
     expected = (m.round() + 0.25 * torch.sign(m - m.round())) * STRIDE
     torch.testing.assert_close(poses[0, :, :2], expected, atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The rendered maps and the decoders' limits
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_rendered_maps_have_their_gaussians_and_centres():
+    """A joint on map pixel (5, 3) peaks at 1 there and falls to exp(-1 / (2 sigma^2)) one pixel off
+    (sigma 2 map pixels); centres and areas take the labelled joints only."""
+    poses = torch.zeros(1, 17, 3)
+    poses[0, :3] = torch.tensor([[5 * STRIDE, 3 * STRIDE, 2], [9 * STRIDE, 7 * STRIDE, 1], [40.0, 40.0, 2]])
+    heat = render_heatmaps(poses, (12, 16), STRIDE)
+    assert heat[0, 3, 5] == 1 and heat[0, 3, 6] == pytest.approx(np.exp(-1 / 8)) and heat[3:].max() == 0
+    torch.testing.assert_close(pose_centres(poses), torch.tensor([[(20 + 36 + 40) / 3, (12 + 28 + 40) / 3]]))
+    assert pose_areas(poses).tolist() == [(40.0 - 20.0) * (40.0 - 12.0)]
+
+
+def test_add_noise_follows_its_seed():
+    maps = torch.zeros(3, 8, 8)
+    assert torch.equal(add_noise(maps, 0.1, seed=1), add_noise(maps, 0.1, seed=1))
+    assert not torch.equal(add_noise(maps, 0.1, seed=1), add_noise(maps, 0.1, seed=2))
+    assert add_noise(maps, 0.1, seed=1).std() == pytest.approx(0.1, rel=0.2)
+
+
+def test_load_people_skips_crowds_and_sparse_people(tmp_path):
+    import json
+
+    keypoints = [1.0, 2.0, 2] * 17
+    annotations = [
+        {"keypoints": keypoints, "num_keypoints": 17, "iscrowd": 0},
+        {"keypoints": keypoints, "num_keypoints": 17, "iscrowd": 1},
+        {"keypoints": keypoints, "num_keypoints": 5, "iscrowd": 0},
+    ]
+    (tmp_path / "ann.json").write_text(json.dumps({"annotations": annotations}))
+    people = load_people(tmp_path / "ann.json")
+    assert len(people) == 1 and people[0].shape == (17, 3)
+
+
+@pytest.mark.parametrize(
+    ("hw", "apart", "survives"),
+    [((1280, 1600), 3, False), ((800, 1200), 3, True), ((800, 1200), 2, False), ((320, 480), 2, True)],
+)
+def test_dekr_centre_pool_grows_with_the_map(hw, apart, survives):
+    """DEKR pools centres over 7 map pixels where the map's mean side passes 300, 5 past 200, 3 below:
+    a second centre ``apart`` pixels from the first (its pose elsewhere, so pose NMS keeps it) survives
+    a pool that does not reach it."""
+    h, w = hw[0] // STRIDE, hw[1] // STRIDE
+    gt = random_poses(1, *hw, seed=16)
+    heat, offsets = render_dekr(gt, (h, w), STRIDE)
+    cy, cx = np.unravel_index(int(heat[-1].argmax()), (h, w))
+    heat[-1, cy, cx + apart] = 0.9
+    offsets[0::2, cy, cx + apart] += 200 / STRIDE
+    assert decode_dekr(heat, offsets, STRIDE)[0].shape[0] == (2 if survives else 1)
+
+
+def test_dekr_returns_at_most_max_people():
+    hw = (256, 384)
+    gt = random_poses(5, *hw, seed=17)
+    heat, offsets = render_dekr(gt, (hw[0] // STRIDE, hw[1] // STRIDE), STRIDE)
+    assert decode_dekr(heat, offsets, STRIDE, max_people=3)[0].shape[0] == 3
+    assert decode_dekr(heat, offsets, STRIDE)[0].shape[0] == 5
+
+
+def test_associative_embedding_ignores_peaks_below_its_threshold():
+    """A stray blob at 0.09 with its own tag (below the 0.1 detection threshold) starts no person."""
+    hw = (256, 384)
+    out_hw = (hw[0] // STRIDE, hw[1] // STRIDE)
+    gt = random_poses(2, *hw, seed=18)
+    heat, tags = render_heatmaps(gt, out_hw, STRIDE), render_tags(gt, out_hw, STRIDE)
+    heat[4, 2, 2], tags[4, 2, 2] = 0.09, 7.0
+    assert decode_associative_embedding(heat, tags, STRIDE)[0].shape[0] == 2
