@@ -268,3 +268,11 @@ def test_non_finite_predictions_raise_naming_the_problem(solver, bad):
     else:
         _, query, column = matcher.match(logits, keypoints, padded)
         assert (query[1, :2] == -1).all() and (column[1, :2] == -1).all() and (query[0] >= 0).all()
+
+
+def test_pair_positions_cap_each_image_at_the_rows_width():
+    """Image 0 has more people (5) than pairs a row holds (3): its three pairs, then image 1's one."""
+    from jcra.matcher import _pair_positions
+
+    batch, position = _pair_positions([5, 1, 0], 3, torch.device("cpu"))
+    assert batch.tolist() == [0, 0, 0, 1] and position.tolist() == [0, 1, 2, 3]
