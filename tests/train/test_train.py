@@ -378,12 +378,19 @@ def test_writes_killed_before_their_rename_are_cleaned_up_at_start(data, tmp_pat
     assert not stale.exists() and other.exists()
 
 
-def _built_models(monkeypatch) -> list:
-    """The models ``train`` builds, as it builds them (the module DDP wraps)."""
+def _built_models(monkeypatch, watch=lambda model: None) -> list:
+    """The models ``train`` builds, as it builds them (the module DDP wraps), each passed to ``watch``
+    before it runs."""
     import train.train as loop
 
     built, build = [], loop.build_model_from
-    monkeypatch.setattr(loop, "build_model_from", lambda *args: built.append(build(*args)) or built[-1])
+
+    def build_and_keep(*args):
+        built.append(build(*args))
+        watch(built[-1])
+        return built[-1]
+
+    monkeypatch.setattr(loop, "build_model_from", build_and_keep)
     return built
 
 
@@ -419,16 +426,12 @@ def test_ddp_two_gloo_processes(data, tmp_path):
 
 def test_bf16_autocast_trains(data, tmp_path, monkeypatch):
     """The forward (training and evaluation) runs its linear layers in bf16; the weights stay fp32."""
-    import train.train as loop
+    dtypes = []
 
-    dtypes, build = [], loop.build_model_from
-
-    def build_and_watch(*args):
-        model = build(*args)
+    def watch(model):
         model.encoder.layers[0].ffn.net[0].register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
-        return model
 
-    monkeypatch.setattr(loop, "build_model_from", build_and_watch)
+    _built_models(monkeypatch, watch)
     result = train(tiny_config(data, tmp_path, precision="bf16", max_steps=2))
     state = load_checkpoint(result["checkpoint"])
     assert state["step"] == 2
