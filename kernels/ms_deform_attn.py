@@ -85,6 +85,25 @@ def _as_shapes(spatial_shapes: Sequence[Sequence[int]] | torch.Tensor) -> Shapes
 # at batch 8 of 1333x800 images with 256 channels.
 # ----------------------------------------------------------------------------------------------------
 @triton.jit
+def _program_tile(Lq, S, M, D, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's BLOCK_Q queries of one (image n, head m): the query mask, the channels and their
+    mask, each query's row of loc/attn/out ``[BLOCK_Q]``, and the (n, m) base row of `value`."""
+    pid_q = tl.program_id(0).to(tl.int64)
+    pid_nm = tl.program_id(1).to(tl.int64)
+    n = pid_nm // M
+    m = pid_nm % M
+    q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    d = tl.arange(0, BLOCK_D)
+    return q < Lq, d, d < D, (n * Lq + q) * M + m, n * S * M + m
+
+
+@triton.jit
+def _level(levels_ptr, lvl):
+    """Height, width and first token of level `lvl` in the [L, 3] level table."""
+    return tl.load(levels_ptr + 3 * lvl), tl.load(levels_ptr + 3 * lvl + 1), tl.load(levels_ptr + 3 * lvl + 2)
+
+
+@triton.jit
 def _bilinear_setup(loc_ptr, idx, q_mask, w, h):
     """Corner (x0, y0) and fractions (fx, fy) of the sample at location index `idx` on a W x H map."""
     loc_x = tl.load(loc_ptr + 2 * idx, mask=q_mask, other=0.0)
@@ -105,6 +124,17 @@ def _corner_offset(row_base, start, x, y, w, h, M, D, q_mask):
     """Element offset of corner (x, y) of the level starting at `start`, and whether it is on the map."""
     inside = q_mask & (x >= 0) & (x < w) & (y >= 0) & (y < h)
     return (row_base + (start + y * w + x) * M) * D, inside
+
+
+@triton.jit
+def _corners(row_base, start, x0, y0, w, h, M, D, q_mask):
+    """Offsets and on-map flags of the four bilinear corners, (x0, y0), (x0 + 1, y0), (x0, y0 + 1) and
+    (x0 + 1, y0 + 1), in that order."""
+    o00, in00 = _corner_offset(row_base, start, x0, y0, w, h, M, D, q_mask)
+    o01, in01 = _corner_offset(row_base, start, x0 + 1, y0, w, h, M, D, q_mask)
+    o10, in10 = _corner_offset(row_base, start, x0, y0 + 1, w, h, M, D, q_mask)
+    o11, in11 = _corner_offset(row_base, start, x0 + 1, y0 + 1, w, h, M, D, q_mask)
+    return o00, in00, o01, in01, o10, in10, o11, in11
 
 
 @triton.jit
@@ -132,29 +162,15 @@ def _ms_deform_attn_fwd_kernel(
     BLOCK_Q: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    pid_q = tl.program_id(0).to(tl.int64)
-    pid_nm = tl.program_id(1).to(tl.int64)
-    n = pid_nm // M
-    m = pid_nm % M
-    q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    q_mask = q < Lq
-    d = tl.arange(0, BLOCK_D)
-    d_mask = d < D
-    query_row = (n * Lq + q) * M + m  # [BLOCK_Q] row of loc/attn/out
-    row_base = n * S * M + m
+    q_mask, d, d_mask, query_row, row_base = _program_tile(Lq, S, M, D, BLOCK_Q, BLOCK_D)
     acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
     for lvl in range(L):
-        h = tl.load(levels_ptr + 3 * lvl)
-        w = tl.load(levels_ptr + 3 * lvl + 1)
-        start = tl.load(levels_ptr + 3 * lvl + 2)
+        h, w, start = _level(levels_ptr, lvl)
         for p in range(P):
             idx = (query_row * L + lvl) * P + p
             a = tl.load(attn_ptr + idx, mask=q_mask, other=0.0).to(tl.float32)
             x0, y0, fx, fy = _bilinear_setup(loc_ptr, idx, q_mask, w, h)
-            o00, in00 = _corner_offset(row_base, start, x0, y0, w, h, M, D, q_mask)
-            o01, in01 = _corner_offset(row_base, start, x0 + 1, y0, w, h, M, D, q_mask)
-            o10, in10 = _corner_offset(row_base, start, x0, y0 + 1, w, h, M, D, q_mask)
-            o11, in11 = _corner_offset(row_base, start, x0 + 1, y0 + 1, w, h, M, D, q_mask)
+            o00, in00, o01, in01, o10, in10, o11, in11 = _corners(row_base, start, x0, y0, w, h, M, D, q_mask)
             sample = (
                 ((1 - fx) * (1 - fy))[:, None] * _load_corner(value_ptr, o00, in00, d, d_mask)
                 + (fx * (1 - fy))[:, None] * _load_corner(value_ptr, o01, in01, d, d_mask)
@@ -167,10 +183,10 @@ def _ms_deform_attn_fwd_kernel(
 
 
 @triton.jit
-def _scatter_corner(
-    grad_value_ptr, dst_ptr, coef_ptr, entry, offset, inside, coef, g, d, d_mask, q_mask, D, DETERMINISTIC
-):
-    """Add coef * g to one corner's value gradient, or, deterministic, record (destination, coef)."""
+def _scatter_corner(scatter, entry, offset, inside, coef, g, d, d_mask, q_mask, D, DETERMINISTIC):
+    """Add coef * g to one corner's value gradient, or, deterministic, record (destination, coef).
+    ``scatter`` holds the pointers (grad_value, dst, coef) every corner's update shares."""
+    grad_value_ptr, dst_ptr, coef_ptr = scatter
     if DETERMINISTIC:
         # Destination row (n*S + s)*M + m; off-map corners get -1, which sorts before every row.
         tl.store(dst_ptr + entry, tl.where(inside, offset // D, -1), mask=q_mask)
@@ -207,30 +223,17 @@ def _ms_deform_attn_bwd_kernel(
     BLOCK_D: tl.constexpr,
     DETERMINISTIC: tl.constexpr,
 ):
-    pid_q = tl.program_id(0).to(tl.int64)
-    pid_nm = tl.program_id(1).to(tl.int64)
-    n = pid_nm // M
-    m = pid_nm % M
-    q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    q_mask = q < Lq
-    d = tl.arange(0, BLOCK_D)
-    d_mask = d < D
-    query_row = (n * Lq + q) * M + m
-    row_base = n * S * M + m
+    q_mask, d, d_mask, query_row, row_base = _program_tile(Lq, S, M, D, BLOCK_Q, BLOCK_D)
     g_ptrs = grad_out_ptr + query_row[:, None] * D + d[None, :]
     g = tl.load(g_ptrs, mask=q_mask[:, None] & d_mask[None, :], other=0.0).to(tl.float32)
+    scatter = (grad_value_ptr, dst_ptr, coef_ptr)
     for lvl in range(L):
-        h = tl.load(levels_ptr + 3 * lvl)
-        w = tl.load(levels_ptr + 3 * lvl + 1)
-        start = tl.load(levels_ptr + 3 * lvl + 2)
+        h, w, start = _level(levels_ptr, lvl)
         for p in range(P):
             idx = (query_row * L + lvl) * P + p
             a = tl.load(attn_ptr + idx, mask=q_mask, other=0.0).to(tl.float32)
             x0, y0, fx, fy = _bilinear_setup(loc_ptr, idx, q_mask, w, h)
-            o00, in00 = _corner_offset(row_base, start, x0, y0, w, h, M, D, q_mask)
-            o01, in01 = _corner_offset(row_base, start, x0 + 1, y0, w, h, M, D, q_mask)
-            o10, in10 = _corner_offset(row_base, start, x0, y0 + 1, w, h, M, D, q_mask)
-            o11, in11 = _corner_offset(row_base, start, x0 + 1, y0 + 1, w, h, M, D, q_mask)
+            o00, in00, o01, in01, o10, in10, o11, in11 = _corners(row_base, start, x0, y0, w, h, M, D, q_mask)
             v00 = _load_corner(value_ptr, o00, in00, d, d_mask)
             v01 = _load_corner(value_ptr, o01, in01, d, d_mask)
             v10 = _load_corner(value_ptr, o10, in10, d, d_mask)
@@ -247,53 +250,10 @@ def _ms_deform_attn_bwd_kernel(
             tl.store(grad_loc_ptr + 2 * idx, a * w * tl.sum(g * dx, axis=1), mask=q_mask)
             tl.store(grad_loc_ptr + 2 * idx + 1, a * h * tl.sum(g * dy, axis=1), mask=q_mask)
             entry = 4 * idx
-            _scatter_corner(
-                grad_value_ptr,
-                dst_ptr,
-                coef_ptr,
-                entry,
-                o00,
-                in00,
-                a * w00,
-                g,
-                d,
-                d_mask,
-                q_mask,
-                D,
-                DETERMINISTIC,
-            )
-            _scatter_corner(
-                grad_value_ptr,
-                dst_ptr,
-                coef_ptr,
-                entry + 1,
-                o01,
-                in01,
-                a * w01,
-                g,
-                d,
-                d_mask,
-                q_mask,
-                D,
-                DETERMINISTIC,
-            )
-            _scatter_corner(
-                grad_value_ptr,
-                dst_ptr,
-                coef_ptr,
-                entry + 2,
-                o10,
-                in10,
-                a * w10,
-                g,
-                d,
-                d_mask,
-                q_mask,
-                D,
-                DETERMINISTIC,
-            )
-            _scatter_corner(grad_value_ptr, dst_ptr, coef_ptr, entry + 3, o11, in11, a * w11, g,
-                            d, d_mask, q_mask, D, DETERMINISTIC)  # fmt: skip
+            _scatter_corner(scatter, entry, o00, in00, a * w00, g, d, d_mask, q_mask, D, DETERMINISTIC)
+            _scatter_corner(scatter, entry + 1, o01, in01, a * w01, g, d, d_mask, q_mask, D, DETERMINISTIC)
+            _scatter_corner(scatter, entry + 2, o10, in10, a * w10, g, d, d_mask, q_mask, D, DETERMINISTIC)
+            _scatter_corner(scatter, entry + 3, o11, in11, a * w11, g, d, d_mask, q_mask, D, DETERMINISTIC)
 
 
 @triton.jit
