@@ -7,7 +7,7 @@ it inside a training step: no host sync; CUDA only, since on CPU it would be Tri
 torch-linear-assignment package's ``batch_linear_assignment``, when installed; it takes one G for the
 whole batch, which these inputs have).
 
-Sizes follow the issue on CUDA: S * B = 7 * 8 problems (seven decoder stages, eight images) of
+Sizes follow the issue on CUDA: S * B = 7 * 8 problems (the issue's seven matchings a step, eight images) of
 Q = 300 queries by G in {5, 20, 100} people, fp32 costs uniform in [0, 1). Target on H100/H200: the
 Triton solver at least 20x scipy at G = 20. On CPU the sizes are small and scipy alone runs.
 

@@ -49,8 +49,9 @@ class HungarianMatcher:
     def __call__(self, logits: Tensor, keypoints: Tensor, targets: list[dict]) -> list[list[Match]]:
         """Match each stage's predictions to each image's non-crowd people.
 
-        logits ``[S, B, Q]`` and keypoints ``[S, B, Q, K, 2]`` for S stages (7: six decoder layers and
-        the encoder proposals; 1 is allowed), keypoints in ``[0, 1]`` image-normalised coordinates.
+        logits ``[S, B, Q]`` and keypoints ``[S, B, Q, K, 2]`` for S stages of the same Q (the six
+        decoder layers; the encoder proposals, one a token, in a call of their own; 1 is allowed),
+        keypoints in ``[0, 1]`` image-normalised coordinates.
         targets: B dicts with "keypoints" ``[G_b, K, 3]`` (x, y normalised to ``[0, 1]``, v), "area"
         ``[G_b]`` normalised by ``w * h``, "size" ``[2]`` (h, w) in pixels (the OKS term is taken in
         pixels, as COCO scores it), optionally "iscrowd" ``[G_b]`` (crowd entries are never matched):
