@@ -95,7 +95,7 @@ def drawing_paths(paths: list[Path], out: Path) -> list[Path]:
 
 def resolve_cli_device(name: str) -> torch.device:
     """``--device`` as a torch device: auto, cpu, cuda or cuda:N of a GPU this machine has."""
-    from train.train import resolve_device
+    from train.distributed import resolve_device
 
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
         raise ValueError(f"--device: {name!r} is not auto, cpu, cuda or cuda:N")
@@ -182,7 +182,8 @@ def evaluate(
 ) -> dict:
     """COCO keypoint AP of a checkpoint on a COCO-format set; writes ``out/results.json`` and
     ``out/metrics.json`` (strict JSON: nan is null) when ``out`` is given, created before any work."""
-    from train.train import TrainConfig, build_dataset, data_loader, evaluate, keypoint_layout
+    from train.config import TrainConfig
+    from train.train import build_dataset, data_loader, evaluate, keypoint_layout
 
     dev = resolve_cli_device(device)
     if out is not None:

@@ -1,5 +1,7 @@
-"""Atomic checkpoints holding everything a killed run needs to continue at the same step."""
+"""Atomic checkpoints holding everything a killed run needs to continue at the same step, and the
+settings a resumed run must share with its checkpoint."""
 
+import json
 import os
 import random
 import tempfile
@@ -7,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from train.config import TrainConfig
 
 
 def rng_state() -> dict:
@@ -84,3 +88,39 @@ def load_checkpoint(path: str | Path, map_location="cpu", keys: tuple[str, ...] 
     if missing:
         raise ValueError(f"checkpoint {path}: missing {', '.join(missing)} (not written by train.train?)")
     return state
+
+
+RESUME_FIELDS = ("model", "model_overrides", "keypoint_layout", "train_ann", "train_images", "train_scales",
+                 "max_size", "rotation", "batch_size", "grad_accum", "seed", "lr", "lr_backbone_mult",
+                 "lr_offsets_mult", "weight_decay", "clip_grad", "lr_drop_epochs", "lr_gamma")  # fmt: skip
+"""Settings a resumed run must share with its checkpoint: under others, the sampler's position and the
+restored parameters, optimizer and schedule would silently mean something else. (``epochs``,
+``max_steps``, ``precision``, evaluation, logging and workers may change.)"""
+
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "step", "epoch", "batch_in_epoch")
+"""What a training checkpoint holds for a resume (:func:`train` writes more)."""
+
+
+def check_resumable(state: dict, cfg: TrainConfig, world: int, path: Path) -> None:
+    """ValueError naming every setting in :data:`RESUME_FIELDS` that differs from the checkpoint's, or
+    a different number of processes (each resumes its own sampler position and RNG)."""
+    saved = state.get("train_config", {})
+    changed = [
+        f"{name} {saved[name]!r} -> {getattr(cfg, name)!r}"
+        for name in RESUME_FIELDS
+        if name in saved and _comparable(name, saved[name]) != _comparable(name, getattr(cfg, name))
+    ]
+    if changed:
+        raise ValueError(
+            f"resume: {path} was written with other settings ({'; '.join(changed)}); restore them or "
+            "train into a new out_dir"
+        )
+    if len(state["rng"]) != world:
+        raise ValueError(f"resume: {path} was written by {len(state['rng'])} processes, this run has {world}")
+
+
+def _comparable(name: str, value):
+    """Paths resolved, sequences as lists, numbers as floats: equal settings compare equal."""
+    if name in ("train_ann", "train_images"):
+        return Path(value).resolve()
+    return json.loads(json.dumps(value), parse_int=float)

@@ -36,7 +36,8 @@ def run(overrides: list[str]) -> dict:
     from hydra import compose, initialize
 
     from jcra.cli import predict
-    from train.train import config_from, train
+    from train.config import config_from
+    from train.train import train
 
     start = time.perf_counter()
     paths = ensure_data(DATA_DIR, **SYNTHETIC)

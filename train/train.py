@@ -1,199 +1,45 @@
 """Training: the loop as plain functions on a plain :class:`TrainConfig`; hydra only in :func:`main`.
 
 ``python -m train.train [overrides]`` (hydra app, configs in ``train/conf``); ``torchrun --nproc-per-node N
--m train.train ...`` for DistributedDataParallel.
+-m train.train ...`` for DistributedDataParallel. The configuration lives in :mod:`train.config`, the
+processes and their data order in :mod:`train.distributed`, checkpoints and what a resume must match in
+:mod:`train.checkpoint`, the metrics log in :mod:`train.metrics_log`.
 """
 
 import dataclasses
-import datetime
-import inspect
 import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from kernels.dispatch import to_device
-from train.checkpoint import load_checkpoint, remove_partial_writes, rng_state, save_checkpoint, set_rng_state
+from train.checkpoint import (
+    CHECKPOINT_KEYS,
+    check_resumable,
+    load_checkpoint,
+    remove_partial_writes,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from train.config import TrainConfig, config_from
+from train.distributed import (
+    ResumableSampler,
+    gather_objects,
+    init_distributed,
+    reduce_mean,
+    resolve_device,
+    seed_workers,
+)
+from train.metrics_log import MetricsLog
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-EVAL_TIMEOUT = datetime.timedelta(hours=1)
-"""How long processes wait for each other (collectives, rank 0's evaluation) before torch gives up."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs, as plain values (the hydra config maps onto it one to one).
-
-    Sizes are pixels; ``batch_size`` is per process and per micro-batch, so the effective batch is
-    ``batch_size * grad_accum * world_size``. ``lr_drop_epochs`` are epochs after which the learning rate
-    is multiplied by ``lr_gamma``. ``max_steps`` (optimizer steps, for tests and smoke runs) stops early and
-    checkpoints. ``eval_every`` epochs (0: only after the last).
-    """
-
-    out_dir: str
-    train_ann: str
-    train_images: str
-    val_ann: str
-    val_images: str
-    model: str = "jcra_tiny"
-    model_overrides: dict = field(default_factory=dict)
-    keypoint_layout: str = "coco"
-    train_scales: list = field(default_factory=lambda: [256])
-    val_scale: int = 256
-    max_size: int = 256
-    rotation: float = 30.0
-    epochs: int = 1
-    batch_size: int = 2
-    grad_accum: int = 1
-    lr: float = 2e-4
-    lr_backbone_mult: float = 0.1
-    lr_offsets_mult: float = 0.1
-    weight_decay: float = 1e-4
-    clip_grad: float = 0.1
-    lr_drop_epochs: list = field(default_factory=list)
-    lr_gamma: float = 0.1
-    precision: str = "fp32"
-    compile: bool = False
-    device: str = "auto"
-    num_workers: int = 0
-    seed: int = 0
-    max_steps: int | None = None
-    eval_every: int = 0
-    checkpoint_every: int = 0
-    log_every: int = 10
-    resume: bool = False
-    matcher_weights: dict = field(default_factory=dict)
-    loss_weights: dict = field(default_factory=dict)
-    top_k: int = 100
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first bad field, and check the dataset files exist."""
-        at_least_one = ("epochs", "batch_size", "grad_accum", "val_scale", "max_size", "log_every", "top_k")
-        for name in at_least_one:
-            _check_int(name, getattr(self, name), 1)
-        for name in ("num_workers", "eval_every", "checkpoint_every", "seed"):
-            _check_int(name, getattr(self, name), 0)
-        if self.max_steps is not None:
-            _check_int("max_steps", self.max_steps, 1)
-        for name in ("lr", "clip_grad", "lr_gamma"):
-            value = getattr(self, name)
-            if not (_is_number(value) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        for name in ("weight_decay", "lr_backbone_mult", "lr_offsets_mult", "rotation"):
-            value = getattr(self, name)
-            if not (_is_number(value) and value >= 0):
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        for name in ("train_scales", "lr_drop_epochs"):
-            values = getattr(self, name)
-            if not isinstance(values, list | tuple):
-                raise ValueError(f"{name} must be a list, got {values!r}")
-            for value in values:
-                _check_int(f"{name} entry", value, 1)
-        if not self.train_scales:
-            raise ValueError("train_scales must be a non-empty list of sizes >= 1, got []")
-        for name, largest in (("train_scales", max(self.train_scales)), ("val_scale", self.val_scale)):
-            if largest > self.max_size:
-                raise ValueError(f"{name} ({largest}) must not exceed max_size ({self.max_size})")
-        for name in ("model_overrides", "matcher_weights", "loss_weights"):
-            if not isinstance(getattr(self, name), dict):
-                raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}")
-        from jcra.criterion import DEFAULT_WEIGHTS
-        from jcra.matcher import HungarianMatcher
-
-        matcher_keys = [name for name in inspect.signature(HungarianMatcher).parameters if name != "sigmas"]
-        _check_keys("matcher_weights", self.matcher_weights, matcher_keys)
-        _check_keys("loss_weights", self.loss_weights, list(DEFAULT_WEIGHTS))
-        for name in ("train_ann", "val_ann"):
-            if not Path(getattr(self, name)).is_file():
-                raise ValueError(f"{name}: annotation file {getattr(self, name)!r} does not exist")
-        for name in ("train_images", "val_images"):
-            if not Path(getattr(self, name)).is_dir():
-                raise ValueError(f"{name}: image folder {getattr(self, name)!r} does not exist")
-
-
-def _check_keys(name: str, values: dict, known: list[str]) -> None:
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ValueError(f"{name} has unknown keys {unknown}; known: {list(known)}")
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _check_int(name: str, value, low: int) -> None:
-    """ValueError naming ``name`` unless ``value`` is an integer >= ``low`` (1.5, "3" and True are not)."""
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
-class ResumableSampler(Sampler[int]):
-    """A seeded shuffle per epoch, split over processes, that can start part way through an epoch.
-
-    Epoch e's order is ``randperm(size)`` from a generator seeded ``seed + e``, padded by wrapping to a
-    multiple of ``world_size``; process r takes every ``world_size``-th index from r. ``set_epoch(e,
-    start)`` skips this process's first ``start`` indices (those a resumed run already trained on).
-    """
-
-    def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
-        if size < 1:
-            raise ValueError(f"size must be >= 1, got {size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
-        self.per_rank = math.ceil(size / world_size)
-        self.epoch, self.start = 0, 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-
-    def __iter__(self):
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        order = order.repeat(math.ceil(self.per_rank * self.world_size / self.size))
-        order = order[: self.per_rank * self.world_size][self.rank :: self.world_size]
-        return iter(order[self.start :].tolist())
-
-    def __len__(self) -> int:
-        """Indices per process per epoch (the full count, independent of ``start``)."""
-        return self.per_rank
-
-
-# ---------------------------------------------------------------------------------------------- setup
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is the local CUDA device when there is one, else the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    return torch.device(name)
-
-
-def init_distributed(device: torch.device) -> tuple[int, int]:
-    """Join the process group torchrun (or a test's spawn) described in the environment: (rank, world)."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world == 1:
-        return 0, 1
-    if device.type == "cuda":
-        # collectives (all_gather_object) and new CUDA state use the current device: cuda:0 on every
-        # rank unless set, and NCCL refuses two ranks on one GPU
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        # rank 0 evaluates the whole val split while the others wait at a barrier: a COCO evaluation of
-        # a large model can outlast the default 10 minutes
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=EVAL_TIMEOUT)
-    return dist.get_rank(), dist.get_world_size()
+# ---------------------------------------------------------------------------------------------- build
 
 
 def keypoint_layout(name: str):
@@ -254,91 +100,6 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
         groups[key].append(param)
     mult = {"backbone": cfg.lr_backbone_mult, "offsets": cfg.lr_offsets_mult, "rest": 1.0}
     return [{"params": p, "lr": cfg.lr * mult[k], "name": k} for k, p in groups.items() if p]
-
-
-RESUME_FIELDS = ("model", "model_overrides", "keypoint_layout", "train_ann", "train_images", "train_scales",
-                 "max_size", "rotation", "batch_size", "grad_accum", "seed", "lr", "lr_backbone_mult",
-                 "lr_offsets_mult", "weight_decay", "clip_grad", "lr_drop_epochs", "lr_gamma")  # fmt: skip
-"""Settings a resumed run must share with its checkpoint: under others, the sampler's position and the
-restored parameters, optimizer and schedule would silently mean something else. (``epochs``,
-``max_steps``, ``precision``, evaluation, logging and workers may change.)"""
-
-CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "step", "epoch", "batch_in_epoch")
-"""What a training checkpoint holds for a resume (:func:`train` writes more)."""
-
-
-def check_resumable(state: dict, cfg: TrainConfig, world: int, path: Path) -> None:
-    """ValueError naming every setting in :data:`RESUME_FIELDS` that differs from the checkpoint's, or
-    a different number of processes (each resumes its own sampler position and RNG)."""
-    saved = state.get("train_config", {})
-    changed = [
-        f"{name} {saved[name]!r} -> {getattr(cfg, name)!r}"
-        for name in RESUME_FIELDS
-        if name in saved and _comparable(name, saved[name]) != _comparable(name, getattr(cfg, name))
-    ]
-    if changed:
-        raise ValueError(
-            f"resume: {path} was written with other settings ({'; '.join(changed)}); restore them or "
-            "train into a new out_dir"
-        )
-    if len(state["rng"]) != world:
-        raise ValueError(f"resume: {path} was written by {len(state['rng'])} processes, this run has {world}")
-
-
-def _comparable(name: str, value):
-    """Paths resolved, sequences as lists, numbers as floats: equal settings compare equal."""
-    if name in ("train_ann", "train_images"):
-        return Path(value).resolve()
-    return json.loads(json.dumps(value), parse_int=float)
-
-
-# ---------------------------------------------------------------------------------------------- logging
-
-
-def _logged_step(line: str) -> float:
-    """The step of a metrics line; infinity for a line cut short by a killed run (never kept)."""
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return math.inf
-
-
-class MetricsLog:
-    """Metrics to a JSON-lines file, and to TensorBoard when ``torch.utils.tensorboard`` imports."""
-
-    def __init__(self, out_dir: Path, enabled: bool, resume_step: int = 0):
-        """resume_step: the step a resumed run continues from; earlier lines stay, and those after it
-        (logged by the interrupted run after its last checkpoint, and about to be redone) go. 0 starts
-        the file afresh."""
-        self.enabled = enabled
-        self.path = out_dir / "metrics.jsonl"
-        if enabled and self.path.is_file():
-            lines = self.path.read_text().splitlines(keepends=True) if resume_step else []
-            self.path.write_text("".join(line for line in lines if _logged_step(line) <= resume_step))
-        self.writer = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(out_dir / "tensorboard"))
-            except ImportError:  # tensorboard is optional
-                self.writer = None
-
-    def log(self, step: int, kind: str, values: dict) -> None:
-        from jcra.evaluation import strict_json
-
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, "kind": kind, **strict_json(values)}) + "\n")
-        if self.writer is not None:
-            for k, v in values.items():
-                if isinstance(v, int | float):
-                    self.writer.add_scalar(f"{kind}/{k}", v, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
@@ -600,32 +361,6 @@ def data_loader(dataset, cfg: TrainConfig, sampler=None) -> DataLoader:
     )
 
 
-def seed_workers(loader: DataLoader, seed: int, rank: int, epoch: int) -> None:
-    """Seed the generator each iterator of ``loader`` draws its workers' seeds from, for this process
-    and epoch: processes augment differently, and an epoch's augmentations are the same whether or
-    not the run was resumed before it (with ``num_workers=0`` transforms draw from the restored global
-    RNG instead)."""
-    loader.generator.manual_seed(int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0]))
-
-
-def reduce_mean(value: torch.Tensor, world: int) -> float:
-    """The mean of a scalar over processes, as a Python float (one host sync per step)."""
-    value = value.detach().float().clone()
-    if world > 1:
-        dist.all_reduce(value)
-        value /= world
-    return float(value)
-
-
-def gather_objects(obj, world: int) -> list:
-    """Every process's ``obj`` (a one-element list without distributed)."""
-    if world == 1:
-        return [obj]
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def progress_bar(total: int, initial: int, enabled: bool):
     """A tqdm bar (disabled on ranks other than 0)."""
     from tqdm import tqdm
@@ -634,18 +369,6 @@ def progress_bar(total: int, initial: int, enabled: bool):
 
 
 # ---------------------------------------------------------------------------------------------- hydra
-
-
-def config_from(node) -> TrainConfig:
-    """A :class:`TrainConfig` from the composed hydra config's ``train`` node (unknown keys raise)."""
-    from omegaconf import OmegaConf
-
-    values = OmegaConf.to_container(node, resolve=True)
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown config keys {unknown}; valid: {sorted(known)}")
-    return TrainConfig(**values)
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from train.train import TrainConfig
+from train.config import TrainConfig
 
 IMAGE_SIZE = 64
 

@@ -14,15 +14,10 @@ import torch.multiprocessing as mp
 
 from tests.train.conftest import IMAGE_SIZE, tiny_config
 from train.checkpoint import load_checkpoint, save_checkpoint
-from train.train import (
-    MetricsLog,
-    ResumableSampler,
-    TrainConfig,
-    accumulate,
-    config_from,
-    seed_workers,
-    train,
-)
+from train.config import TrainConfig, config_from
+from train.distributed import ResumableSampler, seed_workers
+from train.metrics_log import MetricsLog
+from train.train import accumulate, train
 
 
 def test_short_run_end_to_end(data, tmp_path):
@@ -336,18 +331,18 @@ def test_checkpoints_are_as_readable_as_any_new_file(tmp_path):
 
 def test_init_distributed_puts_each_process_on_its_own_gpu(monkeypatch):
     """NCCL collectives run on the current device: every rank would be on cuda:0 unless it is set."""
-    import train.train as loop
+    import train.distributed as processes
 
     calls = []
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
-    monkeypatch.setattr(loop.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(processes.dist, "is_initialized", lambda: False)
     monkeypatch.setattr(
-        loop.dist, "init_process_group", lambda backend, timeout: calls.append(("init", backend))
+        processes.dist, "init_process_group", lambda backend, timeout: calls.append(("init", backend))
     )
-    monkeypatch.setattr(loop.dist, "get_rank", lambda: 1)
-    monkeypatch.setattr(loop.dist, "get_world_size", lambda: 2)
-    assert loop.init_distributed(torch.device("cuda", 1)) == (1, 2)
+    monkeypatch.setattr(processes.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(processes.dist, "get_world_size", lambda: 2)
+    assert processes.init_distributed(torch.device("cuda", 1)) == (1, 2)
     assert calls == [("set_device", torch.device("cuda", 1)), ("init", "nccl")]
 
 

@@ -1,0 +1,129 @@
+"""The plain run configuration the training loop takes, checked field by field; hydra maps onto it."""
+
+import inspect
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs, as plain values (the hydra config maps onto it one to one).
+
+    Sizes are pixels; ``batch_size`` is per process and per micro-batch, so the effective batch is
+    ``batch_size * grad_accum * world_size``. ``lr_drop_epochs`` are epochs after which the learning rate
+    is multiplied by ``lr_gamma``. ``max_steps`` (optimizer steps, for tests and smoke runs) stops early and
+    checkpoints. ``eval_every`` epochs (0: only after the last).
+    """
+
+    out_dir: str
+    train_ann: str
+    train_images: str
+    val_ann: str
+    val_images: str
+    model: str = "jcra_tiny"
+    model_overrides: dict = field(default_factory=dict)
+    keypoint_layout: str = "coco"
+    train_scales: list = field(default_factory=lambda: [256])
+    val_scale: int = 256
+    max_size: int = 256
+    rotation: float = 30.0
+    epochs: int = 1
+    batch_size: int = 2
+    grad_accum: int = 1
+    lr: float = 2e-4
+    lr_backbone_mult: float = 0.1
+    lr_offsets_mult: float = 0.1
+    weight_decay: float = 1e-4
+    clip_grad: float = 0.1
+    lr_drop_epochs: list = field(default_factory=list)
+    lr_gamma: float = 0.1
+    precision: str = "fp32"
+    compile: bool = False
+    device: str = "auto"
+    num_workers: int = 0
+    seed: int = 0
+    max_steps: int | None = None
+    eval_every: int = 0
+    checkpoint_every: int = 0
+    log_every: int = 10
+    resume: bool = False
+    matcher_weights: dict = field(default_factory=dict)
+    loss_weights: dict = field(default_factory=dict)
+    top_k: int = 100
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field, and check the dataset files exist."""
+        at_least_one = ("epochs", "batch_size", "grad_accum", "val_scale", "max_size", "log_every", "top_k")
+        for name in at_least_one:
+            _check_int(name, getattr(self, name), 1)
+        for name in ("num_workers", "eval_every", "checkpoint_every", "seed"):
+            _check_int(name, getattr(self, name), 0)
+        if self.max_steps is not None:
+            _check_int("max_steps", self.max_steps, 1)
+        for name in ("lr", "clip_grad", "lr_gamma"):
+            value = getattr(self, name)
+            if not (_is_number(value) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        for name in ("weight_decay", "lr_backbone_mult", "lr_offsets_mult", "rotation"):
+            value = getattr(self, name)
+            if not (_is_number(value) and value >= 0):
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in ("train_scales", "lr_drop_epochs"):
+            values = getattr(self, name)
+            if not isinstance(values, list | tuple):
+                raise ValueError(f"{name} must be a list, got {values!r}")
+            for value in values:
+                _check_int(f"{name} entry", value, 1)
+        if not self.train_scales:
+            raise ValueError("train_scales must be a non-empty list of sizes >= 1, got []")
+        for name, largest in (("train_scales", max(self.train_scales)), ("val_scale", self.val_scale)):
+            if largest > self.max_size:
+                raise ValueError(f"{name} ({largest}) must not exceed max_size ({self.max_size})")
+        for name in ("model_overrides", "matcher_weights", "loss_weights"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}")
+        from jcra.criterion import DEFAULT_WEIGHTS
+        from jcra.matcher import HungarianMatcher
+
+        matcher_keys = [name for name in inspect.signature(HungarianMatcher).parameters if name != "sigmas"]
+        _check_keys("matcher_weights", self.matcher_weights, matcher_keys)
+        _check_keys("loss_weights", self.loss_weights, list(DEFAULT_WEIGHTS))
+        for name in ("train_ann", "val_ann"):
+            if not Path(getattr(self, name)).is_file():
+                raise ValueError(f"{name}: annotation file {getattr(self, name)!r} does not exist")
+        for name in ("train_images", "val_images"):
+            if not Path(getattr(self, name)).is_dir():
+                raise ValueError(f"{name}: image folder {getattr(self, name)!r} does not exist")
+
+
+def _check_keys(name: str, values: dict, known: list[str]) -> None:
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{name} has unknown keys {unknown}; known: {list(known)}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value, low: int) -> None:
+    """ValueError naming ``name`` unless ``value`` is an integer >= ``low`` (1.5, "3" and True are not)."""
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def config_from(node) -> TrainConfig:
+    """A :class:`TrainConfig` from the composed hydra config's ``train`` node (unknown keys raise)."""
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(node, resolve=True)
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown config keys {unknown}; valid: {sorted(known)}")
+    return TrainConfig(**values)
