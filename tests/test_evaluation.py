@@ -14,7 +14,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from jcra import evaluate_keypoints
-from jcra.evaluation import CROWD_LEVELS, METRIC_NAMES, format_metrics
+from jcra.evaluation import CROWD_LEVELS, METRIC_NAMES, format_metrics, strict_json
 from kernels.oks import CROWDPOSE_SIGMAS
 from tests.shared_data import shared_path
 
@@ -186,6 +186,8 @@ def test_other_keypoint_count_needs_sigmas(tmp_path):
         evaluate_keypoints(_perfect_results(gt), ann_file)
     with pytest.raises(ValueError, match="sigmas"):
         evaluate_keypoints(_perfect_results(gt), ann_file, sigmas=[0.05] * 4)
+    with pytest.raises(ValueError, match="sigmas must be 5 positive values"):
+        evaluate_keypoints(_perfect_results(gt), ann_file, sigmas=[0.05] * 4 + [0.0])  # OKS would be 0/0
     metrics = evaluate_keypoints(_perfect_results(gt), ann_file, sigmas=[0.05] * 5)
     assert metrics["AP"] == pytest.approx(1.0)
 
@@ -196,6 +198,27 @@ def test_crowd_level_without_images_is_nan(tmp_path):
     assert metrics["AP_easy"] == pytest.approx(1.0)
     assert math.isnan(metrics["AP_medium"])
     assert metrics["AP_hard"] == pytest.approx(1.0)
+
+
+def test_crowd_index_bounds_are_medium(tmp_path):
+    """CrowdPose's medium level holds both its bounds: 0.1 and 0.8 are medium, not easy or hard."""
+    gt = _tiny_gt(14, crowd_indices=[0.1, 0.8])
+    metrics = evaluate_keypoints(_perfect_results(gt), _write(tmp_path, "gt.json", gt))
+    assert metrics["AP_medium"] == pytest.approx(1.0)
+    assert math.isnan(metrics["AP_easy"]) and math.isnan(metrics["AP_hard"])
+
+
+def test_crowd_levels_come_with_some_images_indexed(tmp_path):
+    """Images without a crowd index fall in no level; the others still give theirs."""
+    gt = _tiny_gt(14, crowd_indices=[0.05, None])
+    metrics = evaluate_keypoints(_perfect_results(gt), _write(tmp_path, "gt.json", gt))
+    assert list(metrics) == [*METRIC_NAMES, *CROWD_LEVELS]
+    assert metrics["AP_easy"] == pytest.approx(1.0)
+
+
+def test_strict_json_writes_every_non_finite_number_as_null():
+    metrics = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "AP": 0.5, "count": 3}
+    assert strict_json(metrics) == {"nan": None, "inf": None, "-inf": None, "AP": 0.5, "count": 3}
 
 
 def test_missing_files_are_named(tmp_path):
@@ -214,6 +237,9 @@ def test_malformed_json_is_named(tmp_path):
     not_coco = _write(tmp_path, "list.json", [1, 2])
     with pytest.raises(ValueError, match="list.json"):
         evaluate_keypoints([], not_coco)
+    no_categories = {k: v for k, v in _tiny_gt(17).items() if k != "categories"}
+    with pytest.raises(ValueError, match="no_categories.json.*'categories' list"):
+        evaluate_keypoints([], _write(tmp_path, "no_categories.json", no_categories))
     ann_file = _write(tmp_path, "gt.json", _tiny_gt(17))
     with pytest.raises(ValueError, match="bad.json"):
         evaluate_keypoints(bad, ann_file)

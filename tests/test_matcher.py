@@ -90,6 +90,34 @@ def test_batch_and_stages_equal_each_image_alone():
             torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+def test_batch_equals_each_image_alone_when_oks_decides():
+    """Stages and images batched take each image's own area and size: predictions near crowded people
+    of different areas on images of different sizes, matched by OKS alone, as each image alone."""
+    gen = torch.Generator().manual_seed(7)
+    s, q, counts = 3, 9, [5, 3, 6]
+    targets = []
+    for g in counts:
+        centre = 0.3 + 0.4 * torch.rand(1, 1, 2, generator=gen)
+        xy = centre + 0.06 * torch.randn(g, K, 2, generator=gen)  # people overlap: OKS decides
+        kpts = torch.cat([xy, torch.full((g, K, 1), 2.0)], -1)
+        area = 0.005 + 0.05 * torch.rand(g, generator=gen)
+        size = torch.randint(200, 1333, (2,), generator=gen)
+        targets.append({"keypoints": kpts, "area": area, "size": size})
+    logits = torch.zeros(s, len(counts), q)
+    keypoints = torch.rand(s, len(counts), q, K, 2, generator=gen)
+    for stage, (b, target) in itertools.product(range(s), enumerate(targets)):
+        person = torch.randint(0, counts[b], (q,), generator=gen)
+        keypoints[stage, b] = target["keypoints"][person, :, :2] + 0.02 * torch.randn(q, K, 2, generator=gen)
+    matcher = HungarianMatcher(COCO_SIGMAS, w_class=0.0, w_kpt=0.0, w_oks=1.0)
+    batched = matcher(logits, keypoints, targets)
+    for stage, b in itertools.product(range(s), range(len(counts))):
+        alone = matcher(
+            logits[stage : stage + 1, b : b + 1], keypoints[stage : stage + 1, b : b + 1], [targets[b]]
+        )
+        for got, want in zip(batched[stage][b], alone[0][0], strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_crowd_regions_are_never_matched_and_indices_refer_to_targets_as_given():
     gen = torch.Generator().manual_seed(2)
     counts = [6, 3]
@@ -178,6 +206,14 @@ def test_matching_on_cuda_never_synchronises_with_the_host(targets_on):
         assert cost[qt.cpu(), tt.cpu()].sum().item() == pytest.approx(cost[qs, ts].sum().item(), abs=1e-4)
 
 
+def test_default_weights_are_petrs():
+    """The training config leaves matcher_weights empty: these defaults are what a run matches with
+    (reconstructed from PETR's assigner: class 2, keypoint L1 70, OKS 7; focal alpha 0.25, gamma 2)."""
+    matcher = HungarianMatcher(COCO_SIGMAS)
+    assert (matcher.w_class, matcher.w_kpt, matcher.w_oks) == (2.0, 70.0, 7.0)
+    assert (matcher.alpha, matcher.gamma, matcher.solver) == (0.25, 2.0, "auto")
+
+
 def test_unknown_solver_is_rejected():
     with pytest.raises(ValueError, match="solver"):
         HungarianMatcher(COCO_SIGMAS, solver="auction")
@@ -250,10 +286,11 @@ def test_oks_cost_is_taken_in_pixels_on_a_landscape_image():
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-@pytest.mark.parametrize("solver", ["scipy", "triton"])
+@pytest.mark.parametrize("solver", ["scipy", "triton", "auto"])
 def test_non_finite_predictions_raise_naming_the_problem(solver, bad):
     """Per image, either solver raises (scipy would take inf, the Triton solver would give -1 pairs);
-    the batched match() of training then gives scipy's error or the Triton solver's -1 pairs."""
+    the batched match() of training then gives scipy's error or the Triton solver's -1 pairs. "auto"
+    solves CPU costs with scipy."""
     gen = torch.Generator().manual_seed(11)
     logits, keypoints = _predictions(2, 2, 6, gen)
     targets = _targets([2, 3], gen)
@@ -262,7 +299,7 @@ def test_non_finite_predictions_raise_naming_the_problem(solver, bad):
     with pytest.raises(ValueError, match=r"image\(s\) \[2\]"):
         matcher(logits, keypoints, targets)
     padded = pad_targets(targets, 17, "cpu").normalised()
-    if solver == "scipy":
+    if solver in ("scipy", "auto"):
         with pytest.raises(ValueError, match=r"image\(s\) \[2\]"):
             matcher.match(logits, keypoints, padded)
     else:

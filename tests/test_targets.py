@@ -67,6 +67,7 @@ def test_empty_batch_and_images_without_people():
         ("size", lambda t: {**t, "size": torch.tensor([480])}),
         ("size", lambda t: {k: v for k, v in t.items() if k != "size"}),
         ("iscrowd", lambda t: {**t, "iscrowd": torch.zeros(1)}),
+        ("iscrowd", lambda t: {**t, "iscrowd": torch.zeros(4)}),  # one flag more than people
     ],
 )
 def test_bad_targets_raise_value_error_naming_the_image_and_field(name, mutate):

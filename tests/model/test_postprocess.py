@@ -54,3 +54,10 @@ def test_image_ids_keep_their_type():
     records = PostProcess()(out, torch.tensor([[10, 10]] * 4), ids)
     assert [r["image_id"] for r in records] == [3, 4, "000785", "img_a"]
     assert [type(r["image_id"]) for r in records[:2]] == [int, int]
+
+
+def test_records_name_the_category_they_are_given():
+    """A dataset whose person category is not 1 (its id is read from the file) gets records of its id."""
+    out = {"logits": torch.zeros(1, 2), "keypoints": torch.rand(1, 2, 17, 2)}
+    records = PostProcess(category_id=7)(out, torch.tensor([[10, 10]]), [1])
+    assert [r["category_id"] for r in records] == [7, 7]
