@@ -1,9 +1,35 @@
-"""kernels.dispatch.to_device: copies that never wait for the GPU."""
+"""kernels.dispatch: which implementation runs, copies that never wait for the GPU, level tables."""
+
+import os
 
 import pytest
 import torch
 
-from kernels.dispatch import to_device
+from kernels import dispatch
+from kernels.dispatch import device_table, to_device, use_triton
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine CUDA tensors run Triton")
+def test_cpu_tensors_run_the_kernels_under_the_interpreter():
+    """tests/conftest.py sets TRITON_INTERPRET=1 without a GPU: every kernel test then runs the Triton
+    code. Were CPU tensors sent to the reference, the Triton-only tests would skip, not fail."""
+    assert os.environ["TRITON_INTERPRET"] == "1" and dispatch.INTERPRET and dispatch.HAS_TRITON
+    assert use_triton(torch.empty(0))
+
+
+def test_a_table_is_built_once_and_serves_backward_after_inference_mode():
+    """The kept copy is one tensor per (rows, dtype, device) (a new copy a call would be a blocking
+    host copy a step on a GPU), and a table first built under inference_mode is a normal tensor that
+    a later training step may save for backward."""
+    rows = [(3, 5, 0), (2, 7, 15)]
+    with torch.inference_mode():
+        first = device_table(rows, torch.float32, torch.device("cpu"))
+    assert device_table(rows, torch.float32, torch.device("cpu")) is first
+    assert not first.is_inference()
+    torch.testing.assert_close(first, torch.tensor(rows, dtype=torch.float32))
+    weight = torch.ones(3, requires_grad=True)
+    (first * weight).sum().backward()  # saves the table for backward
+    torch.testing.assert_close(weight.grad, first.sum(0))
 
 
 def test_a_tensor_already_there_is_returned_as_is():

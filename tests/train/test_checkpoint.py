@@ -1,0 +1,74 @@
+"""train.checkpoint: atomic writes readable by others, cleanup of killed writes, reads that name what is
+wrong, and the generator states a resume restores."""
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from train.checkpoint import load_checkpoint, remove_partial_writes, rng_state, save_checkpoint, set_rng_state
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"step": 1})
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"step": 2})
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    with pytest.raises(ValueError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_checkpoints_are_as_readable_as_any_new_file(tmp_path):
+    """Not mkstemp's 0600: an evaluation job run by another user must read them."""
+    mask = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "checkpoint.pt", {"step": 1})
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "checkpoint.pt").stat().st_mode & 0o777 == 0o644
+
+
+def test_save_creates_missing_folders(tmp_path):
+    path = tmp_path / "runs" / "a" / "checkpoint.pt"
+    save_checkpoint(path, {"step": 3})
+    assert load_checkpoint(path)["step"] == 3
+
+
+def test_only_this_checkpoints_killed_writes_are_removed(tmp_path):
+    ours = [tmp_path / ".checkpoint.pt.abc123.tmp", tmp_path / ".checkpoint.pt.x.tmp"]
+    others = [tmp_path / ".other.pt.abc123.tmp", tmp_path / "checkpoint.pt.tmp", tmp_path / "checkpoint.pt"]
+    for path in ours + others:
+        path.write_bytes(b"x")
+    assert remove_partial_writes(tmp_path / "checkpoint.pt") == sorted(ours)
+    assert [path.exists() for path in ours + others] == [False, False, True, True, True]
+
+
+@pytest.mark.parametrize("payload", [[1, 2], torch.zeros(2)], ids=["list", "tensor"])
+def test_a_file_that_is_not_a_dict_of_state_is_named(tmp_path, payload):
+    path = tmp_path / "weights.pt"
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=r"weights\.pt: holds a .*not a dict"):
+        load_checkpoint(path)
+    torch.save({"model": {}}, path)
+    with pytest.raises(ValueError, match=r"weights\.pt: missing step, epoch"):
+        load_checkpoint(path, keys=("model", "step", "epoch"))
+
+
+def test_generator_states_round_trip():
+    """Python's, NumPy's and torch's generators continue where the saved state left them."""
+    state = rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(1)  # move every generator elsewhere
+    np.random.seed(1)
+    torch.manual_seed(1)
+    set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
