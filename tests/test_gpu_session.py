@@ -4,6 +4,7 @@ A renamed test or suite would otherwise surface only on a lent GPU, in its few m
 """
 
 import ast
+import time
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,78 @@ def test_session_runs_sections_and_reports_each(tmp_path, capsys):
 def test_unknown_section_is_refused(tmp_path):
     with pytest.raises(SystemExit):
         gpu_session.main(["--out", str(tmp_path), "--sections", "nope"])
+
+
+def test_suites_write_a_json_each_and_the_msda_sections_select_theirs(tmp_path):
+    table = gpu_session.sections(tmp_path)
+    jsons = {}
+    for name, (command, _) in table.items():
+        jsons[name] = [arg for arg in command if arg.startswith("--benchmark-json=")]
+    assert all(
+        paths == [f"--benchmark-json={tmp_path / name}.json"] for name, paths in jsons.items() if paths
+    )
+    assert {"msda", "msda_more", "oks", "matcher", "crowd", "crowd_b1", "train_step"} <= {
+        name for name, paths in jsons.items() if paths
+    }
+    for name, select in (("msda", gpu_session.MSDA_HEADLINE), ("msda_more", gpu_session.MSDA_MORE)):
+        command = table[name][0]
+        assert command[command.index("-k") + 1] == select
+
+
+def _stub_sections(monkeypatch, table: dict) -> None:
+    monkeypatch.setattr(gpu_session, "sections", lambda out: table)
+
+
+def test_a_failing_section_is_reported_and_fails_the_session(tmp_path, monkeypatch, capsys):
+    _stub_sections(
+        monkeypatch, {"ok": (["-c", "pass"], 60), "fails": (["-c", "import sys; sys.exit(3)"], 60)}
+    )
+    assert gpu_session.main(["--out", str(tmp_path), "--sections", "ok", "fails"]) == 1
+    log = (tmp_path / "log.txt").read_text()
+    assert "===== ok: ok" in log and "===== fails: exit 3" in log
+    assert "exit 3" in capsys.readouterr().out
+
+
+def test_a_second_call_adds_to_the_log(tmp_path, monkeypatch):
+    """Two device calls into one folder: the first call's log stays."""
+    _stub_sections(monkeypatch, {"ok": (["-c", "pass"], 60)})
+    for _ in range(2):
+        assert gpu_session.main(["--out", str(tmp_path), "--sections", "ok"]) == 0
+    assert (tmp_path / "log.txt").read_text().count("===== ok: ok") == 2
+
+
+def test_a_section_left_under_ten_seconds_is_skipped(tmp_path, monkeypatch, capsys):
+    """Too little time to start a suite, let alone time it: skipped, and the session reports it."""
+    _stub_sections(monkeypatch, {"ok": (["-c", "pass"], 60)})
+    assert gpu_session.main(["--out", str(tmp_path), "--budget", "14", "--sections", "ok"]) == 1
+    assert "skipped: budget spent" in capsys.readouterr().out
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_budget_ends_a_section_with_its_children_and_skips_the_rest(tmp_path, monkeypatch, capsys):
+    """A section is cut at the session's budget (not at its own longer limit), its whole process group
+    goes (compile workers included), and sections with no time left are reported skipped."""
+    pid_file = tmp_path / "child.pid"
+    child = "import time; time.sleep(120)"
+    sleeper = (
+        f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {child!r}]); "
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(120)"
+    )
+    _stub_sections(monkeypatch, {"sleeps": (["-c", sleeper], 60), "ok": (["-c", "pass"], 60)})
+    start = time.monotonic()
+    assert gpu_session.main(["--out", str(tmp_path), "--budget", "16", "--sections", "sleeps", "ok"]) == 1
+    assert time.monotonic() - start < 20
+    out = capsys.readouterr().out
+    assert "timed out" in out and "skipped: budget spent" in out
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid)
