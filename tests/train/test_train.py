@@ -171,6 +171,14 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch):
         ({"loss_weights": {"heatmap": 1.0}}, r"loss_weights has unknown keys \['heatmap'\]"),
         ({"val_scale": 2 * IMAGE_SIZE}, r"val_scale \(128\) must not exceed max_size \(64\)"),
         ({"train_scales": [32, 2 * IMAGE_SIZE]}, r"train_scales \(128\) must not exceed max_size"),
+        ({"top_k": 0}, "top_k"),
+        ({"seed": -1}, "seed"),
+        ({"num_workers": -1}, "num_workers"),
+        ({"lr": float("inf")}, "lr must be a finite number"),
+        ({"lr": True}, "lr"),
+        ({"epochs": True}, "epochs"),
+        ({"train_scales": [0]}, "train_scales entry"),
+        ({"train_images": "/nonexistent/images"}, "train_images"),
     ],
 )
 def test_bad_input_fails_before_training(data, tmp_path, change, message):
@@ -294,6 +302,7 @@ def test_hydra_configs_compose():
         demo = config_from(compose("config").train)
         r50 = config_from(compose("config", overrides=["experiment=coco_r50"]).train)
         crowd = config_from(compose("config", overrides=["experiment=crowdpose"]).train)
+        linked = config_from(compose("config", overrides=["train.val_scale=${train.max_size}"]).train)
         swin = config_from(compose("config", overrides=["experiment=coco_swinl"]).train)
         with pytest.raises(ValueError, match="unknown config keys"):
             config_from(compose("config", overrides=["+train.bogus=1"]).train)
@@ -302,6 +311,7 @@ def test_hydra_configs_compose():
     assert (r50.weight_decay, r50.clip_grad, r50.epochs, r50.lr_drop_epochs) == (1e-4, 0.1, 100, [80])
     assert r50.batch_size * r50.grad_accum * 8 == 32
     assert (crowd.keypoint_layout, swin.model) == ("crowdpose", "jcra_swinl")
+    assert linked.val_scale == linked.max_size == demo.max_size  # interpolations resolved
 
 
 def test_sampler_splits_and_resumes():
@@ -317,6 +327,10 @@ def test_sampler_splits_and_resumes():
     assert list(samplers[0]) != orders[0]
     with pytest.raises(ValueError, match="rank"):
         ResumableSampler(7, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="rank"):
+        ResumableSampler(7, rank=-1, world_size=2)
+    with pytest.raises(ValueError, match="size"):
+        ResumableSampler(0)
 
 
 def test_init_distributed_puts_each_process_on_its_own_gpu(monkeypatch):
@@ -453,6 +467,8 @@ def test_metrics_log_writes_strict_json(tmp_path):
         "AP": 0.5,
         "AP_medium": None,
     }
+    MetricsLog(tmp_path / "rank1", enabled=False).log(3, "val", {"AP": 0.5})  # DDP ranks other than 0
+    assert not (tmp_path / "rank1").exists()
 
 
 def test_predictions_come_back_in_each_images_original_pixels(data):
@@ -477,3 +493,26 @@ def test_predictions_come_back_in_each_images_original_pixels(data):
         image = sizes[record["image_id"]]
         assert record["keypoints"][0::3] == pytest.approx([0.75 * image["width"] - PIXEL_CENTRE] * 17)
         assert record["keypoints"][1::3] == pytest.approx([0.5 * image["height"] - PIXEL_CENTRE] * 17)
+
+
+def test_reduce_mean_averages_over_processes(monkeypatch):
+    """The logged and NaN-checked loss is the processes' mean, not their sum."""
+    import train.distributed as processes
+
+    def all_reduce(tensor):  # two processes holding the same value sum to twice it
+        tensor.mul_(2)
+
+    monkeypatch.setattr(processes.dist, "all_reduce", all_reduce)
+    value = torch.tensor(1.5)
+    assert processes.reduce_mean(value, 2) == 1.5 and value.item() == 1.5  # the input is left as it was
+
+
+def test_auto_device_is_each_processes_local_gpu(monkeypatch):
+    """Under torchrun each process's "auto" is its LOCAL_RANK's GPU, not cuda:0 for all."""
+    import train.distributed as processes
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert processes.resolve_device("auto") == torch.device("cuda", 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert processes.resolve_device("auto") == torch.device("cpu")
