@@ -5,6 +5,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -24,9 +25,14 @@ def checkpoint(data, tmp_path_factory):
 @pytest.fixture
 def bad_files(data, checkpoint, tmp_path) -> Path:
     """``tmp_path`` with ``truncated/`` (a good image, then a truncated one), ``clash/`` (``photo.png`` and
-    ``photo.png.png``, its drawing's name), a plain state dict, a JSON file and a truncated checkpoint."""
+    ``photo.png.png``, its drawing's name), ``twin/a.jpg`` (named as the good image of ``truncated/``), a
+    plain state dict, a JSON file and a truncated checkpoint."""
     image = sorted(Path(data["val_images"]).iterdir())[0]
-    for folder, names in {"truncated": ["a.jpg"], "clash": ["photo.png", "photo.png.png"]}.items():
+    for folder, names in {
+        "truncated": ["a.jpg"],
+        "clash": ["photo.png", "photo.png.png"],
+        "twin": ["a.jpg"],
+    }.items():
         (tmp_path / folder).mkdir()
         for name in names:
             shutil.copy(image, tmp_path / folder / name)
@@ -48,6 +54,9 @@ def test_predict_folder_writes_results_and_drawings(data, checkpoint, tmp_path, 
     records = json.loads((tmp_path / "results.json").read_text())
     images = sorted(Path(data["val_images"]).iterdir())
     assert {r["image_id"] for r in records} == set(range(len(images)))
+    assert {(r["image_id"], Path(r["file_name"]).name) for r in records} == {
+        (index, path.name) for index, path in enumerate(images)
+    }  # ids follow the folder's images sorted by name
     assert all(len(r["keypoints"]) == 17 * 3 and 0 <= r["score"] <= 1 for r in records)
     assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(p.name + ".png" for p in images)
     assert "results.json" in capsys.readouterr().out
@@ -167,6 +176,12 @@ def test_predict_reads_tiff_and_gif_names_other_files_and_turns_photos_upright(d
         (["predict", "{ckpt}", "{out}/truncated", "--out", "{out}"], r"truncated/b\.jpg"),
         (["predict", "{ckpt}", "{images}", "--out", "{out}", "--device", "gpu"], "--device"),
         (["predict", "{ckpt}", "{images}", "--out", "{out}", "--device", "cuda:99"], "--device"),
+        (["predict", "{ckpt}", "{images}", "--out", "{out}", "--device", "cuda:{gpus}"], "--device"),
+        (["predict", "{ckpt}", "{images}", "--out", "{out}", "--device", "cpux"], "--device"),
+        (
+            ["predict", "{ckpt}", "{out}/twin", "{out}/truncated", "--out", "{out}"],
+            r"a\.jpg would both be drawn",
+        ),
         (
             ["evaluate", "{ckpt}", "--ann-file", "{ann}", "--image-dir", "{images}", "--device", "gpu"],
             "--device",
@@ -181,9 +196,51 @@ def test_predict_reads_tiff_and_gif_names_other_files_and_turns_photos_upright(d
     ],
 )
 def test_bad_input_exits_with_message(data, checkpoint, bad_files, capsys, args, message):
-    fill = {"ckpt": checkpoint, "out": str(bad_files), "images": data["val_images"], "ann": data["val_ann"]}
+    fill = {
+        "ckpt": checkpoint,
+        "out": str(bad_files),
+        "images": data["val_images"],
+        "ann": data["val_ann"],
+        "gpus": torch.cuda.device_count(),  # one past the last GPU
+    }
     with pytest.raises(SystemExit) as exit_info:
         main([a.format(**fill) for a in args])
     assert exit_info.value.code == 2
     assert re.search(message, capsys.readouterr().err)
-    assert not (bad_files / "results.json").exists()
+    # nothing written: every image is decoded before the model runs and draws
+    assert not (bad_files / "results.json").exists() and not list(bad_files.glob("*.png"))
+
+
+def test_predict_keeps_top_k_and_draws_only_what_passes_the_threshold(data, checkpoint, tmp_path):
+    from PIL import Image
+
+    from jcra.data.images import read_rgb
+
+    image = sorted(Path(data["val_images"]).iterdir())[0]
+    out = tmp_path / "out"
+    args = ["predict", checkpoint, str(image), "--out", str(out), "--device", "cpu", "--top-k", "3"]
+    assert main([*args, "--score-threshold", "1"]) == 0
+    assert len(json.loads((out / "results.json").read_text())) == 3
+    with Image.open(out / f"{image.name}.png") as drawing:  # no score reaches 1: nothing drawn
+        assert np.array_equal(np.asarray(drawing.convert("RGB")), np.asarray(read_rgb(image, upright=True)))
+
+
+def test_a_checkpoint_trained_with_imagenet_weights_and_fused_kernels_loads_on_the_cpu(checkpoint, tmp_path):
+    """Its weights come from the checkpoint (no download) and the reference ops run (no Triton)."""
+    from jcra.cli import load_model
+
+    state = load_checkpoint(checkpoint)
+    state["model_config"]["overrides"].update(pretrained=True, use_fused_kernels=True)
+    torch.save(state, tmp_path / "gpu.pt")
+    model, _ = load_model(tmp_path / "gpu.pt", torch.device("cpu"))
+    assert model.use_fused_kernels is False and not model.training
+
+
+def test_a_folders_images_come_sorted_by_name(tmp_path):
+    """image_id is an image's place in this list: it must not depend on the file system's order."""
+    from jcra.cli import image_paths
+
+    names = ["c.jpg", "a.png", "d.jpg", "b.jpg", "e10.jpg", "e9.jpg"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in image_paths([str(tmp_path)])] == sorted(names)
