@@ -173,6 +173,36 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped(tiny):
     assert torch.equal(image, expected.expand(3, -1, -1))
 
 
+def test_thirty_two_bit_grayscale_is_scaled_as_sixteen_bit():
+    """Some PNG decoders give 16-bit grayscale as PIL's 32-bit mode "I": scaled the same, not clipped."""
+    from PIL import Image
+
+    from jcra.data.images import to_rgb
+
+    image = Image.fromarray(np.array([[0, 32767, 65535]], dtype=np.int32))
+    assert image.mode == "I"
+    assert np.asarray(to_rgb(image))[0, :, 0].tolist() == [0, 127, 255]
+
+
+def test_targets_are_the_non_crowd_people_with_corner_boxes_and_unlabelled_points_zeroed(tiny):
+    """A crowd region is never a person, even with labelled keypoints; a box is (x0, y0, x1, y1) of the
+    file's (x, y, w, h); an unlabelled keypoint's coordinates, whatever the file holds, are 0."""
+    tmp_path, data = tiny
+    person = np.zeros((17, 3))
+    person[0] = (5, 5, 2)
+    person[1] = (7, 3, 0)  # unlabelled, with coordinates
+    crowd = np.zeros((17, 3))
+    crowd[0] = (8, 6, 2)
+    data["annotations"] = [
+        {"id": 7, "image_id": 1, "keypoints": person.ravel().tolist(), "area": 4.0, "bbox": [2, 3, 10, 6]},
+        {"id": 8, "image_id": 1, "keypoints": crowd.ravel().tolist(), "area": 9.0, "iscrowd": 1},
+    ]
+    _, target = CocoKeypoints(write(tmp_path, data), tmp_path)[0]
+    assert target["keypoints"].shape == (1, 17, 3) and target["area"].tolist() == [4.0]
+    assert target["boxes"].tolist() == [[2.0, 3.0, 12.0, 9.0]]
+    assert target["keypoints"][0, :2].tolist() == [[5.5, 5.5, 2.0], [0.0, 0.0, 0.0]]
+
+
 def test_wrong_keypoint_length(tiny):
     tmp_path, data = tiny
     data["annotations"].append({"id": 8, "image_id": 2, "keypoints": [1.0, 2.0, 2.0] * 16, "area": 1.0})
