@@ -165,3 +165,45 @@ def test_save_grid(tmp_path):
         assert row.size == (96, 32)  # fewer images than columns: one row as wide as the images
     with pytest.raises(ValueError, match="images"):
         save_grid([], tmp_path / "empty.png")
+
+
+def test_the_score_sits_above_the_top_keypoint_and_inside_the_image():
+    """Above the top-most of two keypoints, not the lower one; at a corner it is moved in, whole."""
+    person = {**_person([(100.0, 40.0, 2), (100.0, 90.0, 2)]), "score": 0.87}
+    out = np.asarray(draw_keypoints(Image.new("RGB", SIZE), [person], [], radius=1)).any(axis=2)
+    assert out[:38].any() and not out[43:88].any()
+
+    def lit(x, y):
+        record = {**_person([(x, y, 2)]), "score": 0.87}
+        return int(
+            np.asarray(draw_keypoints(Image.new("RGB", SIZE), [record], [], radius=1)).any(axis=2).sum()
+        )
+
+    # the text's pixels, but for the few of a clipped 3 x 3 disc, at the top-right corner as in the middle
+    assert abs(lit(SIZE[0] - 1, 1) - lit(100, 60)) <= 9
+
+
+def test_the_palette_cycles_after_twelve_people():
+    people = [_person([(10.0 + 15 * n, 60.0, 2)]) for n in range(len(PALETTE) + 1)]
+    out = draw_keypoints(Image.new("RGB", SIZE), people, [], radius=2)
+    assert _px(out, 10 + 15 * len(PALETTE), 60) == PALETTE[0] and _px(out, 10, 60) == PALETTE[0]
+
+
+def test_non_finite_keypoints_are_skipped():
+    """A diverged model's NaN or inf keypoint is neither drawn nor where the score goes."""
+    person = _person([(60.0, float("nan"), 2), (20.0, 50.0, 2), (float("inf"), 30.0, 2)])
+    out = draw_keypoints(Image.new("RGB", SIZE), [{**person, "score": 0.5}], [(1, 0), (1, 2)], radius=3)
+    lit = np.asarray(out).any(axis=2)
+    assert _px(out, 20, 50) == PALETTE[0]
+    assert not lit[:, 40:].any()  # the disc and the score above it, nothing near x = 60 or past it
+
+
+def test_bad_sizes_are_refused_and_a_sliver_is_tiled(tmp_path):
+    with pytest.raises(ValueError, match="radius"):
+        draw_keypoints(Image.new("RGB", SIZE), [], [], radius=0)
+    with pytest.raises(ValueError, match="columns"):
+        save_grid([Image.new("RGB", SIZE)], tmp_path / "grid.png", columns=0)
+    with Image.open(
+        save_grid([Image.new("RGB", (1000, 1), (255, 0, 0))], tmp_path / "s.png", cell=32)
+    ) as grid:
+        assert grid.size == (32, 32) and grid.getpixel((16, 15)) == (255, 0, 0)  # a 32 x 1 row
