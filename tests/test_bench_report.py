@@ -1,6 +1,7 @@
 """bench.report: speedups come from one group's medians, against the preferred baseline."""
 
 import json
+import re
 
 import pytest
 
@@ -243,6 +244,8 @@ def test_stage_times_of_a_model_become_a_table_and_a_plot(tmp_path):
     assert (tmp_path / "out" / "stages.png").stat().st_size > 0
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| JCRA stages, jcra, batch 1 | encoder |" in table
+    assert "| JCRA stages, jcra, batch 1 | post-processing |" in table  # a stage name with a "-" in it
+    assert all(row["extra_info"]["batch"] == 1 for row in json.loads(results.read_text())["benchmarks"])
 
 
 def test_train_step_phases_add_up_to_the_step_and_are_drawn(tmp_path):
@@ -305,3 +308,32 @@ def test_versions_come_from_the_rows_that_have_them(tmp_path):
         .read_text()
         .startswith("device: NVIDIA H100 80GB HBM3, torch 2.11.0, triton 3.6.0")
     )
+
+
+def test_a_crowd_size_timed_for_one_method_is_left_out_and_sizes_come_in_order(tmp_path):
+    """A suite cut off after DEKR's 50-people post-processing: the table keeps the sizes both methods
+    have, in order of people whatever the order of the rows."""
+    post = {"associative_embedding": {20: 8.0, 1: 1.0}, "dekr": {20: 3.0, 1: 2.0, 50: 4.0}}
+    rows = crowd_rows(10.0, {"associative_embedding": 12.0, "dekr": 14.0}, post)
+    main([str(write_run(tmp_path / "crowd.json", rows)), "--out", str(tmp_path / "out")])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert list(summary["e2e_speedup_vs_bottom_up"]) == ["1", "20"]
+
+
+def test_rows_without_a_group_the_gpus_name_and_peak_memory(tmp_path):
+    """pytest-benchmark's default group is null: the test's name stands in. The GPU is named from
+    the GPU file even when a CPU file comes first. Peak memory in bytes is shown in MiB."""
+    cpu = [bench_row("g", "reference", 0.002)]
+    gpu = [{**bench_row(None, "triton", 0.001), "name": "test_solo[triton]"}]
+    gpu[0]["extra_info"].update(device="NVIDIA H100 80GB HBM3", peak_mem_bytes=3 * 2**20)
+    paths = [write_run(tmp_path / "cpu.json", cpu), write_run(tmp_path / "gpu.json", gpu)]
+    main([str(p) for p in paths] + ["--out", str(tmp_path / "out")])
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| test_solo[triton] | triton | 1.000 |  |  | 3 |" in table
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["gpu"] == "NVIDIA H100 80GB HBM3"
+
+
+def test_a_missing_results_file_is_named(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "nope.json"), "--out", str(tmp_path / "out")])
+    assert re.search(r"results file missing: .*nope\.json", capsys.readouterr().err)
