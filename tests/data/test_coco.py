@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -201,6 +202,32 @@ def test_targets_are_the_non_crowd_people_with_corner_boxes_and_unlabelled_point
     assert target["keypoints"].shape == (1, 17, 3) and target["area"].tolist() == [4.0]
     assert target["boxes"].tolist() == [[2.0, 3.0, 12.0, 9.0]]
     assert target["keypoints"][0, :2].tolist() == [[5.5, 5.5, 2.0], [0.0, 0.0, 0.0]]
+
+
+def test_images_in_id_order_and_one_warning_for_labels_outside(tiny):
+    """The file lists image 2 first: the dataset goes by id. Two images with labels off the image
+    warn once: the annotation file is wrong, not each image."""
+    tmp_path, data = tiny
+    data["images"].reverse()
+    outside = np.zeros((17, 3))
+    outside[:2] = [(5, 5, 2), (25, 5, 2)]  # the second past the 20 pixels
+    data["annotations"] = [
+        {"id": n, "image_id": n, "keypoints": outside.ravel().tolist(), "area": 4.0} for n in (1, 2)
+    ]
+    dataset = CocoKeypoints(write(tmp_path, data), tmp_path)
+    assert dataset.ids == [1, 2]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset[0], dataset[1]
+    assert len(caught) == 1 and "outside" in str(caught[0].message)
+
+
+def test_finite_numbers_are_real_numbers_only():
+    from jcra.data.coco import finite_numbers
+
+    assert finite_numbers([1, 2.5, -3]) and finite_numbers([])
+    for bad in (True, None, "1", float("nan"), float("inf")):
+        assert not finite_numbers([1.0, bad]), bad
 
 
 def test_wrong_keypoint_length(tiny):

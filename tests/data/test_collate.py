@@ -19,6 +19,11 @@ def test_padding_and_mask():
     assert out_targets == targets
 
 
+def test_sides_already_multiples_are_not_padded():
+    batch, mask, _ = collate([(torch.rand(3, 64, 96), {})])
+    assert batch.shape == (1, 3, 64, 96) and not mask.any()
+
+
 def test_empty_batch():
     with pytest.raises(ValueError, match="empty"):
         collate([])
