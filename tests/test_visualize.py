@@ -207,3 +207,10 @@ def test_bad_sizes_are_refused_and_a_sliver_is_tiled(tmp_path):
         save_grid([Image.new("RGB", (1000, 1), (255, 0, 0))], tmp_path / "s.png", cell=32)
     ) as grid:
         assert grid.size == (32, 32) and grid.getpixel((16, 15)) == (255, 0, 0)  # a 32 x 1 row
+
+
+def test_sixteen_bit_grayscale_is_drawn_on_scaled_not_white():
+    ramp = np.linspace(0, 65535, SIZE[0] * SIZE[1]).astype(np.uint16).reshape(SIZE[1], SIZE[0])
+    out = np.asarray(draw_keypoints(Image.fromarray(ramp), [], []))
+    assert out.shape == (SIZE[1], SIZE[0], 3) and out[0, 0, 0] == 0 and out[-1, -1, 0] == 255
+    assert abs(int(out[SIZE[1] // 2, 0, 0]) - 128) <= 2

@@ -285,11 +285,11 @@ def test_workers_augment_differently_per_process_and_epoch_and_resume_alike(data
 
 
 def test_resume_drops_the_metrics_logged_after_the_last_checkpoint(data, tmp_path):
-    """A run killed after its checkpoint at step 2 had logged step 3 and half a line: the resumed run
-    redoes step 3, and the log holds each step once."""
+    """A run killed after its checkpoint at step 2 had logged step 3 and half a line (and the file holds a
+    stray line that is no record): the resumed run redoes step 3, and the log holds each step once."""
     train(tiny_config(data, tmp_path, max_steps=2))
     with open(tmp_path / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"step": 3, "kind": "train", "loss": 1.0}) + "\n" + '{"step": 4, "ki')
+        f.write(json.dumps({"step": 3, "kind": "train", "loss": 1.0}) + "\n3\n" + '{"step": 4, "ki')
     train(tiny_config(data, tmp_path, max_steps=4, resume=True))
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines if line["kind"] == "train"] == [1, 2, 3, 4]
