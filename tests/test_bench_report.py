@@ -35,6 +35,8 @@ def test_report_ratios_against_compiled_reference(tmp_path):
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| g1 | triton | 1.000 | 4.00x vs reference+compile |" in table
     assert "| g2 | triton | 2.000 | 1.50x vs reference |" in table
+    g1 = [line.split(" | ")[1] for line in table.splitlines() if line.startswith("| g1 |")]
+    assert g1 == ["triton", "reference+compile", "reference"]  # fastest first
     assert (tmp_path / "out" / "speedups.png").stat().st_size > 0
 
 
@@ -206,6 +208,22 @@ def test_crowd_needs_the_same_image_size(tmp_path):
     )
     main([str(write_run(tmp_path / "crowd.json", rows)), "--out", str(tmp_path / "out")])
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["e2e_speedup_vs_bottom_up"] is None
+    # nor do networks timed at two sizes in one file, even where one of them is JCRA's
+    post = {"associative_embedding": {1: 1.0}, "dekr": {1: 2.0}}
+    rows = crowd_rows(10.0, {"associative_embedding": 12.0, "dekr": 14.0}, post)
+    next(r for r in rows if r["name"] == "net[dekr-1]")["extra_info"]["image_hw"] = [96, 96]
+    main([str(write_run(tmp_path / "mixed.json", rows)), "--out", str(tmp_path / "mixed")])
+    assert json.loads((tmp_path / "mixed" / "summary.json").read_text())["e2e_speedup_vs_bottom_up"] is None
+
+
+def test_the_crowd_table_comes_from_the_file_covering_most_sizes(tmp_path):
+    nets = {"associative_embedding": 12.0, "dekr": 14.0}
+    short = crowd_rows(10.0, nets, {"associative_embedding": {1: 1.0}, "dekr": {1: 2.0}})
+    full = crowd_rows(20.0, nets, {"associative_embedding": {1: 1.0, 20: 8.0}, "dekr": {1: 2.0, 20: 3.0}})
+    paths = [write_run(tmp_path / "short.json", short), write_run(tmp_path / "full.json", full)]
+    main([str(p) for p in paths] + ["--out", str(tmp_path / "out")])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["e2e_speedup_vs_bottom_up"] == {"1": 0.65, "20": 0.85}  # 13 / 20 and 17 / 20
 
 
 def test_other_json_files_are_skipped(tmp_path, capsys):
