@@ -355,3 +355,20 @@ def test_a_missing_results_file_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "nope.json"), "--out", str(tmp_path / "out")])
     assert re.search(r"results file missing: .*nope\.json", capsys.readouterr().err)
+
+
+def test_print_profile_profiles_every_step_and_lists_the_rows_asked(capsys):
+    import torch
+
+    from bench.profiling import print_profile
+
+    calls = []
+
+    def run():
+        calls.append(1)
+        return torch.ones(3).sum()
+
+    print_profile(run, steps=3, rows=2, wall_ms=1.0)
+    host_table = capsys.readouterr().out.split(" Name ")[-1]  # the last table: host time (CPU and CUDA)
+    ops = [line for line in host_table.splitlines() if line.strip().startswith("aten::")]
+    assert len(calls) == 3 and len(ops) == 2
