@@ -118,9 +118,9 @@ def sections(out: Path) -> dict[str, tuple[list[str], int]]:
         "assignment": (suite("bench/test_bench_linear_assignment.py", name="assignment"), 90),
         "crowd": (
             suite(*crowd, name="crowd"),
-            480,  # six whole-network compiles: the two baselines' and JCRA's, at batch 1 and 8
+            480,  # ten whole-network compiles: JCRA, the baselines and their flip tests, batch 1 and 8
         ),
-        # batch 1 alone, for a short session: three compiles, the methods still side by side
+        # batch 1 alone, for a short session: five compiles, the methods still side by side
         "crowd_b1": (suite(*crowd, name="crowd_b1", select="postprocess or b1"), 300),
         "train_step": (suite("bench/test_bench_train_step.py", name="train_step"), 360),
         "train_run": (["-m", "train.train", *train_run_overrides()], 150),

@@ -10,7 +10,9 @@ whole matcher is set against matching image by image, JCRA's fused end to end ag
 
 When the bottom-up and end-to-end suites are present, the crowd table compares per-image latency:
 JCRA's end-to-end time (independent of the number of people) against each bottom-up baseline's
-network time plus its post-processing time at N people, and ``crowd.png`` plots it. Stage times
+network time plus its post-processing time at N people, and ``crowd.png`` plots it; where the run
+also timed the baselines flip-tested (``dekr+flip``), as their published test settings run them, the
+table compares against those too (summary keys ``..._flip_tested``). Stage times
 from ``bench.profile_end_to_end`` and ``bench.profile_train_step`` (``--json``) become
 ``stages.png``. ``summary.json`` holds the headline ratios the benchmark issue names, each from
 timings of one process (null where the run did not measure them).
@@ -24,6 +26,9 @@ from pathlib import Path
 
 BASELINES = ("reference+compile", "reference", "broadcast", "scipy", "per_image", "jcra-reference")
 BOTTOM_UP = ("associative_embedding", "dekr")
+FLIP_TESTED = tuple(f"{method}+flip" for method in BOTTOM_UP)
+NAMES = {"jcra": "JCRA", "associative_embedding": "associative embedding", "dekr": "DEKR"}
+NAMES.update({f"{method}+flip": f"{NAMES[method]} + flip" for method in BOTTOM_UP})
 TRAIN_PROVIDERS = ("fused+compile", "fused+compile-transformer")  # summary's train step, in preference
 STAGE_GROUP = "JCRA stages"
 """Prefix of the benchmark groups that hold stage times, one row a stage (``bench.profiling``)."""
@@ -169,7 +174,8 @@ def _ratio(groups: dict, pattern: str, baseline: str, provider: str) -> float | 
 
 
 def crowd_latency(groups: dict, batch: int) -> dict[int, dict[str, float]]:
-    """{people: {"jcra": ms, method: ms, method + " network": ms}} per image at ``batch``.
+    """{people: {"jcra": ms, method: ms, method + " network": ms}} per image at ``batch``, for the
+    methods of :data:`BOTTOM_UP` and those of :data:`FLIP_TESTED` the source timed.
 
     A bottom-up image costs its share of the batch's network time plus its own post-processing (run
     per image); JCRA's share of the batch's end-to-end time covers everything and does not depend on
@@ -192,8 +198,8 @@ def _crowd_table(groups: dict, batch: int, jcra: dict) -> dict[int, dict[str, fl
     """crowd_latency's table from ``jcra``'s end-to-end row and the bottom-up rows of its source."""
     source = jcra["source"]
     network_group = f"bottom-up network, batch {batch}"
-    network = {m: _median(groups, network_group, m, source) for m in BOTTOM_UP}
-    if None in network.values():
+    network = {m: _median(groups, network_group, m, source) for m in BOTTOM_UP + FLIP_TESTED}
+    if None in (network[m] for m in BOTTOM_UP):
         return {}
     sizes = {tuple(r["info"].get("image_hw", ())) for r in groups[network_group] if r["source"] == source}
     if sizes != {tuple(jcra["info"].get("image", ()))}:
@@ -203,14 +209,20 @@ def _crowd_table(groups: dict, batch: int, jcra: dict) -> dict[int, dict[str, fl
         crowd = re.fullmatch(r"bottom-up postprocess, (\d+) people", group)
         if crowd:
             row = {"jcra": jcra["median_ms"] / batch}
-            post = {method: _median(groups, group, method, source) for method in BOTTOM_UP}
-            if None in post.values():
+            post = {method: _median(groups, group, method, source) for method in BOTTOM_UP + FLIP_TESTED}
+            if None in (post[m] for m in BOTTOM_UP):
                 continue
-            for method in BOTTOM_UP:
-                row[method + " network"] = network[method] / batch
-                row[method] = network[method] / batch + post[method]
+            for method in BOTTOM_UP + FLIP_TESTED:
+                if network[method] is not None and post[method] is not None:
+                    row[method + " network"] = network[method] / batch
+                    row[method] = network[method] / batch + post[method]
             table[int(crowd.group(1))] = row
     return dict(sorted(table.items()))
+
+
+def _flip_tested_in(table: dict) -> bool:
+    """Whether every crowd size of ``table`` has both baselines flip-tested."""
+    return all(m in row for row in table.values() for m in FLIP_TESTED)
 
 
 def crowd_markdown(groups: dict) -> str:
@@ -219,15 +231,21 @@ def crowd_markdown(groups: dict) -> str:
         table = crowd_latency(groups, batch)
         if not table:
             continue
+        comparisons = [(BOTTOM_UP, "faster bottom-up")]
+        if _flip_tested_in(table):
+            comparisons.append((FLIP_TESTED, "faster flip-tested"))
+        columns = [method for methods, _ in comparisons for method in methods]
+        header = ["people", "JCRA", *(NAMES[m] for m in columns)]
+        header += [f"JCRA speedup vs {label}" for _, label in comparisons]
         lines += [
             f"\nPer-image latency at batch {batch} (ms; bottom-up = network share + post-processing):\n",
-            "| people | JCRA | associative embedding | DEKR | JCRA speedup vs faster bottom-up |",
-            "|---:|---:|---:|---:|---:|",
+            "| " + " | ".join(header) + " |",
+            "|" + "---:|" * len(header),
         ]
         for people, row in table.items():
-            fastest = min(row[m] for m in BOTTOM_UP)
-            cells = [str(people)] + [f"{row[key]:.2f}" for key in ("jcra", *BOTTOM_UP)]
-            lines.append("| " + " | ".join(cells) + f" | {fastest / row['jcra']:.2f}x |")
+            cells = [str(people)] + [f"{row[key]:.2f}" for key in ("jcra", *columns)]
+            cells += [f"{min(row[m] for m in methods) / row['jcra']:.2f}x" for methods, _ in comparisons]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + ("\n" if lines else "")
 
 
@@ -240,12 +258,10 @@ def plot_crowd(groups: dict, out: Path) -> Path | None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     for ax, (batch, table) in zip(axes[:2], tables.items(), strict=True):
         people = list(table)
-        for key, label in (
-            ("jcra", "JCRA"),
-            ("associative_embedding", "associative embedding"),
-            ("dekr", "DEKR"),
-        ):
-            ax.plot(people, [table[n][key] for n in people], marker="o", label=label)
+        keys = ("jcra", *BOTTOM_UP) + (FLIP_TESTED if _flip_tested_in(table) else ())
+        for i, key in enumerate(keys):
+            style = dict(linestyle="--", color=f"C{i - len(BOTTOM_UP)}") if key in FLIP_TESTED else {}
+            ax.plot(people, [table[n][key] for n in people], marker="o", label=NAMES[key], **style)
         ax.set_xscale("log")
         ax.set_xlabel("people in the image")
         ax.set_ylabel("ms per image")
@@ -307,10 +323,12 @@ def plot_stages(groups: dict, out: Path) -> Path | None:
     return path
 
 
-def _crowd_speedups(groups: dict, batch: int) -> dict[str, float] | None:
-    """{people: faster bottom-up baseline's per-image time / JCRA's} at ``batch``."""
+def _crowd_speedups(groups: dict, batch: int, methods=BOTTOM_UP) -> dict[str, float] | None:
+    """{people: the faster of ``methods``' per-image time / JCRA's} at ``batch``."""
     crowd = crowd_latency(groups, batch)
-    return {str(n): min(row[m] for m in BOTTOM_UP) / row["jcra"] for n, row in crowd.items()} or None
+    if methods == FLIP_TESTED and not _flip_tested_in(crowd):
+        return None
+    return {str(n): min(row[m] for m in methods) / row["jcra"] for n, row in crowd.items()} or None
 
 
 def summary(groups: dict) -> dict:
@@ -328,6 +346,8 @@ def summary(groups: dict) -> dict:
         "triton": triton_version,
         "e2e_speedup_vs_bottom_up": _crowd_speedups(groups, 1),
         "e2e_speedup_vs_bottom_up_batch8": _crowd_speedups(groups, 8),
+        "e2e_speedup_vs_bottom_up_flip_tested": _crowd_speedups(groups, 1, FLIP_TESTED),
+        "e2e_speedup_vs_bottom_up_flip_tested_batch8": _crowd_speedups(groups, 8, FLIP_TESTED),
         "train_step_speedup": train_speedup,
         "train_step_provider": train_provider,
         "msda_fwd_bwd_speedup_vs_compiled_reference": _ratio(

@@ -11,6 +11,11 @@ the ResNet in its ImageNet-weights layout (frozen batch norm) with random weight
 and, on GPU, torch.compile at a fixed size replayed as a CUDA graph (``mode="reduce-overhead"``).
 Their post-processing cannot be a graph: peak and candidate counts, and so shapes, depend on the
 image.
+
+Each method also runs flip-tested (``dekr+flip``, ``associative_embedding+flip``), as their published
+COCO test settings do (:mod:`bench.baselines.flip_test`): the network on the image and its mirror as
+one batch, the maps merged inside the compiled graph; the post-processing on merged maps, the mirror's
+rendered from the mirrored crowd (its tags numbering the people in reverse) with its own noise.
 Run: ``pytest bench/test_bench_bottom_up.py``.
 """
 
@@ -19,13 +24,16 @@ import platform
 import pytest
 import scipy
 import torch
+from torch import nn
 
 from bench.baselines.associative_embedding import AssociativeEmbeddingHead, decode_associative_embedding
 from bench.baselines.dekr import DEKRHead, decode_dekr
+from bench.baselines.flip_test import FLIP_TESTS, FlipTest
 from bench.baselines.render import (
     add_noise,
     add_peak_noise,
     load_people,
+    mirror_poses,
     random_poses,
     render_dekr,
     render_heatmaps,
@@ -58,21 +66,44 @@ def _crowd(n: int) -> tuple[torch.Tensor, str]:
     return random_poses(n, *IMAGE_HW, seed=n), "synthetic poses"
 
 
-def _ae_maps(gt):
-    heat = add_peak_noise(render_heatmaps(gt, MAP_HW, STRIDE), NOISE, 0)
-    return heat, add_noise(render_tags(gt, MAP_HW, STRIDE), NOISE, 1)
+def _ae_maps(gt, seed=0):
+    heat = add_peak_noise(render_heatmaps(gt, MAP_HW, STRIDE), NOISE, seed)
+    return heat, add_noise(render_tags(gt, MAP_HW, STRIDE), NOISE, seed + 1)
 
 
-def _dekr_maps(gt):
+def _dekr_maps(gt, seed=0):
     heat, offsets = render_dekr(gt, MAP_HW, STRIDE)
-    return add_peak_noise(heat, NOISE, 0), add_noise(offsets, 2 * NOISE, 1)
+    return add_peak_noise(heat, NOISE, seed), add_noise(offsets, 2 * NOISE, seed + 1)
+
+
+def _flip_tested(render, merge):
+    """``render`` of the crowd merged with ``render`` of its mirror (people in reverse order, so the
+    mirror's tags differ from the image's, as a network's may)."""
+
+    def maps(gt):
+        return merge(render(gt), render(mirror_poses(gt, MAP_HW[1], STRIDE).flip(0), seed=2))
+
+    return maps
 
 
 METHODS = {
     "associative_embedding": (_ae_maps, decode_associative_embedding),
     "dekr": (_dekr_maps, decode_dekr),
 }
+METHODS.update(
+    {f"{m}+flip": (_flip_tested(render, FLIP_TESTS[m][0]), decode) for m, (render, decode) in METHODS.items()}
+)
 HEADS = {"associative_embedding": AssociativeEmbeddingHead, "dekr": DEKRHead}
+
+
+def build_network(method: str) -> nn.Module:
+    """``method``'s network (``+flip``: flip-tested) on a ResNet-50 in its ImageNet-weights layout."""
+    base = method.removesuffix("+flip")
+    backbone = resnet(50, frozen=True)
+    network = HEADS[base](backbone, backbone.out_channels[-1], feature_stride=32)
+    if method.endswith("+flip"):
+        network = FlipTest(network, *FLIP_TESTS[base])
+    return network
 
 
 def _info(benchmark, **shape):
@@ -112,11 +143,10 @@ def test_bench_postprocess(benchmark, method, people):
 
 
 @pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"b{b}")  # -k b1 picks batch 1
-@pytest.mark.parametrize("method", list(HEADS))
+@pytest.mark.parametrize("method", list(METHODS))
 def test_bench_network(benchmark, method, batch):
     benchmark.group = f"bottom-up network, batch {batch}"
-    backbone = resnet(50, frozen=True)
-    head = HEADS[method](backbone, backbone.out_channels[-1], feature_stride=32).to(DEVICE).eval()
+    head = build_network(method).to(DEVICE).eval()
     if CUDA:
         torch._dynamo.utils.counters.clear()
         head.compile(fullgraph=True, dynamic=False, mode="reduce-overhead")

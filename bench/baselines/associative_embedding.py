@@ -6,12 +6,14 @@ type at a time in a fixed order: each new joint's peaks are assigned to the peop
 Hungarian assignment (scipy) on the cost ``round(tag distance) * 100 - heatmap score``, a peak whose tag
 is farther than ``tag_threshold`` from every person starts a new one. Last, refinement fills each
 person's missing joints at the heatmap location whose tag best matches the person's mean tag, and
-every keypoint moves a quarter pixel towards its higher neighbour.
+every keypoint moves a quarter pixel towards its higher neighbour. Tags may be vectors: flip testing
+(:mod:`bench.baselines.flip_test`) gives each pixel two, the image's and the mirrored image's, and
+distances between tags are then Euclidean, as in HigherHRNet.
 
 Two simplifications against HigherHRNet's test code, both making this baseline faster than published:
 it decodes at stride 4, where HigherHRNet first upsamples the maps to the image (``PROJECT2IMAGE``,
 16 times the pixels for NMS, top-k and refinement), and it matches each joint's peaks against every
-person found so far rather than the first ``max_people``. No flip testing.
+person found so far rather than the first ``max_people``.
 """
 
 import math
@@ -105,12 +107,12 @@ def _quarter_offset(heatmaps: torch.Tensor, k: torch.Tensor, y: torch.Tensor, x:
 def _group(vals: np.ndarray, tags: np.ndarray, xy: np.ndarray, order, threshold: float, tag_threshold: float):
     """Greedy-in-joint-order Hungarian grouping of peaks into people.
 
-    vals, tags [K, M]; xy [K, M, 2]. Returns people [P, K, 4] (x, y, score, tag; score 0 when the joint
-    is missing).
+    vals [K, M]; tags [K, M, T]; xy [K, M, 2]. Returns people [P, K, 3 + T] (x, y, score, tag; score 0
+    when the joint is missing).
     """
-    k_joints = vals.shape[0]
+    k_joints, tag_dim = vals.shape[0], tags.shape[-1]
     people: list[np.ndarray] = []
-    tag_sums: list[list[float]] = []
+    tag_sums: list[list[np.ndarray]] = []
     for k in order:
         keep = vals[k] > threshold
         v, t, p = vals[k][keep], tags[k][keep], xy[k][keep]
@@ -118,8 +120,8 @@ def _group(vals: np.ndarray, tags: np.ndarray, xy: np.ndarray, order, threshold:
             continue
         new = np.arange(v.size)
         if people:
-            means = np.array([np.mean(s) for s in tag_sums])
-            dist = np.abs(t[:, None] - means[None, :])
+            means = np.array([np.mean(s, 0) for s in tag_sums])  # [P, T]
+            dist = np.linalg.norm(t[:, None] - means[None, :], axis=-1)
             cost = np.round(dist) * 100 - v[:, None]
             # Extra columns with a prohibitive cost let surplus peaks stay unassigned.
             if v.size > len(people):
@@ -131,15 +133,15 @@ def _group(vals: np.ndarray, tags: np.ndarray, xy: np.ndarray, order, threshold:
                 if c < len(people) and dist[r, c] < tag_threshold
             ]
             for r, c in assigned:
-                people[c][k] = (*p[r], v[r], t[r])
+                people[c][k] = np.concatenate([p[r], v[r, None], t[r]])
                 tag_sums[c].append(t[r])
             new = np.setdiff1d(new, [r for r, _ in assigned])
         for r in new:
-            person = np.zeros((k_joints, 4))
-            person[k] = (*p[r], v[r], t[r])
+            person = np.zeros((k_joints, 3 + tag_dim))
+            person[k] = np.concatenate([p[r], v[r, None], t[r]])
             people.append(person)
             tag_sums.append([t[r]])
-    return np.stack(people) if people else np.zeros((0, k_joints, 4))
+    return np.stack(people) if people else np.zeros((0, k_joints, 3 + tag_dim))
 
 
 def decode_associative_embedding(
@@ -152,20 +154,25 @@ def decode_associative_embedding(
     nms_kernel: int = 5,
     joint_order: tuple[int, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """People from one image's maps: heatmaps, tags [K, h, w] -> poses [P, K, 3], scores [P].
+    """People from one image's maps: heatmaps [K, h, w], tags [K, h, w] or [K, h, w, T] -> poses
+    [P, K, 3], scores [P].
 
     Poses are ``(x, y, score)`` in image pixels (map coordinates times ``stride``); a person's score is
     the mean heatmap value of its joints. At most ``max_people`` peaks per joint are considered.
     """
-    if heatmaps.dim() != 3 or tags.shape != heatmaps.shape:
-        raise ValueError(f"heatmaps and tags must both be [K, h, w], got {heatmaps.shape}, {tags.shape}")
+    if heatmaps.dim() != 3 or tags.shape[:3] != heatmaps.shape or tags.dim() not in (3, 4):
+        raise ValueError(
+            f"heatmaps must be [K, h, w] and tags [K, h, w] or [K, h, w, T], "
+            f"got {heatmaps.shape}, {tags.shape}"
+        )
     k_joints, h, w = heatmaps.shape
     order = (
         joint_order if joint_order is not None else COCO_JOINT_ORDER if k_joints == 17 else range(k_joints)
     )
-    heatmaps, tags = heatmaps.float(), tags.float()
+    heatmaps = heatmaps.float()
+    tags = (tags if tags.dim() == 4 else tags[..., None]).float()
     vals, idx = peak_nms(heatmaps, nms_kernel).flatten(1).topk(min(max_people, h * w), dim=1)
-    peak_tags = tags.flatten(1).gather(1, idx)
+    peak_tags = tags.flatten(1, 2).gather(1, idx[..., None].expand(-1, -1, tags.shape[-1]))
     xy = torch.stack([idx % w, idx // w], -1)
     # One copy to host: the grouping is sequential and runs in scipy, as in the published code.
     vals_np, tags_np, xy_np = (t.cpu().numpy() for t in (vals, peak_tags, xy))
@@ -177,11 +184,16 @@ def decode_associative_embedding(
 
 
 def _refine(heatmaps: torch.Tensor, tags: torch.Tensor, people: torch.Tensor, stride: int):
-    """Fill missing joints where ``heat - round(|tag - person tag|)`` peaks, quarter-pixel adjust, scale."""
+    """Fill missing joints where ``heat - round(|tag - person tag|)`` peaks, quarter-pixel adjust, scale.
+
+    heatmaps [K, h, w]; tags [K, h, w, T]; people [P, K, 3 + T] from :func:`_group`.
+    """
     k_joints, h, w = heatmaps.shape
     found = people[..., 2] > 0  # [P, K]
-    mean_tag = (people[..., 3] * found).sum(1) / found.sum(1)  # [P]
-    fit = heatmaps[None] - torch.round((tags[None] - mean_tag[:, None, None, None]).abs())  # [P, K, h, w]
+    mean_tag = (people[..., 3:] * found[..., None]).sum(1) / found.sum(1)[:, None]  # [P, T]
+    # one tag dimension at a time: a [P, K, h, w, T] difference would take gigabytes in a crowd
+    squared = sum((tags[None, ..., t] - mean_tag[:, t, None, None, None]) ** 2 for t in range(tags.shape[-1]))
+    fit = heatmaps[None] - torch.round(squared.sqrt())  # [P, K, h, w]
     best = fit.flatten(2).argmax(2)  # [P, K]
     fill_x, fill_y = (best % w).float(), (best // w).float()
     fill_val = heatmaps.flatten(1).gather(1, best.transpose(0, 1)).transpose(0, 1)

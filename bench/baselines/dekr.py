@@ -6,8 +6,9 @@ person centred there, regressed by one branch per keypoint (grouped convolutions
 follows HRNet/DEKR's test code (``lib/core/inference.py``, ``nms.py``; COCO settings): max-pool NMS
 on the centre heatmap, the top centres above a threshold, the offsets read at each centre give a pose,
 each joint scored by its centre's value times the keypoint heatmap (upsampled to the image) there, then
-DEKR's cluster pose NMS, which keeps each cluster's pose of the best mean keypoint heat. Not
-reproduced: flip testing and the learned rescoring net (it needs training).
+DEKR's cluster pose NMS, which keeps each cluster's pose of the best mean keypoint heat. Flip
+testing merges the maps before decoding (:mod:`bench.baselines.flip_test`). Not reproduced: the
+learned rescoring net (it needs training).
 """
 
 import numpy as np

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from jcra.data.keypoint_layouts import layout_for
+
 
 def load_people(annotation_file: str | Path, min_keypoints: int = 8) -> list[torch.Tensor]:
     """Each annotated person of a COCO keypoint file with at least ``min_keypoints`` labels, as [K, 3]."""
@@ -136,6 +138,15 @@ def render_dekr(poses: torch.Tensor, out_hw: tuple[int, int], stride: int = 4, s
     return heatmaps, offsets.contiguous()
 
 
+def mirror_poses(poses: torch.Tensor, map_width: int, stride: int = 4) -> torch.Tensor:
+    """The poses [P, K, 3] as a mirrored image shows them: x reflected so that a joint on map column j
+    lands on column ``map_width - 1 - j`` (mirroring the maps back then aligns them exactly), left and
+    right joints swapped."""
+    mirrored = poses[:, layout_for(poses.shape[1]).flip_index].clone()
+    mirrored[..., 0] = stride * (map_width - 1) - mirrored[..., 0]
+    return mirrored
+
+
 def add_noise(maps: torch.Tensor, std: float, seed: int = 0) -> torch.Tensor:
     """``maps`` plus seeded Gaussian noise of standard deviation ``std`` (units of the map)."""
     gen = torch.Generator().manual_seed(seed)
@@ -161,6 +172,7 @@ def pose_areas(poses: torch.Tensor) -> torch.Tensor:
 __all__ = [
     "add_noise",
     "load_people",
+    "mirror_poses",
     "pose_areas",
     "pose_centres",
     "random_poses",

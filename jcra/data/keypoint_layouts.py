@@ -24,6 +24,21 @@ class KeypointLayout:
     def num_keypoints(self) -> int:
         return len(self.names)
 
+    @property
+    def flip_index(self) -> list[int]:
+        """[K] with mirrored[k] = original[flip_index[k]]: the keypoint order of a mirrored image."""
+        return flip_permutation(self.flip_pairs, self.num_keypoints)
+
+
+def flip_permutation(flip_pairs, size: int = 0) -> list[int]:
+    """perm with flipped[k] = original[perm[k]]: ``flip_pairs`` swapped, every other keypoint below
+    ``size`` (or the highest paired one) in place."""
+    size = max([size] + [max(pair) + 1 for pair in flip_pairs])
+    perm = list(range(size))
+    for left, right in flip_pairs:
+        perm[left], perm[right] = right, left
+    return perm
+
 
 _SIDES = ("shoulder", "elbow", "wrist", "hip", "knee", "ankle")
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from jcra.data.images import to_rgb
+from jcra.data.keypoint_layouts import flip_permutation
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -114,7 +115,7 @@ class RandomHorizontalFlip:
 
     def __init__(self, flip_pairs, p: float = 0.5):
         self.p = p
-        self.perm = None if flip_pairs is None else _flip_permutation(flip_pairs)
+        self.perm = None if flip_pairs is None else flip_permutation(flip_pairs)
 
     def __call__(self, image: Tensor, target):
         if not _coin(self.p):
@@ -250,15 +251,6 @@ def _coin(p: float = 0.5) -> bool:
 
 def _uniform(low: float, high: float) -> float:
     return float(torch.empty(()).uniform_(low, high))
-
-
-def _flip_permutation(flip_pairs) -> list[int]:
-    """perm with flipped[k] = original[perm[k]] over the keypoints named in ``flip_pairs``."""
-    size = max(max(pair) for pair in flip_pairs) + 1 if flip_pairs else 0
-    perm = list(range(size))
-    for left, right in flip_pairs:
-        perm[left], perm[right] = right, left
-    return perm
 
 
 def _move_keypoints(target: dict, move) -> dict:

@@ -17,10 +17,12 @@ from bench.baselines.associative_embedding import (
     decode_associative_embedding,
 )
 from bench.baselines.dekr import DEKRHead, decode_dekr, pose_nms
+from bench.baselines.flip_test import FLIP_TESTS, FlipTest, merge_associative_embedding, merge_dekr
 from bench.baselines.render import (
     add_noise,
     add_peak_noise,
     load_people,
+    mirror_poses,
     pose_areas,
     pose_centres,
     random_poses,
@@ -261,10 +263,12 @@ def test_dekr_joint_score_is_centre_times_upsampled_heat():
         assert score == pytest.approx(expected, rel=1e-4), k
 
 
-def test_associative_embedding_refinement_fills_a_faint_joint_from_its_own_tag():
+@pytest.mark.parametrize("tag_dims", [1, 2])
+def test_associative_embedding_refinement_fills_a_faint_joint_from_its_own_tag(tag_dims):
     """Person 1's left wrist peaks at 0.05, below the 0.1 detection threshold, while the others' are
     strong: refinement finds it where heat minus rounded tag distance peaks, at person 1's own wrist
-    (tags off their integers by noise, which the rounding absorbs)."""
+    (tags off their integers by noise, which the rounding absorbs). With two tag dimensions (flip
+    testing) the first is the same for everyone, so the people are told apart by the second alone."""
     hw, joint = (256, 384), 9
     out_hw = (hw[0] // STRIDE, hw[1] // STRIDE)
     gt = random_poses(3, *hw, seed=14)
@@ -272,6 +276,8 @@ def test_associative_embedding_refinement_fills_a_faint_joint_from_its_own_tag()
     others = render_heatmaps(gt[[0, 2]], out_hw, STRIDE)[joint]
     heat[joint] = torch.maximum(others, 0.05 * render_heatmaps(gt[1:2], out_hw, STRIDE)[joint])
     tags = add_noise(render_tags(gt, out_hw, STRIDE), 0.1, seed=3)
+    if tag_dims == 2:
+        tags = torch.stack([torch.zeros_like(tags), tags], -1)
     poses, _ = decode_associative_embedding(heat, tags, STRIDE)
     assert poses.shape[0] == 3
     person = int((poses[:, 0, :2] - gt[1, 0, :2]).norm(dim=-1).argmin())  # matched by the nose
@@ -283,7 +289,7 @@ def test_associative_embedding_groups_the_higher_peak_of_equal_tag_distance():
     """Joint 1 has two peaks within a tag unit of person 0 (rounded distance 0): the higher joins it
     (cost round(distance) * 100 - heat), the lower starts a new person, whichever comes first."""
     vals = np.array([[0.9, 0.0], [0.3, 0.9]])
-    tags = np.array([[0.0, 0.0], [0.2, 0.3]])
+    tags = np.array([[0.0, 0.0], [0.2, 0.3]])[..., None]  # one tag dimension
     xy = np.arange(8, dtype=float).reshape(2, 2, 2)
     people = _group(vals, tags, xy, (0, 1), threshold=0.1, tag_threshold=1.0)
     assert people.shape == (2, 2, 4)
@@ -379,3 +385,146 @@ def test_associative_embedding_ignores_peaks_below_its_threshold():
     heat, tags = render_heatmaps(gt, out_hw, STRIDE), render_tags(gt, out_hw, STRIDE)
     heat[4, 2, 2], tags[4, 2, 2] = 0.09, 7.0
     assert decode_associative_embedding(heat, tags, STRIDE)[0].shape[0] == 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# Flip testing
+# ---------------------------------------------------------------------------------------------------
+
+
+def _mirrored(gt, out_hw):
+    """The crowd as its mirror shows it, people in reverse order (so their tags differ)."""
+    return mirror_poses(gt, out_hw[1], STRIDE).flip(0)
+
+
+def _ae_flip(gt, hw, noise=0.0, seed=0):
+    out_hw = (hw[0] // STRIDE, hw[1] // STRIDE)
+
+    def maps(poses, seed):
+        heat = add_noise(render_heatmaps(poses, out_hw, STRIDE), noise, seed).clamp(0, 1)
+        return heat, add_noise(render_tags(poses, out_hw, STRIDE), noise, seed + 1)
+
+    heat, tags = merge_associative_embedding(maps(gt, seed), maps(_mirrored(gt, out_hw), seed + 2))
+    return decode_associative_embedding(heat, tags, STRIDE, max_people=max(30, 2 * len(gt)))
+
+
+def _dekr_flip(gt, hw, noise=0.0, seed=0):
+    out_hw = (hw[0] // STRIDE, hw[1] // STRIDE)
+
+    def maps(poses, seed):
+        heat, offsets = render_dekr(poses, out_hw, STRIDE)
+        return add_noise(heat, noise, seed).clamp(0, 1), add_noise(offsets, 2 * noise, seed + 1)
+
+    heat, offsets = merge_dekr(maps(gt, seed), maps(_mirrored(gt, out_hw), seed + 2))
+    return decode_dekr(heat, offsets, STRIDE, max_people=max(30, 2 * len(gt)))
+
+
+FLIP_DECODERS = {"associative_embedding": _ae_flip, "dekr": _dekr_flip}
+
+
+@pytest.mark.parametrize("method", FLIP_DECODERS)
+@pytest.mark.parametrize(("n", "hw"), [(1, (256, 320)), (5, (384, 512)), (20, (512, 768))])
+def test_flip_tested_coco_crowds_give_ap_near_one(method, n, hw):
+    gt = synthesize_crowd(_coco_people(), n, *hw, seed=n)
+    poses, scores = FLIP_DECODERS[method](gt, hw)
+    assert oks_ap(gt, poses, scores) > 0.95
+
+
+@pytest.mark.parametrize("method", FLIP_DECODERS)
+def test_flip_tested_noisy_maps_still_give_high_ap(method):
+    hw = (384, 512)
+    gt = random_poses(8, *hw, seed=3)
+    poses, scores = FLIP_DECODERS[method](gt, hw, noise=0.05, seed=7)
+    assert oks_ap(gt, poses, scores) > 0.8
+
+
+def test_mirrored_dekr_maps_merge_back_into_the_images():
+    """The mirror's maps, mirrored back (columns, left/right joints, the sign of x offsets), are the
+    image's: merging them changes nothing."""
+    hw = (256, 384)
+    out_hw = (hw[0] // STRIDE, hw[1] // STRIDE)
+    gt = random_poses(4, *hw, seed=21)
+    heat, offsets = render_dekr(gt, out_hw, STRIDE)
+    # people in the same order: far from every centre the nearest is a tie, which goes to person 0
+    mirrored = render_dekr(mirror_poses(gt, out_hw[1], STRIDE), out_hw, STRIDE)
+    merged_heat, merged_offsets = merge_dekr((heat, offsets), mirrored)
+    torch.testing.assert_close(merged_heat, heat, atol=1e-5, rtol=0)
+    torch.testing.assert_close(merged_offsets, offsets, atol=1e-4, rtol=0)
+    halved = merge_dekr((heat, offsets), (torch.zeros_like(heat), torch.zeros_like(offsets)))  # averages
+    torch.testing.assert_close(halved, (heat / 2, offsets / 2))
+    # batched maps [B, C, h, w] merge the same way
+    batched = merge_dekr((heat[None], offsets[None]), (merged_heat[None].flip(-1), offsets[None].flip(-1)))
+    assert batched[0].shape == (1, *heat.shape) and batched[1].shape == (1, *offsets.shape)
+
+
+def test_mirrored_associative_embedding_maps_merge_back_into_the_images():
+    """Heatmaps average back to the image's; each pixel's tag pair is (the image's tag, the mirror's
+    tag of the same person), the mirror numbering the people in reverse."""
+    hw = (256, 384)
+    out_hw = (hw[0] // STRIDE, hw[1] // STRIDE)
+    gt = random_poses(4, *hw, seed=22)
+    heat, tags = render_heatmaps(gt, out_hw, STRIDE), render_tags(gt, out_hw, STRIDE)
+    mirrored = _mirrored(gt, out_hw)
+    merged_heat, merged_tags = merge_associative_embedding(
+        (heat, tags), (render_heatmaps(mirrored, out_hw, STRIDE), render_tags(mirrored, out_hw, STRIDE))
+    )
+    torch.testing.assert_close(merged_heat, heat, atol=1e-5, rtol=0)
+    assert merged_tags.shape == (*tags.shape, 2) and torch.equal(merged_tags[..., 0], tags)
+    near_joints = heat > 0.1
+    assert (merged_tags[..., 1] == 3 - tags)[near_joints].all()
+    halved, _ = merge_associative_embedding((heat, tags), (torch.zeros_like(heat), tags))  # averages
+    torch.testing.assert_close(halved, heat / 2)
+
+
+def test_mirror_poses_reflects_map_columns_and_swaps_sides():
+    poses = torch.zeros(1, 17, 3)
+    poses[0, 1] = torch.tensor([2 * STRIDE, 5.0, 2])  # left eye on map column 2
+    mirrored = mirror_poses(poses, map_width=10, stride=STRIDE)
+    assert mirrored[0, 2].tolist() == [7 * STRIDE, 5.0, 2] and mirrored[0, 1, 2] == 0  # now the right eye
+    torch.testing.assert_close(mirror_poses(mirrored, 10, STRIDE), poses)
+
+
+@pytest.mark.parametrize("method", ["associative_embedding", "dekr"])
+def test_flip_test_runs_image_and_mirror_as_one_batch_and_merges(method):
+    """One call of the network on 2B images: the images, then their mirrors shifted as the published
+    test code shifts them (DEKR: ``image[..., :-3] = image[..., 3:]`` after the flip; HigherHRNet: no
+    shift); the halves of its output merged."""
+    seen = []
+
+    class Recorder(nn.Module):
+        def forward(self, images):
+            seen.append(images)
+            k = 17 if method == "associative_embedding" else 18
+            first = images[:, :1].expand(-1, k, -1, -1)[..., ::STRIDE, ::STRIDE]
+            second = images[:, 1:2].expand(-1, 2 * 17 if method == "dekr" else 17, -1, -1)[
+                ..., ::STRIDE, ::STRIDE
+            ]
+            return first, second
+
+    merge, shift = FLIP_TESTS[method]
+    images = torch.randn(2, 3, 16, 24)
+    out = FlipTest(Recorder(), merge, shift)(images)
+    mirror = images.flip(3).clone()
+    if shift:
+        mirror[..., :-shift] = mirror[..., shift:].clone()
+    assert len(seen) == 1 and torch.equal(seen[0], torch.cat([images, mirror]))
+    direct, mirrored = Recorder()(images), Recorder()(mirror)
+    for got, want in zip(out, merge(direct, mirrored), strict=True):
+        torch.testing.assert_close(got, want)
+    assert (shift == 3) == (method == "dekr")
+    with pytest.raises(ValueError, match="shifted"):
+        FlipTest(Recorder(), merge, shift=24)(images)
+
+
+def test_one_dimensional_tags_decode_alike_with_or_without_their_last_axis():
+    hw = (256, 384)
+    out_hw = (hw[0] // STRIDE, hw[1] // STRIDE)
+    gt = random_poses(3, *hw, seed=23)
+    heat, tags = render_heatmaps(gt, out_hw, STRIDE), add_noise(render_tags(gt, out_hw, STRIDE), 0.1, 2)
+    flat, vector = (
+        decode_associative_embedding(heat, tags),
+        decode_associative_embedding(heat, tags[..., None]),
+    )
+    assert all(torch.equal(a, b) for a, b in zip(flat, vector, strict=True))
+    with pytest.raises(ValueError, match="tags"):
+        decode_associative_embedding(heat, tags[..., None, None])

@@ -145,6 +145,12 @@ def test_crowdpose_flip_pairs():
     assert flipped["keypoints"][0, :, 0].tolist() == [20 - x for x in sources]
 
 
+def test_layouts_flip_index_covers_every_keypoint():
+    """The mirrored image's keypoint order: sides swapped, unpaired keypoints (nose, head, neck) kept."""
+    assert COCO.flip_index == [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]
+    assert CROWDPOSE.flip_index == [1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 12, 13]
+
+
 def test_crop_unlabels_outside_keypoints_drops_empty_people_and_shrinks_areas():
     generator = torch.Generator().manual_seed(1)
     for _ in range(10):
