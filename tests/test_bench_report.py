@@ -80,34 +80,37 @@ def test_batch_eight_takes_each_images_share_of_the_batch(tmp_path):
     assert "latency at batch 8" in table and "| 20 | 5.00 | 14.00 | 10.00 | 2.00x |" in table
 
 
-def test_flip_tested_baselines_get_their_own_columns_and_ratios(tmp_path):
-    """With the baselines also timed flip-tested, the table compares JCRA against the faster of those
-    too, and the summary holds those ratios beside the single-pass ones, which stay as they were."""
-    nets = {
-        "associative_embedding": 12.0,
-        "dekr": 14.0,
-        "associative_embedding+flip": 20.0,
-        "dekr+flip": 24.0,
-    }
+FLIP_NETWORKS = {
+    "associative_embedding": 12.0,
+    "dekr": 14.0,
+    "associative_embedding+flip": 20.0,
+    "dekr+flip": 24.0,
+}
+
+
+def flip_report(tmp_path, dekr_flip_post: dict) -> tuple[dict, str]:
+    """summary.json and table.md of a batch-1 crowd run with the baselines single-pass and
+    flip-tested (DEKR's flip-tested post-processing as given)."""
     post = {
         "associative_embedding": {1: 1.0, 20: 8.0},
         "dekr": {1: 2.0, 20: 3.0},
         "associative_embedding+flip": {1: 2.0, 20: 12.0},
-        "dekr+flip": {1: 2.0, 20: 4.0},
+        "dekr+flip": dekr_flip_post,
     }
-    main(
-        [
-            str(write_run(tmp_path / "crowd.json", crowd_rows(10.0, nets, post))),
-            "--out",
-            str(tmp_path / "out"),
-        ]
-    )
+    rows = crowd_rows(10.0, FLIP_NETWORKS, post)
+    main([str(write_run(tmp_path / "crowd.json", rows)), "--out", str(tmp_path / "out")])
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    return summary, (tmp_path / "out" / "table.md").read_text()
+
+
+def test_flip_tested_baselines_get_their_own_columns_and_ratios(tmp_path):
+    """With the baselines also timed flip-tested, the table compares JCRA against the faster of those
+    too, and the summary holds those ratios beside the single-pass ones, which stay as they were."""
+    summary, table = flip_report(tmp_path, {1: 2.0, 20: 4.0})
     assert summary["e2e_speedup_vs_bottom_up"] == {"1": 1.3, "20": 1.7}
     # 1 person: AE+flip 20 + 2 = 22 beats DEKR+flip 26; 20 people: DEKR+flip 24 + 4 = 28 beats 32
     assert summary["e2e_speedup_vs_bottom_up_flip_tested"] == {"1": 2.2, "20": 2.8}
     assert summary["e2e_speedup_vs_bottom_up_flip_tested_batch8"] is None
-    table = (tmp_path / "out" / "table.md").read_text()
     assert (
         "| people | JCRA | associative embedding | DEKR | associative embedding + flip | DEKR + flip "
         "| JCRA speedup vs faster bottom-up | JCRA speedup vs faster flip-tested |"
@@ -117,33 +120,11 @@ def test_flip_tested_baselines_get_their_own_columns_and_ratios(tmp_path):
 
 def test_flip_tested_ratios_need_both_baselines_at_every_crowd_size(tmp_path):
     """A flip-tested post-processing missing at one crowd size: no flip-tested columns, no ratios."""
-    nets = {
-        "associative_embedding": 12.0,
-        "dekr": 14.0,
-        "associative_embedding+flip": 20.0,
-        "dekr+flip": 24.0,
-    }
-    post = {
-        "associative_embedding": {1: 1.0, 20: 8.0},
-        "dekr": {1: 2.0, 20: 3.0},
-        "associative_embedding+flip": {1: 2.0, 20: 12.0},
-        "dekr+flip": {1: 2.0},
-    }
-    main(
-        [
-            str(write_run(tmp_path / "crowd.json", crowd_rows(10.0, nets, post))),
-            "--out",
-            str(tmp_path / "out"),
-        ]
-    )
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    summary, table = flip_report(tmp_path, {1: 2.0})
     assert summary["e2e_speedup_vs_bottom_up"] == {"1": 1.3, "20": 1.7}
     assert summary["e2e_speedup_vs_bottom_up_flip_tested"] is None
-    table = (tmp_path / "out" / "table.md").read_text()
-    assert (
-        "flip" not in table.split("Per-image latency")[1]
-        and "| 20 | 10.00 | 20.00 | 17.00 | 1.70x |" in table
-    )
+    crowd = table.split("Per-image latency")[1]
+    assert "flip" not in crowd and "| 20 | 10.00 | 20.00 | 17.00 | 1.70x |" in crowd
 
 
 def test_matcher_summary_is_scipy_over_triton_at_g_20(tmp_path):
