@@ -490,6 +490,8 @@ def test_flip_test_runs_image_and_mirror_as_one_batch_and_merges(method):
     assert (shift == 3) == (method == "dekr")
     with pytest.raises(ValueError, match="shifted"):
         FlipTest(Recorder(), merge, shift=24)(images)
+    with pytest.raises(ValueError, match="shift"):
+        FlipTest(Recorder(), merge, shift=-1)
 
 
 def test_one_dimensional_tags_decode_alike_with_or_without_their_last_axis():
