@@ -220,9 +220,9 @@ def _crowd_table(groups: dict, batch: int, jcra: dict) -> dict[int, dict[str, fl
     return dict(sorted(table.items()))
 
 
-def _flip_tested_in(table: dict) -> bool:
-    """Whether every crowd size of ``table`` has both baselines flip-tested."""
-    return all(m in row for row in table.values() for m in FLIP_TESTED)
+def _timed_in(table: dict, methods) -> bool:
+    """Whether every crowd size of ``table`` has every one of ``methods``."""
+    return all(m in row for row in table.values() for m in methods)
 
 
 def crowd_markdown(groups: dict) -> str:
@@ -232,7 +232,7 @@ def crowd_markdown(groups: dict) -> str:
         if not table:
             continue
         comparisons = [(BOTTOM_UP, "faster bottom-up")]
-        if _flip_tested_in(table):
+        if _timed_in(table, FLIP_TESTED):
             comparisons.append((FLIP_TESTED, "faster flip-tested"))
         columns = [method for methods, _ in comparisons for method in methods]
         header = ["people", "JCRA", *(NAMES[m] for m in columns)]
@@ -258,7 +258,7 @@ def plot_crowd(groups: dict, out: Path) -> Path | None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     for ax, (batch, table) in zip(axes[:2], tables.items(), strict=True):
         people = list(table)
-        keys = ("jcra", *BOTTOM_UP) + (FLIP_TESTED if _flip_tested_in(table) else ())
+        keys = ("jcra", *BOTTOM_UP) + (FLIP_TESTED if _timed_in(table, FLIP_TESTED) else ())
         for i, key in enumerate(keys):
             style = dict(linestyle="--", color=f"C{i - len(BOTTOM_UP)}") if key in FLIP_TESTED else {}
             ax.plot(people, [table[n][key] for n in people], marker="o", label=NAMES[key], **style)
@@ -326,7 +326,7 @@ def plot_stages(groups: dict, out: Path) -> Path | None:
 def _crowd_speedups(groups: dict, batch: int, methods=BOTTOM_UP) -> dict[str, float] | None:
     """{people: the faster of ``methods``' per-image time / JCRA's} at ``batch``."""
     crowd = crowd_latency(groups, batch)
-    if methods == FLIP_TESTED and not _flip_tested_in(crowd):
+    if not _timed_in(crowd, methods):
         return None
     return {str(n): min(row[m] for m in methods) / row["jcra"] for n, row in crowd.items()} or None
 
