@@ -37,12 +37,10 @@ def merge_dekr(direct, mirrored):
     sign; the centre heatmap (last) has no side."""
     (heat, offsets), (heat_m, offsets_m) = direct, mirrored
     index = layout_for(heat.shape[-3] - 1).flip_index
-    heat = (heat + flip_back(heat_m, index + [len(index)])) / 2
     offset_index = [2 * joint + axis for joint in index for axis in (0, 1)]
-    back = flip_back(offsets_m, offset_index).unflatten(-3, (-1, 2))  # [..., K, (x, y), h, w]
-    # x negated by slicing, so that no constant tensor (made from a list, on the host first) enters the graph
-    back = torch.cat([-back[..., :1, :, :], back[..., 1:, :, :]], -3).flatten(-4, -3)
-    return heat, (offsets + back) / 2
+    sign = offsets.new_tensor([-1.0, 1.0]).repeat(len(index))[:, None, None]
+    heat = (heat + flip_back(heat_m, index + [len(index)])) / 2
+    return heat, (offsets + sign * flip_back(offsets_m, offset_index)) / 2
 
 
 FLIP_TESTS = {"associative_embedding": (merge_associative_embedding, 0), "dekr": (merge_dekr, 3)}
