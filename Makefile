@@ -20,8 +20,9 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(PY) -m train.demo
 
-# The benchmark suites run too, at their CPU sizes, so that they keep working: in a pytest process of
-# their own, as the tests switch Triton's interpreter on (tests/conftest.py) and the suites must not.
+# The benchmark suites run too, so that they keep working (at their CPU sizes without a GPU, at full
+# size on one): in a pytest process of their own, as the tests switch Triton's interpreter on
+# (tests/conftest.py) and the suites must not.
 test: setup
 	$(PY) -m pytest -q
 	$(PY) -m pytest -q bench
