@@ -27,6 +27,7 @@ from pathlib import Path
 BASELINES = ("reference+compile", "reference", "broadcast", "scipy", "per_image", "jcra-reference")
 BOTTOM_UP = ("associative_embedding", "dekr")
 FLIP_TESTED = tuple(f"{method}+flip" for method in BOTTOM_UP)
+ALL_BOTTOM_UP = BOTTOM_UP + FLIP_TESTED
 NAMES = {"jcra": "JCRA", "associative_embedding": "associative embedding", "dekr": "DEKR"}
 NAMES.update({f"{method}+flip": f"{NAMES[method]} + flip" for method in BOTTOM_UP})
 TRAIN_PROVIDERS = ("fused+compile", "fused+compile-transformer")  # summary's train step, in preference
@@ -198,7 +199,7 @@ def _crowd_table(groups: dict, batch: int, jcra: dict) -> dict[int, dict[str, fl
     """crowd_latency's table from ``jcra``'s end-to-end row and the bottom-up rows of its source."""
     source = jcra["source"]
     network_group = f"bottom-up network, batch {batch}"
-    network = {m: _median(groups, network_group, m, source) for m in BOTTOM_UP + FLIP_TESTED}
+    network = {m: _median(groups, network_group, m, source) for m in ALL_BOTTOM_UP}
     if None in (network[m] for m in BOTTOM_UP):
         return {}
     sizes = {tuple(r["info"].get("image_hw", ())) for r in groups[network_group] if r["source"] == source}
@@ -209,10 +210,10 @@ def _crowd_table(groups: dict, batch: int, jcra: dict) -> dict[int, dict[str, fl
         crowd = re.fullmatch(r"bottom-up postprocess, (\d+) people", group)
         if crowd:
             row = {"jcra": jcra["median_ms"] / batch}
-            post = {method: _median(groups, group, method, source) for method in BOTTOM_UP + FLIP_TESTED}
+            post = {method: _median(groups, group, method, source) for method in ALL_BOTTOM_UP}
             if None in (post[m] for m in BOTTOM_UP):
                 continue
-            for method in BOTTOM_UP + FLIP_TESTED:
+            for method in ALL_BOTTOM_UP:
                 if network[method] is not None and post[method] is not None:
                     row[method + " network"] = network[method] / batch
                     row[method] = network[method] / batch + post[method]
