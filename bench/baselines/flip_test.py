@@ -8,19 +8,23 @@ pixels left, which puts its stride-4 cells back on the image's (for widths divis
 HigherHRNet does not.
 
 The image and its mirror go through the network as one batch of 2B, where the published test code
-runs them one after the other: the faster way, so the baseline is timed at its best.
+runs them one after the other: the faster way, so the baseline is timed at its best. The channel
+permutations and the offsets' signs are built on the maps' device (:func:`kernels.dispatch.device_table`):
+made from Python lists, they would be host constants in the compiled network, copied in every call,
+and Inductor would not capture it as a CUDA graph.
 """
 
 import torch
 from torch import nn
 
 from jcra.data.keypoint_layouts import layout_for
+from kernels.dispatch import device_table
 
 
 def flip_back(maps: torch.Tensor, channel_index: list[int]) -> torch.Tensor:
     """A mirrored image's maps [..., C, h, w] laid out as the image's: columns reversed, channel c taken
     from the mirror's channel ``channel_index[c]``."""
-    return maps.flip(-1)[..., channel_index, :, :]
+    return maps.flip(-1).index_select(-3, device_table([channel_index], torch.int64, maps.device)[0])
 
 
 def merge_associative_embedding(direct, mirrored):
@@ -38,7 +42,7 @@ def merge_dekr(direct, mirrored):
     (heat, offsets), (heat_m, offsets_m) = direct, mirrored
     index = layout_for(heat.shape[-3] - 1).flip_index
     offset_index = [2 * joint + axis for joint in index for axis in (0, 1)]
-    sign = offsets.new_tensor([-1.0, 1.0]).repeat(len(index))[:, None, None]
+    sign = device_table([[-1.0, 1.0] * len(index)], offsets.dtype, offsets.device).view(-1, 1, 1)
     heat = (heat + flip_back(heat_m, index + [len(index)])) / 2
     return heat, (offsets + sign * flip_back(offsets_m, offset_index)) / 2
 

@@ -31,6 +31,7 @@ from bench.baselines.render import (
     render_tags,
     synthesize_crowd,
 )
+from tests.compiled_graphs import host_constant_recorder
 from tests.shared_data import shared_path
 
 STRIDE = 4
@@ -180,10 +181,18 @@ def test_pose_nms_keeps_the_best_heat_of_a_cluster_as_dekr_does():
         assert pose_nms(torch.cat([pose, partial]), torch.tensor([0.9, 0.5]), 0.05, 8).tolist() == expected
 
 
-@pytest.mark.parametrize("head_cls", [AssociativeEmbeddingHead, DEKRHead])
-def test_heads_give_stride_four_maps(head_cls):
+HEADS = {"associative_embedding": AssociativeEmbeddingHead, "dekr": DEKRHead}
+
+
+def _small_head(head_cls):
+    """``head_cls`` on a two-convolution stride-16 backbone."""
     backbone = nn.Sequential(nn.Conv2d(3, 8, 3, 4, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 4, 1))
-    head = head_cls(backbone, in_channels=16, feature_stride=16, hidden=32)
+    return head_cls(backbone, in_channels=16, feature_stride=16, hidden=32)
+
+
+@pytest.mark.parametrize("head_cls", HEADS.values())
+def test_heads_give_stride_four_maps(head_cls):
+    head = _small_head(head_cls)
     first, second = head(torch.randn(2, 3, 64, 96))
     k1 = 17 if head_cls is AssociativeEmbeddingHead else 18
     assert first.shape == (2, k1, 16, 24) and second.shape[0] == 2 and second.shape[2:] == (16, 24)
@@ -492,6 +501,27 @@ def test_flip_test_runs_image_and_mirror_as_one_batch_and_merges(method):
         FlipTest(Recorder(), merge, shift=24)(images)
     with pytest.raises(ValueError, match="shift"):
         FlipTest(Recorder(), merge, shift=-1)
+
+
+@pytest.mark.parametrize("flip", [False, True], ids=["single", "flip"])
+@pytest.mark.parametrize("method", HEADS)
+def test_compiled_networks_hold_no_tensor_made_on_the_host_and_match_eager(method, flip):
+    """What the crowd suite compiles and replays as a CUDA graph, flip tests included: none of its
+    graphs holds a host constant (:func:`tests.compiled_graphs.host_constant_recorder`), which would
+    cost a blocking copy a call and the CUDA graph."""
+    network = _small_head(HEADS[method]).eval()
+    if flip:
+        network = FlipTest(network, *FLIP_TESTS[method])
+    images = torch.randn(2, 3, 64, 96)
+    backend, constants = host_constant_recorder()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        eager = network(images)
+        compiled = torch.compile(network, fullgraph=True, backend=backend)(images)
+    torch._dynamo.reset()
+    assert not constants
+    for got, want in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(got, want)
 
 
 def test_one_dimensional_tags_decode_alike_with_or_without_their_last_axis():

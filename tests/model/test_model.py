@@ -11,6 +11,7 @@ from jcra.backbone import FrozenBatchNorm2d
 from jcra.criterion import SetCriterion
 from jcra.matcher import HungarianMatcher
 from kernels.oks import COCO_SIGMAS, pose_matching_cost
+from tests.compiled_graphs import host_constant_recorder
 from tests.model.conftest import pad_batch, randomise_zero_init
 
 Q, K = 30, 17
@@ -293,24 +294,11 @@ def test_cuda_graph_forward_matches_eager():
 @pytest.mark.parametrize("training", [False, True])
 def test_compiled_forward_holds_no_tensor_made_on_the_host(tiny_model, training):
     """Every tensor of the compiled graphs (forward, and backward in training) is an input or made on
-    the model's device: a tensor built from Python data is a host constant there, which on a GPU costs
-    a blocking copy in every call and keeps Inductor from capturing a CUDA graph (it skips graphs
-    holding CPU tensors)."""
-    from functorch.compile import make_boxed_func
-    from torch._dynamo.backends.common import aot_autograd
-
-    constants = []
-
-    def graph_compiler(graph_module, example_inputs):
-        for node in graph_module.graph.nodes:
-            value = getattr(graph_module, node.target) if node.op == "get_attr" else None
-            if isinstance(value, torch.Tensor) and value.dim() > 0:
-                constants.append(f"{node.target} {tuple(value.shape)}: {[str(u) for u in node.users]}")
-        return make_boxed_func(graph_module.forward)
-
+    the model's device, none a host constant (:func:`tests.compiled_graphs.host_constant_recorder`)."""
+    backend, constants = host_constant_recorder()
     torch._dynamo.reset()
     tiny_model.train(training).use_fused_kernels = True
-    tiny_model.compile_model(backend=aot_autograd(fw_compiler=graph_compiler, bw_compiler=graph_compiler))
+    tiny_model.compile_model(backend=backend)
     with torch.set_grad_enabled(training):
         out = tiny_model(torch.randn(1, 3, 96, 128))
     if training:
