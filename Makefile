@@ -1,6 +1,7 @@
 # `make demo` and `make test` are the README's two commands; both set up .venv on first use.
 # The venv sees the system's packages, so a GPU machine's own torch is used as it is; where no torch
-# is importable, the CPU build of torch 2.13.0 is installed (on this project's CI it lies on disk).
+# is importable, torch 2.13.0 comes from pip's configured index: on this project's CI machines a CPU
+# build lying on disk, from PyPI on Linux the (much larger) CUDA build.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
