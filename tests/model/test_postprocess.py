@@ -1,10 +1,12 @@
 """jcra.postprocess: top-k by score, keypoints in original pixels, COCO record layout."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from jcra.postprocess import PostProcess
+from jcra.postprocess import PostProcess, coco_records
 
 
 def test_records_are_top_k_in_original_pixels():
@@ -61,3 +63,29 @@ def test_records_name_the_category_they_are_given():
     out = {"logits": torch.zeros(1, 2), "keypoints": torch.rand(1, 2, 17, 2)}
     records = PostProcess(category_id=7)(out, torch.tensor([[10, 10]]), [1])
     assert [r["category_id"] for r in records] == [7, 7]
+
+
+def test_coco_records_hold_every_person_image_by_image_as_plain_numbers():
+    """What the bottom-up baselines' poses become too: P people of B images, keypoint triples and
+    scores as Python floats of the same values (JSON-ready), in order."""
+    gen = torch.Generator().manual_seed(1)
+    keypoints, scores = torch.rand(2, 3, 4, 3, generator=gen) * 500, torch.rand(2, 3, generator=gen)
+    records = coco_records(keypoints, scores, [5, "b"], category_id=2)
+    assert [(r["image_id"], r["category_id"]) for r in records] == [(5, 2)] * 3 + [("b", 2)] * 3
+    assert torch.equal(torch.tensor([r["keypoints"] for r in records]), keypoints.view(6, 12))
+    assert torch.equal(torch.tensor([r["score"] for r in records]), scores.view(6))
+    assert json.loads(json.dumps(records)) == records
+    assert coco_records(keypoints[:, :0], scores[:, :0], [5, 6]) == []
+
+
+def test_coco_records_refuse_mismatched_inputs():
+    keypoints, scores = torch.zeros(2, 3, 4, 3), torch.zeros(2, 3)
+    for bad_keypoints, bad_scores in (
+        (keypoints[..., :2], scores),
+        (keypoints, scores[:, :2]),
+        (keypoints[0], scores[0]),
+    ):
+        with pytest.raises(ValueError, match="keypoints must be"):
+            coco_records(bad_keypoints, bad_scores, [1, 2])
+    with pytest.raises(ValueError, match="image_ids must hold B=2"):
+        coco_records(keypoints, scores, [1])
