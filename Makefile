@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench lint clean gpu-carry
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,18 @@ test: setup
 
 bench: setup
 	$(PY) -m pytest bench -q --benchmark-json=bench/results/latest.json
+
+# What a lent GPU machine (Python 3.12, no network, no ../shared) needs beside the tree, for the
+# device tool's carry [".whl", ".gpu_shared"] (bench/gpu_session.py says how a call installs them):
+# wheels of the dependencies it lacks, and the shared data the suites read.
+GPU_WHEELS := pycocotools==2.0.11 hydra-core==1.3.2 omegaconf==2.3.0 torch-linear-assignment==0.1.0
+gpu-carry: setup
+	rm -rf .whl .gpu_shared
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		--platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+	$(PY) -m pip wheel --quiet --no-deps -w .whl antlr4-python3-runtime==4.9.3
+	mkdir -p .gpu_shared/data
+	cp -r ../shared/data/coco-mini ../shared/data/unlabelled-coco-photos .gpu_shared/data/
 
 lint: setup
 	$(PY) -m ruff check kernels jcra train bench tests

@@ -8,12 +8,13 @@ the next one runs. Benchmark suites write pytest-benchmark JSON to ``DIR/<sectio
 goes to ``DIR/log.txt``; the last lines printed are a table of sections, status and seconds. Then,
 on any machine: ``python -m bench.report DIR/*.json --out bench/results/<run-name>``.
 
-The lent machines have no network and lack some of our dependencies (pycocotools, hydra-core,
-omegaconf, antlr4-python3-runtime; torch-linear-assignment for the peer provider). Download their
-py3.12 wheels beforehand into the git-ignored ``.whl/`` (``pip download --no-deps --only-binary=:all:
---python-version 3.12 --platform manylinux2014_x86_64 NAME==VERSION``; ``pip wheel`` builds antlr4's
-from its sdist), carry it, and start the call with ``pip install --no-index --no-deps --target
-/tmp/site .whl/*.whl`` and ``PYTHONPATH=/tmp/site:$PWD``.
+The lent machines have no network, no ``../shared`` and lack some of our dependencies (pycocotools,
+hydra-core, omegaconf, antlr4-python3-runtime; torch-linear-assignment for the peer provider).
+``make gpu-carry`` puts their py3.12 wheels in the git-ignored ``.whl/`` and the shared data the
+suites read in ``.gpu_shared/``; carry both and start the call with::
+
+    pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+    test -e ../shared || { mkdir ../shared && cp -r .gpu_shared/data ../shared/; }
 
 Ratios are only taken within one section (one process, one GPU): a kernel against its baseline in
 ``msda``, ``oks`` and ``assignment``, JCRA against the bottom-up baselines in ``crowd`` (the bottom-up
