@@ -27,8 +27,9 @@ import scipy
 import torch
 from torch import nn
 
-from bench.baselines.associative_embedding import AssociativeEmbeddingHead, decode_associative_embedding
-from bench.baselines.dekr import DEKRHead, decode_dekr
+from bench.baselines import HEADS
+from bench.baselines.associative_embedding import decode_associative_embedding
+from bench.baselines.dekr import decode_dekr
 from bench.baselines.flip_test import FLIP_TESTS, FlipTest
 from bench.baselines.render import (
     add_noise,
@@ -95,7 +96,6 @@ METHODS = {
 METHODS.update(
     {f"{m}+flip": (_flip_tested(render, FLIP_TESTS[m][0]), decode) for m, (render, decode) in METHODS.items()}
 )
-HEADS = {"associative_embedding": AssociativeEmbeddingHead, "dekr": DEKRHead}
 
 
 def build_network(method: str) -> nn.Module:

@@ -10,13 +10,14 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import nn
 
+from bench.baselines import HEADS
 from bench.baselines.associative_embedding import (
     COCO_JOINT_ORDER,
     AssociativeEmbeddingHead,
     _group,
     decode_associative_embedding,
 )
-from bench.baselines.dekr import DEKRHead, decode_dekr, pose_nms
+from bench.baselines.dekr import decode_dekr, pose_nms
 from bench.baselines.flip_test import FLIP_TESTS, FlipTest, merge_associative_embedding, merge_dekr
 from bench.baselines.render import (
     add_noise,
@@ -179,9 +180,6 @@ def test_pose_nms_keeps_the_best_heat_of_a_cluster_as_dekr_does():
         partial = shifted.clone()
         partial[0, :shared] = pose[0, :shared]
         assert pose_nms(torch.cat([pose, partial]), torch.tensor([0.9, 0.5]), 0.05, 8).tolist() == expected
-
-
-HEADS = {"associative_embedding": AssociativeEmbeddingHead, "dekr": DEKRHead}
 
 
 def _small_head(head_cls):
