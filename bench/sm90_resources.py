@@ -7,7 +7,9 @@ and its cuobjdump reads the resource usage and the SASS. This is where the numbe
 launchers' comments come from (the ms_deform_attn tile candidates, the pose cost's rolled keypoint
 loop, the assignment solver's warps). Rows: every ms_deform_attn tile candidate for D = 32 at 4
 levels (encoder: 4 points; decoder: 17), fp32 and bf16; the pose cost at the tiles the launcher picks
-for G in {1, 5, 20, 100}; the solver at Q = 300. A row with spill stores (STL in the SASS) is marked.
+for G in {1, 5, 20, 100}; the solver at Q = 300 and at its widest block, fp32 and fp64, its columns
+contiguous (Q >= G, as the launcher lays them out) or strided. A row with spill stores (STL in the
+SASS) is marked; ``--sass DIR`` writes each row's SASS.
 Run it without TRITON_INTERPRET: the interpreter replaces the kernels it compiles.
 """
 
@@ -69,21 +71,34 @@ def specs():
         )
         label = f"pose_cost G={g} BLOCK_Q={block_q} BLOCK_G={block_g}"
         yield label, oks._pose_cost_kernel, consts, {"num_gt_ptr": "*i64"}, floats, 4
-    for g in (5, 20, 100):
-        block = assignment._block(300, g)
+    for dtype in ("fp32", "fp64"):
         pointers = {
+            "cost_ptr": f"*{dtype}",
             "num_gt_ptr": "*i64",
             "query_out_ptr": "*i64",
             "gt_out_ptr": "*i64",
             "valid_out_ptr": "*i1",
         }
-        consts = dict(DTYPE=tl.float32, BLOCK=block)
-        label = f"linear_assignment Q=300 G={g} BLOCK={block}"
-        yield label, assignment._linear_assignment_kernel, consts, pointers, (), assignment._num_warps(block)
+        # Q = 300 (any G <= Q: the columns are the queries, made contiguous), and the widest block
+        for block in (assignment._block(300, 20), assignment._MAX_BLOCK):
+            for contiguous in (True, False):
+                consts = dict(
+                    DTYPE=getattr(tl, f"float{dtype[2:]}"), BLOCK=block, COLUMNS_CONTIGUOUS=contiguous
+                )
+                layout = "contiguous" if contiguous else "strided"
+                label = f"linear_assignment {dtype} BLOCK={block} {layout} columns"
+                yield (
+                    label,
+                    assignment._linear_assignment_kernel,
+                    consts,
+                    pointers,
+                    (),
+                    assignment._num_warps(block),
+                )
 
 
-def resources(kernel, consts, pointers, floats, warps) -> dict[str, int]:
-    """REG, STACK and SHARED from cuobjdump, and the SASS's spill stores (STL)."""
+def resources(kernel, consts, pointers, floats, warps) -> tuple[dict[str, int], str]:
+    """REG, STACK and SHARED from cuobjdump, and the SASS's spill stores (STL); and the SASS."""
     source = ASTSource(kernel, _signature(kernel, consts, pointers, floats), consts)
     compiled = triton.compile(source, target=TARGET, options={"num_warps": warps})
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
@@ -97,7 +112,7 @@ def resources(kernel, consts, pointers, floats, warps) -> dict[str, int]:
         ).stdout
     found = {key: int(value) for key, value in re.findall(r"(REG|STACK|SHARED):(\d+)", usage)}
     found["STL"] = len(re.findall(r"\bSTL\b", sass))
-    return found
+    return found, sass
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -105,12 +120,16 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--only", nargs="*", default=[""], help="label prefixes of the rows to compile")
+    parser.add_argument("--sass", type=Path, help="folder to write each row's SASS to, as <label>.sass")
     args = parser.parse_args(argv)
     print(f"{'kernel and tile':60s} {'warps':>5s} {'regs':>5s} {'stack':>6s} {'shared':>7s} {'STL':>5s}")
     for label, kernel, consts, pointers, floats, warps in specs():
         if not any(label.startswith(prefix) for prefix in args.only):
             continue
-        r = resources(kernel, consts, pointers, floats, warps)
+        r, sass = resources(kernel, consts, pointers, floats, warps)
+        if args.sass:
+            args.sass.mkdir(parents=True, exist_ok=True)
+            (args.sass / f"{re.sub(r'[^A-Za-z0-9=]+', '_', label)}.sass").write_text(sass)
         mark = "  spills" if r["STL"] else ""
         print(f"{label:60s} {warps:5d} {r['REG']:5d} {r['STACK']:6d} {r['SHARED']:7d} {r['STL']:5d}{mark}")
 

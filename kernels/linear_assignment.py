@@ -62,10 +62,34 @@ def linear_assignment_reference(
 # ---------------------------------------------------------------------------------------------------
 
 
+# A search step is a chain of warp-wide reductions, each waiting on the one before. On sm_80+ a 32-bit
+# integer reduction is one instruction (REDUX), a float one a tree of five shuffles, so fp32
+# reductions run on integer images of the floats: their bit patterns to pick a lane, order-preserving
+# ones to take a minimum. Both give exactly the floats a float reduction would. (fp64 has no 64-bit
+# REDUX to gain: its reductions stay float ones.)
+
+
 @triton.jit
 def _pick(vec, offs, j):
     """``vec[j]`` as a scalar: the other lanes are zeroed, so the sum is exact."""
-    return tl.sum(tl.where(offs == j, vec, 0), axis=0)
+    if vec.dtype == tl.float32:
+        bits = tl.sum(tl.where(offs == j, vec.to(tl.int32, bitcast=True), 0), axis=0)
+        return bits.to(tl.float32, bitcast=True)
+    else:
+        return tl.sum(tl.where(offs == j, vec, 0), axis=0)
+
+
+@triton.jit
+def _min(vec):
+    """``tl.min(vec)`` of a vector without NaN. An fp32's bits, read as an int32, order the
+    non-negative floats; flipping all but the sign bit of a negative one orders those too (-0.0 then
+    sorts below +0.0, an equal value)."""
+    if vec.dtype == tl.float32:
+        bits = vec.to(tl.int32, bitcast=True)
+        low = tl.min(tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits), axis=0)
+        return tl.where(low < 0, low ^ 0x7FFFFFFF, low).to(tl.float32, bitcast=True)
+    else:
+        return tl.min(vec, axis=0)
 
 
 @triton.jit
@@ -88,6 +112,7 @@ def _linear_assignment_kernel(
     # meta
     DTYPE: tl.constexpr,
     BLOCK: tl.constexpr,
+    COLUMNS_CONTIGUOUS: tl.constexpr,
 ):
     """One program per image; the column side lives in registers as ``[BLOCK]`` vectors.
 
@@ -110,7 +135,10 @@ def _linear_assignment_kernel(
     col_valid = offs < n_cols
     # int64 offsets: B * Q * G can exceed 2^31
     image_ptr = cost_ptr + pid * stride_cb
-    col_offs = offs.to(tl.int64) * stride_col
+    if COLUMNS_CONTIGUOUS:  # stride_col is 1: constant offsets, which the loads' addresses absorb
+        col_offs = offs.to(tl.int64)
+    else:
+        col_offs = offs.to(tl.int64) * stride_col
 
     # Every entry the solver may read must be finite; an image that is not stays all-invalid.
     # (while loops rather than range: the interpreter cannot take a loaded scalar as a range bound)
@@ -142,14 +170,16 @@ def _linear_assignment_kernel(
             path = tl.where(better, row, path)
             shortest = tl.where(better, reduced, shortest)
             open_col = col_valid & ~scanned
-            lowest = tl.min(tl.where(open_col, shortest, inf), axis=0)
-            # Among ties prefer a free column (it ends the search now), then the lowest index.
+            lowest = _min(tl.where(open_col, shortest, inf))
+            # Among ties prefer a free column (it ends the search now), then the lowest index. The
+            # key also carries the column's row, so one reduction gives both (2 * BLOCK^2 <= 2^25).
             tie = open_col & (shortest == lowest)
-            key = tl.where(tie, tl.where(row4col < 0, offs, offs + BLOCK), 2 * BLOCK)
-            j = tl.min(key, axis=0) % BLOCK
+            order = tl.where(row4col < 0, offs, offs + BLOCK)
+            key = tl.min(tl.where(tie, order * BLOCK + tl.maximum(row4col, 0), 2 * BLOCK * BLOCK), axis=0)
+            j = (key // BLOCK) % BLOCK
+            owner = tl.where(key < BLOCK * BLOCK, -1, key % BLOCK)
             min_val = lowest
             scanned = scanned | (offs == j)
-            owner = _pick(row4col, offs, j)
             sink = tl.where(owner < 0, j, -1)
             row = owner
             via = j
@@ -187,9 +217,10 @@ def _linear_assignment_kernel(
 # ---------------------------------------------------------------------------------------------------
 
 # The column vectors stay in registers. The search is a serial chain of small reductions, so fewer
-# warps are faster (one warp reduces by shuffles, without shared memory and barriers); a warp per 512
-# columns is 16 elements a thread, about 220 registers on sm_90 without spills (cuobjdump) up to
-# 4096 columns and 8 warps. Beyond _MAX_BLOCK columns registers would spill, and scipy runs instead.
+# warps are faster (one warp reduces within itself, without shared memory and barriers); a warp per
+# 512 columns is 16 elements a thread: 168 to 240 registers on sm_90 for fp32 and up to 255 for fp64,
+# without spills, up to 4096 columns and 8 warps (`python -m bench.sm90_resources`). Beyond
+# _MAX_BLOCK columns registers would spill, and scipy runs instead.
 _MAX_BLOCK = 4096
 _COLS_PER_WARP = 512
 
@@ -228,6 +259,7 @@ def _launch(cost: torch.Tensor, num_gt: torch.Tensor) -> tuple[torch.Tensor, tor
         query_index.stride(0),
         DTYPE=tl.float64 if cost.dtype == torch.float64 else tl.float32,
         BLOCK=block,
+        COLUMNS_CONTIGUOUS=q >= g,
         num_warps=_num_warps(block),
     )
     return query_index, gt_index, valid

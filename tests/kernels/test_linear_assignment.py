@@ -6,10 +6,13 @@ valid partial permutation sorted by ground truth.
 """
 
 import importlib
+import math
 
 import numpy as np
 import pytest
 import torch
+import triton
+import triton.language as tl
 from scipy.optimize import linear_sum_assignment
 
 from kernels.dispatch import use_triton
@@ -332,3 +335,37 @@ def test_scipy_total_helper_can_fail():
     with pytest.raises(AssertionError):
         _check(cost, torch.tensor([2]), identity, atol=1e-6)
     assert np.isclose(_scipy_totals(cost, torch.tensor([2]))[0][0], 0.0)
+
+
+@triton.jit
+def _min_and_pick_kernel(x_ptr, out_ptr, j, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs)
+    tl.store(out_ptr, la_module._min(x))
+    tl.store(out_ptr + 1, la_module._pick(x, offs, j))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", range(4))
+def test_search_reductions_are_exact(dtype, seed):
+    """The solver's minimum and lane pick (fp32: over the floats' integer images) give the floats
+    themselves: negatives, both zeros, subnormals, extremes and infinities, and the picked lane's sign of
+    zero."""
+    tiny, huge = torch.finfo(dtype).tiny, torch.finfo(dtype).max
+    edges = [-math.inf, -huge, -1.5, -tiny / 4, -0.0, 0.0, tiny / 4, 2.0, huge, math.inf]
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(8):
+        x = torch.randn(64, generator=gen, dtype=torch.float64) * 10.0 ** torch.randint(
+            -30, 30, (1,), generator=gen
+        )
+        chosen = torch.randint(0, 64, (int(torch.randint(0, 6, (1,), generator=gen)),), generator=gen)
+        x[chosen] = torch.tensor(edges, dtype=torch.float64)[
+            torch.randint(0, len(edges), (len(chosen),), generator=gen)
+        ]
+        x = x.to(dtype).to(DEVICE)
+        j = int(torch.randint(0, 64, (1,), generator=gen))
+        out = torch.empty(2, dtype=dtype, device=DEVICE)
+        _min_and_pick_kernel[(1,)](x, out, j, BLOCK=64)
+        assert out[0] == x.min(), (x.tolist(), out[0])
+        bits = torch.int32 if dtype == torch.float32 else torch.int64
+        assert out[1:].view(bits).item() == x[j : j + 1].view(bits).item()
