@@ -117,9 +117,10 @@ def _linear_assignment_kernel(
     """One program per image; the column side lives in registers as ``[BLOCK]`` vectors.
 
     Column state: ``v`` (column duals), ``row4col`` (-1 when free), and per Dijkstra search ``shortest``
-    (tentative path lengths), ``path`` (the row that reached the column) and ``scanned``. Row duals are
-    not stored: a matched row's ``u[i] = cost[i, col4row[i]] - v[col4row[i]]`` (its edge is tight) and
-    the row being added has ``u = 0``, so each search step derives the dual of the row it expands.
+    (tentative path lengths), ``path`` (the row that reached the column) and ``open_col`` (not yet
+    scanned). Row duals are not stored: a matched row's ``u[i] = cost[i, col4row[i]] - v[col4row[i]]``
+    (its edge is tight) and the row being added has ``u = 0``, so each search step derives the dual of
+    the row it expands.
     """
     pid = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
@@ -157,19 +158,18 @@ def _linear_assignment_kernel(
     while cur_row < n_pairs:
         shortest = tl.full((BLOCK,), inf, DTYPE)
         path = tl.full((BLOCK,), -1, tl.int32)
-        scanned = offs < 0
+        open_col = col_valid  # not yet scanned
         row = cur_row
         via = -1  # the column through which `row` was reached (-1 for the row being added)
         min_val = tl.zeros((), DTYPE)
         sink = -1
         while sink < 0:
             c = tl.load(image_ptr + row * stride_row + col_offs, mask=col_valid, other=inf).to(DTYPE)
-            u_row = _pick(c, offs, via) - _pick(v, offs, via)  # 0 for via = -1
+            u_row = _pick(c - v, offs, via)  # 0 for via = -1
             reduced = min_val + c - u_row - v
-            better = (~scanned) & (reduced < shortest)
+            better = open_col & (reduced < shortest)
             path = tl.where(better, row, path)
             shortest = tl.where(better, reduced, shortest)
-            open_col = col_valid & ~scanned
             lowest = _min(tl.where(open_col, shortest, inf))
             # Among ties prefer a free column (it ends the search now), then the lowest index. The
             # key also carries the column's row, so one reduction gives both (2 * BLOCK^2 <= 2^25).
@@ -179,12 +179,12 @@ def _linear_assignment_kernel(
             j = (key // BLOCK) % BLOCK
             owner = tl.where(key < BLOCK * BLOCK, -1, key % BLOCK)
             min_val = lowest
-            scanned = scanned | (offs == j)
+            open_col = open_col & (offs != j)
             sink = tl.where(owner < 0, j, -1)
             row = owner
             via = j
         # Dual update keeps matched edges tight and reduced costs non-negative.
-        v = tl.where(scanned, v - (min_val - shortest), v)
+        v = tl.where(col_valid & ~open_col, v - (min_val - shortest), v)
         # Augment: flip the path from the sink back to cur_row.
         j = sink
         i = -1
@@ -218,7 +218,7 @@ def _linear_assignment_kernel(
 
 # The column vectors stay in registers. The search is a serial chain of small reductions, so fewer
 # warps are faster (one warp reduces within itself, without shared memory and barriers); a warp per
-# 512 columns is 16 elements a thread: 168 to 240 registers on sm_90 for fp32 and up to 255 for fp64,
+# 512 columns is 16 elements a thread: 168 to 227 registers on sm_90 for fp32 and up to 255 for fp64,
 # without spills, up to 4096 columns and 8 warps (`python -m bench.sm90_resources`). Beyond
 # _MAX_BLOCK columns registers would spill, and scipy runs instead.
 _MAX_BLOCK = 4096
