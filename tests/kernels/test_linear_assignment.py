@@ -324,6 +324,26 @@ def test_compiled_op_equals_eager():
         assert torch.equal(got, want)
 
 
+def test_compiled_function_holds_the_op_and_equals_eager():
+    """Eager calls skip the op's dispatch; a compiled caller still traces the op. (A host num_gt is
+    range-checked by reading it, where the trace breaks: the op is in the graph after the break.)"""
+    cost, num_gt = _random_problem(3, 6, 4, seed=10)
+    num_gt = num_gt.to(DEVICE)
+    targets = []
+
+    def backend(graph_module, example_inputs):
+        targets.extend(str(node.target) for node in graph_module.graph.nodes if node.op == "call_function")
+        return graph_module.forward
+
+    def solve(cost, num_gt):
+        return linear_assignment(cost, num_gt, check_finite=False)
+
+    compiled = torch.compile(solve, backend=backend)
+    for got, want in zip(compiled(cost, num_gt), solve(cost, num_gt), strict=True):
+        assert torch.equal(got, want)
+    assert "jcra.linear_assignment.default" in targets, targets
+
+
 def test_scipy_total_helper_can_fail():
     """The total check rejects a valid but suboptimal assignment (identity on a cost favouring a swap)."""
     cost = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], device=DEVICE)
