@@ -101,6 +101,17 @@ def test_larger_random_costs_match_scipy():
 
 
 @pytest.mark.parametrize(
+    ("q", "g", "ties"), [(3000, 5, False), (5, 3000, False), (4096, 7, True), (7, 4096, True)]
+)
+def test_widest_block_matches_scipy(q, g, ties):
+    """At the solver's widest block (4096 columns) the search's argmin key, column and row packed
+    into one int32, is at its largest."""
+    cost, num_gt = _random_problem(2, q, g, seed=q + g, ties=ties)
+    assert la_module._block(q, g) == la_module._MAX_BLOCK
+    _check(cost, num_gt, linear_assignment(cost, num_gt), atol=1e-4)
+
+
+@pytest.mark.parametrize(
     "rows",
     [[[1.0, 1.0 + 1e-9], [1.0 + 1e-9, 1.0 + 3e-9]], [[1e8, 1e8 + 1.0], [1e8 + 1.0, 1e8 + 3.0]]],
     ids=["near-ties", "large-offset"],
