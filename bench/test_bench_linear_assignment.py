@@ -2,10 +2,13 @@
 
 Providers: ``triton`` (:func:`kernels.linear_assignment` without the finite check, as the matcher runs
 it inside a training step: no host sync; CUDA only, since on CPU it would be Triton's interpreter),
-``scipy`` (one copy of the padded cost to the host, then ``linear_sum_assignment`` per image: what
-:class:`jcra.matcher.HungarianMatcher` does) and ``torch_linear_assignment`` (the public
-torch-linear-assignment package's ``batch_linear_assignment``, when installed; it takes one G for the
-whole batch, which these inputs have).
+``triton_queries_adjacent`` (the same on the cost laid out, before the clock, with each ground truth's
+queries adjacent, as the solver reads them: it then skips its transposing copy, so the two rows differ
+by that copy, which a cost kernel writing this layout would save), ``scipy`` (one copy of the padded
+cost to the host, then ``linear_sum_assignment`` per image: what :class:`jcra.matcher.HungarianMatcher`
+does) and ``torch_linear_assignment`` (the public torch-linear-assignment package's
+``batch_linear_assignment``, when installed; it takes one G for the whole batch, which these inputs
+have).
 
 Sizes follow the issue on CUDA: S * B = 7 * 8 problems (the issue's seven matchings a step, eight images) of
 Q = 300 queries by G in {5, 20, 100} people, fp32 costs uniform in [0, 1). Target on H100/H200: the
@@ -50,6 +53,12 @@ def _triton(cost, num_gt):
     return linear_assignment(cost, num_gt, check_finite=False)
 
 
+def _queries_adjacent(cost: torch.Tensor) -> torch.Tensor:
+    """The same ``[n, q, g]`` values laid out with each ground truth's queries adjacent (stride 1 over
+    q), as the solver reads them: given such a cost, it skips its transposing copy."""
+    return cost.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 def _scipy(cost, num_gt):
     cost_np = cost.cpu().numpy()
     return [linear_sum_assignment(cost_np[i, :, :n]) for i, n in enumerate(num_gt.tolist())]
@@ -62,13 +71,21 @@ def _peer(cost, num_gt):
     return batch_linear_assignment(cost.transpose(1, 2))
 
 
-PROVIDERS = {"triton": _triton, "scipy": _scipy, "torch_linear_assignment": _peer}
+PROVIDERS = {
+    "triton": _triton,
+    "triton_queries_adjacent": _triton,
+    "scipy": _scipy,
+    "torch_linear_assignment": _peer,
+}
 
 
 @pytest.mark.parametrize("g", GS)
 @pytest.mark.parametrize("provider", list(PROVIDERS))
 def test_bench_linear_assignment(benchmark, provider, g):
-    _bench(benchmark, provider, *_inputs(g))
+    cost, num_gt = _inputs(g)
+    if provider == "triton_queries_adjacent":  # laid out before the clock: what the copy costs
+        cost = _queries_adjacent(cost)
+    _bench(benchmark, provider, cost, num_gt)
 
 
 @pytest.mark.parametrize("provider", ["triton", "scipy"])
@@ -77,7 +94,7 @@ def test_bench_encoder_proposals(benchmark, provider):
 
 
 def _bench(benchmark, provider: str, cost, num_gt, name: str = "linear_assignment") -> None:
-    if provider == "triton" and not CUDA:
+    if provider.startswith("triton") and not CUDA:
         pytest.skip("Triton runs only as its interpreter without CUDA")
     if provider == "torch_linear_assignment":
         peer = pytest.importorskip("torch_linear_assignment")
