@@ -104,8 +104,8 @@ def test_larger_random_costs_match_scipy():
     ("q", "g", "ties"), [(3000, 5, False), (5, 3000, False), (4096, 7, True), (7, 4096, True)]
 )
 def test_widest_block_matches_scipy(q, g, ties):
-    """At the solver's widest block (4096 columns) the search's argmin key, column and row packed
-    into one int32, is at its largest."""
+    """At the solver's widest block (4096 columns) the column part of the search's argmin key (column
+    and row packed into one int32) is at its largest."""
     cost, num_gt = _random_problem(2, q, g, seed=q + g, ties=ties)
     assert la_module._block(q, g) == la_module._MAX_BLOCK
     _check(cost, num_gt, linear_assignment(cost, num_gt), atol=1e-4)
@@ -353,6 +353,30 @@ def test_compiled_function_holds_the_op_and_equals_eager():
     for got, want in zip(compiled(cost, num_gt), solve(cost, num_gt), strict=True):
         assert torch.equal(got, want)
     assert "jcra.linear_assignment.default" in targets, targets
+
+
+def test_other_tracers_and_meta_tensors_see_the_op():
+    """make_fx records the op, not one call's answer: its graph solves a new cost as eager does. Meta
+    tensors get outputs shaped by the op's fake."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    cost, num_gt = _random_problem(3, 6, 4, seed=11)
+    other, _ = _random_problem(3, 6, 4, seed=12)
+    num_gt = num_gt.to(DEVICE)
+
+    def solve(cost, num_gt):
+        return linear_assignment(cost, num_gt, check_finite=False)
+
+    graph = make_fx(solve)(cost, num_gt)
+    assert "jcra.linear_assignment.default" in [str(node.target) for node in graph.graph.nodes]
+    for got, want in zip(graph(other, num_gt), solve(other, num_gt), strict=True):
+        assert torch.equal(got, want)
+    outputs = solve(cost.to("meta"), num_gt.to("meta"))
+    assert [(t.device.type, tuple(t.shape), t.dtype) for t in outputs] == [
+        ("meta", (3, 4), torch.int64),
+        ("meta", (3, 4), torch.int64),
+        ("meta", (3, 4), torch.bool),
+    ]
 
 
 def test_scipy_total_helper_can_fail():
