@@ -5,13 +5,15 @@ Every op in ``kernels`` is an opaque ``torch.library.custom_op`` whose body call
 reference, or the Triton kernels through Triton's interpreter when ``TRITON_INTERPRET=1`` was set
 before import (how CI tests the kernel code without a GPU). Keeping the choice inside an opaque op,
 rather than registering a ``triton_op``, lets ``torch.compile(fullgraph=True)`` trace models on
-machines where Triton has no active driver (CPU-only CI) as well as on GPUs.
+machines where Triton has no active driver (CPU-only CI) as well as on GPUs. Ops without gradients
+(OKS, matching cost, assignment) skip the op when called eagerly (:func:`eager_or_op`).
 """
 
 import functools
 import os
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 try:
     import triton  # noqa: F401
@@ -28,6 +30,22 @@ def use_triton(tensor: torch.Tensor) -> bool:
     if not HAS_TRITON:
         return False
     return tensor.is_cuda or (INTERPRET and tensor.device.type == "cpu")
+
+
+def eager_or_op(body, op, *args):
+    """``op(*args)``, or for an op without gradients called eagerly, ``body(*args)`` under no_grad:
+    the same result without the custom op's dispatch (about 10 us of host time a call, which the
+    matcher pays every training step). A tracer (Dynamo, export, make_fx, jit) or meta tensors must
+    see the op itself: opaque, its outputs shaped by its fake."""
+    if (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or _get_current_dispatch_mode() is not None
+        or args[0].device.type == "meta"
+    ):
+        return op(*args)
+    with torch.no_grad():
+        return body(*args)
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

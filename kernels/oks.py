@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.dispatch import use_triton
+from kernels.dispatch import eager_or_op, use_triton
 
 
 def _sigma_table(tenths: list[float]) -> torch.Tensor:
@@ -386,17 +386,20 @@ def _launch(
 # ---------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("jcra::pairwise_oks", mutates_args=())
-def _pairwise_oks_op(
+def _pairwise_oks(
     pred_kpts: torch.Tensor,
     gt_kpts: torch.Tensor,
     gt_areas: torch.Tensor,
     sigmas: torch.Tensor,
     image_size: torch.Tensor | None,
 ) -> torch.Tensor:
+    """The op's body: the kernel where Triton runs, else the reference."""
     if use_triton(pred_kpts):
         return _launch(None, pred_kpts, gt_kpts, gt_areas, sigmas, image_size, (0.0, 0.0, 0.0, 0.0, 0.0))
     return pairwise_oks_reference(pred_kpts, gt_kpts, gt_areas, sigmas, image_size).float()
+
+
+_pairwise_oks_op = torch.library.custom_op("jcra::pairwise_oks", _pairwise_oks, mutates_args=())
 
 
 @_pairwise_oks_op.register_fake
@@ -406,8 +409,7 @@ def _(pred_kpts, gt_kpts, gt_areas, sigmas, image_size):
     )
 
 
-@torch.library.custom_op("jcra::pose_matching_cost", mutates_args=())
-def _pose_matching_cost_op(
+def _pose_matching_cost(
     logits: torch.Tensor,
     pred_kpts: torch.Tensor,
     gt_kpts: torch.Tensor,
@@ -420,6 +422,7 @@ def _pose_matching_cost_op(
     alpha: float,
     gamma: float,
 ) -> torch.Tensor:
+    """The op's body: the kernel where Triton runs, else the reference."""
     if use_triton(pred_kpts):
         weights = (w_class, w_kpt, w_oks, alpha, gamma)
         return _launch(logits, pred_kpts, gt_kpts, gt_areas, sigmas, image_size, weights)
@@ -436,6 +439,11 @@ def _pose_matching_cost_op(
         gamma=gamma,
         image_size=image_size,
     ).float()
+
+
+_pose_matching_cost_op = torch.library.custom_op(
+    "jcra::pose_matching_cost", _pose_matching_cost, mutates_args=()
+)
 
 
 @_pose_matching_cost_op.register_fake
@@ -471,7 +479,7 @@ def pairwise_oks(
     No gradient.
     """
     _check_inputs(pred_kpts, gt_kpts, gt_areas, sigmas, image_size=image_size)
-    return _pairwise_oks_op(pred_kpts, gt_kpts, gt_areas, sigmas, image_size)
+    return eager_or_op(_pairwise_oks, _pairwise_oks_op, pred_kpts, gt_kpts, gt_areas, sigmas, image_size)
 
 
 def pose_matching_cost(
@@ -497,7 +505,9 @@ def pose_matching_cost(
     with ``image_size``, which scales only the OKS term to pixels). No gradient.
     """
     _check_inputs(pred_kpts, gt_kpts, gt_areas, sigmas, logits, image_size)
-    return _pose_matching_cost_op(
+    return eager_or_op(
+        _pose_matching_cost,
+        _pose_matching_cost_op,
         logits,
         pred_kpts,
         gt_kpts,

@@ -305,6 +305,7 @@ def test_non_finite_padding_is_ignored():
         (torch.rand(2, 6, 4), [4, -1], "num_gt must lie"),
         (torch.rand(2, 6, 4), torch.tensor([4.0, 1.0]), "num_gt must hold integers"),
         (torch.rand(2, 6, 4), [3.9, 2.2], "num_gt must be a .B. tensor or a list of integers"),
+        (torch.rand(2, 6, 4), [True, 2], "num_gt must be a .B. tensor or a list of integers"),
         (torch.rand(2, 6, 4), None, "num_gt must be a .B. tensor or a list of integers"),
         (torch.rand(2, 6, 4), 4, "num_gt must be a .B. tensor or a list of integers"),
     ],
@@ -317,7 +318,8 @@ def test_bad_arguments(cost, num_gt, match):
 def test_num_gt_on_device_and_as_list():
     cost, num_gt = _random_problem(3, 6, 4, seed=9)
     want = linear_assignment(cost, num_gt)
-    for other in (num_gt.to(DEVICE), num_gt.tolist(), num_gt.int()):
+    numpy_ints = [np.int32(n) for n in num_gt.tolist()]
+    for other in (num_gt.to(DEVICE), num_gt.tolist(), num_gt.int(), numpy_ints):
         for got, expected in zip(linear_assignment(cost, other), want, strict=True):
             assert torch.equal(got, expected)
 

@@ -402,6 +402,36 @@ def test_compiled_fullgraph_equals_eager():
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "reference"])
+@pytest.mark.parametrize("name", ["pose_matching_cost", "pairwise_oks"])
+def test_tracers_and_meta_tensors_see_the_op_and_eager_calls_have_no_gradient(name, kernel, monkeypatch):
+    """Eager calls run the op's body without its dispatch: the same values, no gradient, as the op.
+    make_fx records the op (its graph computes a new batch), meta tensors get its fake's shape."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    monkeypatch.setattr(oks, "use_triton", lambda tensor: kernel and tensor.device.type != "meta")
+    fns = {
+        "pose_matching_cost": lambda logits, pred, gt, area, sigmas, size: pose_matching_cost(
+            logits, pred, gt, area, sigmas, **WEIGHTS, image_size=size
+        ),
+        "pairwise_oks": lambda logits, pred, gt, area, sigmas, size: pairwise_oks(
+            pred, gt, area, sigmas, image_size=size
+        ),
+    }
+    fn, op = fns[name], getattr(torch.ops.jcra, name).default
+    args = (*_random_batch(2, 6, 3, 17, torch.float32, seed=8), _sigmas(17), _image_size(2, True))
+    other = (*_random_batch(2, 6, 3, 17, torch.float32, seed=9), *args[4:])
+    eager = fn(*(t.clone().requires_grad_() for t in args))
+    assert not eager.requires_grad
+    op_args = args[1:] if name == "pairwise_oks" else (*args, *WEIGHTS.values())
+    torch.testing.assert_close(eager, op(*op_args), rtol=0, atol=0)
+    graph = make_fx(fn)(*args)
+    assert f"jcra.{name}.default" in [str(node.target) for node in graph.graph.nodes]
+    torch.testing.assert_close(graph(*other), fn(*other), rtol=0, atol=0)
+    out = fn(*(t.to("meta") for t in args))
+    assert (out.device.type, tuple(out.shape), out.dtype) == ("meta", (2, 6, 3), torch.float32)
+
+
 # ---------------------------------------------------------------------------------------------------
 # OKS loss (jcra.oks_loss), on the same formula
 # ---------------------------------------------------------------------------------------------------
