@@ -110,16 +110,15 @@ class HungarianMatcher:
         cost = pose_matching_cost(
             logits.reshape(s * b, q),
             keypoints.reshape(s * b, q, k, 2),
-            # the same targets for every stage; a copy of [S * B, G, K, 3] is small next to the cost
-            to_device(targets.keypoints, device).repeat(s, 1, 1, 1),
-            to_device(targets.area, device).repeat(s, 1),
+            _every_stage(targets.keypoints, s, device),
+            _every_stage(targets.area, s, device),
             self._sigmas_on(device),
             w_class=self.w_class,
             w_kpt=self.w_kpt,
             w_oks=self.w_oks,
             alpha=self.alpha,
             gamma=self.gamma,
-            image_size=to_device(targets.size, device).repeat(s, 1),
+            image_size=_every_stage(targets.size, s, device),
         )
         return self._assign(cost, targets.counts * s, check_finite)
 
@@ -158,6 +157,12 @@ class HungarianMatcher:
             rows, cols = _solve(block)
             query[image, : len(rows)], column[image, : len(cols)] = rows, cols
         return query, column
+
+
+def _every_stage(field: Tensor, s: int, device: torch.device) -> Tensor:
+    """A target field ``[B, ...]`` for S stages, ``[S * B, ...]`` on ``device``: a copy, small next to
+    the cost, for S > 1; the field itself for one stage (the encoder's proposals)."""
+    return to_device(field, device).expand(s, *field.shape).flatten(0, 1)
 
 
 def _pair_positions(counts: list[int], width: int, device: torch.device) -> tuple[Tensor, Tensor]:
