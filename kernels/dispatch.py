@@ -36,12 +36,14 @@ def eager_or_op(body, op, *args):
     """``op(*args)``, or for an op without gradients called eagerly, ``body(*args)`` under no_grad:
     the same result without the custom op's dispatch (about 10 us of host time a call, which the
     matcher pays every training step). A tracer (Dynamo, export, make_fx, jit) or meta tensors must
-    see the op itself: opaque, its outputs shaped by its fake."""
+    see the op itself: opaque, its outputs shaped by its fake; so does a profiler, whose tables then
+    name the op."""
     if (
         torch.compiler.is_compiling()
         or torch.jit.is_tracing()
         or _get_current_dispatch_mode() is not None
         or args[0].device.type == "meta"
+        or torch._C._autograd._profiler_enabled()
     ):
         return op(*args)
     with torch.no_grad():

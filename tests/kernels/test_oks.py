@@ -406,7 +406,8 @@ def test_compiled_fullgraph_equals_eager():
 @pytest.mark.parametrize("name", ["pose_matching_cost", "pairwise_oks"])
 def test_tracers_and_meta_tensors_see_the_op_and_eager_calls_have_no_gradient(name, kernel, monkeypatch):
     """Eager calls run the op's body without its dispatch: the same values, no gradient, as the op.
-    make_fx records the op (its graph computes a new batch), meta tensors get its fake's shape."""
+    make_fx records the op (its graph computes a new batch), meta tensors get its fake's shape, a
+    profiler sees the op."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     monkeypatch.setattr(oks, "use_triton", lambda tensor: kernel and tensor.device.type != "meta")
@@ -430,6 +431,9 @@ def test_tracers_and_meta_tensors_see_the_op_and_eager_calls_have_no_gradient(na
     torch.testing.assert_close(graph(*other), fn(*other), rtol=0, atol=0)
     out = fn(*(t.to("meta") for t in args))
     assert (out.device.type, tuple(out.shape), out.dtype) == ("meta", (2, 6, 3), torch.float32)
+    with torch.profiler.profile() as profile:  # a profile names the op
+        fn(*args)
+    assert f"jcra::{name}" in {event.name for event in profile.events()}
 
 
 # ---------------------------------------------------------------------------------------------------
