@@ -92,6 +92,13 @@ def _min(vec):
         return tl.min(vec, axis=0)
 
 
+# Rows the finiteness check reads per round trip to memory when the columns are contiguous: 4 x 16
+# values a thread in flight, which fp64 still holds in registers. Strided columns read one row a trip:
+# each row's 64-bit addresses would take as many registers again and spill them
+# (`python -m bench.sm90_resources`).
+_FINITE_ROWS = tl.constexpr(4)
+
+
 @triton.jit
 def _linear_assignment_kernel(
     # pointers
@@ -142,14 +149,18 @@ def _linear_assignment_kernel(
     else:
         col_offs = offs.to(tl.int64) * stride_col
 
-    # Every entry the solver may read must be finite; an image that is not stays all-invalid.
+    # Every entry the solver may read must be finite; an image that is not stays all-invalid. The rows
+    # are independent loads: a trip issues several before waiting on any.
     # (while loops rather than range: the interpreter cannot take a loaded scalar as a range bound)
     finite = tl.full((BLOCK,), 1, tl.int1)
+    rows_per_trip: tl.constexpr = _FINITE_ROWS if COLUMNS_CONTIGUOUS else 1
     row = 0
     while row < n_rows:
-        c = tl.load(image_ptr + row * stride_row + col_offs, mask=col_valid, other=0.0).to(DTYPE)
-        finite = finite & (c == c) & (tl.abs(c) != inf)
-        row += 1
+        for r in tl.static_range(rows_per_trip):
+            in_image = col_valid & (row + r < n_rows)
+            c = tl.load(image_ptr + (row + r) * stride_row + col_offs, mask=in_image, other=0.0).to(DTYPE)
+            finite = finite & (c == c) & (tl.abs(c) != inf)
+        row += rows_per_trip
     all_finite = tl.min(finite.to(tl.int32), axis=0) > 0
     n_pairs = tl.where(all_finite, n_rows, 0)
 
