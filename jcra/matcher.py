@@ -160,8 +160,9 @@ class HungarianMatcher:
 
 
 def _every_stage(field: Tensor, s: int, device: torch.device) -> Tensor:
-    """A target field ``[B, ...]`` for S stages, ``[S * B, ...]`` on ``device``: a copy, small next to
-    the cost, for S > 1; the field itself for one stage (the encoder's proposals)."""
+    """A target field ``[B, ...]`` for S stages, ``[S * B, ...]`` on ``device``, for the cost to read by
+    its strides: a copy, small next to the cost, where S > 1 and B > 1; otherwise a view (of the
+    field itself for one stage, the encoder's proposals)."""
     return to_device(field, device).expand(s, *field.shape).flatten(0, 1)
 
 

@@ -35,15 +35,24 @@ def use_triton(tensor: torch.Tensor) -> bool:
 def eager_or_op(body, op, *args):
     """``op(*args)``, or for an op without gradients called eagerly, ``body(*args)`` under no_grad:
     the same result without the custom op's dispatch (about 10 us of host time a call, which the
-    matcher pays every training step). A tracer (Dynamo, export, make_fx, jit) or meta tensors must
-    see the op itself: opaque, its outputs shaped by its fake; so does a profiler, whose tables then
-    name the op."""
+    matcher pays every training step).
+
+    Whatever intercepts ops must see the op itself (opaque, its outputs shaped by its fake), so the op
+    runs under tracers (Dynamo, export, jit; make_fx and FakeTensorMode as dispatch modes), functorch
+    transforms (vmap, grad, functionalize), torch function modes, a profiler (whose tables then name
+    the op), and for meta tensors or tensor subclasses among ``args``.
+    """
     if (
         torch.compiler.is_compiling()
         or torch.jit.is_tracing()
+        or torch._C._are_functorch_transforms_active()
+        or torch._C._is_torch_function_mode_enabled()
         or _get_current_dispatch_mode() is not None
-        or args[0].device.type == "meta"
         or torch._C._autograd._profiler_enabled()
+        or any(
+            isinstance(a, torch.Tensor) and (type(a) is not torch.Tensor or a.device.type == "meta")
+            for a in args
+        )
     ):
         return op(*args)
     with torch.no_grad():

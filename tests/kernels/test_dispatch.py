@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kernels import dispatch
-from kernels.dispatch import device_table, to_device, use_triton
+from kernels.dispatch import device_table, eager_or_op, to_device, use_triton
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine CUDA tensors run Triton")
@@ -54,3 +54,30 @@ def test_host_to_gpu_copy_is_asynchronous_and_exact():
         torch.cuda.set_sync_debug_mode("default")
     assert moved.is_cuda and moved.dtype == torch.float64
     torch.testing.assert_close(moved.cpu(), expected, rtol=0, atol=0)
+
+
+def _route(*args) -> str:
+    """Which way eager_or_op sends ``args``: "op" or "body"."""
+    return eager_or_op(lambda *a: "body", lambda *a: "op", *args)
+
+
+class _Subclass(torch.Tensor):
+    pass
+
+
+def test_eager_calls_run_the_body_and_interceptors_see_the_op():
+    """Plain eager tensors skip the op; a torch function mode, a tensor subclass, meta tensors, vmap
+    and a profiler each see the op. (Tracers: the ops' own tests trace them.)"""
+    from torch.overrides import TorchFunctionMode
+
+    x = torch.ones(3)
+    assert _route(x, 2.0, None) == "body"
+    with TorchFunctionMode():
+        assert _route(x) == "op"
+    assert _route(x, x.as_subclass(_Subclass)) == "op"
+    assert _route(x, x.to("meta")) == "op"
+    seen = []
+    torch.vmap(lambda row: seen.append(_route(row)) or row)(torch.ones(2, 3))
+    assert seen == ["op"]
+    with torch.profiler.profile():
+        assert _route(x) == "op"

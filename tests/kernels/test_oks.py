@@ -5,6 +5,7 @@ import contextlib
 import copy
 import io
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -406,8 +407,8 @@ def test_compiled_fullgraph_equals_eager():
 @pytest.mark.parametrize("name", ["pose_matching_cost", "pairwise_oks"])
 def test_tracers_and_meta_tensors_see_the_op_and_eager_calls_have_no_gradient(name, kernel, monkeypatch):
     """Eager calls run the op's body without its dispatch: the same values, no gradient, as the op.
-    make_fx records the op (its graph computes a new batch), meta tensors get its fake's shape, a
-    profiler sees the op."""
+    make_fx and jit.trace record the op (their graphs compute a new batch), meta tensors get its
+    fake's shape, a profiler and vmap see the op."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     monkeypatch.setattr(oks, "use_triton", lambda tensor: kernel and tensor.device.type != "meta")
@@ -434,6 +435,15 @@ def test_tracers_and_meta_tensors_see_the_op_and_eager_calls_have_no_gradient(na
     with torch.profiler.profile() as profile:  # a profile names the op
         fn(*args)
     assert f"jcra::{name}" in {event.name for event in profile.events()}
+    traced = torch.jit.trace(fn, args, check_trace=False)
+    assert f"jcra::{name}" in str(traced.graph)
+    torch.testing.assert_close(traced(*other), fn(*other), rtol=0, atol=0)
+    # vmap over two batches: the op (by torch's per-sample fallback), not its body on batched tensors
+    stacked = [torch.stack(pair) for pair in zip(args[:4], other[:4], strict=True)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback's performance warning
+        mapped = torch.vmap(fn, in_dims=(0, 0, 0, 0, None, None))(*stacked, *args[4:])
+    torch.testing.assert_close(mapped, torch.stack([fn(*args), fn(*other)]), rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------------------------------
