@@ -388,14 +388,19 @@ def linear_assignment(
     if cost.dim() != 3:
         raise ValueError(f"cost must be [B, Q, G], got {tuple(cost.shape)}")
     b, q, g = cost.shape
+    range_checked = not isinstance(num_gt, torch.Tensor) or num_gt.device.type == "cpu"
     num_gt = _as_num_gt(num_gt, b, g, cost.device)
     query_index, gt_index, valid = eager_or_op(_solve, _linear_assignment_op, cost.detach(), num_gt)
     if check_finite:
-        expected = num_gt.clamp(0, g).clamp(max=q) > 0
-        non_finite = expected & ~valid.any(dim=1)
-        flags = torch.stack([non_finite, (num_gt < 0) | (num_gt > g)]).cpu()
-        if flags[1].any():
-            raise ValueError(f"num_gt must lie in [0, G={g}], got {num_gt.tolist()}")
+        # pairs expected (num_gt > 0 and Q > 0) but none found: the image's cost is not finite
+        non_finite = (num_gt.clamp(max=q) > 0) & ~valid.any(dim=1)
+        # the call's one host sync; a device num_gt is range-checked in the same copy (a host one was)
+        if range_checked:
+            flags = non_finite[None].cpu()
+        else:
+            flags = torch.stack([non_finite, (num_gt < 0) | (num_gt > g)]).cpu()
+            if flags[1].any():
+                raise ValueError(f"num_gt must lie in [0, G={g}], got {num_gt.tolist()}")
         if flags[0].any():
             images = torch.nonzero(flags[0]).reshape(-1).tolist()
             raise ValueError(f"cost of image(s) {images} holds NaN or inf in its first num_gt columns")
