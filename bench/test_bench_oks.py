@@ -7,7 +7,9 @@ matchers that build the cost image by image do). Matcher providers: ``padded`` (
 step runs: the targets padded and moved in one copy, then :meth:`jcra.matcher.HungarianMatcher.match`,
 one cost call over all stages and images and the batched solver, the matches gathered on the device),
 ``batched`` (the same through the per-image interface, :class:`jcra.matcher.HungarianMatcher` called)
-and ``per_image`` (cost, copy and scipy per stage and image).
+and ``per_image`` (cost, copy and scipy per stage and image). ``test_bench_matcher_host_time`` times
+``padded`` and ``batched`` at the issue's sizes on any machine with the two kernels' launches stubbed:
+their host time alone, which on the H100 looked like most of the matcher's time.
 
 GPU sizes follow the issue (B = 8, Q = 300, G in {1, 5, 20, 100}, K = 17, seven stages for the
 matcher); on CPU the sizes are small and only the reference providers run (Triton would be its
@@ -15,6 +17,7 @@ interpreter). Median time comes from pytest-benchmark; ``extra_info`` holds shap
 versions and, on CUDA, the peak memory of one call. Run: ``pytest bench/test_bench_oks.py``.
 """
 
+import importlib
 import platform
 
 import pytest
@@ -114,12 +117,12 @@ def test_bench_pose_matching_cost(benchmark, provider, g):
     benchmark.pedantic(target, rounds=20 if CUDA else 5, warmup_rounds=3 if CUDA else 1)
 
 
-def _matcher_inputs(g):
-    logits, pred, _, _ = _inputs(STAGES * B, Q, 0, seed=1)
-    _, _, gt, area = _inputs(B, Q, g, seed=2)
+def _matcher_inputs(g, b=B, q=Q):
+    logits, pred, _, _ = _inputs(STAGES * b, q, 0, seed=1)
+    _, _, gt, area = _inputs(b, q, g, seed=2)
     size = torch.tensor([800, 1333])  # (h, w) pixels: the OKS term scales coordinates back to them
-    targets = [{"keypoints": gt[i].cpu(), "area": area[i].cpu(), "size": size} for i in range(B)]
-    return logits.reshape(STAGES, B, Q), pred.reshape(STAGES, B, Q, K, 2), targets
+    targets = [{"keypoints": gt[i].cpu(), "area": area[i].cpu(), "size": size} for i in range(b)]
+    return logits.reshape(STAGES, b, q), pred.reshape(STAGES, b, q, K, 2), targets
 
 
 def _matcher_per_image(logits, keypoints, targets, sigmas):
@@ -145,9 +148,9 @@ def _matcher_per_image(logits, keypoints, targets, sigmas):
 MATCHER_PROVIDERS = ("padded", "batched", "per_image")
 
 
-def matcher_provider(provider: str, sigmas: torch.Tensor):
+def matcher_provider(provider: str, sigmas: torch.Tensor, solver: str = "auto"):
     """A matcher provider as a function of (logits, keypoints, targets)."""
-    matcher = HungarianMatcher(sigmas, **WEIGHTS)
+    matcher = HungarianMatcher(sigmas, **WEIGHTS, solver=solver)
     if provider == "padded":
         return lambda logits, keypoints, targets: matcher.match(
             logits, keypoints, pad_targets(targets, K, DEVICE)
@@ -173,3 +176,31 @@ def test_bench_matcher(benchmark, provider, g):
     shape = {"S": STAGES, "B": B, "Q": Q, "G": g, "K": K}
     _extra_info(benchmark, provider, fn, args, shape, torch.float32)
     benchmark.pedantic(target, rounds=50 if CUDA else 3, warmup_rounds=5 if CUDA else 1)
+
+
+@pytest.mark.parametrize("g", (5, 20, 100))
+@pytest.mark.parametrize("provider", MATCHER_PROVIDERS[:2])
+def test_bench_matcher_host_time(benchmark, provider, g, monkeypatch):
+    """The matcher's host time: the issue's sizes (seven stages of 8 images, Q = 300) on any machine,
+    the cost kernel's and the solver's launches replaced by outputs made beforehand, so what is timed
+    is the rest (padding, checks, dispatch, allocations, the small ops around the kernels, their
+    launches on a GPU). Not synchronised: a GPU would only run those small ops."""
+    # (the package's linear_assignment is the function; the module is read from sys.modules)
+    solver_module, oks_module = (importlib.import_module(f"kernels.{name}") for name in ("linear_assignment", "oks"))
+    b, q, n = 8, 300, min(300, g)
+    cost = torch.rand(STAGES * b, q, g, device=DEVICE)
+    index = torch.arange(n, device=DEVICE).expand(STAGES * b, n)
+    solved = (index.clone(), index.clone(), torch.ones(STAGES * b, n, dtype=torch.bool, device=DEVICE))
+    for module, launch in ((oks_module, lambda *args: cost), (solver_module, lambda *args: solved)):
+        monkeypatch.setattr(module, "_launch", launch)
+        monkeypatch.setattr(module, "use_triton", lambda tensor: True)
+    benchmark.group = f"matcher host time, device work stubbed S={STAGES} B={b} Q={q} G={g}"
+    fn = matcher_provider(provider, COCO_SIGMAS.to(DEVICE, torch.float32), solver="triton")
+    args = _matcher_inputs(g, b, q)
+    _extra_info(benchmark, provider, fn, args, {"S": STAGES, "B": b, "Q": q, "G": g, "K": K}, torch.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # without a GPU the small ops run on the CPU: no thread hand-offs in the timing
+    try:
+        benchmark.pedantic(fn, args, rounds=200, warmup_rounds=20)
+    finally:
+        torch.set_num_threads(threads)
