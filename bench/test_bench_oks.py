@@ -186,7 +186,8 @@ def test_bench_matcher_host_time(benchmark, provider, g, monkeypatch):
     is the rest (padding, checks, dispatch, allocations, the small ops around the kernels, their
     launches on a GPU). Not synchronised: a GPU would only run those small ops."""
     # (the package's linear_assignment is the function; the module is read from sys.modules)
-    solver_module, oks_module = (importlib.import_module(f"kernels.{name}") for name in ("linear_assignment", "oks"))
+    solver_module = importlib.import_module("kernels.linear_assignment")
+    oks_module = importlib.import_module("kernels.oks")
     b, q, n = 8, 300, min(300, g)
     cost = torch.rand(STAGES * b, q, g, device=DEVICE)
     index = torch.arange(n, device=DEVICE).expand(STAGES * b, n)

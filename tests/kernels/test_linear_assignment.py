@@ -315,7 +315,7 @@ def test_bad_arguments(cost, num_gt, match):
         linear_assignment(cost.to(DEVICE), num_gt)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="a num_gt on the GPU is range-checked after the solve")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a GPU num_gt is range-checked after the solve")
 @pytest.mark.parametrize("bad", [-1, 5])
 def test_num_gt_on_the_gpu_out_of_range_raises(bad):
     cost, _ = _random_problem(2, 6, 4, seed=3)
