@@ -181,29 +181,40 @@ def test_match_gives_the_per_image_matches_as_one_batch_per_stage(solver):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("targets_on", ["cpu", "cuda"])
 def test_matching_on_cuda_never_synchronises_with_the_host(targets_on):
-    """Host targets (as the data pipeline gives them) or device targets (as the criterion passes
-    them), crowd entries included: after the first call has moved the sigmas, no call waits for the
-    GPU (CUDA's sync debug mode raises on any synchronising call), and the matches are scipy's."""
+    """What a training step runs, pad_targets then match(), from host targets (as the data pipeline
+    gives them) or device targets, crowd entries included: after the first call has moved the sigmas,
+    no call waits for the GPU (CUDA's sync debug mode raises on any synchronising call), and the
+    matches are scipy's. (The per-image interface checks the cost is finite: one sync by design.)"""
     gen = torch.Generator().manual_seed(6)
     counts = [5, 0, 3, 12]
     logits, keypoints = _predictions(7, len(counts), 30, gen)
     targets = _targets(counts, gen, crowd_every=4)
     on_device = [{k: v if k == "iscrowd" else v.to(targets_on) for k, v in t.items()} for t in targets]
     matcher = HungarianMatcher(COCO_SIGMAS, **WEIGHTS)
-    args = logits.cuda(), keypoints.cuda(), on_device
-    matcher(*args)
+    logits_cuda, keypoints_cuda = logits.cuda(), keypoints.cuda()
+
+    def match():
+        return matcher.match(logits_cuda, keypoints_cuda, pad_targets(on_device, K, "cuda"))
+
+    match()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        matches = matcher(*args)
+        batch, query, column = match()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+    assert batch.is_cuda and query.is_cuda and column.is_cuda
+    kept = pad_targets(targets, K, "cpu").kept
+    batch, query, column = batch.cpu(), query.cpu(), column.cpu()
     expected = HungarianMatcher(COCO_SIGMAS, **WEIGHTS, solver="scipy")(logits, keypoints, targets)
     for stage, b in itertools.product(range(7), range(len(counts))):
-        (qs, ts), (qt, tt) = expected[stage][b], matches[stage][b]
-        assert qt.is_cuda and tt.is_cuda and len(qt) == len(qs)
+        qs, ts = expected[stage][b]
+        mine = batch == b
+        qt, ct = query[stage, mine], column[stage, mine]
+        tt = ct if kept[b] is None else kept[b][ct]
+        assert len(qt) == len(qs)
         cost = _image_cost(logits[stage, b], keypoints[stage, b], targets[b])
-        assert cost[qt.cpu(), tt.cpu()].sum().item() == pytest.approx(cost[qs, ts].sum().item(), abs=1e-4)
+        assert cost[qt, tt].sum().item() == pytest.approx(cost[qs, ts].sum().item(), abs=1e-4)
 
 
 def test_default_weights_are_petrs():

@@ -237,7 +237,12 @@ def test_training_after_a_first_call_under_inference_mode():
     with torch.inference_mode():
         fused(value, shapes, loc, attn)
     got = run(fused, value, shapes, loc, attn, torch.ones(1, 3, 8, device=DEVICE))
-    assert_matches(got, run(reference64, value, shapes, loc, attn, torch.ones(1, 3, 8).double()), 2e-5, 2e-5)
+    assert_matches(
+        got,
+        run(reference64, value, shapes, loc, attn, torch.ones(1, 3, 8, device=DEVICE).double()),
+        2e-5,
+        2e-5,
+    )
 
 
 def test_deterministic_follows_torch_switch(monkeypatch):

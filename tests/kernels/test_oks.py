@@ -25,6 +25,8 @@ from kernels.oks import (
 )
 from tests.shared_data import shared_path
 
+# The kernels run where the tensors are: CUDA on a GPU machine, the interpreter on CPU (tests/conftest)
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 WEIGHTS = {"w_class": 2.0, "w_kpt": 70.0, "w_oks": 2.0, "alpha": 0.25, "gamma": 2.0}
 
 # ---------------------------------------------------------------------------------------------------
@@ -99,8 +101,12 @@ def _check_against_cocoeval(dataset: dict, preds: list[dict], sigmas: torch.Tens
     # fp64 inputs agree to 1e-6; fp32 inputs round pixel coordinates by up to 3e-5 px, which moves OKS
     # by a few 1e-6 at worst
     for name, got, atol in (
-        ("kernel fp64 input", pairwise_oks(pred, target, area, sigmas), 1e-6),
-        ("kernel fp32 input", pairwise_oks(pred.float(), target.float(), area.float(), sigmas.float()), 5e-6),
+        ("kernel fp64 input", _on_device(pairwise_oks, pred, target, area, sigmas), 1e-6),
+        (
+            "kernel fp32 input",
+            _on_device(pairwise_oks, pred.float(), target.float(), area.float(), sigmas.float()),
+            5e-6,
+        ),
         ("reference fp64", pairwise_oks_reference(pred, target, area, sigmas), 1e-6),
     ):
         for i, (expected, dts, gts) in enumerate(images):
@@ -157,9 +163,14 @@ def test_oks_matches_cocoeval_on_real_predictions(gt_file, pred_file, sigmas):
 # ---------------------------------------------------------------------------------------------------
 
 
-def _random_batch(b, q, g, k, dtype, seed):
+def _on_device(fn, *args):
+    """fn of the arguments moved to DEVICE, its result back on the CPU."""
+    return fn(*(t.to(DEVICE) for t in args)).cpu()
+
+
+def _random_batch(b, q, g, k, dtype, seed, device=DEVICE):
     """Image-normalised poses with unlabelled keypoints, a ground truth with none labelled, and padding
-    (area 0) in the last image."""
+    (area 0) in the last image, on ``device``."""
     gen = torch.Generator().manual_seed(seed)
     gt = torch.rand(b, g, k, 3, generator=gen)
     gt[..., 2] = torch.randint(0, 3, (b, g, k), generator=gen).float()
@@ -176,13 +187,15 @@ def _random_batch(b, q, g, k, dtype, seed):
         area[-1, g // 2 :] = 0
         gt[-1, g // 2 :] = 0
     logits = 3 * torch.randn(b, q, generator=gen)
-    return [t.to(dtype) for t in (logits, pred, gt, area)]
+    return [t.to(device, dtype) for t in (logits, pred, gt, area)]
 
 
 def _image_size(b, sized, seed=0):
     """[B, 2] (w, h) of random non-square images, or None."""
     return (
-        torch.randint(100, 1400, (b, 2), generator=torch.Generator().manual_seed(seed)).float()
+        torch.randint(100, 1400, (b, 2), generator=torch.Generator().manual_seed(seed)).to(
+            DEVICE, torch.float32
+        )
         if sized
         else None
     )
@@ -202,7 +215,7 @@ CASE_IDS = ["basic", "q1", "g1", "g0", "q<g-k14", "blocks", "bf16"]
 
 
 def _sigmas(k):
-    return (COCO_SIGMAS if k == 17 else CROWDPOSE_SIGMAS).float()
+    return (COCO_SIGMAS if k == 17 else CROWDPOSE_SIGMAS).to(DEVICE, torch.float32)
 
 
 @pytest.mark.parametrize("sized", [False, True], ids=["units", "image_size"])
@@ -264,14 +277,16 @@ def test_pose_matching_cost_kernel_takes_every_weight(weights):
 def test_ground_truth_of_zero_area_has_no_oks(fn):
     """A person with labelled keypoints but area 0 (padding, or a degenerate box) scores OKS 0 even
     against a perfect prediction, so its cost's OKS term is the whole w_oks."""
-    gt = torch.rand(1, 2, 17, 3, generator=torch.Generator().manual_seed(4))
+    gt = torch.rand(1, 2, 17, 3, generator=torch.Generator().manual_seed(4)).to(DEVICE)
     gt[..., 2] = 2.0
-    area = torch.tensor([[0.0, 0.2]])
+    area = torch.tensor([[0.0, 0.2]], device=DEVICE)
     pred = gt[:, :, :, :2].clone()  # query q predicts ground truth q exactly
     oks = (pairwise_oks if fn == "kernel" else pairwise_oks_reference)(pred, gt, area, _sigmas(17))
     assert oks[0, 0, 0] == 0 and oks[0, 1, 1] == pytest.approx(1.0)
     cost_fn = pose_matching_cost if fn == "kernel" else pose_matching_cost_reference
-    cost = cost_fn(torch.zeros(1, 2), pred, gt, area, _sigmas(17), w_class=0.0, w_kpt=0.0, w_oks=3.0)
+    cost = cost_fn(
+        torch.zeros(1, 2, device=DEVICE), pred, gt, area, _sigmas(17), w_class=0.0, w_kpt=0.0, w_oks=3.0
+    )
     assert cost[0, 0, 0] == pytest.approx(3.0) and cost[0, 1, 1] == pytest.approx(0.0, abs=1e-6)
 
 
@@ -280,7 +295,7 @@ def test_image_size_gives_oks_in_pixels(fn):
     """Normalised coordinates with image_size give the OKS of the same poses in pixels, on images far
     from square, where OKS of the normalised coordinates alone differs."""
     _, pred, gt, area = _random_batch(3, 11, 4, 17, torch.float64, seed=11)
-    size = torch.tensor([[1333.0, 300.0], [240.0, 960.0], [800.0, 800.0]], dtype=torch.float64)
+    size = torch.tensor([[1333.0, 300.0], [240.0, 960.0], [800.0, 800.0]], dtype=torch.float64, device=DEVICE)
     scale = size[:, None, None]  # [B, 1, 1, 2]
     pixel_gt = torch.cat([gt[..., :2] * scale, gt[..., 2:]], -1)
     pixel_area = area * size.prod(-1, keepdim=True)
@@ -352,7 +367,7 @@ def test_focal_class_cost_equals_detr_form():
         ("gt_kpts", lambda a: {**a, "gt_kpts": a["gt_kpts"][:, :, :14]}),  # K mismatch
         ("gt_kpts", lambda a: {**a, "gt_kpts": a["gt_kpts"][:1]}),  # B mismatch
         ("gt_areas", lambda a: {**a, "gt_areas": a["gt_areas"][:, :1]}),
-        ("sigmas", lambda a: {**a, "sigmas": CROWDPOSE_SIGMAS.float()}),
+        ("sigmas", lambda a: {**a, "sigmas": _sigmas(14)}),
         ("logits", lambda a: {**a, "logits": a["logits"][:, None]}),
         ("gt_kpts", lambda a: {**a, "gt_kpts": a["gt_kpts"].long()}),
         ("image_size", lambda a: {**a, "image_size": a["image_size"][:1]}),
@@ -452,7 +467,7 @@ def test_tracers_and_meta_tensors_see_the_op_and_eager_calls_have_no_gradient(na
 
 
 def test_oks_loss_is_one_minus_pairwise_oks_on_the_diagonal():
-    _, pred, gt, area = _random_batch(1, 6, 6, 17, torch.float32, seed=8)
+    _, pred, gt, area = _random_batch(1, 6, 6, 17, torch.float32, seed=8, device="cpu")
     pred, gt, area = pred[0].double(), gt[0].double(), area[0].double()
     full = pairwise_oks_reference(pred[None], gt[None], area[None], COCO_SIGMAS)[0].diagonal()
     torch.testing.assert_close(oks_loss(pred, gt, area, COCO_SIGMAS), 1 - full)
@@ -463,7 +478,7 @@ def test_oks_loss_is_one_minus_pairwise_oks_on_the_diagonal():
 
 @pytest.mark.parametrize("mode", ["linear", "log"])
 def test_oks_loss_gradcheck(mode):
-    _, pred, gt, area = _random_batch(1, 4, 4, 5, torch.float64, seed=9)
+    _, pred, gt, area = _random_batch(1, 4, 4, 5, torch.float64, seed=9, device="cpu")
     pred, gt, area = pred[0], gt[0], area[0] + 0.05
     gt[..., 2] = 2  # every keypoint labelled, so OKS > eps and the log branch is smooth
     pred.requires_grad_(True)
