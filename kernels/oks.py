@@ -86,6 +86,14 @@ def keypoint_oks(
     return torch.where((count > 0) & (area > 0), oks, 0.0)
 
 
+def _each_image(b: int, *targets: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """Targets ``[B', ...]`` repeated to ``[B, ...]`` (image b takes b % B'), for the reference."""
+    return [
+        t if t is None or t.shape[0] == b else t.repeat(b // t.shape[0], *[1] * (t.dim() - 1))
+        for t in targets
+    ]
+
+
 def pairwise_oks_reference(
     pred_kpts: torch.Tensor,
     gt_kpts: torch.Tensor,
@@ -93,10 +101,12 @@ def pairwise_oks_reference(
     sigmas: torch.Tensor,
     image_size: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """OKS of every prediction against every ground truth by broadcasting: ``[B, Q, G]``.
+    """OKS of every prediction against every ground truth by broadcasting: ``[B, Q, G]``; targets of
+    B' images as in :func:`pairwise_oks`.
 
     This is the formulation DETR-family pose codebases use; it materialises ``[B, Q, G, K]``.
     """
+    gt_kpts, gt_areas, image_size = _each_image(pred_kpts.shape[0], gt_kpts, gt_areas, image_size)
     # pred [B, Q, 1, K, 2] against gt [B, 1, G, K, 3] with areas [B, 1, G] and sizes [B, 1, 1, 2]
     size = None if image_size is None else image_size[:, None, None]
     return keypoint_oks(pred_kpts[:, :, None], gt_kpts[:, None], gt_areas[:, None], sigmas, size)
@@ -119,8 +129,10 @@ def keypoint_l1_reference(pred_kpts: torch.Tensor, gt_kpts: torch.Tensor) -> tor
     """Mean absolute coordinate error over each ground truth's labelled coordinates: ``[B, Q, G]``.
 
     The sum over labelled keypoints of ``|dx| + |dy|`` divided by ``2 * count`` (at least 1), as in
-    PETR's ``KptL1Cost``; 0 for a ground truth with no labelled keypoint.
+    PETR's ``KptL1Cost``; 0 for a ground truth with no labelled keypoint. Targets of B' images as in
+    :func:`pairwise_oks`.
     """
+    (gt_kpts,) = _each_image(pred_kpts.shape[0], gt_kpts)
     dtype = _compute_dtype(pred_kpts, gt_kpts)
     pred, gt = pred_kpts.to(dtype)[:, :, None], gt_kpts.to(dtype)[:, None]  # [B,Q,1,K,2], [B,1,G,K,3]
     labelled = gt[..., 2] > 0  # [B, 1, G, K]
@@ -143,7 +155,8 @@ def pose_matching_cost_reference(
     gamma: float = 2.0,
     image_size: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``w_class * focal + w_kpt * L1 + w_oks * (1 - OKS)`` by broadcasting: ``[B, Q, G]``."""
+    """``w_class * focal + w_kpt * L1 + w_oks * (1 - OKS)`` by broadcasting: ``[B, Q, G]``; targets of B'
+    images as in :func:`pairwise_oks`."""
     cls = focal_class_cost(logits, alpha, gamma)[:, :, None]  # [B, Q, 1]
     l1 = keypoint_l1_reference(pred_kpts, gt_kpts)
     oks = pairwise_oks_reference(pred_kpts, gt_kpts, gt_areas, sigmas, image_size)
@@ -163,11 +176,12 @@ def _pose_cost_kernel(
     gt_ptr,
     area_ptr,
     sigma_ptr,
-    size_ptr,  # [B, 2] (w, h), read when HAS_SIZE
+    size_ptr,  # [B', 2] (w, h), read when HAS_SIZE
     out_ptr,
     # sizes
     Q,
     G,
+    GT_BATCH,  # B': image b reads the ground truth, areas and size of b % B'
     # strides (elements)
     stride_lb,
     stride_lq,
@@ -214,21 +228,22 @@ def _pose_cost_kernel(
     normalised by the image's (w, h) and OKS scales their differences back to pixels (L1 does not).
     """
     pid_b = tl.program_id(0).to(tl.int64)
+    pid_t = pid_b % GT_BATCH
     offs_q = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     offs_g = tl.program_id(2) * BLOCK_G + tl.arange(0, BLOCK_G)
     mask_q = offs_q < Q
     mask_g = offs_g < G
     # int64 offsets: B * Q * G * K coordinates can exceed 2^31 for large batches
     pred_base = pred_ptr + pid_b * stride_pb + offs_q.to(tl.int64) * stride_pq  # [BLOCK_Q]
-    gt_base = gt_ptr + pid_b * stride_gb + offs_g.to(tl.int64) * stride_gg  # [BLOCK_G]
+    gt_base = gt_ptr + pid_t * stride_gb + offs_g.to(tl.int64) * stride_gg  # [BLOCK_G]
 
-    area = tl.load(area_ptr + pid_b * stride_ab + offs_g * stride_ag, mask=mask_g, other=0.0).to(tl.float32)
+    area = tl.load(area_ptr + pid_t * stride_ab + offs_g * stride_ag, mask=mask_g, other=0.0).to(tl.float32)
     area = tl.maximum(area, 0.0)  # padding (area <= 0) scores 0 below; clamping keeps e finite
     scale_x = 1.0
     scale_y = 1.0
     if HAS_SIZE:
-        scale_x = tl.load(size_ptr + pid_b * stride_zb).to(tl.float32)
-        scale_y = tl.load(size_ptr + pid_b * stride_zb + stride_zc).to(tl.float32)
+        scale_x = tl.load(size_ptr + pid_t * stride_zb).to(tl.float32)
+        scale_y = tl.load(size_ptr + pid_t * stride_zb + stride_zc).to(tl.float32)
         area = area * (scale_x * scale_y)
     # COCOeval's e = d^2 / vars / (area + eps) / 2, split into a per-ground-truth and a per-keypoint factor
     inv_area2 = 1.0 / ((area + area_eps) * 2.0)  # [BLOCK_G]
@@ -314,17 +329,31 @@ def _check_inputs(
     if pred_kpts.dim() != 4 or pred_kpts.shape[-1] != 2:
         raise ValueError(f"pred_kpts must be [B, Q, K, 2], got {tuple(pred_kpts.shape)}")
     b, q, k, _ = pred_kpts.shape
-    if gt_kpts.dim() != 4 or gt_kpts.shape[0] != b or gt_kpts.shape[2] != k or gt_kpts.shape[3] != 3:
-        raise ValueError(f"gt_kpts must be [B={b}, G, K={k}, 3], got {tuple(gt_kpts.shape)}")
-    g = gt_kpts.shape[1]
-    if tuple(gt_areas.shape) != (b, g):
-        raise ValueError(f"gt_areas must be [B={b}, G={g}], got {tuple(gt_areas.shape)}")
+    if gt_kpts.dim() != 4 or gt_kpts.shape[2:] != (k, 3) or not _divides(gt_kpts.shape[0], b):
+        raise ValueError(
+            f"gt_kpts must be [B', G, K={k}, 3] with B={b} a multiple of B', got {tuple(gt_kpts.shape)}"
+        )
+    bt, g = gt_kpts.shape[:2]
+    if tuple(gt_areas.shape) != (bt, g):
+        raise ValueError(f"gt_areas must be [B'={bt}, G={g}], got {tuple(gt_areas.shape)}")
     if tuple(sigmas.shape) != (k,):
         raise ValueError(f"sigmas must be [K={k}], got {tuple(sigmas.shape)}")
     if logits is not None and tuple(logits.shape) != (b, q):
         raise ValueError(f"logits must be [B={b}, Q={q}], got {tuple(logits.shape)}")
-    if image_size is not None and tuple(image_size.shape) != (b, 2):
-        raise ValueError(f"image_size must be [B={b}, 2] (w, h), got {tuple(image_size.shape)}")
+    if image_size is not None and tuple(image_size.shape) != (bt, 2):
+        raise ValueError(f"image_size must be [B'={bt}, 2] (w, h), got {tuple(image_size.shape)}")
+
+
+def _divides(bt: int, b: int) -> bool:
+    """Whether B images can take the targets of B' by image b taking b % B'."""
+    return bt == b or (bt > 0 and b % bt == 0)
+
+
+def _empty_cost(pred_kpts: torch.Tensor, gt_kpts: torch.Tensor) -> torch.Tensor:
+    """fp32 ``[B, Q, G]`` stored ground truth by ground truth (stride 1 along Q): the layout
+    :func:`kernels.linear_assignment` reads, without the copy a [B, Q, G]-contiguous cost costs it."""
+    (b, q), g = pred_kpts.shape[:2], gt_kpts.shape[1]
+    return pred_kpts.new_empty((b, g, q), dtype=torch.float32).transpose(1, 2)
 
 
 def _launch(
@@ -337,11 +366,10 @@ def _launch(
     weights: tuple[float, float, float, float, float],
 ) -> torch.Tensor:
     """Run the kernel; ``logits`` None gives OKS, otherwise the cost with ``weights`` =
-    (w_class, w_kpt, w_oks, alpha, gamma). Inputs may be strided (e.g. ground truth expanded over
-    stages)."""
+    (w_class, w_kpt, w_oks, alpha, gamma). Inputs may be strided, targets ``[B', ...]``."""
     b, q, k, _ = pred_kpts.shape
     g = gt_kpts.shape[1]
-    out = torch.empty((b, q, g), dtype=torch.float32, device=pred_kpts.device)
+    out = _empty_cost(pred_kpts, gt_kpts)
     if out.numel() == 0:
         return out
     with_cost = logits is not None
@@ -362,6 +390,7 @@ def _launch(
         out,
         q,
         g,
+        gt_kpts.shape[0],
         *stride_l,
         *pred_kpts.stride(),
         *gt_kpts.stride(),
@@ -396,7 +425,8 @@ def _pairwise_oks(
     """The op's body: the kernel where Triton runs, else the reference."""
     if use_triton(pred_kpts):
         return _launch(None, pred_kpts, gt_kpts, gt_areas, sigmas, image_size, (0.0, 0.0, 0.0, 0.0, 0.0))
-    return pairwise_oks_reference(pred_kpts, gt_kpts, gt_areas, sigmas, image_size).float()
+    oks = pairwise_oks_reference(pred_kpts, gt_kpts, gt_areas, sigmas, image_size)
+    return _empty_cost(pred_kpts, gt_kpts).copy_(oks)
 
 
 _pairwise_oks_op = torch.library.custom_op("jcra::pairwise_oks", _pairwise_oks, mutates_args=())
@@ -404,9 +434,7 @@ _pairwise_oks_op = torch.library.custom_op("jcra::pairwise_oks", _pairwise_oks, 
 
 @_pairwise_oks_op.register_fake
 def _(pred_kpts, gt_kpts, gt_areas, sigmas, image_size):
-    return pred_kpts.new_empty(
-        (pred_kpts.shape[0], pred_kpts.shape[1], gt_kpts.shape[1]), dtype=torch.float32
-    )
+    return _empty_cost(pred_kpts, gt_kpts)
 
 
 def _pose_matching_cost(
@@ -426,7 +454,7 @@ def _pose_matching_cost(
     if use_triton(pred_kpts):
         weights = (w_class, w_kpt, w_oks, alpha, gamma)
         return _launch(logits, pred_kpts, gt_kpts, gt_areas, sigmas, image_size, weights)
-    return pose_matching_cost_reference(
+    cost = pose_matching_cost_reference(
         logits,
         pred_kpts,
         gt_kpts,
@@ -438,7 +466,8 @@ def _pose_matching_cost(
         alpha=alpha,
         gamma=gamma,
         image_size=image_size,
-    ).float()
+    )
+    return _empty_cost(pred_kpts, gt_kpts).copy_(cost)
 
 
 _pose_matching_cost_op = torch.library.custom_op(
@@ -448,9 +477,7 @@ _pose_matching_cost_op = torch.library.custom_op(
 
 @_pose_matching_cost_op.register_fake
 def _(logits, pred_kpts, gt_kpts, gt_areas, sigmas, image_size, w_class, w_kpt, w_oks, alpha, gamma):
-    return pred_kpts.new_empty(
-        (pred_kpts.shape[0], pred_kpts.shape[1], gt_kpts.shape[1]), dtype=torch.float32
-    )
+    return _empty_cost(pred_kpts, gt_kpts)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -468,15 +495,18 @@ def pairwise_oks(
 ) -> torch.Tensor:
     """COCOeval OKS of every prediction against every ground truth of the same image.
 
-    pred_kpts ``[B, Q, K, 2]`` (x, y); gt_kpts ``[B, G, K, 3]`` (x, y, v with v > 0 labelled);
-    gt_areas ``[B, G]`` in coordinate units squared (``<= 0`` marks padding); sigmas ``[K]``
-    (:data:`COCO_SIGMAS`, :data:`CROWDPOSE_SIGMAS`). image_size ``[B, 2]`` (w, h) in pixels, optional:
+    pred_kpts ``[B, Q, K, 2]`` (x, y); gt_kpts ``[B', G, K, 3]`` (x, y, v with v > 0 labelled);
+    gt_areas ``[B', G]`` in coordinate units squared (``<= 0`` marks padding); sigmas ``[K]``
+    (:data:`COCO_SIGMAS`, :data:`CROWDPOSE_SIGMAS`). Usually B' = B; B' may divide B, and then image b
+    takes the targets of image ``b % B'`` (the matcher's stages share their images' targets, without a
+    copy for each). image_size ``[B', 2]`` (w, h) in pixels, optional:
     coordinates are normalised by it and areas by ``w * h``, and OKS is taken in pixels (without it,
     in the coordinates' own units: pixels, or normalised coordinates of square images only). Any float
     dtype, computed in fp32 (coordinate differences in fp64 for fp64 inputs: COCOeval-exact OKS on
     pixel coordinates needs them, and areas in fp32, so an fp64 area below fp32's range counts as 0);
-    returns fp32 ``[B, Q, G]``, 0 for ground truth with no labelled keypoint or non-positive area.
-    No gradient.
+    returns fp32 ``[B, Q, G]``, 0 for ground truth with no labelled keypoint or non-positive area,
+    stored ground truth by ground truth (stride 1 along Q: what :func:`kernels.linear_assignment` reads
+    without a copy). No gradient.
     """
     _check_inputs(pred_kpts, gt_kpts, gt_areas, sigmas, image_size=image_size)
     return eager_or_op(_pairwise_oks, _pairwise_oks_op, pred_kpts, gt_kpts, gt_areas, sigmas, image_size)
@@ -498,7 +528,8 @@ def pose_matching_cost(
 ) -> torch.Tensor:
     """Hungarian matching cost of every prediction against every ground truth: fp32 ``[B, Q, G]``.
 
-    logits ``[B, Q]`` (the person class); the other arguments as in :func:`pairwise_oks`.
+    logits ``[B, Q]`` (the person class); the other arguments, and the result's layout, as in
+    :func:`pairwise_oks`.
     ``cost = w_class * focal + w_kpt * L1 + w_oks * (1 - OKS)``, where focal is the DETR-family focal
     class cost (:func:`focal_class_cost`) and L1 the mean absolute error over the ground truth's
     labelled coordinates (:func:`keypoint_l1_reference`), in the coordinates' units (normalised ones

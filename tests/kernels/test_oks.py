@@ -344,6 +344,40 @@ def test_kernel_reads_every_input_by_its_strides():
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "reference"])
+@pytest.mark.parametrize("bt", [1, 2, 3])
+def test_targets_of_fewer_images_serve_every_image_by_its_remainder(bt, kernel, monkeypatch):
+    """B = 6 images against targets of B' (a divisor): image b is scored against the targets of b % B',
+    as against those targets repeated, by both the kernel and the reference path."""
+    monkeypatch.setattr(oks, "use_triton", lambda tensor: kernel)
+    logits, pred, _, _ = _random_batch(6, 11, 4, 17, torch.float32, seed=12)
+    _, _, gt, area = _random_batch(bt, 11, 4, 17, torch.float32, seed=13)
+    size = _image_size(bt, True)
+    repeat = 6 // bt
+    got = pose_matching_cost(logits, pred, gt, area, _sigmas(17), **WEIGHTS, image_size=size)
+    want = pose_matching_cost_reference(
+        logits, pred, gt.repeat(repeat, 1, 1, 1), area.repeat(repeat, 1), _sigmas(17), **WEIGHTS,
+        image_size=size.repeat(repeat, 1),
+    )  # fmt: skip
+    torch.testing.assert_close(got, want, rtol=2e-6, atol=2e-5)
+    got = pairwise_oks(pred, gt, area, _sigmas(17), image_size=size)
+    want = pairwise_oks_reference(
+        pred, gt.repeat(repeat, 1, 1, 1), area.repeat(repeat, 1), _sigmas(17), size.repeat(repeat, 1)
+    )
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "reference"])
+def test_costs_are_stored_ground_truth_by_ground_truth(kernel, monkeypatch):
+    """Stride 1 along Q, on every path and in the fake (meta): the solver's layout, read without a copy."""
+    monkeypatch.setattr(oks, "use_triton", lambda tensor: kernel)
+    logits, pred, gt, area = _random_batch(2, 7, 3, 17, torch.float32, seed=14)
+    for device in (DEVICE, "meta"):
+        args = [t.to(device) for t in (logits, pred, gt, area, _sigmas(17))]
+        for out in (pose_matching_cost(*args, **WEIGHTS), pairwise_oks(*args[1:])):
+            assert out.shape == (2, 7, 3) and out.stride() == (21, 1, 7), device
+
+
 def test_cpu_path_without_triton_is_the_reference(monkeypatch):
     monkeypatch.setattr(oks, "use_triton", lambda tensor: False)
     logits, pred, gt, area = _random_batch(2, 9, 4, 17, torch.float32, seed=4)
@@ -365,7 +399,7 @@ def test_focal_class_cost_equals_detr_form():
     [
         ("pred_kpts", lambda a: {**a, "pred_kpts": a["pred_kpts"][..., :1]}),
         ("gt_kpts", lambda a: {**a, "gt_kpts": a["gt_kpts"][:, :, :14]}),  # K mismatch
-        ("gt_kpts", lambda a: {**a, "gt_kpts": a["gt_kpts"][:1]}),  # B mismatch
+        ("gt_kpts", lambda a: {**a, "gt_kpts": a["gt_kpts"][[0, 1, 0]]}),  # B' = 3 does not divide B = 2
         ("gt_areas", lambda a: {**a, "gt_areas": a["gt_areas"][:, :1]}),
         ("sigmas", lambda a: {**a, "sigmas": _sigmas(14)}),
         ("logits", lambda a: {**a, "logits": a["logits"][:, None]}),
