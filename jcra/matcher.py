@@ -62,8 +62,10 @@ class HungarianMatcher:
         (the Triton solver then reads one flag back: a host sync).
         """
         padded = pad_targets(targets, self.sigmas.shape[0], keypoints.device)
-        query, column = self._solve(logits, keypoints, padded, check_finite=True)
+        self._check(logits, keypoints, padded)
         s, b = logits.shape[:2]
+        cost = self._cost(logits, keypoints, padded)
+        query, column = self._assign(cost, padded.counts * s, check_finite=True)
         kept = [idx if idx is None else to_device(idx, query.device) for idx in padded.kept]
         # row n holds its pairs first: one split of the flat rows, not a Python slice per image
         width = query.shape[1]
@@ -84,18 +86,17 @@ class HungarianMatcher:
         cost holds NaN or inf (from non-finite predictions) has -1 at its pairs with the Triton solver
         (finding out on the host would sync); scipy raises a ValueError.
         """
-        query, column = self._solve(logits, keypoints, targets, check_finite=False)
-        s, b = logits.shape[:2]
-        width = query.shape[1]
-        batch, position = _pair_positions(targets.counts, width, query.device)
-        query, column = (t.reshape(s, b * width)[:, position] for t in (query, column))
+        self._check(logits, keypoints, targets)
+        (s, b, q), g = logits.shape, targets.keypoints.shape[1]
+        solver_device = keypoints.device if self._on_device(keypoints.device) else torch.device("cpu")
+        num_gt, batch, position = _match_indices(targets.counts, s, min(q, g), solver_device)
+        cost = self._cost(logits, keypoints, targets)
+        # the solver takes the counts on its device (no copy of its own) or, scipy, as host ints
+        query, column = self._assign(cost, num_gt if num_gt.is_cuda else num_gt.tolist(), check_finite=False)
+        query, column = (t.reshape(s, b * min(q, g))[:, position] for t in (query, column))
         return batch, query, column
 
-    def _solve(
-        self, logits: Tensor, keypoints: Tensor, targets: PaddedTargets, check_finite: bool
-    ) -> tuple[Tensor, Tensor]:
-        """Check the inputs, build the cost of every stage and image at once and assign: query and
-        target indices ``[S * B, min(Q, G)]`` as :meth:`_assign` gives them."""
+    def _check(self, logits: Tensor, keypoints: Tensor, targets: PaddedTargets) -> None:
         if logits.dim() != 3:
             raise ValueError(f"logits must be [S, B, Q], got {tuple(logits.shape)}")
         s, b, q = logits.shape
@@ -106,21 +107,24 @@ class HungarianMatcher:
             )
         if len(targets.counts) != b:
             raise ValueError(f"targets must hold B={b} images, got {len(targets.counts)}")
-        device = keypoints.device
-        cost = pose_matching_cost(
+
+    def _cost(self, logits: Tensor, keypoints: Tensor, targets: PaddedTargets) -> Tensor:
+        """The cost ``[S * B, Q, G]`` of every stage and image at once (inputs checked)."""
+        (s, b, q), k, device = logits.shape, self.sigmas.shape[0], keypoints.device
+        # row stage * B + image reads the image's targets (the cost takes targets of B images for S * B)
+        return pose_matching_cost(
             logits.reshape(s * b, q),
             keypoints.reshape(s * b, q, k, 2),
-            _every_stage(targets.keypoints, s, device),
-            _every_stage(targets.area, s, device),
+            to_device(targets.keypoints, device),
+            to_device(targets.area, device),
             self._sigmas_on(device),
             w_class=self.w_class,
             w_kpt=self.w_kpt,
             w_oks=self.w_oks,
             alpha=self.alpha,
             gamma=self.gamma,
-            image_size=_every_stage(targets.size, s, device),
+            image_size=to_device(targets.size, device),
         )
-        return self._assign(cost, targets.counts * s, check_finite)
 
     def _sigmas_on(self, device: torch.device) -> Tensor:
         """The sigmas on ``device``, moved there once (a blocking copy per call would sync each step)."""
@@ -128,13 +132,14 @@ class HungarianMatcher:
             self.sigmas = self.sigmas.to(device)
         return self.sigmas
 
-    def _on_device(self, cost: Tensor) -> bool:
+    def _on_device(self, device: torch.device) -> bool:
         """Whether the Triton solver (on the cost's device) rather than scipy (on the host) solves."""
-        return self.solver == "triton" or (self.solver == "auto" and cost.is_cuda)
+        return self.solver == "triton" or (self.solver == "auto" and device.type == "cuda")
 
-    def _assign(self, cost: Tensor, num_gt: list[int], check_finite: bool) -> tuple[Tensor, Tensor]:
+    def _assign(self, cost: Tensor, num_gt: list[int] | Tensor, check_finite: bool) -> tuple[Tensor, Tensor]:
         """Optimal assignment per image of a padded cost ``[N, Q, G]`` (any device), image n using its
-        first ``num_gt[n]`` columns: query and target indices ``[N, min(Q, G)]``, row n holding its
+        first ``num_gt[n]`` columns (host ints, or for the Triton solver a tensor on the cost's
+        device): query and target indices ``[N, min(Q, G)]``, row n holding its
         ``min(Q, num_gt[n])`` pairs first and -1 after, on the solver's device.
 
         An image whose used cost holds NaN or inf raises a ValueError naming it, with scipy always
@@ -142,7 +147,7 @@ class HungarianMatcher:
         solver needs no sync and leaves -1 at that image's pairs, which the criterion turns into a NaN
         loss that stops training.
         """
-        if self._on_device(cost):
+        if self._on_device(cost.device):
             query, column, _ = linear_assignment(cost, num_gt, check_finite=check_finite)
             return query, column
         n, q, g = cost.shape
@@ -159,22 +164,19 @@ class HungarianMatcher:
         return query, column
 
 
-def _every_stage(field: Tensor, s: int, device: torch.device) -> Tensor:
-    """A target field ``[B, ...]`` for S stages, ``[S * B, ...]`` on ``device``, for the cost to read by
-    its strides: a copy, small next to the cost, where S > 1 and B > 1; otherwise a view (of the
-    field itself for one stage, the encoder's proposals)."""
-    return to_device(field, device).expand(s, *field.shape).flatten(0, 1)
-
-
-def _pair_positions(counts: list[int], width: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """For images with ``counts`` people whose ``min(width, count)`` pairs lead rows of ``width``:
-    each pair's image and its position in the flattened rows, int64 ``[P]`` each, on ``device`` by
-    one asynchronous copy (built on the host, which knows the counts: nothing is read back)."""
+def _match_indices(
+    counts: list[int], s: int, width: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """For S stages of images with ``counts`` people, whose ``min(width, count)`` pairs lead rows of
+    ``width``: the solver's num_gt ``[S * B]`` (counts, stage after stage), and each pair's image and
+    position in a stage's flattened rows, ``[P]`` each; int64 on ``device`` by one asynchronous copy
+    (built on the host, which knows the counts: nothing is read back)."""
     pairs = np.minimum(np.asarray(counts, dtype=np.int64), width)
     batch = np.repeat(np.arange(len(pairs)), pairs)
     first = np.repeat(np.cumsum(pairs) - pairs, pairs)  # index of each pair's image's first pair
     position = batch * width + np.arange(len(batch)) - first
-    return to_device(torch.from_numpy(np.stack([batch, position])), device).unbind()
+    indices = np.concatenate([np.tile(np.asarray(counts, dtype=np.int64), s), batch, position])
+    return to_device(torch.from_numpy(indices), device).split([s * len(counts), len(batch), len(batch)])
 
 
 def _solve(cost: np.ndarray) -> Match:

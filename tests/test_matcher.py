@@ -318,9 +318,11 @@ def test_non_finite_predictions_raise_naming_the_problem(solver, bad):
         assert (query[1, :2] == -1).all() and (column[1, :2] == -1).all() and (query[0] >= 0).all()
 
 
-def test_pair_positions_cap_each_image_at_the_rows_width():
-    """Image 0 has more people (5) than pairs a row holds (3): its three pairs, then image 1's one."""
-    from jcra.matcher import _pair_positions
+def test_match_indices_cap_each_image_at_the_rows_width():
+    """Image 0 has more people (5) than pairs a row holds (3): its three pairs, then image 1's one; the
+    solver's counts for two stages are the images' counts twice."""
+    from jcra.matcher import _match_indices
 
-    batch, position = _pair_positions([5, 1, 0], 3, torch.device("cpu"))
+    num_gt, batch, position = _match_indices([5, 1, 0], 2, 3, torch.device("cpu"))
+    assert num_gt.tolist() == [5, 1, 0, 5, 1, 0]
     assert batch.tolist() == [0, 0, 0, 1] and position.tolist() == [0, 1, 2, 3]
