@@ -282,12 +282,12 @@ def test_ground_truth_of_zero_area_has_no_oks(fn):
     area = torch.tensor([[0.0, 0.2]], device=DEVICE)
     pred = gt[:, :, :, :2].clone()  # query q predicts ground truth q exactly
     oks = (pairwise_oks if fn == "kernel" else pairwise_oks_reference)(pred, gt, area, _sigmas(17))
-    assert oks[0, 0, 0] == 0 and oks[0, 1, 1] == pytest.approx(1.0)
+    assert oks[0, 0, 0].item() == 0 and oks[0, 1, 1].item() == pytest.approx(1.0)
     cost_fn = pose_matching_cost if fn == "kernel" else pose_matching_cost_reference
     cost = cost_fn(
         torch.zeros(1, 2, device=DEVICE), pred, gt, area, _sigmas(17), w_class=0.0, w_kpt=0.0, w_oks=3.0
     )
-    assert cost[0, 0, 0] == pytest.approx(3.0) and cost[0, 1, 1] == pytest.approx(0.0, abs=1e-6)
+    assert cost[0, 0, 0].item() == pytest.approx(3.0) and cost[0, 1, 1].item() == pytest.approx(0.0, abs=1e-6)
 
 
 @pytest.mark.parametrize("fn", ["reference", "kernel"])
