@@ -3,8 +3,8 @@
 Providers: ``triton`` (:func:`kernels.linear_assignment` without the finite check, as the matcher runs
 it inside a training step: no host sync; CUDA only, since on CPU it would be Triton's interpreter),
 ``triton_queries_adjacent`` (the same on the cost laid out, before the clock, with each ground truth's
-queries adjacent, as the solver reads them: it then skips its transposing copy, so the two rows differ
-by that copy, which a cost kernel writing this layout would save), ``scipy`` (one copy of the padded
+queries adjacent, as the solver reads them and as :func:`kernels.pose_matching_cost` writes them: what
+the matcher solves; the solver then skips its transposing copy, so the two rows differ by that copy), ``scipy`` (one copy of the padded
 cost to the host, then ``linear_sum_assignment`` per image: what :class:`jcra.matcher.HungarianMatcher`
 does) and ``torch_linear_assignment`` (the public torch-linear-assignment package's
 ``batch_linear_assignment``, when installed; it takes one G for the whole batch, which these inputs
