@@ -1,14 +1,14 @@
 """Batched linear assignment: the Triton solver against scipy per image and a public GPU peer.
 
-Providers: ``triton`` (:func:`kernels.linear_assignment` without the finite check, as the matcher runs
-it inside a training step: no host sync; CUDA only, since on CPU it would be Triton's interpreter),
+Providers: ``triton`` (:func:`kernels.linear_assignment` without the finite check, as the matcher runs it
+inside a training step: no host sync; CUDA only, since on CPU it would be Triton's interpreter),
 ``triton_queries_adjacent`` (the same on the cost laid out, before the clock, with each ground truth's
 queries adjacent, as the solver reads them and as :func:`kernels.pose_matching_cost` writes them: what
-the matcher solves; the solver then skips its transposing copy, so the two rows differ by that copy), ``scipy`` (one copy of the padded
-cost to the host, then ``linear_sum_assignment`` per image: what :class:`jcra.matcher.HungarianMatcher`
-does) and ``torch_linear_assignment`` (the public torch-linear-assignment package's
-``batch_linear_assignment``, when installed; it takes one G for the whole batch, which these inputs
-have).
+the matcher solves; the solver then skips its transposing copy, so the two rows differ by that copy),
+``scipy`` (one copy of the padded cost to the host, then ``linear_sum_assignment`` per image: what
+:class:`jcra.matcher.HungarianMatcher` does) and ``torch_linear_assignment`` (the public
+torch-linear-assignment package's ``batch_linear_assignment``, when installed; it takes one G for the
+whole batch, which these inputs have).
 
 Sizes follow the issue on CUDA: S * B = 7 * 8 problems (the issue's seven matchings a step, eight images) of
 Q = 300 queries by G in {5, 20, 100} people, fp32 costs uniform in [0, 1). Target on H100/H200: the
