@@ -9,8 +9,10 @@ CrowdPose ground truth differs from COCO's in two ways handled here. Its annotat
 (:data:`jcra.data.coco.BOX_AREA_FRACTION`, which the training targets use too), the area
 crowdposetools (and xtcocotools with ``use_area=False``) use in OKS; ``APM``/``APL`` then bin by that
 area too. Its images
-carry a crowd index in [0, 1], by which CrowdPose reports AP on easy (< 0.1), medium (0.1 to 0.8) and
-hard (> 0.8) images; those three are added when the images have ``crowdIndex``.
+carry a crowd index in [0, 1], by which CrowdPose reports AP on easy (< 0.2), medium (0.2 to below 0.8)
+and hard (0.8 and up) images; those three are added when the images have ``crowdIndex``. These are the
+bounds of crowdposetools' evaluation (``get_type_result(first=0.2, second=0.8)``), which published
+CrowdPose numbers come from; the CrowdPose paper's text says 0.1 and 0.8.
 
 An annotation without ``iscrowd`` is not a crowd (as the dataset reads it), one without
 ``num_keypoints`` gets its count of labelled (v > 0) keypoints, one without ``bbox`` the box around
@@ -37,7 +39,10 @@ METRIC_NAMES = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM",
 """Names of ``COCOeval.stats[0:10]`` for keypoints, in that order."""
 
 CROWD_LEVELS = ("AP_easy", "AP_medium", "AP_hard")
-"""AP over CrowdPose's crowd-index subsets: < 0.1, 0.1 to 0.8 (both included), > 0.8."""
+"""AP over CrowdPose's crowd-index subsets: below :data:`CROWD_BOUNDS` [0], below [1], the rest."""
+
+CROWD_BOUNDS = (0.2, 0.8)
+"""crowdposetools' bounds between the easy, medium and hard levels (each bound opens the next level)."""
 
 _DEFAULT_SIGMAS = {17: COCO_SIGMAS, 14: CROWDPOSE_SIGMAS}
 
@@ -145,8 +150,7 @@ def _crowd_subsets(images: list[dict]) -> dict[str, list]:
         crowd_index = image.get("crowdIndex")
         if crowd_index is None:
             continue
-        level = "AP_easy" if crowd_index < 0.1 else "AP_hard" if crowd_index > 0.8 else "AP_medium"
-        subsets[level].append(image["id"])
+        subsets[CROWD_LEVELS[sum(crowd_index >= bound for bound in CROWD_BOUNDS)]].append(image["id"])
     return subsets
 
 

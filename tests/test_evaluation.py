@@ -92,9 +92,9 @@ def test_crowdpose_example_uses_crowdpose_sigmas_and_levels():
     np.testing.assert_allclose([metrics[n] for n in METRIC_NAMES], expected, rtol=0, atol=1e-12)
 
     levels = {
-        "AP_easy": [im["id"] for im in gt["images"] if im["crowdIndex"] < 0.1],
-        "AP_medium": [im["id"] for im in gt["images"] if 0.1 <= im["crowdIndex"] <= 0.8],
-        "AP_hard": [im["id"] for im in gt["images"] if im["crowdIndex"] > 0.8],
+        "AP_easy": [im["id"] for im in gt["images"] if im["crowdIndex"] < 0.2],
+        "AP_medium": [im["id"] for im in gt["images"] if 0.2 <= im["crowdIndex"] < 0.8],
+        "AP_hard": [im["id"] for im in gt["images"] if im["crowdIndex"] >= 0.8],
     }
     for name, ids in levels.items():
         assert ids, f"the example has no {name} image"
@@ -200,12 +200,16 @@ def test_crowd_level_without_images_is_nan(tmp_path):
     assert metrics["AP_hard"] == pytest.approx(1.0)
 
 
-def test_crowd_index_bounds_are_medium(tmp_path):
-    """CrowdPose's medium level holds both its bounds: 0.1 and 0.8 are medium, not easy or hard."""
-    gt = _tiny_gt(14, crowd_indices=[0.1, 0.8])
+@pytest.mark.parametrize(
+    ("crowd_indices", "level"),
+    [([0.0, 0.15, 0.1999], "AP_easy"), ([0.2, 0.5, 0.7999], "AP_medium"), ([0.8, 0.9, 1.0], "AP_hard")],
+)
+def test_crowd_levels_follow_crowdposetools_bounds(tmp_path, crowd_indices, level):
+    """crowdposetools' levels: easy below 0.2, medium from 0.2 to below 0.8, hard from 0.8."""
+    gt = _tiny_gt(14, crowd_indices=crowd_indices)
     metrics = evaluate_keypoints(_perfect_results(gt), _write(tmp_path, "gt.json", gt))
-    assert metrics["AP_medium"] == pytest.approx(1.0)
-    assert math.isnan(metrics["AP_easy"]) and math.isnan(metrics["AP_hard"])
+    for name in CROWD_LEVELS:
+        assert metrics[name] == pytest.approx(1.0) if name == level else math.isnan(metrics[name])
 
 
 def test_crowd_levels_come_with_some_images_indexed(tmp_path):
