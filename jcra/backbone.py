@@ -261,11 +261,12 @@ class SwinBackbone(nn.Module):
             name, pretrained=pretrained, features_only=True, out_indices=(0, 1, 2, 3), strict_img_size=False
         )
         self.out_channels = tuple(self.body.feature_info.channels())
+        # timm's feature wrappers say their layout (Swin's hooks give NHWC); a map's shape cannot, since
+        # its height may equal its channels (Swin-L's 192 at stride 4 for a 768-pixel-high image)
+        self.channels_last = getattr(self.body, "output_fmt", "NCHW") == "NHWC"
 
     def forward(self, images: torch.Tensor, valid_hw: torch.Tensor | None = None) -> list[torch.Tensor]:
         feats = self.body(images)
-        # timm's Swin gives NHWC maps; move channels first where the last axis holds them
-        return [
-            f.permute(0, 3, 1, 2).contiguous() if f.shape[-1] == c and f.shape[1] != c else f
-            for f, c in zip(feats, self.out_channels, strict=True)
-        ]
+        if self.channels_last:
+            feats = [f.permute(0, 3, 1, 2).contiguous() for f in feats]
+        return feats

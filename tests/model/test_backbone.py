@@ -1,11 +1,14 @@
 """jcra.backbone: frozen BatchNorm, torchvision-compatible keys, frozen stages or GroupNorm from
-scratch, padding invariance."""
+scratch, padding invariance, the Swin wrapper's layout."""
+
+import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
-from jcra.backbone import FrozenBatchNorm2d, MaskedGroupNorm, ResNet, resnet
+from jcra.backbone import FrozenBatchNorm2d, MaskedGroupNorm, ResNet, SwinBackbone, resnet
 
 
 def test_frozen_batchnorm_equals_batchnorm_in_eval():
@@ -95,3 +98,35 @@ def test_layout_follows_pretrained_unless_frozen_is_given(frozen):
     assert model.conv1.weight.requires_grad is not bool(frozen)
     assert all(p.requires_grad is not bool(frozen) for p in model.layer1.parameters())
     assert all(p.requires_grad for p in model.layer2.parameters())
+
+
+class _FakeSwinFeatures(nn.Module):
+    """timm's features_only wrapper as SwinBackbone sees it: stage maps at strides 4-32 in
+    ``output_fmt``, made from the image so that a transposed map differs from the right one."""
+
+    channels = (8, 16, 32, 64)
+
+    def __init__(self, output_fmt: str):
+        super().__init__()
+        self.output_fmt = output_fmt
+        self.feature_info = SimpleNamespace(channels=lambda: list(self.channels))
+        self.projections = nn.ModuleList(nn.Conv2d(3, c, 1) for c in self.channels)
+
+    def forward(self, images):
+        maps = [proj(nn.functional.avg_pool2d(images, 4 * 2**i)) for i, proj in enumerate(self.projections)]
+        return [m.permute(0, 2, 3, 1) if self.output_fmt == "NHWC" else m for m in maps]
+
+
+@pytest.mark.parametrize("output_fmt", ["NHWC", "NCHW"])
+def test_swin_maps_come_channels_first_even_when_height_equals_channels(monkeypatch, output_fmt):
+    body = _FakeSwinFeatures(output_fmt)
+    monkeypatch.setitem(sys.modules, "timm", SimpleNamespace(create_model=lambda *args, **kwargs: body))
+    backbone = SwinBackbone()
+    assert backbone.out_channels == body.channels
+    # 32 x 64 pixels: the stride-4 map is 8 rows high and holds 8 channels, the case a shape cannot tell
+    images = torch.randn(2, 3, 32, 64, generator=torch.Generator().manual_seed(0))
+    feats = backbone(images)
+    for i, (f, c) in enumerate(zip(feats, body.channels, strict=True)):
+        expected = body.projections[i](nn.functional.avg_pool2d(images, 4 * 2**i))
+        assert f.shape == (2, c, 8 // 2**i, 16 // 2**i)
+        torch.testing.assert_close(f, expected)
