@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from jcra.backbone import valid_mask
 from jcra.matcher import BatchMatch, HungarianMatcher
-from jcra.oks_loss import oks_loss
+from jcra.oks_loss import OKS_MODES, oks_loss
 from jcra.targets import PaddedTargets, pad_targets
 from kernels.dispatch import to_device
 
@@ -108,6 +108,12 @@ class SetCriterion(nn.Module):
         unknown = sorted(set(weights or {}) - set(DEFAULT_WEIGHTS))
         if unknown:
             raise ValueError(f"weights has unknown keys {unknown}; valid: {sorted(DEFAULT_WEIGHTS)}")
+        if oks_mode not in OKS_MODES:
+            raise ValueError(f"oks_mode must be one of {OKS_MODES}, got {oks_mode!r}")
+        if heatmap_stride < 1 or heatmap_sigma <= 0:
+            raise ValueError(
+                f"heatmap_stride must be >= 1 and heatmap_sigma > 0, got {heatmap_stride} and {heatmap_sigma}"
+            )
         self.num_keypoints, self.matcher, self.oks_mode = num_keypoints, matcher, oks_mode
         self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma

@@ -70,7 +70,10 @@ class JCRA(nn.Module):
                 module.use_fused = self._use_fused_kernels
 
     def forward(self, images: torch.Tensor, padding_mask: torch.Tensor | None = None) -> dict:
-        """images [B, 3, H, W] normalised; padding_mask [B, H, W] bool, True where padded (bottom/right).
+        """images [B, 3, H, W] normalised; padding_mask [B, H, W] bool, True where padded: a band at the
+        bottom and right, each image keeping at least one pixel, as :func:`jcra.data.collate` makes it
+        (which checks). The model reads each image's size from it and does not check its form, which
+        would wait for the GPU.
 
         Returns ``logits`` [B, Q] and ``keypoints`` [B, Q, K, 2] (x, y in [0, 1] of each unpadded image).
         In training also ``aux_outputs`` (earlier decoder layers), ``enc_outputs`` (every token's

@@ -4,7 +4,7 @@ import torch
 
 from kernels.oks import keypoint_oks
 
-_MODES = ("linear", "log")
+OKS_MODES = ("linear", "log")
 
 
 def oks_loss(
@@ -27,8 +27,8 @@ def oks_loss(
     ground truth with no labelled keypoint or ``area <= 0`` has OKS 0, so callers should leave such
     pairs out (their loss is constant, with zero gradient).
     """
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    if mode not in OKS_MODES:
+        raise ValueError(f"mode must be one of {OKS_MODES}, got {mode!r}")
     if pred.dim() != 3 or pred.shape[-1] != 2:
         raise ValueError(f"pred must be [n, K, 2], got {tuple(pred.shape)}")
     n, k, _ = pred.shape

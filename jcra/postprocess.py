@@ -29,6 +29,8 @@ class PostProcess:
         orig_sizes [B, 2] (h, w) pixels; image_ids: B ids. Returns the records of all images."""
         logits, keypoints = outputs["logits"], outputs["keypoints"]
         B, Q = logits.shape
+        if keypoints.dim() != 4 or keypoints.shape[:2] != (B, Q) or keypoints.shape[-1] != 2:
+            raise ValueError(f"keypoints must be [B={B}, Q={Q}, K, 2], got {tuple(keypoints.shape)}")
         if orig_sizes.shape != (B, 2):
             raise ValueError(f"orig_sizes must be [B={B}, 2], got {tuple(orig_sizes.shape)}")
         scores, top = logits.float().sigmoid().topk(min(self.top_k, Q), dim=1)  # [B, k]

@@ -13,6 +13,9 @@ def collate(batch: list[tuple[Tensor, dict]], size_divisor: int = SIZE_DIVISOR):
     if not batch:
         raise ValueError("collate: batch is empty")
     images, targets = zip(*batch, strict=True)
+    empty = [i for i, im in enumerate(images) if im.shape[-2] == 0 or im.shape[-1] == 0]
+    if empty:
+        raise ValueError(f"collate: image(s) {empty} of the batch have no pixels")
     height = -(-max(im.shape[-2] for im in images) // size_divisor) * size_divisor
     width = -(-max(im.shape[-1] for im in images) // size_divisor) * size_divisor
     out = images[0].new_zeros(len(images), 3, height, width)

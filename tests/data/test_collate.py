@@ -27,3 +27,8 @@ def test_sides_already_multiples_are_not_padded():
 def test_empty_batch():
     with pytest.raises(ValueError, match="empty"):
         collate([])
+
+
+def test_image_without_pixels_is_refused():
+    with pytest.raises(ValueError, match=r"image\(s\) \[1\] of the batch have no pixels"):
+        collate([(torch.rand(3, 8, 8), {}), (torch.rand(3, 0, 8), {})])

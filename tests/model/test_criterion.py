@@ -233,6 +233,11 @@ def test_bad_arguments_raise():
         SetCriterion(14, COCO_SIGMAS, HungarianMatcher(COCO_SIGMAS))
     with pytest.raises(ValueError, match="weights"):
         _criterion(weights={"bbox": 1.0})
+    with pytest.raises(ValueError, match="oks_mode must be one of"):
+        _criterion(oks_mode="lin")
+    for geometry in ({"heatmap_sigma": 0.0}, {"heatmap_stride": 0}):
+        with pytest.raises(ValueError, match="heatmap_stride must be >= 1 and heatmap_sigma > 0"):
+            _criterion(**geometry)
 
 
 def _real_sample(size=(128, 192)):

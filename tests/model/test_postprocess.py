@@ -42,6 +42,11 @@ def test_bad_arguments_raise():
         PostProcess(0)
     with pytest.raises(ValueError, match="orig_sizes"):
         PostProcess()(out, torch.tensor([[10, 10]]), [1, 2])
+    sizes = torch.tensor([[10, 10], [5, 5]])
+    # more queries than logits, (x, y, score) triples, or K flattened: each would give wrong records
+    for keypoints in (torch.rand(2, 4, 17, 2), torch.rand(2, 3, 17, 3), torch.rand(2, 3, 34)):
+        with pytest.raises(ValueError, match=r"keypoints must be \[B=2, Q=3, K, 2\]"):
+            PostProcess()({**out, "keypoints": keypoints}, sizes, [1, 2])
     with pytest.raises(ValueError, match="image_ids"):
         PostProcess()(out, torch.tensor([[10, 10], [5, 5]]), [1])
     for bad in (1.5, True, None):
