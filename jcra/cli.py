@@ -7,7 +7,6 @@ jcra evaluate CHECKPOINT --ann-file F --image-dir D [--out DIR]
 import argparse
 import json
 import os
-import re
 import warnings
 from pathlib import Path
 
@@ -97,12 +96,7 @@ def resolve_cli_device(name: str) -> torch.device:
     """``--device`` as a torch device: auto, cpu, cuda or cuda:N of a GPU this machine has."""
     from train.distributed import resolve_device
 
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
-        raise ValueError(f"--device: {name!r} is not auto, cpu, cuda or cuda:N")
-    device = resolve_device(name)
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device: {name!r}, but this machine has {torch.cuda.device_count()} CUDA devices")
-    return device
+    return resolve_device(name, "--device")
 
 
 def unlabelled_target(image, num_keypoints: int, image_id: int) -> dict:

@@ -5,7 +5,9 @@ import json
 import os
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -31,15 +33,20 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, then a rename,
-    so a run killed mid-write leaves the previous checkpoint intact."""
+    """Write ``state`` to ``path`` atomically (:func:`write_atomically`)."""
+    write_atomically(path, lambda f: torch.save(state, f))
+
+
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write ``path`` through ``write(file)`` atomically: a temporary file in the same folder, then a
+    rename, so a run killed mid-write leaves the previous file intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide it from other users (an eval job)
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -63,7 +70,7 @@ def _umask() -> int:
 
 def remove_partial_writes(path: str | Path) -> list[Path]:
     """Delete the temporary files that writes of ``path`` killed before their rename left beside it
-    (a SIGKILL skips :func:`save_checkpoint`'s cleanup); returns them. Call before a run writes."""
+    (a SIGKILL skips :func:`write_atomically`'s cleanup); returns them. Call before a run writes."""
     path = Path(path)
     stale = sorted(path.parent.glob(f".{path.name}.*.tmp"))
     for tmp in stale:
@@ -92,7 +99,8 @@ def load_checkpoint(path: str | Path, map_location="cpu", keys: tuple[str, ...] 
 
 RESUME_FIELDS = ("model", "model_overrides", "keypoint_layout", "train_ann", "train_images", "train_scales",
                  "max_size", "rotation", "batch_size", "grad_accum", "seed", "lr", "lr_backbone_mult",
-                 "lr_offsets_mult", "weight_decay", "clip_grad", "lr_drop_epochs", "lr_gamma")  # fmt: skip
+                 "lr_offsets_mult", "weight_decay", "clip_grad", "lr_drop_epochs", "lr_gamma",
+                 "matcher_weights", "loss_weights")  # fmt: skip
 """Settings a resumed run must share with its checkpoint: under others, the sampler's position and the
 restored parameters, optimizer and schedule would silently mean something else. (``epochs``,
 ``max_steps``, ``precision``, evaluation, logging and workers may change.)"""

@@ -69,8 +69,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         for name in ("weight_decay", "lr_backbone_mult", "lr_offsets_mult", "rotation"):
             value = getattr(self, name)
-            if not (_is_number(value) and value >= 0):
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+            if not (_is_number(value) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         for name in ("train_scales", "lr_drop_epochs"):

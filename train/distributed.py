@@ -4,23 +4,31 @@
 import datetime
 import math
 import os
+import re
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Dataset, Sampler
 
 EVAL_TIMEOUT = datetime.timedelta(hours=1)
 """How long processes wait for each other (collectives, rank 0's evaluation) before torch gives up."""
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is the local CUDA device when there is one, else the CPU."""
+def resolve_device(name: str, setting: str = "device") -> torch.device:
+    """auto, cpu, cuda or cuda:N (a GPU this machine has) as a torch device; ``auto`` is the local CUDA
+    device when there is one, else the CPU. A ValueError names ``setting`` for anything else."""
+    if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise ValueError(f"{setting}: {name!r} is not auto, cpu, cuda or cuda:N")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"{setting}: {name!r}, but this machine has {torch.cuda.device_count()} CUDA devices"
+        )
+    return device
 
 
 def init_distributed(device: torch.device) -> tuple[int, int]:
@@ -39,12 +47,15 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-class ResumableSampler(Sampler[int]):
+class ResumableSampler(Sampler[tuple[int, int]]):
     """A seeded shuffle per epoch, split over processes, that can start part way through an epoch.
 
-    Epoch e's order is ``randperm(size)`` from a generator seeded ``seed + e``, padded by wrapping to a
-    multiple of ``world_size``; process r takes every ``world_size``-th index from r. ``set_epoch(e,
-    start)`` skips this process's first ``start`` indices (those a resumed run already trained on).
+    Yields (dataset index, augmentation seed) pairs for :class:`SeededSamples`. Epoch e's order is
+    ``randperm(size)`` from a generator seeded ``seed + e``, padded by wrapping to a multiple of
+    ``world_size``, and each position in it gets a seed from the same generator; process r takes every
+    ``world_size``-th pair from r. ``set_epoch(e, start)`` skips this process's first ``start`` pairs
+    (those a resumed run already trained on). A sample's augmentation thus depends on the run's seed,
+    the epoch and its position alone: not on the worker that loads it, nor on where a run resumed.
     """
 
     def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
@@ -60,22 +71,35 @@ class ResumableSampler(Sampler[int]):
         self.epoch, self.start = epoch, start
 
     def __iter__(self):
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        order = order.repeat(math.ceil(self.per_rank * self.world_size / self.size))
-        order = order[: self.per_rank * self.world_size][self.rank :: self.world_size]
-        return iter(order[self.start :].tolist())
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        padded = self.per_rank * self.world_size
+        order = torch.randperm(self.size, generator=generator).repeat(math.ceil(padded / self.size))
+        seeds = torch.randint(0, 2**62, (padded,), generator=generator)
+        pairs = torch.stack([order[:padded], seeds], 1)[self.rank :: self.world_size]
+        return iter(map(tuple, pairs[self.start :].tolist()))
 
     def __len__(self) -> int:
-        """Indices per process per epoch (the full count, independent of ``start``)."""
+        """Pairs per process per epoch (the full count, independent of ``start``)."""
         return self.per_rank
 
 
-def seed_workers(loader: DataLoader, seed: int, rank: int, epoch: int) -> None:
-    """Seed the generator each iterator of ``loader`` draws its workers' seeds from, for this process
-    and epoch: processes augment differently, and an epoch's augmentations are the same whether or
-    not the run was resumed before it (with ``num_workers=0`` transforms draw from the restored global
-    RNG instead)."""
-    loader.generator.manual_seed(int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0]))
+class SeededSamples(Dataset):
+    """``dataset`` read by (index, seed) pairs, as :class:`ResumableSampler` gives them: each sample is
+    loaded and augmented with torch's generator seeded ``seed`` (transforms draw from it), and the
+    caller's generator state is left as it was (so that dropout, in the main process when
+    ``num_workers=0``, does not depend on the data)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, pair: tuple[int, int]):
+        index, seed = pair
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
 
 
 def reduce_mean(value: torch.Tensor, world: int) -> float:

@@ -1,38 +1,48 @@
 """The metrics a run logs: JSON lines, and TensorBoard where it imports."""
 
 import json
-import math
 from pathlib import Path
 
+from train.checkpoint import remove_partial_writes, write_atomically
 
-def _logged_step(line: str) -> float:
-    """The step of a metrics line; infinity for a line cut short by a killed run (never kept)."""
+
+def _kept(line: str, resume_step: int, evaluated: bool) -> bool:
+    """Whether a line of an interrupted run's log stays when it resumes from ``resume_step``: those of
+    earlier steps, and that step's own unless an evaluation the checkpoint lacks (to be redone). A
+    line cut short by the kill is no record and goes."""
     try:
-        return json.loads(line)["step"]
+        record = json.loads(line)
+        step, kind = record["step"], record["kind"]
     except (ValueError, KeyError, TypeError):
-        return math.inf
+        return False
+    return step < resume_step or (step == resume_step and (kind != "val" or evaluated))
 
 
 class MetricsLog:
     """Metrics to a JSON-lines file, and to TensorBoard when ``torch.utils.tensorboard`` imports."""
 
-    def __init__(self, out_dir: Path, enabled: bool, resume_step: int = 0):
-        """resume_step: the step a resumed run continues from; earlier lines stay, and those after it
-        (logged by the interrupted run after its last checkpoint, and about to be redone) go. 0 starts
-        the file afresh."""
+    def __init__(self, out_dir: Path, enabled: bool, resume_step: int = 0, resume_evaluated: bool = False):
+        """resume_step: the step a resumed run continues from (0 starts the log afresh); the lines the
+        interrupted run logged after it go, since the resumed run logs them again, and so does that
+        step's evaluation unless ``resume_evaluated`` (the checkpoint holds it). The file is rewritten
+        atomically."""
         self.enabled = enabled
         self.path = out_dir / "metrics.jsonl"
-        if enabled and self.path.is_file():
-            lines = self.path.read_text().splitlines(keepends=True) if resume_step else []
-            self.path.write_text("".join(line for line in lines if _logged_step(line) <= resume_step))
         self.writer = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        if not enabled:
+            return
+        remove_partial_writes(self.path)
+        if self.path.is_file():
+            lines = self.path.read_text().splitlines(keepends=True) if resume_step else []
+            kept = "".join(line for line in lines if _kept(line, resume_step, resume_evaluated))
+            write_atomically(self.path, lambda f: f.write(kept.encode()))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(out_dir / "tensorboard"))
-            except ImportError:  # tensorboard is optional
-                self.writer = None
+            # events after the resumed step go too (purge_step: those at or after it)
+            self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step + 1)
+        except ImportError:  # tensorboard is optional
+            self.writer = None
 
     def log(self, step: int, kind: str, values: dict) -> None:
         from jcra.evaluation import strict_json

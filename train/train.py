@@ -31,11 +31,11 @@ from train.checkpoint import (
 from train.config import TrainConfig, config_from
 from train.distributed import (
     ResumableSampler,
+    SeededSamples,
     gather_objects,
     init_distributed,
     reduce_mean,
     resolve_device,
-    seed_workers,
 )
 from train.metrics_log import MetricsLog
 
@@ -144,12 +144,13 @@ def autocast(device: torch.device, precision: str):
 def train(cfg: TrainConfig) -> dict:
     """Train (or resume) per ``cfg``; returns ``{"step", "epoch", "metrics", "checkpoint"}``.
 
-    Checkpoints ``<out_dir>/checkpoint.pt`` after each epoch, every ``checkpoint_every`` steps and at
-    ``max_steps``. With ``resume`` (and the file present; otherwise it starts afresh) it continues from
-    that file at the same step: parameters, optimizer, scheduler, scaler, RNG, the sampler's epoch
-    and position and the last evaluation are restored (bitwise on CPU with ``num_workers=0``); without
-    ``resume`` an out_dir that holds a checkpoint is refused rather than overwritten. The last model
-    is always evaluated. A non-finite loss, or gradient norm (but under fp16, whose scaler skips the
+    Checkpoints ``<out_dir>/checkpoint.pt`` after each epoch (before and after its evaluation), every
+    ``checkpoint_every`` steps and at ``max_steps``. With ``resume`` (and the file present; otherwise it
+    starts afresh) it continues from that file at the same step: parameters, optimizer, scheduler,
+    scaler, RNG, the sampler's epoch and position and the last evaluation are restored (bitwise on CPU,
+    with any ``num_workers``), and an evaluation the kill interrupted runs first; without ``resume`` an
+    out_dir that holds a checkpoint is refused rather than overwritten. The last model is always
+    evaluated. A non-finite loss, or gradient norm (but under fp16, whose scaler skips the
     step), raises FloatingPointError before the update, leaving the last checkpoint as it was.
     """
     cfg.validate()
@@ -171,7 +172,7 @@ def train(cfg: TrainConfig) -> dict:
     if len(train_set) == 0:
         raise ValueError(f"train_ann: {cfg.train_ann} has no image with a labelled, non-crowd person")
     sampler = ResumableSampler(len(train_set), seed=cfg.seed, rank=rank, world_size=world)
-    loader = data_loader(train_set, cfg, sampler=sampler)
+    loader = data_loader(SeededSamples(train_set), cfg, sampler=sampler)
     val_loader = data_loader(val_set, cfg)
     steps_per_epoch = len(sampler) // cfg.batch_size // cfg.grad_accum
     if steps_per_epoch < 1:
@@ -215,7 +216,7 @@ def train(cfg: TrainConfig) -> dict:
         forward_model = nn.parallel.DistributedDataParallel(
             forward_model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    log = MetricsLog(out_dir, enabled=rank == 0, resume_step=step)
+    log = MetricsLog(out_dir, enabled=rank == 0, resume_step=step, resume_evaluated=metrics_step == step)
     total_steps = steps_per_epoch * cfg.epochs if cfg.max_steps is None else cfg.max_steps
 
     def checkpoint() -> None:
@@ -244,11 +245,24 @@ def train(cfg: TrainConfig) -> dict:
                 },
             )
 
+    def evaluate() -> None:
+        nonlocal metrics, metrics_step
+        metrics, metrics_step = run_evaluation(model, val_loader, cfg, device, rank, world, out_dir), step
+        log.log(step, "val", metrics)
+        checkpoint()
+
+    def evaluation_due() -> bool:
+        """At an epoch's end: the eval_every-th epoch's, or the run's last."""
+        return (
+            bool(cfg.eval_every and epoch % cfg.eval_every == 0) or epoch == cfg.epochs or step >= total_steps
+        )
+
+    if batch_in_epoch == 0 and epoch > 0 and metrics_step != step and evaluation_due():
+        evaluate()  # killed during the evaluation that ended the epoch it resumed after
     progress = progress_bar(total_steps, step, enabled=rank == 0)
     model.train()
     while epoch < cfg.epochs and step < total_steps:
         sampler.set_epoch(epoch, start=batch_in_epoch * cfg.batch_size)
-        seed_workers(loader, cfg.seed, rank, epoch)
         batches = iter(loader)
         while batch_in_epoch + cfg.grad_accum <= steps_per_epoch * cfg.grad_accum and step < total_steps:
             tic = time.perf_counter()
@@ -278,19 +292,12 @@ def train(cfg: TrainConfig) -> dict:
                 checkpoint()
         if batch_in_epoch + cfg.grad_accum > steps_per_epoch * cfg.grad_accum:
             epoch, batch_in_epoch = epoch + 1, 0
-            last = epoch == cfg.epochs or step >= total_steps
-            if (cfg.eval_every and epoch % cfg.eval_every == 0) or last:
-                metrics, metrics_step = (
-                    run_evaluation(model, val_loader, cfg, device, rank, world, out_dir),
-                    step,
-                )
-                log.log(step, "val", metrics)
-        checkpoint()
+        checkpoint()  # before the epoch's evaluation, which may be long: a kill there loses no training
+        if batch_in_epoch == 0 and evaluation_due():
+            evaluate()
     progress.close()
-    if metrics_step != step:  # the last model not evaluated yet (max_steps mid-epoch)
-        metrics, metrics_step = run_evaluation(model, val_loader, cfg, device, rank, world, out_dir), step
-        log.log(step, "val", metrics)
-        checkpoint()
+    if metrics_step != step:  # the last model not evaluated yet (max_steps mid-epoch, or a kill)
+        evaluate()
     log.close()
     return {"step": step, "epoch": epoch, "metrics": metrics, "checkpoint": str(ckpt_path)}
 

@@ -4,7 +4,8 @@ Images are float tensors [3, H, W] in 0..255 until :class:`Normalize`. Target ke
 :class:`jcra.data.CocoKeypoints` gives them; geometric transforms move ``keypoints`` (labelled ones only:
 unlabelled stay (0, 0, 0)), ``boxes``, ``area`` and ``size``. Coordinates are continuous pixels: pixel
 column c spans [c, c + 1), so a horizontal flip maps x to W - x. Randomness comes from torch's global
-generator, which training checkpoints, so a resumed run draws the same augmentations.
+generator, which training seeds for each sample (``train.distributed.SeededSamples``): a resumed run
+draws the same augmentations, whichever worker loads a sample.
 
 The training recipe is Deformable DETR's / PETR's (photometric distortion, flip, then either a
 multi-scale resize or resize-crop-resize) with a random rotation added; crop sizes scale with the

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from tests.train.conftest import IMAGE_SIZE, tiny_config
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.config import TrainConfig, config_from
-from train.distributed import ResumableSampler, seed_workers
+from train.distributed import ResumableSampler, SeededSamples
 from train.metrics_log import MetricsLog
 from train.train import accumulate, train
 
@@ -36,11 +36,13 @@ def test_short_run_end_to_end(data, tmp_path):
     assert state["model_config"]["name"] == "jcra_tiny"
 
 
-def test_resume_after_interruption_is_bitwise(data, tmp_path):
-    """Stop after 2 steps and resume to 5 (across the epoch boundary) == 5 steps uninterrupted."""
-    full = train(tiny_config(data, tmp_path / "full", max_steps=5))
-    train(tiny_config(data, tmp_path / "cut", max_steps=2))
-    resumed = train(tiny_config(data, tmp_path / "cut", max_steps=5, resume=True))
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_after_interruption_is_bitwise(data, tmp_path, num_workers):
+    """Stop after 2 steps and resume to 5 (across the epoch boundary) == 5 steps uninterrupted, the
+    augmentations drawn in the main process or in workers."""
+    full = train(tiny_config(data, tmp_path / "full", max_steps=5, num_workers=num_workers))
+    train(tiny_config(data, tmp_path / "cut", max_steps=2, num_workers=num_workers))
+    resumed = train(tiny_config(data, tmp_path / "cut", max_steps=5, resume=True, num_workers=num_workers))
     assert resumed["step"] == full["step"] == 5
     a, b = load_checkpoint(full["checkpoint"]), load_checkpoint(resumed["checkpoint"])
     assert (a["epoch"], a["batch_in_epoch"]) == (b["epoch"], b["batch_in_epoch"]) == (1, 2)
@@ -53,7 +55,8 @@ def test_resume_after_interruption_is_bitwise(data, tmp_path):
     torch.testing.assert_close(a["rng"][0]["torch"], b["rng"][0]["torch"], rtol=0, atol=0)
 
 
-def test_gradient_accumulation_matches_larger_batch_step_count(data, tmp_path):
+def test_gradient_accumulation_steps_once_per_grad_accum_micro_batches(data, tmp_path):
+    """6 images at batch 1: 3 optimizer steps (how the micro-batches average is the next test's)."""
     result = train(tiny_config(data, tmp_path, batch_size=1, grad_accum=2, epochs=1))
     assert result["step"] == 3
 
@@ -179,6 +182,10 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch):
         ({"epochs": True}, "epochs"),
         ({"train_scales": [0]}, "train_scales entry"),
         ({"train_images": "/nonexistent/images"}, "train_images"),
+        ({"rotation": float("inf")}, "rotation must be a finite number"),
+        ({"lr_backbone_mult": float("inf")}, "lr_backbone_mult must be a finite number"),
+        ({"device": "gpu"}, "device: 'gpu' is not auto, cpu, cuda or cuda:N"),
+        ({"device": "cuda:99"}, "device: 'cuda:99', but this machine has"),
     ],
 )
 def test_bad_input_fails_before_training(data, tmp_path, change, message):
@@ -207,6 +214,8 @@ def test_training_set_without_labelled_people_is_named(data, tmp_path):
         ({"rotation": 10.0}, "rotation"),
         ({"clip_grad": 1.0}, "clip_grad"),
         ({"train_scales": [48]}, "train_scales"),
+        ({"loss_weights": {"oks": 100.0}}, "loss_weights"),
+        ({"matcher_weights": {"w_class": 50.0}}, "matcher_weights"),
     ],
 )
 def test_resume_with_other_settings_is_refused(data, tmp_path, change, message):
@@ -252,6 +261,36 @@ def test_the_last_model_is_evaluated_and_its_metrics_survive_a_resume(data, tmp_
     assert (tmp_path / "metrics.jsonl").read_text().count('"val"') == 2
 
 
+def test_a_kill_during_an_evaluation_keeps_the_epoch_and_the_resumed_run_evaluates_it(
+    data, tmp_path, monkeypatch
+):
+    """The epoch's checkpoint comes before its evaluation: killed there, the resumed run evaluates
+    that epoch's model first and goes on as if never stopped."""
+    import train.train as loop
+
+    full = train(tiny_config(data, tmp_path / "full", eval_every=1))
+    evaluation = loop.run_evaluation
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "run_evaluation", killed)
+    cfg = tiny_config(data, tmp_path / "cut", eval_every=1)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    state = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert (state["step"], state["epoch"], state["batch_in_epoch"], state["metrics_step"]) == (3, 1, 0, None)
+    monkeypatch.setattr(loop, "run_evaluation", evaluation)
+    resumed = train(dataclasses.replace(cfg, resume=True))
+    logs = [(tmp_path / run / "metrics.jsonl").read_text().splitlines() for run in ("full", "cut")]
+    vals = [[json.loads(line) for line in lines if '"val"' in line] for lines in logs]
+    assert [line["step"] for line in vals[1]] == [3, 6]
+    assert vals[0] == vals[1] and resumed["metrics"] == full["metrics"]
+    a, b = load_checkpoint(full["checkpoint"]), load_checkpoint(resumed["checkpoint"])
+    for name, value in a["model"].items():
+        torch.testing.assert_close(b["model"][name], value, rtol=0, atol=0, msg=name)
+
+
 def test_logged_lr_is_the_one_the_step_used(data, tmp_path):
     """3 steps an epoch, the lr dropped after epoch 1: steps 1-3 at 1e-3, steps 4-6 at 1e-4."""
     train(tiny_config(data, tmp_path, lr_drop_epochs=[1]))
@@ -261,27 +300,38 @@ def test_logged_lr_is_the_one_the_step_used(data, tmp_path):
 
 
 class _Draws(torch.utils.data.Dataset):
-    """Each item is a random number drawn in the worker, as the augmentations draw theirs."""
+    """Item i is (i, a random number drawn where it loads), as the augmentations draw theirs."""
 
     def __len__(self):
-        return 4
+        return 6
 
     def __getitem__(self, index):
-        return torch.rand(())
+        return torch.tensor([float(index), torch.rand(()).item()])
 
 
-def test_workers_augment_differently_per_process_and_epoch_and_resume_alike(data, tmp_path):
+def _epoch(rank, epoch, start=0, num_workers=0, world_size=2):
+    sampler = ResumableSampler(6, seed=0, rank=rank, world_size=world_size)
+    sampler.set_epoch(epoch, start)
     loader = torch.utils.data.DataLoader(
-        _Draws(), batch_size=4, num_workers=1, generator=torch.Generator(), multiprocessing_context="fork"
-    )
+        SeededSamples(_Draws()), batch_size=1, sampler=sampler, num_workers=num_workers,
+        generator=torch.Generator(), multiprocessing_context="fork" if num_workers else None,
+    )  # fmt: skip
+    return torch.cat(list(loader)).tolist()
 
-    def draws(rank, epoch):
-        seed_workers(loader, 0, rank, epoch)
-        return next(iter(loader)).tolist()
 
-    first = {(rank, epoch): draws(rank, epoch) for rank in (0, 1) for epoch in (0, 1)}
-    assert len({tuple(v) for v in first.values()}) == 4  # every process and epoch its own stream
-    assert draws(1, 1) == first[1, 1]  # epoch 1 alike, whether or not epoch 0 ran in this process
+def test_augmentations_depend_on_seed_epoch_and_position_only():
+    """Each sample draws the same numbers in the main process or a worker, resumed part way or not;
+    processes and epochs draw their own; the caller's generator is left as it was."""
+    state = torch.get_rng_state()
+    first = {(rank, epoch): _epoch(rank, epoch) for rank in (0, 1) for epoch in (0, 1)}
+    assert torch.equal(torch.get_rng_state(), state)
+    draws = [d for _, d in sum(first.values(), [])]
+    assert len(set(draws)) == len(draws) == 12  # every process, epoch and position its own stream
+    assert _epoch(1, 1, num_workers=1) == first[1, 1]
+    assert _epoch(1, 1, start=2, num_workers=2) == first[1, 1][2:]
+    # one process reads the same samples, drawing the same numbers, as the two together
+    alone = _epoch(0, 1, world_size=1)
+    assert sorted(map(tuple, alone)) == sorted(map(tuple, first[0, 1] + first[1, 1]))
 
 
 def test_resume_drops_the_metrics_logged_after_the_last_checkpoint(data, tmp_path):
@@ -320,7 +370,8 @@ def test_sampler_splits_and_resumes():
         s.set_epoch(1)
     orders = [list(s) for s in samplers]
     assert all(len(o) == len(s) == 4 for o, s in zip(orders, samplers, strict=True))
-    assert set(orders[0]) | set(orders[1]) == set(range(7))
+    assert {i for o in orders for i, _ in o} == set(range(7))
+    assert len({seed for o in orders for _, seed in o}) == 8  # the wrapped-around index draws anew
     samplers[0].set_epoch(1, start=3)
     assert list(samplers[0]) == orders[0][3:]
     samplers[0].set_epoch(2)
@@ -469,6 +520,22 @@ def test_metrics_log_writes_strict_json(tmp_path):
     }
     MetricsLog(tmp_path / "rank1", enabled=False).log(3, "val", {"AP": 0.5})  # DDP ranks other than 0
     assert not (tmp_path / "rank1").exists()
+
+
+@pytest.mark.parametrize("evaluated", [False, True])
+def test_a_resumed_log_keeps_what_the_checkpoint_holds(tmp_path, evaluated):
+    """Resumed from step 2: later lines go, and step 2's evaluation unless the checkpoint holds it (a
+    kill between the evaluation's line and the checkpoint after it); a stale partial rewrite goes."""
+    log = MetricsLog(tmp_path, enabled=True)
+    for step, kind in [(1, "train"), (2, "train"), (2, "val"), (3, "train")]:
+        log.log(step, kind, {"loss": 1.0})
+    log.close()
+    (tmp_path / ".metrics.jsonl.abc.tmp").write_text("half")
+    MetricsLog(tmp_path, enabled=True, resume_step=2, resume_evaluated=evaluated).close()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    kept = [(1, "train"), (2, "train"), *([(2, "val")] if evaluated else [])]
+    assert [(line["step"], line["kind"]) for line in lines] == kept
+    assert [f.name for f in tmp_path.iterdir() if f.name.endswith(".tmp")] == []
 
 
 def test_predictions_come_back_in_each_images_original_pixels(data):
