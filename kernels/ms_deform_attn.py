@@ -341,6 +341,10 @@ _fwd_tuned = _autotuned(_ms_deform_attn_fwd_kernel, "forward")
 _bwd_tuned = _autotuned(_ms_deform_attn_bwd_kernel, "backward", reset_to_zero=["grad_value_ptr"])
 
 
+MAX_BATCH_HEADS = 65535
+"""CUDA's limit on a grid's second axis, which runs over N * M."""
+
+
 def _launch(kernel, tuned, direction: str, lq: int, batch_heads: int, *args, **meta) -> None:
     """Grid (Lq blocks, N * M); autotuned on large CUDA launches, else the first fitting candidate."""
 
@@ -422,6 +426,12 @@ def _unflatten(spatial_shapes: list[int]) -> Shapes:
     return tuple(zip(flat[0::2], flat[1::2], strict=True))
 
 
+def _triton_path(value: torch.Tensor) -> bool:
+    """The kernels sum in fp32: fp64 values take the reference, so fp64 means fp64 on every device
+    (what gradcheck needs)."""
+    return use_triton(value) and value.dtype != torch.float64
+
+
 @torch.library.custom_op("jcra::ms_deform_attn", mutates_args=())
 def _ms_deform_attn_op(
     value: torch.Tensor,
@@ -431,7 +441,7 @@ def _ms_deform_attn_op(
     attention_weights: torch.Tensor,
     deterministic: bool,
 ) -> torch.Tensor:
-    if use_triton(value):
+    if _triton_path(value):
         return _ms_deform_attn_forward_triton(
             value.contiguous(), levels, sampling_locations.contiguous(), attention_weights.contiguous()
         )
@@ -454,7 +464,7 @@ def _ms_deform_attn_backward_op(
     attention_weights: torch.Tensor,
     deterministic: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if use_triton(value):
+    if _triton_path(value):
         grad_value, grad_loc, grad_attn = _ms_deform_attn_backward_triton(
             grad_output.contiguous(), value.contiguous(), levels,
             sampling_locations.contiguous(), attention_weights.contiguous(), deterministic,
@@ -510,10 +520,11 @@ def ms_deform_attn(
     """Multi-scale deformable attention; returns [N, Lq, M * D] in the value's dtype.
 
     Shapes and the sampling convention are in the module docstring. Differentiable in value,
-    sampling_locations and attention_weights. Accumulates in fp32; locations are used in fp32 whatever
-    their dtype. ``spatial_shapes`` and ``level_start_index`` may be tensors (Deformable-DETR's
-    interface: read once to the host, a sync on CUDA) or Python ints (no sync, and what keeps
-    ``torch.compile(fullgraph=True)`` graphs whole); ``level_start_index=None`` derives it.
+    sampling_locations and attention_weights. Accumulates in fp32 (fp64 values run the fp64 reference);
+    locations are used in fp32 whatever their dtype. ``spatial_shapes`` and ``level_start_index`` may be
+    tensors (Deformable-DETR's interface: read once to the host, a sync on CUDA) or Python ints (no
+    sync, and what keeps ``torch.compile(fullgraph=True)`` graphs whole); ``level_start_index=None``
+    derives it.
     ``deterministic`` (default: ``torch.are_deterministic_algorithms_enabled()``) makes the value
     gradient atomic-free and bitwise reproducible, at the cost of a sort.
     """
@@ -556,6 +567,8 @@ def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, 
     if not shapes or any(h <= 0 or w <= 0 for h, w in shapes):
         raise ValueError(f"spatial_shapes must hold at least one level of positive sizes, got {shapes}")
     N, S, M, _ = value.shape
+    if N * M > MAX_BATCH_HEADS:
+        raise ValueError(f"value: N * M = {N} * {M} exceeds {MAX_BATCH_HEADS}, the kernels' grid limit")
     L = len(shapes)
     total = sum(h * w for h, w in shapes)
     if S != total:

@@ -105,6 +105,37 @@ def test_matches_reference(case, dtype, atol, rtol, deterministic, poisoned):
     assert_matches(got, want, atol, rtol)
 
 
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+def test_locations_on_the_grid_lines_match_reference(deterministic, poisoned):
+    """Where bilinear sampling has kinks: the map's borders 0 and 1, pixel edges k / W and pixel centres
+    (k + 0.5) / W, each axis drawn from them; the one-sided gradient there must be grid_sample's. Sizes
+    are powers of two, so these locations and their pixels are exact in fp32 and fp64 alike (a rounded
+    one could fall on the other side of a kink in one of them)."""
+    N, Lq, M, D, shapes, P = 2, 6, 2, 8, ((4, 8), (2, 1)), 4
+    value, _, attn = make_inputs(N, Lq, M, D, shapes, P, torch.float32, seed=21)
+    gen = torch.Generator().manual_seed(22)
+    loc = torch.empty(N, Lq, M, len(shapes), P, 2)
+    for level, (h, w) in enumerate(shapes):
+        for axis, size in enumerate((w, h)):
+            lines = torch.cat([torch.arange(size + 1) / size, (torch.arange(size) + 0.5) / size])
+            pick = torch.randint(len(lines), loc[..., level, :, axis].shape, generator=gen)
+            loc[..., level, :, axis] = lines[pick]
+    loc = loc.to(DEVICE)
+    grad = torch.randn(N, Lq, M * D, device=DEVICE)
+    got = run(lambda *a: fused(*a, deterministic=deterministic), value, shapes, loc, attn, grad)
+    assert_matches(got, run(reference64, value, shapes, loc, attn, grad.double()), *DTYPES[0][1:])
+
+
+@pytest.mark.parametrize(("N", "Lq"), [(0, 5), (2, 0)], ids=["no-images", "no-queries"])
+def test_empty_batches_and_query_sets(N, Lq):
+    shapes = ((4, 5), (3, 2))
+    value, loc, attn = make_inputs(N, Lq, 2, 8, shapes, 3, torch.float32, seed=23)
+    got = run(fused, value, shapes, loc, attn, torch.randn(N, Lq, 16, device=DEVICE))
+    assert got[0].shape == (N, Lq, 16)
+    assert [g.shape for g in got[1:]] == [value.shape, loc.shape, attn.shape]
+    assert not got[1].any()  # nothing sampled: no gradient reaches the values
+
+
 def _ulp(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The spacing of ``dtype`` numbers at each value of ``x`` (fp64)."""
     bits, min_exponent = {torch.bfloat16: (7, -126), torch.float16: (10, -14)}[dtype]
@@ -148,16 +179,18 @@ def test_autotuned_launch_matches_reference(dtype, atol, rtol):
     assert_matches(got, want, atol, rtol)
 
 
-@pytest.mark.parametrize("block_d", [4, 8, 16, 32, 64, 128, 256, 512])
-@pytest.mark.parametrize("direction", ["forward", "backward"])
-def test_launch_candidates_fit_the_register_budget(block_d, direction):
-    """Every candidate config holds 4 to 16 (backward 8) tile elements a thread; very wide D gets the
-    smallest tile rather than none."""
-    fits = msda._candidates(block_d, direction)
-    most = msda._MAX_PER_THREAD[direction]
-    in_budget = [(q, w) for q, w in msda._CANDIDATES if 4 <= q * block_d // (32 * w) <= most]
-    assert fits == (in_budget or [(4, 4)])
-    assert fits != [(4, 4)] or block_d >= 256  # the fallback only where no config fits
+@pytest.mark.parametrize(
+    ("block_d", "direction", "expected"),
+    [  # (BLOCK_Q, warps) holding BLOCK_Q * BLOCK_D / (32 * warps) = 4 to 16 (backward 8) elements a thread
+        (8, "forward", [(128, 4), (64, 4)]),
+        (32, "forward", [(64, 4), (32, 4), (16, 4), (64, 8), (32, 8)]),
+        (64, "backward", [(16, 4), (8, 4), (32, 8)]),
+        (512, "forward", [(4, 4)]),  # 16 elements: just in budget
+        (512, "backward", [(4, 4)]),  # 16 > 8: none fits, the smallest tile rather than none
+    ],
+)
+def test_launch_candidates_fit_the_register_budget(block_d, direction, expected):
+    assert msda._candidates(block_d, direction) == expected
 
 
 def test_noncontiguous_inputs_and_sum_backward():
@@ -270,6 +303,24 @@ def test_reference_gradcheck_float64():
     loc = loc.double().cpu()
     inputs = [t.cpu().double().requires_grad_() for t in (value, loc, attn)]
     assert torch.autograd.gradcheck(lambda v, lc, a: ms_deform_attn_reference(v, shapes, lc, a), inputs)
+
+
+def test_float64_values_run_in_float64():
+    """The kernels sum in fp32; fp64 values take the fp64 reference on every device, so the public
+    function passes gradcheck (in value and weights: locations are used in fp32)."""
+    shapes = ((3, 4), (2, 2))
+    value, loc, attn = make_inputs(1, 2, 2, 3, shapes, 2, torch.float64, seed=9, outside=0.2)
+    inputs = [value.double().requires_grad_(), attn.double().requires_grad_()]
+    assert torch.autograd.gradcheck(lambda v, a: fused(v, shapes, loc, a), inputs)
+
+
+def test_more_batch_heads_than_the_grid_holds_are_refused():
+    shapes = ((5, 4), (2, 3))
+    value, loc, attn = make_inputs(1, 3, 1, 8, shapes, 2, torch.float32, seed=0)
+    n = msda.MAX_BATCH_HEADS + 1
+    many = [t.expand(n, *t.shape[1:]) for t in (value, loc, attn)]
+    with pytest.raises(ValueError, match=r"value: N \* M = 65536 \* 1 exceeds 65535"):
+        fused(many[0], shapes, many[1], many[2])
 
 
 def test_opcheck():
