@@ -5,7 +5,6 @@ rows, and torch.profiler's tables.
 step, phase by phase) use them; ``bench.report`` draws their rows as ``stages.png``.
 """
 
-import platform
 import time
 
 import torch
@@ -16,6 +15,13 @@ from torch.profiler import ProfilerActivity, profile
 from bench.report import STAGE_GROUP
 
 CUDA = torch.cuda.is_available()
+
+
+def device_name() -> str:
+    """What benchmark rows record as their ``device``: the GPU's name, or ``"cpu"``, by which
+    ``bench.report`` tells a CPU run (the processor's name could pass for a GPU's; the CPU's model is
+    in pytest-benchmark's ``machine_info``)."""
+    return torch.cuda.get_device_name() if CUDA else "cpu"
 
 
 def static_compile(fn):
@@ -62,8 +68,7 @@ def benchmark_json(times: dict[str, float], group: str, **info) -> dict:
     ``group`` follows :data:`STAGE_GROUP`; ``info`` (model, batch, image, source...) goes into every
     row's ``extra_info`` with the device and versions.
     """
-    device = torch.cuda.get_device_name() if CUDA else platform.processor() or "cpu"
-    info = {**info, "device": device, "torch": torch.__version__, "triton": triton.__version__}
+    info = {**info, "device": device_name(), "torch": torch.__version__, "triton": triton.__version__}
     return {
         "machine_info": {},
         "benchmarks": [

@@ -15,7 +15,10 @@ also timed the baselines flip-tested (``dekr+flip``), as their published test se
 table compares against those too (summary keys ``..._flip_tested``). Stage times
 from ``bench.profile_end_to_end`` and ``bench.profile_train_step`` (``--json``) become
 ``stages.png``. ``summary.json`` holds the headline ratios the benchmark issue names, each from
-timings of one process (null where the run did not measure them).
+timings of one process (null where the run did not measure them), the GPU (null on a CPU) and, under
+``cuda_graph_skips``, the rows whose compiled graph fell out of CUDA graphs, which table.md also names
+above its table: their times are not of the replayed graph the suite means to time, and ratios taken
+from them are off.
 """
 
 import argparse
@@ -332,17 +335,45 @@ def _crowd_speedups(groups: dict, batch: int, methods=BOTTOM_UP) -> dict[str, fl
     return {str(n): min(row[m] for m in methods) / row["jcra"] for n, row in crowd.items()} or None
 
 
+def cuda_graph_skips(groups: dict) -> dict[str, int]:
+    """{"group/provider": skips} of the rows that recorded ``cuda_graph_skips`` above zero (Inductor's
+    ``cudagraph_skips``: a compiled graph that ran outside CUDA graphs), the group named as in the
+    table (with its source when several files hold it)."""
+    return {
+        f"{_label(group, row, rows)}/{row['provider']}": row["info"]["cuda_graph_skips"]
+        for group, rows in sorted(groups.items())
+        for row in rows
+        if row["info"].get("cuda_graph_skips", 0) > 0
+    }
+
+
+def skips_markdown(groups: dict) -> str:
+    """A note naming the rows of :func:`cuda_graph_skips`, empty when there are none."""
+    skips = cuda_graph_skips(groups)
+    if not skips:
+        return ""
+    lines = [
+        "**Fell out of CUDA graphs** (`cuda_graph_skips` > 0): these rows did not time the replayed graph"
+        " their suite means to time, so every ratio taken from them, the crowd table's included, is off.\n"
+    ]
+    lines += [f"- {name}: cuda_graph_skips = {count}" for name, count in skips.items()]
+    return "\n".join(lines) + "\n\n"
+
+
 def summary(groups: dict) -> dict:
     """The headline ratios (the benchmark issue's summary.json), each from one process's timings."""
     infos = [r["info"] for rows in groups.values() for r in rows]
-    info = next((i for i in infos if i.get("device") not in (None, "cpu")), infos[0] if infos else {})
+    gpu = next(
+        (i for i in infos if i.get("device") not in (None, "cpu")), None
+    )  # bench.profiling.device_name
+    info = gpu or (infos[0] if infos else {})
     # not every suite records triton's version (the bottom-up baselines do not use it)
     triton_version = info.get("triton") or next((i["triton"] for i in infos if i.get("triton")), None)
     # the whole forward compiled if it ran, else the transformer alone (what train.compile=true runs)
     train = [(p, _ratio(groups, r"train step .*", "reference", p)) for p in TRAIN_PROVIDERS]
     train_provider, train_speedup = next(((p, r) for p, r in train if r), (None, None))
     return {
-        "gpu": info.get("device"),
+        "gpu": gpu["device"] if gpu else None,
         "torch": info.get("torch"),
         "triton": triton_version,
         "e2e_speedup_vs_bottom_up": _crowd_speedups(groups, 1),
@@ -358,6 +389,7 @@ def summary(groups: dict) -> dict:
             groups, r"pose_matching_cost .* G=20 .*", "reference", "triton"
         ),
         "matcher_speedup_vs_scipy": _ratio(groups, r"linear_assignment N=\d+ Q=\d+ G=20", "scipy", "triton"),
+        "cuda_graph_skips": cuda_graph_skips(groups),
     }
 
 
@@ -378,10 +410,10 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     headline = summary(groups)
     cpu = machine.get("cpu", {}).get("brand_raw", "?")
-    header = (
-        f"device: {headline['gpu']}, torch {headline['torch']}, triton {headline['triton']}, cpu: {cpu}\n\n"
-    )
-    (args.out / "table.md").write_text(header + markdown_table(groups) + crowd_markdown(groups))
+    device = headline["gpu"] or "cpu"
+    header = f"device: {device}, torch {headline['torch']}, triton {headline['triton']}, cpu: {cpu}\n\n"
+    table = header + skips_markdown(groups) + markdown_table(groups) + crowd_markdown(groups)
+    (args.out / "table.md").write_text(table)
     (args.out / "summary.json").write_text(json.dumps(headline, indent=2) + "\n")
     plots = [plot_speedups(groups, args.out), plot_crowd(groups, args.out), plot_stages(groups, args.out)]
     names = ", ".join(str(p) for p in plots if p)

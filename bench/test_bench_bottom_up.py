@@ -20,8 +20,6 @@ rendered from the mirrored crowd (its tags numbering the people in reverse) with
 Run: ``pytest bench/test_bench_bottom_up.py``.
 """
 
-import platform
-
 import pytest
 import scipy
 import torch
@@ -42,6 +40,7 @@ from bench.baselines.render import (
     render_tags,
     synthesize_crowd,
 )
+from bench.profiling import device_name
 from jcra.backbone import resnet
 from jcra.postprocess import coco_records
 from tests.shared_data import SHARED_DATA
@@ -50,7 +49,22 @@ CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 STRIDE = 4
 IMAGE_HW = (800, 1333) if CUDA else (512, 768)
-MAP_HW = (-(-IMAGE_HW[0] // STRIDE), -(-IMAGE_HW[1] // STRIDE))
+
+
+def network_map_hw(image_hw: tuple[int, int]) -> tuple[int, int]:
+    """The networks' map size for ``image_hw``: each of ResNet's five stride-2 layers rounds up
+    (1333 -> 667 -> 334 -> 167 -> 84 -> 42), then the head doubles C5 three times to stride 4 (336,
+    where ceil(1333 / 4) would be 334). ``test_bench_network`` checks it against the networks' output."""
+
+    def c5(side: int) -> int:
+        for _ in range(5):
+            side = -(-side // 2)
+        return side
+
+    return tuple(c5(side) * 32 // STRIDE for side in image_hw)
+
+
+MAP_HW = network_map_hw(IMAGE_HW)
 PEOPLE = (1, 5, 10, 20, 50) if CUDA else (1, 5, 20)
 BATCHES = (1, 8) if CUDA else (1,)
 NOISE = 0.02
@@ -111,7 +125,7 @@ def build_network(method: str) -> nn.Module:
 def _info(benchmark, **shape):
     benchmark.extra_info.update(
         **shape,
-        device=torch.cuda.get_device_name() if CUDA else platform.processor() or "cpu",
+        device=device_name(),
         torch=torch.__version__,
         scipy=scipy.__version__,
     )
@@ -170,5 +184,6 @@ def test_bench_network(benchmark, method, batch):
         backbone="resnet50 C5, ImageNet layout (frozen BN)",
         compiled=CUDA,
     )
-    benchmark.pedantic(target, rounds=10 if CUDA else 2, warmup_rounds=2 if CUDA else 1)
+    maps = benchmark.pedantic(target, rounds=10 if CUDA else 2, warmup_rounds=2 if CUDA else 1)
+    assert tuple(maps[0].shape[-2:]) == MAP_HW  # the post-processing suite's maps are this size
     benchmark.extra_info["cuda_graph_skips"] = torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]

@@ -23,6 +23,7 @@ import torch
 import triton
 from PIL import Image
 
+from bench.profiling import device_name
 from jcra import build_model
 from jcra.postprocess import PostProcess
 
@@ -75,7 +76,7 @@ def inference(provider: str, batch: int, model=None):
     orig_sizes = torch.tensor([IMAGE] * batch)
     autocast = provider == "jcra" and CUDA
 
-    @torch.no_grad()
+    @torch.inference_mode()  # as the bottom-up networks are timed
     def infer():
         with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
             outputs = model(images)
@@ -101,7 +102,7 @@ def test_end_to_end(benchmark, provider, batch):
         image=IMAGE,
         dtype="bf16 autocast" if provider == "jcra" and CUDA else "fp32",
         cuda_graph_skips=torch._dynamo.utils.counters["inductor"]["cudagraph_skips"],
-        device=torch.cuda.get_device_name() if CUDA else "cpu",
+        device=device_name(),
         torch=torch.__version__,
         triton=triton.__version__,
         images_per_second=batch / benchmark.stats.stats.median,

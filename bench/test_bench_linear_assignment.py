@@ -20,14 +20,13 @@ solver's 4096 columns, so it solves on each column's 20 cheapest rows (``test_be
 Run: ``pytest bench/test_bench_linear_assignment.py``, then ``python -m bench.report``.
 """
 
-import platform
-
 import pytest
 import scipy
 import torch
 import triton
 from scipy.optimize import linear_sum_assignment
 
+from bench.profiling import device_name
 from kernels.linear_assignment import linear_assignment
 
 CUDA = torch.cuda.is_available()
@@ -112,7 +111,7 @@ def _bench(benchmark, provider: str, cost, num_gt, name: str = "linear_assignmen
         provider=provider,
         shape={"problems": n, "Q": q, "G": g},
         dtype=str(cost.dtype),
-        device=torch.cuda.get_device_name() if CUDA else platform.processor() or "cpu",
+        device=device_name(),
         torch=torch.__version__,
         triton=triton.__version__,
         scipy=scipy.__version__,

@@ -21,7 +21,7 @@ import pytest
 import torch
 import triton
 
-from bench.profiling import static_compile
+from bench.profiling import device_name, static_compile
 from kernels.ms_deform_attn import ms_deform_attn, ms_deform_attn_reference
 
 CUDA = torch.cuda.is_available()
@@ -149,7 +149,7 @@ def test_ms_deform_attn(benchmark, provider, shape, mode, dtype):
         shape=shape,
         mode=mode,
         dtype=dtype,
-        device=torch.cuda.get_device_name() if CUDA else "cpu",
+        device=device_name(),
         torch=torch.__version__,
         triton=triton.__version__,
         image=IMAGE,

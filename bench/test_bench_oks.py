@@ -18,14 +18,13 @@ versions and, on CUDA, the peak memory of one call. Run: ``pytest bench/test_ben
 """
 
 import importlib
-import platform
 
 import pytest
 import torch
 import triton
 from scipy.optimize import linear_sum_assignment
 
-from bench.profiling import static_compile
+from bench.profiling import device_name, static_compile
 from jcra.matcher import HungarianMatcher
 from jcra.targets import pad_targets
 from kernels.oks import COCO_SIGMAS, pose_matching_cost, pose_matching_cost_reference
@@ -81,7 +80,7 @@ def _extra_info(benchmark, provider, fn, args, shape, dtype):
         provider=provider,
         shape=shape,
         dtype=str(dtype),
-        device=torch.cuda.get_device_name() if CUDA else platform.processor() or "cpu",
+        device=device_name(),
         torch=torch.__version__,
         triton=triton.__version__,
     )

@@ -22,6 +22,7 @@ import pytest
 import torch
 import triton
 
+from bench.profiling import device_name
 from jcra import build_model
 from jcra.criterion import SetCriterion
 from jcra.matcher import HungarianMatcher
@@ -119,7 +120,7 @@ def test_train_step(benchmark, provider):
         image=IMAGE,
         people_per_image=PEOPLE,
         dtype="bf16 autocast" if CUDA else "fp32",
-        device=torch.cuda.get_device_name() if CUDA else "cpu",
+        device=device_name(),
         torch=torch.__version__,
         triton=triton.__version__,
         images_per_second=BATCH / benchmark.stats.stats.median,

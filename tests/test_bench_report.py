@@ -419,3 +419,60 @@ def test_print_profile_profiles_every_step_and_lists_the_rows_asked(capsys):
     host_table = capsys.readouterr().out.split(" Name ")[-1]  # the last table: host time (CPU and CUDA)
     ops = [line for line in host_table.splitlines() if line.strip().startswith("aten::")]
     assert len(calls) == 3 and len(ops) == 2
+
+
+def test_a_cpu_run_names_no_gpu(tmp_path, monkeypatch):
+    """A CPU names itself "cpu" in benchmark rows, whatever platform.processor() says ("x86_64" on
+    Fedora, which summary.json once took for a GPU's name): its gpu is null and table.md names the
+    device cpu."""
+    import bench.profiling as profiling
+
+    monkeypatch.setattr(profiling, "CUDA", False)
+    monkeypatch.setattr("platform.processor", lambda: "x86_64")
+    rows = profiling.benchmark_json({"encoder": 2.0}, "jcra, batch 1")["benchmarks"]
+    assert profiling.device_name() == "cpu" and rows[0]["extra_info"]["device"] == "cpu"
+    main([str(write_run(tmp_path / "cpu.json", rows)), "--out", str(tmp_path / "out")])
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["gpu"] is None
+    assert (tmp_path / "out" / "table.md").read_text().startswith("device: cpu,")
+
+
+def test_rows_that_fell_out_of_cuda_graphs_are_named(tmp_path):
+    """A row with cuda_graph_skips above zero is named in a note above the table and in summary.json's
+    cuda_graph_skips; the headline keys stay as they were, and a run without skips has no note."""
+    post = {"associative_embedding": {1: 1.0}, "dekr": {1: 2.0}}
+    rows = crowd_rows(10.0, {"associative_embedding": 12.0, "dekr": 14.0}, post)
+    for row in rows:
+        row["extra_info"]["cuda_graph_skips"] = 0
+    next(r for r in rows if r["name"] == "net[dekr-1]")["extra_info"]["cuda_graph_skips"] = 2
+    main([str(write_run(tmp_path / "crowd.json", rows)), "--out", str(tmp_path / "out")])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["cuda_graph_skips"] == {"bottom-up network, batch 1/dekr": 2}
+    assert summary["e2e_speedup_vs_bottom_up"] == {"1": 1.3}  # still reported, with the note beside it
+    table = (tmp_path / "out" / "table.md").read_text()
+    note = table.split("| group |")[0]
+    assert (
+        "Fell out of CUDA graphs" in note
+        and "- bottom-up network, batch 1/dekr: cuda_graph_skips = 2" in note
+    )
+    assert "associative_embedding" not in note and "jcra" not in note
+
+    next(r for r in rows if r["name"] == "net[dekr-1]")["extra_info"]["cuda_graph_skips"] = 0
+    main([str(write_run(tmp_path / "clean.json", rows)), "--out", str(tmp_path / "clean")])
+    summary = json.loads((tmp_path / "clean" / "summary.json").read_text())
+    assert summary["cuda_graph_skips"] == {}
+    assert "CUDA graphs" not in (tmp_path / "clean" / "table.md").read_text()
+    assert set(summary) == {
+        "gpu",
+        "torch",
+        "triton",
+        "e2e_speedup_vs_bottom_up",
+        "e2e_speedup_vs_bottom_up_batch8",
+        "e2e_speedup_vs_bottom_up_flip_tested",
+        "e2e_speedup_vs_bottom_up_flip_tested_batch8",
+        "train_step_speedup",
+        "train_step_provider",
+        "msda_fwd_bwd_speedup_vs_compiled_reference",
+        "matching_cost_speedup_vs_broadcast",
+        "matcher_speedup_vs_scipy",
+        "cuda_graph_skips",
+    }

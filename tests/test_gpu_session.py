@@ -1,10 +1,14 @@
-"""bench.gpu_session: every section names files and tests that exist, and a session runs on the CPU.
+"""bench.gpu_session: every section names files and tests that exist, a section's ``-k`` picks the tests
+it means, and a session runs on the CPU.
 
 A renamed test or suite would otherwise surface only on a lent GPU, in its few minutes.
 """
 
 import ast
+import subprocess
+import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -95,6 +99,91 @@ def test_suites_write_a_json_each_and_the_msda_sections_select_theirs(tmp_path):
     for name, select in (("msda", gpu_session.MSDA_HEADLINE), ("msda_more", gpu_session.MSDA_MORE)):
         command = table[name][0]
         assert command[command.index("-k") + 1] == select
+
+
+# pytest run as on a GPU: the suites parametrise by torch.cuda.is_available() (batch 8 and 50 people
+# exist only there), so collection pretends it is; nothing is run
+COLLECT_AS_ON_A_GPU = (
+    "import sys, pytest, torch; torch.cuda.is_available = lambda: True; "
+    "sys.exit(pytest.main([*sys.argv[1:], '--collect-only']))"
+)
+SELECTED = ("msda", "msda_more", "matcher", "crowd_b1")
+"""The sections that pick tests with ``-k``, each checked below."""
+
+
+@pytest.fixture(scope="module")
+def selections(tmp_path_factory) -> dict[str, dict[str, set[str]]]:
+    """{section: {test function: its parameter ids}} that each selecting section's ``-k`` collects, all
+    sections collected at once in subprocesses (the venv's Python)."""
+    table = gpu_session.sections(tmp_path_factory.mktemp("session"))
+    assert all(table[name][0][:2] == ["-m", "pytest"] for name in SELECTED)
+    runs = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", COLLECT_AS_ON_A_GPU, *table[name][0][2:]],  # after "-m pytest"
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name in SELECTED
+    }
+    collected = {}
+    for name, run in runs.items():
+        out = run.communicate(timeout=120)[0]
+        assert run.returncode == 0, f"section {name} does not collect:\n{out}"
+        tests = defaultdict(set)
+        for line in out.splitlines():
+            if "::" in line:
+                function, _, params = line.split("::")[1].partition("[")
+                tests[function].add(params.rstrip("]"))
+        collected[name] = dict(tests)
+    return collected
+
+
+def test_every_selecting_section_is_checked(tmp_path):
+    table = gpu_session.sections(tmp_path)
+    assert {name for name, (command, _) in table.items() if "-k" in command} == set(SELECTED)
+
+
+def test_crowd_b1_selects_batch_one_and_every_postprocessing(selections):
+    """Every network and end-to-end test at batch 1 and none at 8, and the post-processing at every
+    crowd size (its tests have no batch), for each method."""
+    tests = selections["crowd_b1"]
+    assert set(tests) == {"test_bench_postprocess", "test_bench_network", "test_end_to_end"}
+    methods = {"associative_embedding", "dekr", "associative_embedding+flip", "dekr+flip"}
+    assert tests["test_bench_network"] == {f"{method}-b1" for method in methods}
+    assert tests["test_end_to_end"] == {"jcra-b1", "jcra-reference-b1"}
+    assert {params.rsplit("-", 1)[0] for params in tests["test_bench_postprocess"]} == methods
+    assert {params.rsplit("-", 1)[1] for params in tests["test_bench_postprocess"]} >= {"1", "50"}
+
+
+def test_msda_sections_select_their_groups_once(selections):
+    """msda: the encoder at batch 2 in bf16 (forward, forward+backward) and fp32 forward+backward, for
+    each provider; msda_more: bf16 forward+backward at every other shape; no test in both."""
+    headline = selections["msda"]["test_ms_deform_attn"]
+    more = selections["msda_more"]["test_ms_deform_attn"]
+    assert set(selections["msda"]) == set(selections["msda_more"]) == {"test_ms_deform_attn"}
+    providers = {"triton", "reference", "reference+compile"}
+    kinds = {"forward-bf16", "forward+backward-bf16", "forward+backward-fp32"}
+    assert headline == {f"{p}-encoder-b2-{kind}" for p in providers for kind in kinds}
+    assert more and not headline & more
+    assert all(p.endswith("-forward+backward-bf16") and "-encoder-b2-" not in p for p in more)
+    assert {p.split("-", 1)[1].removesuffix("-forward+backward-bf16") for p in more} >= {
+        "clustered-b2",
+        "encoder-b8",
+        "decoder-q300",
+        "decoder-q1800",
+    }
+
+
+def test_matcher_section_selects_the_matchers_only(selections):
+    tests = selections["matcher"]
+    assert set(tests) == {"test_bench_matcher", "test_bench_matcher_host_time"}
+    assert {params.split("-")[0] for params in tests["test_bench_matcher"]} == {
+        "padded",
+        "batched",
+        "per_image",
+    }
 
 
 def _stub_sections(monkeypatch, table: dict) -> None:

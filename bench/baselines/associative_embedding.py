@@ -10,10 +10,30 @@ every keypoint moves a quarter pixel towards its higher neighbour. Tags may be v
 (:mod:`bench.baselines.flip_test`) gives each pixel two, the image's and the mirrored image's, and
 distances between tags are then Euclidean, as in HigherHRNet.
 
-Two simplifications against HigherHRNet's test code, both making this baseline faster than published:
-it decodes at stride 4, where HigherHRNet first upsamples the maps to the image (``PROJECT2IMAGE``,
-16 times the pixels for NMS, top-k and refinement), and it matches each joint's peaks against every
-person found so far rather than the first ``max_people``.
+Deviations from HigherHRNet's test code (``lib/core/group.py`` and ``inference.py``, COCO settings), each
+with the way it moves this baseline's time against the published one's:
+
+- faster: it decodes at stride 4, where HigherHRNet first upsamples the maps to the image
+  (``PROJECT2IMAGE``, 16 times the pixels for NMS, top-k and refinement); the network stops at stride
+  4 too, without HigherHRNet's deconvolution to stride-2 heatmaps.
+- faster: the assignment is scipy's compiled ``linear_sum_assignment``, where ``py_max_match`` runs
+  the pure-Python ``munkres`` package, once per joint type.
+- faster: the quarter-pixel adjustment and the refinement run on the maps' device for all people and
+  joints at once, after one copy of the peaks to the host. HigherHRNet's ``adjust`` loops in Python
+  over people and joints comparing heatmap values one at a time (each a device-to-host read when the
+  maps are on the GPU), and ``parse`` copies the heatmaps and tags to the host
+  (``det[0].cpu().numpy()``) once per person before ``refine`` loops over its joints.
+- slower, slightly: each joint's peaks are matched against every person found so far, where
+  HigherHRNet matches against the first ``max_num_people`` (30) only; it shows past 30 people.
+- slower from 16 people: the crowd suite keeps ``max(30, 2N)`` peaks per joint for N people where
+  HigherHRNet's COCO setting keeps 30, so that a crowd of 50 can be found at all.
+- no direction claimed: the suite's network is a ResNet-50 (JCRA's backbone), HigherHRNet's an HRNet.
+
+Without effect on time: people are kept in a list where HigherHRNet keys a dict by their first tag
+value (two equal tags would merge them); keypoints stay on the maps' grid (:mod:`bench.baselines.render`)
+where HigherHRNet adds half a pixel; a peak between equal neighbours is not shifted, where HigherHRNet
+shifts it by -0.25. Flip testing is :mod:`bench.baselines.flip_test`'s (the image and its mirror in one
+batch: faster).
 """
 
 import math

@@ -25,8 +25,15 @@ def load_people(annotation_file: str | Path, min_keypoints: int = 8) -> list[tor
 
 
 def _grid(n: int, height: int, width: int) -> tuple[int, int]:
-    """Rows and columns of the most square-celled grid holding ``n`` people."""
-    cols = max(1, round(math.sqrt(n * width / (2 * height))))
+    """Rows and columns of the grid of at least ``n`` cells whose cells are the most square on a
+    ``height x width`` canvas: n squares of side ``s = sqrt(height * width / n)`` would cover it, so
+    ``width / s`` to a row, rounded down or up, whichever gives cells of width / height nearer 1."""
+
+    def skew(cols: int) -> float:  # |log(cell width / cell height)|
+        return abs(math.log(width / cols * math.ceil(n / cols) / height))
+
+    exact = math.sqrt(n * width / height)
+    cols = min({min(n, max(1, c)) for c in (math.floor(exact), math.ceil(exact))}, key=skew)
     return math.ceil(n / cols), cols
 
 
@@ -92,24 +99,30 @@ def _map_grid(out_hw: tuple[int, int], stride: int, device) -> tuple[torch.Tenso
     return ys, xs
 
 
-def _gaussians(points: torch.Tensor, out_hw, stride: int, sigma: float) -> torch.Tensor:
-    """Unit-peak Gaussians at ``points`` [..., 3] (x, y, v; zero where v == 0): [..., h, w]."""
+def _squared_distances(points: torch.Tensor, out_hw, stride: int) -> torch.Tensor:
+    """Squared distance (image pixels^2) from each map pixel to ``points`` [..., 3] (x, y, v):
+    [..., h, w], infinite where v == 0."""
     ys, xs = _map_grid(out_hw, stride, points.device)
     d2 = (xs - points[..., 0, None, None]) ** 2 + (ys - points[..., 1, None, None]) ** 2
-    g = torch.exp(-d2 / (2 * (sigma * stride) ** 2))
-    return g * (points[..., 2, None, None] > 0)
+    return torch.where(points[..., 2, None, None] > 0, d2, torch.inf)
+
+
+def _gaussians(d2: torch.Tensor, stride: int, sigma: float) -> torch.Tensor:
+    """Unit-peak Gaussians of ``sigma`` map pixels at squared distances ``d2`` (image pixels^2)."""
+    return torch.exp(-d2 / (2 * (sigma * stride) ** 2))
 
 
 def render_heatmaps(poses: torch.Tensor, out_hw: tuple[int, int], stride: int = 4, sigma: float = 2.0):
     """Keypoint heatmaps [K, h, w]: max over people of a Gaussian (``sigma`` in map pixels) per joint."""
-    return _gaussians(poses.transpose(0, 1), out_hw, stride, sigma).amax(1)
+    return _gaussians(_squared_distances(poses.transpose(0, 1), out_hw, stride), stride, sigma).amax(1)
 
 
-def render_tags(poses: torch.Tensor, out_hw: tuple[int, int], stride: int = 4, sigma: float = 2.0):
+def render_tags(poses: torch.Tensor, out_hw: tuple[int, int], stride: int = 4):
     """Associative-embedding tag maps [K, h, w]: each pixel holds the tag of the person whose joint is
-    nearest, person ``p`` having tag ``p`` (trained tags separate people by about one unit)."""
-    owner = _gaussians(poses.transpose(0, 1), out_hw, stride, sigma).argmax(1)
-    return owner.float()
+    nearest (by distance, so also far from every joint, where the Gaussians underflow to zero), person
+    ``p`` having tag ``p`` (trained tags separate people by about one unit). Where no person has the
+    joint labelled the tag is 0."""
+    return _squared_distances(poses.transpose(0, 1), out_hw, stride).argmin(1).float()
 
 
 def pose_centres(poses: torch.Tensor) -> torch.Tensor:
@@ -121,14 +134,15 @@ def pose_centres(poses: torch.Tensor) -> torch.Tensor:
 def render_dekr(poses: torch.Tensor, out_hw: tuple[int, int], stride: int = 4, sigma: float = 2.0):
     """DEKR targets: heatmaps [K + 1, h, w] (keypoints, then centre) and offsets [2K, h, w] in map pixels.
 
-    Offsets at a pixel point from it to the keypoints of the person whose centre is nearest (channels
-    ``2k, 2k + 1`` are x, y of joint k); unlabelled joints get offset zero.
+    Offsets at a pixel point from it to the keypoints of the person whose centre is nearest (by
+    distance, so also far from every centre; channels ``2k, 2k + 1`` are x, y of joint k); unlabelled
+    joints get offset zero.
     """
     centres = pose_centres(poses)
     labelled = (poses[..., 2] > 0).any(1, keepdim=True).float()
-    centre_points = torch.cat([centres, labelled], 1)
-    centre_g = _gaussians(centre_points, out_hw, stride, sigma)
-    owner = centre_g.argmax(0)
+    centre_d2 = _squared_distances(torch.cat([centres, labelled], 1), out_hw, stride)  # [P, h, w]
+    centre_g = _gaussians(centre_d2, stride, sigma)
+    owner = centre_d2.argmin(0)
     ys, xs = _map_grid(out_hw, stride, poses.device)
     owned = poses[owner]  # [h, w, K, 3]
     offsets = torch.stack([owned[..., 0] - xs[..., None], owned[..., 1] - ys[..., None]], -1) / stride
@@ -171,6 +185,7 @@ def pose_areas(poses: torch.Tensor) -> torch.Tensor:
 
 __all__ = [
     "add_noise",
+    "add_peak_noise",
     "load_people",
     "mirror_poses",
     "pose_areas",

@@ -20,6 +20,7 @@ from bench.baselines.associative_embedding import (
 from bench.baselines.dekr import decode_dekr, pose_nms
 from bench.baselines.flip_test import FLIP_TESTS, FlipTest, merge_associative_embedding, merge_dekr
 from bench.baselines.render import (
+    _grid,
     add_noise,
     add_peak_noise,
     load_people,
@@ -326,8 +327,24 @@ def test_associative_embedding_groups_the_higher_peak_of_equal_tag_distance():
 
 
 def test_associative_embedding_groups_in_higherhrnets_joint_order():
-    """Head, shoulders, hips, then limbs outward (HigherHRNet's ``joint_order``, 0-based)."""
-    assert COCO_JOINT_ORDER == (0, 1, 2, 3, 4, 5, 6, 11, 12, 7, 8, 9, 10, 13, 14, 15, 16)
+    """HigherHRNet's ``joint_order`` (1-based there: head, shoulders, hips, then limbs outward) is the
+    decoder's for COCO, and the order decides who is who. Lone peaks of tag 1.7 (left elbow, 7), 0.9
+    (left hip, 11) and 0.0 (right hip, 12): in HigherHRNet's order the hips group (mean tag 0.45) and
+    the elbow, 1.25 from them, starts a second person; in index order the elbow and the left hip group
+    (mean 1.3) and the right hip starts the second. Refinement then gives each first person the faint
+    left-ear peak nearer its mean tag: 0.4 (x = 8) or 1.3 (x = 48)."""
+    published = [1, 2, 3, 4, 5, 6, 7, 12, 13, 8, 9, 10, 11, 14, 15, 16, 17]
+    assert COCO_JOINT_ORDER == tuple(joint - 1 for joint in published)
+    heat, tags = torch.zeros(17, 16, 16), torch.zeros(17, 16, 16)
+    for joint, x, value, tag in ((7, 2, 0.9, 1.7), (11, 8, 0.9, 0.9), (12, 14, 0.9, 0.0)):
+        heat[joint, 2, x], tags[joint, 2, x] = value, tag
+    for x, tag in ((2, 0.4), (12, 1.3)):
+        heat[3, 10, x], tags[3, 10, x] = 0.05, tag  # below the detection threshold: found by refinement
+    default, _ = decode_associative_embedding(heat, tags, STRIDE)
+    explicit, _ = decode_associative_embedding(heat, tags, STRIDE, joint_order=COCO_JOINT_ORDER)
+    by_index, _ = decode_associative_embedding(heat, tags, STRIDE, joint_order=tuple(range(17)))
+    assert torch.equal(default, explicit)
+    assert default[:, 3, 0].tolist() == [8.0, 48.0] and by_index[:, 3, 0].tolist() == [48.0, 8.0]
 
 
 def test_associative_embedding_moves_each_peak_a_quarter_pixel_to_its_higher_neighbour():
@@ -358,6 +375,31 @@ def test_rendered_maps_have_their_gaussians_and_centres():
     assert heat[0, 3, 5] == 1 and heat[0, 3, 6] == pytest.approx(np.exp(-1 / 8)) and heat[3:].max() == 0
     torch.testing.assert_close(pose_centres(poses), torch.tensor([[(20 + 36 + 40) / 3, (12 + 28 + 40) / 3]]))
     assert pose_areas(poses).tolist() == [(40.0 - 20.0) * (40.0 - 12.0)]
+
+
+def test_tags_and_offsets_are_the_nearest_persons_far_from_every_joint_too():
+    """Person 0 at the map's left edge, person 1 at x = 600 px: at the right edge, some 200 px from
+    every joint, all Gaussians underflow to zero, and the tag and DEKR's offsets are still person
+    1's, not person 0's."""
+    poses = torch.zeros(2, 17, 3)
+    poses[0] = torch.tensor([8.0, 8.0, 2])
+    poses[1] = torch.tensor([600.0, 8.0, 2])
+    out_hw = (12, 200)  # 48 x 800 px
+    heat, offsets = render_dekr(poses, out_hw, STRIDE)
+    assert heat[:, :, -1].max() == 0
+    tags = render_tags(poses, out_hw, STRIDE)
+    assert tags[:, :, 0].eq(0).all() and tags[:, :, -1].eq(1).all()
+    far_x = STRIDE * (out_hw[1] - 1)
+    torch.testing.assert_close(offsets[0::2, 2, -1], torch.full((17,), (600.0 - far_x) / STRIDE))
+
+
+@pytest.mark.parametrize("n", [1, 5, 10, 20, 50])
+def test_crowd_grid_cells_are_about_square(n):
+    """At the GPU suite's 800x1333 the crowd's grid holds ``n`` people in cells of width / height
+    within [0.6, 1.7] (the first grid's cells were 2.5 times wider than tall at 50 people)."""
+    rows, cols = _grid(n, 800, 1333)
+    assert rows * cols >= n
+    assert 0.6 <= (1333 / cols) / (800 / rows) <= 1.7
 
 
 def test_add_noise_follows_its_seed():
@@ -428,8 +470,9 @@ def test_mirrored_dekr_maps_merge_back_into_the_images():
     out_hw = (hw[0] // STRIDE, hw[1] // STRIDE)
     gt = random_poses(4, *hw, seed=21)
     heat, offsets = render_dekr(gt, out_hw, STRIDE)
-    # people in the same order: far from every centre the nearest is a tie, which goes to person 0
-    mirrored = render_dekr(mirror_poses(gt, out_hw[1], STRIDE), out_hw, STRIDE)
+    # the mirror's people in reverse order: offsets everywhere point to the nearest person, whatever
+    # the order (far from every centre too, where all the centre Gaussians are zero)
+    mirrored = render_dekr(_mirrored(gt, out_hw), out_hw, STRIDE)
     merged_heat, merged_offsets = merge_dekr((heat, offsets), mirrored)
     torch.testing.assert_close(merged_heat, heat, atol=1e-5, rtol=0)
     torch.testing.assert_close(merged_offsets, offsets, atol=1e-4, rtol=0)
@@ -453,8 +496,7 @@ def test_mirrored_associative_embedding_maps_merge_back_into_the_images():
     )
     torch.testing.assert_close(merged_heat, heat, atol=1e-5, rtol=0)
     assert merged_tags.shape == (*tags.shape, 2) and torch.equal(merged_tags[..., 0], tags)
-    near_joints = heat > 0.1
-    assert (merged_tags[..., 1] == 3 - tags)[near_joints].all()
+    assert torch.equal(merged_tags[..., 1], 3 - tags)  # everywhere: the nearest person's tag
     halved, _ = merge_associative_embedding((heat, tags), (torch.zeros_like(heat), tags))  # averages
     torch.testing.assert_close(halved, heat / 2)
 
