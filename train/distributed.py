@@ -15,18 +15,24 @@ EVAL_TIMEOUT = datetime.timedelta(hours=1)
 
 
 def resolve_device(name: str, setting: str = "device") -> torch.device:
-    """auto, cpu, cuda or cuda:N (a GPU this machine has) as a torch device; ``auto`` is the local CUDA
-    device when there is one, else the CPU. A ValueError names ``setting`` for anything else."""
+    """auto, cpu, cuda or cuda:N as a torch device. ``auto`` is a GPU when torch sees one, else the CPU;
+    ``cuda`` (and ``auto`` on a GPU) is this process's ``LOCAL_RANK`` GPU (0 outside torchrun), so each
+    process of a torchrun job has its own; ``cuda:N`` names one GPU, refused under several processes
+    (NCCL refuses two on one GPU). A ValueError names ``setting`` for anything else, or a GPU this
+    machine lacks."""
     if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
         raise ValueError(f"{setting}: {name!r} is not auto, cpu, cuda or cuda:N")
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if name.startswith("cuda:") and world > 1:
+        raise ValueError(f"{setting}: {name!r} puts all {world} processes on one GPU; use auto or cuda")
+    device = (
+        torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if ":" not in name else torch.device(name)
+    )
+    if device.index >= torch.cuda.device_count():
         raise ValueError(
-            f"{setting}: {name!r}, but this machine has {torch.cuda.device_count()} CUDA devices"
+            f"{setting}: {name!r} is GPU {device.index}, but this machine has {torch.cuda.device_count()}"
         )
     return device
 

@@ -185,7 +185,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch):
         ({"rotation": float("inf")}, "rotation must be a finite number"),
         ({"lr_backbone_mult": float("inf")}, "lr_backbone_mult must be a finite number"),
         ({"device": "gpu"}, "device: 'gpu' is not auto, cpu, cuda or cuda:N"),
-        ({"device": "cuda:99"}, "device: 'cuda:99', but this machine has"),
+        ({"device": "cuda:99"}, "device: 'cuda:99' is GPU 99, but this machine has"),
     ],
 )
 def test_bad_input_fails_before_training(data, tmp_path, change, message):
@@ -574,12 +574,21 @@ def test_reduce_mean_averages_over_processes(monkeypatch):
     assert processes.reduce_mean(value, 2) == 1.5 and value.item() == 1.5  # the input is left as it was
 
 
-def test_auto_device_is_each_processes_local_gpu(monkeypatch):
-    """Under torchrun each process's "auto" is its LOCAL_RANK's GPU, not cuda:0 for all."""
+def test_auto_and_cuda_are_each_processes_local_gpu(monkeypatch):
+    """Under torchrun each process's "auto" and "cuda" is its LOCAL_RANK's GPU, not cuda:0 for all, and
+    one named GPU for every process is refused."""
     import train.distributed as processes
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert processes.resolve_device("auto") == torch.device("cuda", 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert processes.resolve_device("auto") == processes.resolve_device("cuda") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match="device: 'cuda:0' puts all 2 processes on one GPU"):
+        processes.resolve_device("cuda:0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert processes.resolve_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match="--device: 'cuda:2' is GPU 2, but this machine has 2"):
+        processes.resolve_device("cuda:2", "--device")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert processes.resolve_device("auto") == torch.device("cpu")
