@@ -347,6 +347,8 @@ MAX_BATCH_HEADS = 65535
 
 def _launch(kernel, tuned, direction: str, lq: int, batch_heads: int, *args, **meta) -> None:
     """Grid (Lq blocks, N * M); autotuned on large CUDA launches, else the first fitting candidate."""
+    if batch_heads > MAX_BATCH_HEADS:
+        raise ValueError(f"value: N * M = {batch_heads} exceeds {MAX_BATCH_HEADS}, the kernels' grid limit")
 
     def grid(cfg):
         return (triton.cdiv(lq, cfg["BLOCK_Q"]), batch_heads)
@@ -520,11 +522,11 @@ def ms_deform_attn(
     """Multi-scale deformable attention; returns [N, Lq, M * D] in the value's dtype.
 
     Shapes and the sampling convention are in the module docstring. Differentiable in value,
-    sampling_locations and attention_weights. Accumulates in fp32 (fp64 values run the fp64 reference);
-    locations are used in fp32 whatever their dtype. ``spatial_shapes`` and ``level_start_index`` may be
-    tensors (Deformable-DETR's interface: read once to the host, a sync on CUDA) or Python ints (no
-    sync, and what keeps ``torch.compile(fullgraph=True)`` graphs whole); ``level_start_index=None``
-    derives it.
+    sampling_locations and attention_weights. Accumulates in fp32; locations are used in fp32 whatever
+    their dtype, except with fp64 values, which run the fp64 reference on fp64 locations.
+    ``spatial_shapes`` and ``level_start_index`` may be tensors (Deformable-DETR's interface: read once
+    to the host, a sync on CUDA) or Python ints (no sync, and what keeps
+    ``torch.compile(fullgraph=True)`` graphs whole); ``level_start_index=None`` derives it.
     ``deterministic`` (default: ``torch.are_deterministic_algorithms_enabled()``) makes the value
     gradient atomic-free and bitwise reproducible, at the cost of a sort.
     """
@@ -535,9 +537,8 @@ def ms_deform_attn(
         deterministic = torch.are_deterministic_algorithms_enabled()
     flat = [size for hw in shapes for size in hw]
     levels = _level_table(shapes, value.device)
-    return _ms_deform_attn_op(
-        value, flat, levels, sampling_locations.float(), attention_weights, bool(deterministic)
-    )
+    loc = sampling_locations if value.dtype == torch.float64 else sampling_locations.float()
+    return _ms_deform_attn_op(value, flat, levels, loc, attention_weights, bool(deterministic))
 
 
 def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights) -> Shapes:
@@ -567,8 +568,6 @@ def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, 
     if not shapes or any(h <= 0 or w <= 0 for h, w in shapes):
         raise ValueError(f"spatial_shapes must hold at least one level of positive sizes, got {shapes}")
     N, S, M, _ = value.shape
-    if N * M > MAX_BATCH_HEADS:
-        raise ValueError(f"value: N * M = {N} * {M} exceeds {MAX_BATCH_HEADS}, the kernels' grid limit")
     L = len(shapes)
     total = sum(h * w for h, w in shapes)
     if S != total:

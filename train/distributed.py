@@ -16,20 +16,20 @@ EVAL_TIMEOUT = datetime.timedelta(hours=1)
 
 def resolve_device(name: str, setting: str = "device") -> torch.device:
     """auto, cpu, cuda or cuda:N as a torch device. ``auto`` is a GPU when torch sees one, else the CPU;
-    ``cuda`` (and ``auto`` on a GPU) is this process's ``LOCAL_RANK`` GPU (0 outside torchrun), so each
-    process of a torchrun job has its own; ``cuda:N`` names one GPU, refused under several processes
-    (NCCL refuses two on one GPU). A ValueError names ``setting`` for anything else, or a GPU this
-    machine lacks."""
+    ``cuda`` (and ``auto`` on a GPU) is this process's ``LOCAL_RANK`` GPU (0 outside torchrun, or when
+    the process sees one GPU), so each process of a torchrun job has its own; ``cuda:N`` names one GPU,
+    refused under several processes that see several (NCCL refuses two on one GPU). A ValueError names
+    ``setting`` for anything else, or a GPU this machine lacks."""
     if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
         raise ValueError(f"{setting}: {name!r} is not auto, cpu, cuda or cuda:N")
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if name.startswith("cuda:") and world > 1:
+    world, gpus = int(os.environ.get("WORLD_SIZE", 1)), torch.cuda.device_count()
+    if name.startswith("cuda:") and world > 1 and gpus > 1:
         raise ValueError(f"{setting}: {name!r} puts all {world} processes on one GPU; use auto or cuda")
-    device = (
-        torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if ":" not in name else torch.device(name)
-    )
+    # a process that sees one GPU (a scheduler gave each its own) uses it whatever its LOCAL_RANK
+    local = int(os.environ.get("LOCAL_RANK", 0)) if gpus > 1 else 0
+    device = torch.device("cuda", local) if ":" not in name else torch.device(name)
     if device.index >= torch.cuda.device_count():
         raise ValueError(
             f"{setting}: {name!r} is GPU {device.index}, but this machine has {torch.cuda.device_count()}"
@@ -104,7 +104,7 @@ class SeededSamples(Dataset):
     def __getitem__(self, pair: tuple[int, int]):
         index, seed = pair
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # the CPU's alone: torch.manual_seed also seeds CUDA's
             return self.dataset[index]
 
 

@@ -39,7 +39,8 @@ class MetricsLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            # events after the resumed step go too (purge_step: those at or after it)
+            # events after the resumed step go too (purge_step: those at or after it); an evaluation at
+            # that step which the checkpoint lacks stays, and its redo adds a second point there
             self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step + 1)
         except ImportError:  # tensorboard is optional
             self.writer = None

@@ -245,7 +245,7 @@ def train(cfg: TrainConfig) -> dict:
                 },
             )
 
-    def evaluate() -> None:
+    def evaluate_and_checkpoint() -> None:
         nonlocal metrics, metrics_step
         metrics, metrics_step = run_evaluation(model, val_loader, cfg, device, rank, world, out_dir), step
         log.log(step, "val", metrics)
@@ -258,7 +258,7 @@ def train(cfg: TrainConfig) -> dict:
         )
 
     if batch_in_epoch == 0 and epoch > 0 and metrics_step != step and evaluation_due():
-        evaluate()  # killed during the evaluation that ended the epoch it resumed after
+        evaluate_and_checkpoint()  # killed during the evaluation that ended the epoch it resumed after
     progress = progress_bar(total_steps, step, enabled=rank == 0)
     model.train()
     while epoch < cfg.epochs and step < total_steps:
@@ -294,10 +294,10 @@ def train(cfg: TrainConfig) -> dict:
             epoch, batch_in_epoch = epoch + 1, 0
         checkpoint()  # before the epoch's evaluation, which may be long: a kill there loses no training
         if batch_in_epoch == 0 and evaluation_due():
-            evaluate()
+            evaluate_and_checkpoint()
     progress.close()
     if metrics_step != step:  # the last model not evaluated yet (max_steps mid-epoch, or a kill)
-        evaluate()
+        evaluate_and_checkpoint()
     log.close()
     return {"step": step, "epoch": epoch, "metrics": metrics, "checkpoint": str(ckpt_path)}
 

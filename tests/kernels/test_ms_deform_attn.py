@@ -306,21 +306,23 @@ def test_reference_gradcheck_float64():
 
 
 def test_float64_values_run_in_float64():
-    """The kernels sum in fp32; fp64 values take the fp64 reference on every device, so the public
-    function passes gradcheck (in value and weights: locations are used in fp32)."""
+    """The kernels sum in fp32; fp64 values take the fp64 reference, on fp64 locations, on every
+    device, so the public function passes gradcheck."""
     shapes = ((3, 4), (2, 2))
     value, loc, attn = make_inputs(1, 2, 2, 3, shapes, 2, torch.float64, seed=9, outside=0.2)
-    inputs = [value.double().requires_grad_(), attn.double().requires_grad_()]
-    assert torch.autograd.gradcheck(lambda v, a: fused(v, shapes, loc, a), inputs)
+    inputs = [t.double().requires_grad_() for t in (value, loc, attn)]
+    assert torch.autograd.gradcheck(lambda v, lc, a: fused(v, shapes, lc, a), inputs)
 
 
-def test_more_batch_heads_than_the_grid_holds_are_refused():
+def test_more_batch_heads_than_the_grid_holds_are_refused_by_the_kernels():
     shapes = ((5, 4), (2, 3))
     value, loc, attn = make_inputs(1, 3, 1, 8, shapes, 2, torch.float32, seed=0)
     n = msda.MAX_BATCH_HEADS + 1
     many = [t.expand(n, *t.shape[1:]) for t in (value, loc, attn)]
-    with pytest.raises(ValueError, match=r"value: N \* M = 65536 \* 1 exceeds 65535"):
+    with pytest.raises(ValueError, match=r"value: N \* M = 65536 exceeds 65535"):
         fused(many[0], shapes, many[1], many[2])
+    # the reference, which has no grid, runs them (fp64 values take it)
+    assert fused(many[0].double(), shapes, many[1], many[2]).shape == (n, 3, 8)
 
 
 def test_opcheck():

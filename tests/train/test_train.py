@@ -319,12 +319,13 @@ def _epoch(rank, epoch, start=0, num_workers=0, world_size=2):
     return torch.cat(list(loader)).tolist()
 
 
-def test_augmentations_depend_on_seed_epoch_and_position_only():
+def test_augmentations_depend_on_seed_epoch_and_position_only(monkeypatch):
     """Each sample draws the same numbers in the main process or a worker, resumed part way or not;
     processes and epochs draw their own; the caller's generator is left as it was."""
-    state = torch.get_rng_state()
+    state, cuda_seeds = torch.get_rng_state(), []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", cuda_seeds.append)
     first = {(rank, epoch): _epoch(rank, epoch) for rank in (0, 1) for epoch in (0, 1)}
-    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(torch.get_rng_state(), state) and cuda_seeds == []  # GPU dropout's generator too
     draws = [d for _, d in sum(first.values(), [])]
     assert len(set(draws)) == len(draws) == 12  # every process, epoch and position its own stream
     assert _epoch(1, 1, num_workers=1) == first[1, 1]
@@ -590,5 +591,11 @@ def test_auto_and_cuda_are_each_processes_local_gpu(monkeypatch):
     assert processes.resolve_device("cuda:0") == torch.device("cuda", 0)
     with pytest.raises(ValueError, match="--device: 'cuda:2' is GPU 2, but this machine has 2"):
         processes.resolve_device("cuda:2", "--device")
+    # a scheduler that gives each process one GPU of its own: LOCAL_RANK 1 sees it as cuda:0
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert [processes.resolve_device(name) for name in ("auto", "cuda", "cuda:0")] == [
+        torch.device("cuda", 0)
+    ] * 3
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert processes.resolve_device("auto") == torch.device("cpu")
