@@ -33,7 +33,8 @@ def _grid(n: int, height: int, width: int) -> tuple[int, int]:
         return abs(math.log(width / cols * math.ceil(n / cols) / height))
 
     exact = math.sqrt(n * width / height)
-    cols = min({min(n, max(1, c)) for c in (math.floor(exact), math.ceil(exact))}, key=skew)
+    candidates = {min(n, max(1, c)) for c in (math.floor(exact), math.ceil(exact))}
+    cols = min(candidates, key=skew)
     return math.ceil(n / cols), cols
 
 
