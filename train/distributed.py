@@ -124,3 +124,14 @@ def gather_objects(obj, world: int) -> list:
     out = [None] * world
     dist.all_gather_object(out, obj)
     return out
+
+
+def check_processes_agree(value, world: int, what: str) -> None:
+    """A RuntimeError on every process unless all hold the same ``value``, ``what`` naming it; a
+    collective, which every process calls."""
+    values = gather_objects(value, world)
+    if any(v != values[0] for v in values):
+        raise RuntimeError(
+            f"{what} differs between processes: "
+            + ", ".join(f"rank {rank} {v}" for rank, v in enumerate(values))
+        )

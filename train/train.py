@@ -32,6 +32,7 @@ from train.config import TrainConfig, config_from
 from train.distributed import (
     ResumableSampler,
     SeededSamples,
+    check_processes_agree,
     gather_objects,
     init_distributed,
     reduce_mean,
@@ -208,6 +209,13 @@ def train(cfg: TrainConfig) -> dict:
         set_rng_state(state["rng"][rank])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         metrics, metrics_step = state.get("metrics", {}), state.get("metrics_step")
+    # A process that did not find rank 0's checkpoint (an out_dir on each node's own disk) would train
+    # from another step, and the others would wait for it in a collective for ever.
+    check_processes_agree(
+        {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch},
+        world,
+        f"the point the run starts from (out_dir {out_dir} must be one folder every process sees)",
+    )
 
     if cfg.compile:  # encoder and decoder, sizes symbolic: no recompile per random training scale
         model.compile_model(transformer_only=True, dynamic=True)

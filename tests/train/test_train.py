@@ -270,11 +270,7 @@ def test_a_kill_during_an_evaluation_keeps_the_epoch_and_the_resumed_run_evaluat
 
     full = train(tiny_config(data, tmp_path / "full", eval_every=1))
     evaluation = loop.run_evaluation
-
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop, "run_evaluation", killed)
+    monkeypatch.setattr(loop, "run_evaluation", _killed)
     cfg = tiny_config(data, tmp_path / "cut", eval_every=1)
     with pytest.raises(KeyboardInterrupt):
         train(cfg)
@@ -457,6 +453,56 @@ def test_ddp_two_gloo_processes(data, tmp_path):
     assert not all(
         torch.equal(v, load_checkpoint(alone["checkpoint"])["model"][k]) for k, v in state["model"].items()
     )
+
+
+def _ddp_kill_worker(rank: int, world: int, port: int, cfg: TrainConfig, out: str) -> None:
+    """Train ``cfg`` uninterrupted in ``out/full``; in ``out/cut``, killed in the first evaluation and
+    resumed; then resume ``out/cut`` again while rank 1 looks for it in a folder of its own."""
+    import train.train as loop
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    full = train(dataclasses.replace(cfg, out_dir=f"{out}/full"))
+    cut = dataclasses.replace(cfg, out_dir=f"{out}/cut")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(loop, "run_evaluation", _killed)
+        with pytest.raises(KeyboardInterrupt):
+            train(cut)
+    torch.distributed.barrier()  # torchrun restarts the job once every process has stopped
+    resumed = train(dataclasses.replace(cut, resume=True))
+    with pytest.raises(RuntimeError, match="point the run starts from .* differs") as apart:
+        train(dataclasses.replace(cut, resume=True, out_dir=f"{out}/cut" if rank == 0 else f"{out}/own"))
+    torch.save({"full": full["metrics"], "resumed": resumed["metrics"], "apart": str(apart.value)},
+               f"{out}/rank{rank}.pt")  # fmt: skip
+    torch.distributed.destroy_process_group()
+
+
+def _killed(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_ddp_kill_during_an_evaluation_resumes_on_every_process(data, tmp_path):
+    """Two gloo processes: the resumed run evaluates the interrupted epoch (rank 0 evaluates, rank 1
+    waits for it) and ends as the uninterrupted run does: same log, metrics and model. A process that
+    does not see the checkpoint stops every process with an error, not a hang."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tiny_config(data, tmp_path, batch_size=1, eval_every=1)  # 3 steps an epoch on each process
+    mp.spawn(_ddp_kill_worker, args=(2, port, cfg, str(tmp_path)), nprocs=2, join=True)
+    cut = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    assert (cut["step"], cut["metrics_step"]) == (full["step"], full["metrics_step"]) == (6, 6)
+    logs = [(tmp_path / run / "metrics.jsonl").read_text().splitlines() for run in ("full", "cut")]
+    vals = [[json.loads(line) for line in lines if '"val"' in line] for lines in logs]
+    assert [line["step"] for line in vals[1]] == [3, 6] and vals[0] == vals[1]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert ranks[0]["resumed"] == ranks[0]["full"] == full["metrics"] and "AP" in full["metrics"]
+    assert ranks[1]["resumed"] == ranks[1]["full"] == {}  # rank 0 alone evaluates
+    for r in ranks:  # each names its own out_dir and every process's point
+        assert "rank 0 {'step': 6, 'epoch': 2" in r["apart"] and "rank 1 {'step': 0, 'epoch': 0" in r["apart"]
+    for name, value in full["model"].items():
+        torch.testing.assert_close(cut["model"][name], value, rtol=0, atol=0, msg=name)
 
 
 def test_bf16_autocast_trains(data, tmp_path, monkeypatch):
