@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -535,6 +536,49 @@ def test_hydra_command_line(data, tmp_path):
     assert "[jcra] checkpoint:" in ok.stdout and (tmp_path / "checkpoint.pt").is_file()
     bad = subprocess.run([*common, "train.batch_size=0"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "batch_size must be an integer >= 1" in bad.stderr
+
+
+def test_a_run_killed_at_any_moment_resumes_to_the_run_never_stopped(data, tmp_path):
+    """SIGKILL ``python -m train.train`` as soon as it logs step 5 (mid-epoch, its last checkpoint at
+    step 4), resume it: the model, optimizer state and log end as those of a run never stopped."""
+
+    def command(out_dir, *extra):
+        paths = [f"train.{k}={v}" for k, v in data.items()]
+        sizes = [
+            f"train.train_scales=[{IMAGE_SIZE}]",
+            f"train.val_scale={IMAGE_SIZE}",
+            f"train.max_size={IMAGE_SIZE}",
+        ]
+        run = ["train.batch_size=2", "train.epochs=3", "train.eval_every=1", "train.checkpoint_every=2",
+               "train.log_every=1", "train.device=cpu", f"train.out_dir={out_dir}"]  # fmt: skip
+        return [sys.executable, "-m", "train.train", *paths, *sizes, *run, *extra]
+
+    def finished(out_dir, *extra):
+        done = subprocess.run(command(out_dir, *extra), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return load_checkpoint(out_dir / "checkpoint.pt")
+
+    full = finished(tmp_path / "full")
+    log = tmp_path / "cut" / "metrics.jsonl"
+    killed = subprocess.Popen(command(tmp_path / "cut"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (log.is_file() and '{"step": 5, "kind": "train"' in log.read_text()):
+        assert killed.poll() is None and time.monotonic() < deadline, "the run ended before step 5"
+        time.sleep(0.005)
+    killed.kill()
+    killed.wait()
+    resumed = finished(tmp_path / "cut", "train.resume=true")
+    assert resumed["step"] == full["step"] == 9
+    for name, value in full["model"].items():
+        torch.testing.assert_close(resumed["model"][name], value, rtol=0, atol=0, msg=name)
+    for index, slot in full["optimizer"]["state"].items():
+        for key, value in slot.items():
+            torch.testing.assert_close(resumed["optimizer"]["state"][index][key], value, rtol=0, atol=0)
+    logs = [(tmp_path / run / "metrics.jsonl").read_text().splitlines() for run in ("full", "cut")]
+    lines = [
+        [{k: v for k, v in json.loads(line).items() if k != "images_per_s"} for line in run] for run in logs
+    ]
+    assert lines[0] == lines[1] and len(lines[0]) == 9 + 3
 
 
 def test_compiled_training_steps(data, tmp_path):
