@@ -538,7 +538,7 @@ def test_hydra_command_line(data, tmp_path):
     assert bad.returncode != 0 and "batch_size must be an integer >= 1" in bad.stderr
 
 
-def test_a_run_killed_at_any_moment_resumes_to_the_run_never_stopped(data, tmp_path):
+def test_a_run_killed_by_sigkill_resumes_to_the_run_never_stopped(data, tmp_path):
     """SIGKILL ``python -m train.train`` as soon as it logs step 5 (mid-epoch, its last checkpoint at
     step 4), resume it: the model, optimizer state and log end as those of a run never stopped."""
 
