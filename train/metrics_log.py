@@ -25,25 +25,31 @@ class MetricsLog:
         """resume_step: the step a resumed run continues from (0 starts the log afresh); the lines the
         interrupted run logged after it go, since the resumed run logs them again, and so does that
         step's evaluation unless ``resume_evaluated`` (the checkpoint holds it). The file is rewritten
-        atomically."""
+        atomically; TensorBoard is left showing what the kept lines hold."""
         self.enabled = enabled
         self.path = out_dir / "metrics.jsonl"
         self.writer = None
         if not enabled:
             return
         remove_partial_writes(self.path)
+        kept: list[str] = []
         if self.path.is_file():
             lines = self.path.read_text().splitlines(keepends=True) if resume_step else []
-            kept = "".join(line for line in lines if _kept(line, resume_step, resume_evaluated))
-            write_atomically(self.path, lambda f: f.write(kept.encode()))
+            kept = [line for line in lines if _kept(line, resume_step, resume_evaluated)]
+            write_atomically(self.path, lambda f: f.write("".join(kept).encode()))
         try:
             from torch.utils.tensorboard import SummaryWriter
-
-            # events after the resumed step go too (purge_step: those at or after it); an evaluation at
-            # that step which the checkpoint lacks stays, and its redo adds a second point there
-            self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step + 1)
         except ImportError:  # tensorboard is optional
-            self.writer = None
+            return
+        # TensorBoard drops every earlier event at or after purge_step, whatever its tag: those of the
+        # resumed step go too (an evaluation there that the checkpoint lacks is redone), and the kept
+        # lines of that step are written again, so each point is there once
+        self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=max(resume_step, 1))
+        for line in kept:
+            record = json.loads(line)
+            step, kind = record.pop("step"), record.pop("kind")
+            if step == resume_step:
+                self._to_tensorboard(step, kind, record)
 
     def log(self, step: int, kind: str, values: dict) -> None:
         from jcra.evaluation import strict_json
@@ -52,6 +58,9 @@ class MetricsLog:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, "kind": kind, **strict_json(values)}) + "\n")
+        self._to_tensorboard(step, kind, values)
+
+    def _to_tensorboard(self, step: int, kind: str, values: dict) -> None:
         if self.writer is not None:
             for k, v in values.items():
                 if isinstance(v, int | float):

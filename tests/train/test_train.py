@@ -629,6 +629,43 @@ def test_a_resumed_log_keeps_what_the_checkpoint_holds(tmp_path, evaluated):
     assert [f.name for f in tmp_path.iterdir() if f.name.endswith(".tmp")] == []
 
 
+class _TensorBoardView:
+    """What TensorBoard shows of a run's event files: a writer opened with ``purge_step`` drops every
+    earlier event at or after that step, whatever its tag (its EventAccumulator's purge of a restart)."""
+
+    def __init__(self):
+        self.points: list[tuple[str, int, float]] = []
+
+    def writer(self, log_dir: str, purge_step: int):
+        self.points = [point for point in self.points if point[1] < purge_step]
+        return SimpleNamespace(
+            add_scalar=lambda tag, v, step: self.points.append((tag, step, v)), close=lambda: None
+        )
+
+
+@pytest.mark.parametrize("evaluated", [False, True])
+def test_tensorboard_shows_each_point_once_after_a_resume(tmp_path, monkeypatch, evaluated):
+    """Killed after step 2's evaluation was logged, with the checkpoint at step 2 holding it or not
+    (the resumed run then evaluates step 2 again): TensorBoard ends as for a run never stopped."""
+
+    def run(out_dir, view, steps, resume_step=0):
+        monkeypatch.setitem(
+            sys.modules, "torch.utils.tensorboard", SimpleNamespace(SummaryWriter=view.writer)
+        )
+        out_dir.mkdir(exist_ok=True)
+        log = MetricsLog(out_dir, enabled=True, resume_step=resume_step, resume_evaluated=evaluated)
+        for step, kind, value in steps:
+            log.log(step, kind, {"loss": value})
+        log.close()
+
+    steps = [(1, "train", 1.0), (2, "train", 2.0), (2, "val", 0.5), (3, "train", 3.0)]
+    full, cut = _TensorBoardView(), _TensorBoardView()
+    run(tmp_path / "full", full, steps)
+    run(tmp_path / "cut", cut, steps)  # killed after step 3, its checkpoint at step 2
+    run(tmp_path / "cut", cut, steps[3 if evaluated else 2 :], resume_step=2)
+    assert sorted(cut.points) == sorted(full.points) and len(full.points) == 4
+
+
 def test_predictions_come_back_in_each_images_original_pixels(data):
     """Evaluation resizes the 64-pixel images to 48: a model that puts every keypoint at (0.75, 0.5) of
     its input gives records at 0.75 and 0.5 of each image's own width and height (COCO's pixel indices)."""
