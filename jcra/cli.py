@@ -33,20 +33,21 @@ def load_model(checkpoint: str | Path, device: torch.device):
 
 
 def image_paths(inputs: list[str]) -> list[Path]:
-    """Image files from files and folders (a folder's files with an image suffix, sorted by name; the
-    others, but hidden ones, are named in a warning)."""
+    """Image files from files and folders (a folder's files with an image suffix, sorted by name, not
+    its subfolders'; the other entries, but hidden ones, are named in a warning)."""
     paths: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files = sorted(p for p in item.iterdir() if p.is_file() and not p.name.startswith("."))
-            skipped = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+            entries = sorted(p for p in item.iterdir() if not p.name.startswith("."))
+            images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+            skipped = [p.name + "/" * p.is_dir() for p in entries if p not in images]
             if skipped:
                 warnings.warn(
-                    f"IMAGES: skipping {len(skipped)} file(s) of {item} without an image suffix: "
-                    f"{skipped[:5]}",
+                    f"IMAGES: skipping {len(skipped)} entries of {item} that are folders or lack an image "
+                    f"suffix: {skipped[:5]}",
                     stacklevel=2,
                 )
-            paths += [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+            paths += images
         elif item.is_file():
             paths.append(item)
         else:
@@ -139,6 +140,7 @@ def predict(
     drawings = drawing_paths(paths, Path(out))
     for path in paths:
         read_rgb(path, upright=True)
+    postprocess = PostProcess(top_k)
     out = output_folder(out)
     model, data_config = load_model(checkpoint, dev)
     layout = keypoint_layout(data_config["keypoint_layout"])
@@ -148,7 +150,6 @@ def predict(
         scales=[data_config["val_scale"]],
         max_size=data_config["max_size"],
     )
-    postprocess = PostProcess(top_k)
     results = []
     for index, (path, drawing) in enumerate(zip(paths, drawings, strict=True)):
         image = read_rgb(path, upright=True)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jcra.backbone import valid_mask
+from jcra.data.coco import finite_numbers
 from jcra.matcher import BatchMatch, HungarianMatcher
 from jcra.oks_loss import OKS_MODES, oks_loss
 from jcra.targets import PaddedTargets, pad_targets
@@ -116,6 +117,9 @@ class SetCriterion(nn.Module):
             )
         self.num_keypoints, self.matcher, self.oks_mode = num_keypoints, matcher, oks_mode
         self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
+        for key, value in self.weights.items():  # a negative weight would reward that loss's growth
+            if not (finite_numbers([value]) and value >= 0):
+                raise ValueError(f"weights[{key!r}] must be a finite number >= 0, got {value!r}")
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.heatmap_stride, self.heatmap_sigma = heatmap_stride, heatmap_sigma
         self.register_buffer("sigmas", sigmas, persistent=False)

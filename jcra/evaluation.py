@@ -22,6 +22,7 @@ nor a labelled keypoint marks no place, to score or to ignore, and is left out.
 
 import contextlib
 import io
+import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,17 +48,24 @@ CROWD_BOUNDS = (0.2, 0.8)
 _DEFAULT_SIGMAS = {17: COCO_SIGMAS, 14: CROWDPOSE_SIGMAS}
 
 
-def _load_ground_truth(ann_file: Path) -> tuple[dict, int]:
-    """The checked annotation file, with what COCOeval reads and it lacks filled in, and its K."""
+def load_ground_truth(ann_file: str | Path) -> tuple[dict, int]:
+    """The checked annotation file, with what COCOeval reads and it lacks filled in (annotation ids
+    among them), and its K; a ValueError names the file. Training and ``jcra evaluate`` call it before
+    any work, so a file that evaluation would refuse stops them first."""
+    ann_file = Path(ann_file)
     data = read_annotations(ann_file, image_keys=("id",))
     if not isinstance(data.get("categories"), list):
         raise ValueError(f"ann_file {ann_file} is not a COCO annotation file: it needs a 'categories' list")
     num_keypoints = count_keypoints(data, ann_file)
-    ann_ids, kept = set(), []
+    ann_ids = {ann["id"] for ann in data["annotations"] if "id" in ann}
+    fresh = (i for i in itertools.count(1) if i not in ann_ids)
+    seen, kept = set(), []
     for ann in data["annotations"]:
-        if ann.get("id") in ann_ids:  # COCO indexes annotations by id: the later one would replace the first
-            raise ValueError(f"ann_file {ann_file}: annotation id {ann.get('id')} is used twice")
-        ann_ids.add(ann.get("id"))
+        if "id" not in ann:
+            ann["id"] = next(fresh)
+        if ann["id"] in seen:  # COCO indexes annotations by id: the later one would replace the first
+            raise ValueError(f"ann_file {ann_file}: annotation id {ann['id']} is used twice")
+        seen.add(ann["id"])
         keypoints = np.asarray(ann["keypoints"], dtype=np.float64).reshape(num_keypoints, 3)
         labelled = keypoints[:, 2] > 0
         ann.setdefault("num_keypoints", int(labelled.sum()))
@@ -167,7 +175,7 @@ def evaluate_keypoints(results, ann_file, *, sigmas=None) -> dict[str, float]:
     there is none, as any other results would.
     """
     ann_file = Path(ann_file)
-    data, num_keypoints = _load_ground_truth(ann_file)
+    data, num_keypoints = load_ground_truth(ann_file)
     sigmas = _resolve_sigmas(sigmas, num_keypoints)
     records = _load_results(results, num_keypoints, data, ann_file)
     subsets = _crowd_subsets(data["images"]) if any("crowdIndex" in image for image in data["images"]) else {}

@@ -5,6 +5,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from jcra.data.coco import finite_numbers
 from jcra.targets import PaddedTargets, pad_targets
 from kernels.dispatch import to_device
 from kernels.linear_assignment import linear_assignment
@@ -39,6 +40,10 @@ class HungarianMatcher:
         if sigmas.dim() != 1:
             raise ValueError(f"sigmas must be [K], got {tuple(sigmas.shape)}")
         self.sigmas = sigmas.float()
+        numbers = {"w_class": w_class, "w_kpt": w_kpt, "w_oks": w_oks, "alpha": alpha, "gamma": gamma}
+        for name, value in numbers.items():
+            if not (finite_numbers([value]) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         self.w_class, self.w_kpt, self.w_oks = float(w_class), float(w_kpt), float(w_oks)
         self.alpha, self.gamma = float(alpha), float(gamma)
         if solver not in ("auto", "triton", "scipy"):

@@ -329,6 +329,20 @@ def test_missing_num_keypoints_and_bbox_are_filled(tmp_path):
     assert evaluate_keypoints(results, _write(tmp_path, "gt.json", gt)) == expected
 
 
+def test_missing_annotation_ids_are_filled_apart_from_the_given_ones(tmp_path):
+    """COCOeval indexes annotations by id: those without one get ids no other annotation has."""
+    gt = _tiny_gt(17, crowd_indices=[None, None, None])
+    results = _perfect_results(gt)
+    for record, shift in zip(results, (1.0, 4.0, 9.0), strict=True):  # one AP over the three
+        record["keypoints"] = [v + shift if i % 3 < 2 else v for i, v in enumerate(record["keypoints"])]
+    expected = evaluate_keypoints(results, _write(tmp_path, "full.json", gt))
+    gt["annotations"][0]["id"] = 2
+    for ann in gt["annotations"][1:]:
+        del ann["id"]
+    assert evaluate_keypoints(results, _write(tmp_path, "gt.json", gt)) == expected
+    assert 0.0 < expected["AP"] < 1.0
+
+
 def test_missing_iscrowd_counts_as_not_crowd(tmp_path):
     """The dataset reads a missing iscrowd as 0; evaluation must too (COCOeval indexes it)."""
     gt = _tiny_gt(17, crowd_indices=[None, None, None])

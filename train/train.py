@@ -69,8 +69,13 @@ def build_criterion(cfg: TrainConfig, layout) -> nn.Module:
 
 def build_dataset(ann_file: str, image_dir: str, train: bool, cfg: TrainConfig, layout):
     """The COCO-format dataset with the training or evaluation transforms; ValueError naming the file
-    when its people have another number of keypoints than ``layout``."""
+    when its people have another number of keypoints than ``layout``, or (evaluation) when COCO
+    evaluation would refuse it."""
     from jcra.data import CocoKeypoints, build_transforms
+    from jcra.evaluation import load_ground_truth
+
+    if not train:
+        load_ground_truth(ann_file)  # checked now, not after a whole training run
 
     scales = list(cfg.train_scales) if train else [cfg.val_scale]
     transforms = build_transforms(

@@ -65,7 +65,7 @@ class CocoKeypoints(Dataset):
         self.annotations: dict = {image_id: [] for image_id in self.images}
         for ann in data["annotations"]:
             self.annotations[ann["image_id"]].append(ann)
-        self.targets = {image_id: self._people(image_id) for image_id in sorted(self.images)}
+        self.targets = {image_id: self._people(image_id) for image_id in sorted(self.images, key=_id_order)}
         self.ids = [i for i, (kpts, *_) in self.targets.items() if not skip_empty or len(kpts)]
         if check_images:
             self._check_images()
@@ -142,10 +142,17 @@ class CocoKeypoints(Dataset):
                 raise OSError(f"cannot read image {path} (listed in {self.ann_file}): {err}") from err
 
 
+def _id_order(image_id: int | str) -> tuple[bool, int | str]:
+    """Integer ids in order, then string ids in order (a file may mix them)."""
+    return isinstance(image_id, str), image_id
+
+
 def read_json(path: Path, what: str):
     """The parsed JSON file ``path``; a missing or malformed file raises an error naming ``what`` and it."""
     if not path.is_file():
-        raise FileNotFoundError(f"{what}: {path} does not exist")
+        raise FileNotFoundError(
+            f"{what}: {path} is a folder, not a file" if path.is_dir() else f"{what}: {path} does not exist"
+        )
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -171,6 +178,10 @@ def read_annotations(ann_file: Path, image_keys=("id", "file_name")) -> dict:
         if not isinstance(image, dict) or any(key not in image for key in image_keys):
             keys = " or ".join(map(repr, image_keys))
             raise ValueError(f"ann_file: {ann_file} has an image without {keys}: {image!r:.200}")
+        if not isinstance(image["id"], int | str) or isinstance(image["id"], bool):
+            raise ValueError(
+                f"ann_file: {ann_file} has an image id that is not an integer or a string: {image!r:.200}"
+            )
         if image["id"] in image_ids:
             raise ValueError(f"ann_file: {ann_file} lists image id {image['id']} twice")
         image_ids.add(image["id"])

@@ -281,6 +281,21 @@ def test_duplicate_image_id(tiny):
         CocoKeypoints(write(tmp_path, data), tmp_path)
 
 
+@pytest.mark.parametrize("image_id", [1.0, True, None, [1]], ids=["float", "bool", "null", "list"])
+def test_image_id_not_an_integer_or_string(tiny, image_id):
+    tmp_path, data = tiny
+    data["images"][1]["id"] = image_id
+    with pytest.raises(ValueError, match=r"ann\.json has an image id that is not an integer or a string"):
+        CocoKeypoints(write(tmp_path, data), tmp_path)
+
+
+def test_integer_and_string_image_ids_mix(tiny):
+    """Integers in order, then strings in order (sorting them together would compare 2 with "0003")."""
+    tmp_path, data = tiny
+    data["images"] += [{"id": "0003", "file_name": "a.png"}, {"id": "0002", "file_name": "b.png"}]
+    assert CocoKeypoints(write(tmp_path, data), tmp_path).ids == [1, 2, "0002", "0003"]
+
+
 @pytest.mark.parametrize("value", [None, "5", float("nan"), float("inf")], ids=["null", "str", "nan", "inf"])
 def test_keypoint_value_not_a_finite_number(tiny, value):
     tmp_path, data = tiny

@@ -26,7 +26,8 @@ def checkpoint(data, tmp_path_factory):
 def bad_files(data, checkpoint, tmp_path) -> Path:
     """``tmp_path`` with ``truncated/`` (a good image, then a truncated one), ``clash/`` (``photo.png`` and
     ``photo.png.png``, its drawing's name), ``twin/a.jpg`` (named as the good image of ``truncated/``), a
-    plain state dict, a JSON file and a truncated checkpoint."""
+    plain state dict, a JSON file, a truncated checkpoint, and annotation files with 14 keypoints and
+    without categories."""
     image = sorted(Path(data["val_images"]).iterdir())[0]
     for folder, names in {
         "truncated": ["a.jpg"],
@@ -46,6 +47,9 @@ def bad_files(data, checkpoint, tmp_path) -> Path:
     for annotation in coco["annotations"]:
         annotation["keypoints"] = annotation["keypoints"][:42]
     (tmp_path / "k14.json").write_text(json.dumps(coco))
+    coco = json.loads(Path(data["val_ann"]).read_text())
+    del coco["categories"]  # the dataset reads it, but COCO evaluation needs it
+    (tmp_path / "no_categories.json").write_text(json.dumps(coco))
     return tmp_path
 
 
@@ -152,9 +156,13 @@ def test_predict_reads_tiff_and_gif_names_other_files_and_turns_photos_upright(d
     image.save(folder / "phone.jpg", exif=exif)
     (folder / "notes.txt").write_text("not an image")
     (folder / ".hidden").write_text("")
+    (folder / "sub").mkdir()  # its images are not read
+    image.save(folder / "sub" / "c.png")
     out = tmp_path / "out"
     with pytest.warns(
-        UserWarning, match=r"skipping 1 file\(s\) of .*in without an image suffix: \['notes\.txt'\]"
+        UserWarning,
+        match=r"skipping 2 entries of .*in that are folders or lack an image suffix: "
+        r"\['notes\.txt', 'sub/'\]",
     ):
         assert main(["predict", checkpoint, str(folder), "--out", str(out), "--device", "cpu"]) == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["a.tif.png", "b.gif.png", "phone.jpg.png"]
@@ -193,6 +201,12 @@ def test_predict_reads_tiff_and_gif_names_other_files_and_turns_photos_upright(d
             ["evaluate", "{ckpt}", "--ann-file", "{out}/k14.json", "--image-dir", "{images}"],
             r"k14\.json.*14 keypoints.*'coco'",
         ),
+        (
+            ["evaluate", "{ckpt}", "--ann-file", "{out}/no_categories.json", "--image-dir", "{images}"],
+            r"no_categories\.json.*'categories'",
+        ),
+        (["evaluate", "{ckpt}", "--ann-file", "{out}/twin", "--image-dir", "{images}"], r"twin is a folder"),
+        (["predict", "{ckpt}", "{images}", "--out", "{out}/fresh", "--top-k", "0"], "top_k must be >= 1"),
     ],
 )
 def test_bad_input_exits_with_message(data, checkpoint, bad_files, capsys, args, message):
@@ -209,6 +223,7 @@ def test_bad_input_exits_with_message(data, checkpoint, bad_files, capsys, args,
     assert re.search(message, capsys.readouterr().err)
     # nothing written: every image is decoded before the model runs and draws
     assert not (bad_files / "results.json").exists() and not list(bad_files.glob("*.png"))
+    assert not (bad_files / "fresh").exists()  # nor --out made for a bad --top-k
 
 
 def test_predict_keeps_top_k_and_draws_only_what_passes_the_threshold(data, checkpoint, tmp_path):

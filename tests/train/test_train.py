@@ -187,12 +187,23 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch):
         ({"lr_backbone_mult": float("inf")}, "lr_backbone_mult must be a finite number"),
         ({"device": "gpu"}, "device: 'gpu' is not auto, cpu, cuda or cuda:N"),
         ({"device": "cuda:99"}, "device: 'cuda:99' is GPU 99, but this machine has"),
+        ({"loss_weights": {"cls": -1.0}}, r"weights\['cls'\] must be a finite number >= 0"),
+        ({"matcher_weights": {"w_kpt": float("nan")}}, "w_kpt must be a finite number >= 0"),
     ],
 )
 def test_bad_input_fails_before_training(data, tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
         train(tiny_config(data, tmp_path, **change))
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_a_validation_file_evaluation_would_refuse_stops_the_run_before_training(data, tmp_path):
+    coco = json.loads(open(data["val_ann"]).read())
+    del coco["categories"]
+    (tmp_path / "val.json").write_text(json.dumps(coco))
+    with pytest.raises(ValueError, match=r"val\.json is not a COCO annotation file: it needs a 'categories'"):
+        train(tiny_config(data, tmp_path / "run", val_ann=str(tmp_path / "val.json")))
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
 def test_training_set_without_labelled_people_is_named(data, tmp_path):
