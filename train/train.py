@@ -167,6 +167,16 @@ def train(cfg: TrainConfig) -> dict:
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         remove_partial_writes(ckpt_path)
+    # refused or checked before the model and data are built, which takes minutes on COCO
+    if ckpt_path.is_file() and not cfg.resume:
+        raise ValueError(
+            f"out_dir: {out_dir} already holds a run ({ckpt_path}); pass train.resume=true to continue it, "
+            "or choose another out_dir (training afresh would overwrite its checkpoint and log)"
+        )
+    state = None
+    if cfg.resume and ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path, keys=CHECKPOINT_KEYS)
+        check_resumable(state, cfg, world, ckpt_path)
     torch.manual_seed(cfg.seed + rank)
 
     layout = keypoint_layout(cfg.keypoint_layout)
@@ -198,14 +208,7 @@ def train(cfg: TrainConfig) -> dict:
     step, epoch, batch_in_epoch = 0, 0, 0
     metrics: dict = {}
     metrics_step = None  # the step the metrics are of
-    if ckpt_path.is_file() and not cfg.resume:
-        raise ValueError(
-            f"out_dir: {out_dir} already holds a run ({ckpt_path}); pass train.resume=true to continue it, "
-            "or choose another out_dir (training afresh would overwrite its checkpoint and log)"
-        )
-    if cfg.resume and ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path, keys=CHECKPOINT_KEYS)
-        check_resumable(state, cfg, world, ckpt_path)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -230,9 +230,13 @@ def test_training_set_without_labelled_people_is_named(data, tmp_path):
         ({"matcher_weights": {"w_class": 50.0}}, "matcher_weights"),
     ],
 )
-def test_resume_with_other_settings_is_refused(data, tmp_path, change, message):
-    """A resumed run that would train other images at its position, or on another schedule, stops."""
+def test_resume_with_other_settings_is_refused(data, tmp_path, monkeypatch, change, message):
+    """A resumed run that would train other images at its position, or on another schedule, stops
+    before it builds the model and reads the data (minutes on COCO)."""
+    import train.train as loop
+
     train(tiny_config(data, tmp_path, max_steps=2))
+    monkeypatch.setattr(loop, "build_model_from", None)
     with pytest.raises(ValueError, match=f"resume: .*{message}"):
         train(tiny_config(data, tmp_path, max_steps=4, resume=True, **change))
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
@@ -244,9 +248,13 @@ def test_resume_may_change_precision(data, tmp_path):
     assert train(tiny_config(data, tmp_path, max_steps=3, resume=True, precision="fp16"))["step"] == 3
 
 
-def test_an_existing_run_is_not_overwritten_without_resume(data, tmp_path):
+def test_an_existing_run_is_not_overwritten_without_resume(data, tmp_path, monkeypatch):
+    """Refused before the model and data are built."""
+    import train.train as loop
+
     train(tiny_config(data, tmp_path, max_steps=1))
     log = (tmp_path / "metrics.jsonl").read_text()
+    monkeypatch.setattr(loop, "build_model_from", None)
     with pytest.raises(ValueError, match=r"out_dir: .* already holds a run .*train\.resume=true"):
         train(tiny_config(data, tmp_path, max_steps=2))
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 1
@@ -547,6 +555,10 @@ def test_hydra_command_line(data, tmp_path):
     assert "[jcra] checkpoint:" in ok.stdout and (tmp_path / "checkpoint.pt").is_file()
     bad = subprocess.run([*common, "train.batch_size=0"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "batch_size must be an integer >= 1" in bad.stderr
+    # each launch records its configuration in a folder of its own: the refused one did not replace the run's
+    launches = sorted((tmp_path / "hydra").iterdir())
+    overrides = [(launch / ".hydra" / "overrides.yaml").read_text() for launch in launches]
+    assert len(launches) == 2 and "train.max_steps=1" in overrides[0] and "batch_size=0" in overrides[1]
 
 
 def test_a_run_killed_by_sigkill_resumes_to_the_run_never_stopped(data, tmp_path):
