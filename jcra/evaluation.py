@@ -32,7 +32,14 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from jcra.data.coco import BOX_AREA_FRACTION, finite_numbers, keypoint_box, read_annotations, read_json
+from jcra.data.coco import (
+    BOX_AREA_FRACTION,
+    finite_numbers,
+    keypoint_box,
+    keypoint_category_id,
+    read_annotations,
+    read_json,
+)
 from jcra.data.coco import num_keypoints as count_keypoints
 from kernels.oks import COCO_SIGMAS, CROWDPOSE_SIGMAS
 
@@ -49,14 +56,15 @@ _DEFAULT_SIGMAS = {17: COCO_SIGMAS, 14: CROWDPOSE_SIGMAS}
 
 
 def load_ground_truth(ann_file: str | Path) -> tuple[dict, int]:
-    """The checked annotation file, with what COCOeval reads and it lacks filled in (annotation ids
-    among them), and its K; a ValueError names the file. Training and ``jcra evaluate`` call it before
-    any work, so a file that evaluation would refuse stops them first."""
+    """The checked annotation file, with what COCOeval reads and it lacks filled in (annotation and
+    category ids among them), and its K; a ValueError names the file. Training and ``jcra evaluate``
+    call it before any work, so a file that evaluation would refuse stops them first."""
     ann_file = Path(ann_file)
     data = read_annotations(ann_file, image_keys=("id",))
     if not isinstance(data.get("categories"), list):
         raise ValueError(f"ann_file {ann_file} is not a COCO annotation file: it needs a 'categories' list")
     num_keypoints = count_keypoints(data, ann_file)
+    category_id = keypoint_category_id(data)  # the dataset reads people of any category
     ann_ids = {ann["id"] for ann in data["annotations"] if "id" in ann}
     fresh = (i for i in itertools.count(1) if i not in ann_ids)
     seen, kept = set(), []
@@ -69,6 +77,7 @@ def load_ground_truth(ann_file: str | Path) -> tuple[dict, int]:
         keypoints = np.asarray(ann["keypoints"], dtype=np.float64).reshape(num_keypoints, 3)
         labelled = keypoints[:, 2] > 0
         ann.setdefault("num_keypoints", int(labelled.sum()))
+        ann.setdefault("category_id", category_id)
         ann.setdefault("iscrowd", 0)  # COCOeval indexes it; the dataset reads a missing one as 0 too
         if not ann.get("bbox"):
             if not labelled.any():

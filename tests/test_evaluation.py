@@ -329,8 +329,9 @@ def test_missing_num_keypoints_and_bbox_are_filled(tmp_path):
     assert evaluate_keypoints(results, _write(tmp_path, "gt.json", gt)) == expected
 
 
-def test_missing_annotation_ids_are_filled_apart_from_the_given_ones(tmp_path):
-    """COCOeval indexes annotations by id: those without one get ids no other annotation has."""
+def test_missing_annotation_and_category_ids_are_filled(tmp_path):
+    """COCOeval indexes annotations by id: those without one get ids no other annotation has, and
+    the keypoint category's id."""
     gt = _tiny_gt(17, crowd_indices=[None, None, None])
     results = _perfect_results(gt)
     for record, shift in zip(results, (1.0, 4.0, 9.0), strict=True):  # one AP over the three
@@ -338,7 +339,7 @@ def test_missing_annotation_ids_are_filled_apart_from_the_given_ones(tmp_path):
     expected = evaluate_keypoints(results, _write(tmp_path, "full.json", gt))
     gt["annotations"][0]["id"] = 2
     for ann in gt["annotations"][1:]:
-        del ann["id"]
+        del ann["id"], ann["category_id"]  # read as the keypoint category's
     assert evaluate_keypoints(results, _write(tmp_path, "gt.json", gt)) == expected
     assert 0.0 < expected["AP"] < 1.0
 

@@ -65,7 +65,7 @@ class CocoKeypoints(Dataset):
         self.annotations: dict = {image_id: [] for image_id in self.images}
         for ann in data["annotations"]:
             self.annotations[ann["image_id"]].append(ann)
-        self.targets = {image_id: self._people(image_id) for image_id in sorted(self.images, key=_id_order)}
+        self.targets = {image_id: self._people(image_id) for image_id in sorted(self.images)}
         self.ids = [i for i, (kpts, *_) in self.targets.items() if not skip_empty or len(kpts)]
         if check_images:
             self._check_images()
@@ -142,11 +142,6 @@ class CocoKeypoints(Dataset):
                 raise OSError(f"cannot read image {path} (listed in {self.ann_file}): {err}") from err
 
 
-def _id_order(image_id: int | str) -> tuple[bool, int | str]:
-    """Integer ids in order, then string ids in order (a file may mix them)."""
-    return isinstance(image_id, str), image_id
-
-
 def read_json(path: Path, what: str):
     """The parsed JSON file ``path``; a missing or malformed file raises an error naming ``what`` and it."""
     if not path.is_file():
@@ -161,7 +156,8 @@ def read_json(path: Path, what: str):
 
 def read_annotations(ann_file: Path, image_keys=("id", "file_name")) -> dict:
     """The parsed annotation JSON, with its structure checked: lists of objects, every image with
-    ``image_keys``, no image id twice (annotations would attach to the wrong image)."""
+    ``image_keys``, image ids all integers or all strings, none twice (annotations would attach to the
+    wrong image)."""
     data = read_json(ann_file, "ann_file")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"ann_file: {ann_file} has no 'images' list (not a COCO annotation file)")
@@ -185,6 +181,8 @@ def read_annotations(ann_file: Path, image_keys=("id", "file_name")) -> dict:
         if image["id"] in image_ids:
             raise ValueError(f"ann_file: {ann_file} lists image id {image['id']} twice")
         image_ids.add(image["id"])
+    if len({type(image_id) for image_id in image_ids}) > 1:  # the dataset and COCOeval sort them
+        raise ValueError(f"ann_file: {ann_file} has integer and string image ids; use one kind")
     return data
 
 
