@@ -1,11 +1,14 @@
 """Atomic checkpoints holding everything a killed run needs to continue at the same step, and the
 settings a resumed run must share with its checkpoint."""
 
+import contextlib
+import fcntl
 import json
 import os
 import random
+import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,6 +33,29 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def out_dir_lock(out_dir: Path) -> Iterator[None]:
+    """Hold ``out_dir/.lock`` while a run writes there: a second run raises a RuntimeError rather than
+    write beside it (a resumed run started while the killed one's processes still train, as the
+    workers of a SIGKILLed torchrun do). An flock: the system releases it when its process ends,
+    however it ends."""
+    fd = os.open(out_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace") or "a process"
+            raise RuntimeError(
+                f"out_dir: {out_dir} is in use by another run ({holder}); stop it first (a killed torchrun "
+                "can leave its workers training) or choose another out_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:

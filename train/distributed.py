@@ -108,13 +108,13 @@ class SeededSamples(Dataset):
             return self.dataset[index]
 
 
-def reduce_mean(value: torch.Tensor, world: int) -> float:
-    """The mean of a scalar over processes, as a Python float (one host sync per step)."""
-    value = value.detach().float().clone()
+def reduce_means(values: dict[str, torch.Tensor], world: int) -> dict[str, float]:
+    """Each scalar's mean over processes, as Python floats: one all-reduce and one host sync for all."""
+    stacked = torch.stack([v.detach().float() for v in values.values()])
     if world > 1:
-        dist.all_reduce(value)
-        value /= world
-    return float(value)
+        dist.all_reduce(stacked)
+        stacked /= world
+    return dict(zip(values, stacked.tolist(), strict=True))
 
 
 def gather_objects(obj, world: int) -> list:

@@ -23,6 +23,7 @@ from train.checkpoint import (
     CHECKPOINT_KEYS,
     check_resumable,
     load_checkpoint,
+    out_dir_lock,
     remove_partial_writes,
     rng_state,
     save_checkpoint,
@@ -35,7 +36,7 @@ from train.distributed import (
     check_processes_agree,
     gather_objects,
     init_distributed,
-    reduce_mean,
+    reduce_means,
     resolve_device,
 )
 from train.metrics_log import MetricsLog
@@ -163,9 +164,17 @@ def train(cfg: TrainConfig) -> dict:
     device = resolve_device(cfg.device)
     rank, world = init_distributed(device)
     out_dir = Path(cfg.out_dir)
+    if rank != 0:
+        return _train(cfg, device, rank, world, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with out_dir_lock(out_dir):  # one run at a time writes there
+        return _train(cfg, device, rank, world, out_dir)
+
+
+def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, out_dir: Path) -> dict:
+    """:func:`train` once the processes are up and, on rank 0, ``out_dir`` is made and locked."""
     ckpt_path = out_dir / "checkpoint.pt"
     if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
         remove_partial_writes(ckpt_path)
     # refused or checked before the model and data are built, which takes minutes on COCO
     if ckpt_path.is_file() and not cfg.resume:
@@ -283,7 +292,11 @@ def train(cfg: TrainConfig) -> dict:
         while batch_in_epoch + cfg.grad_accum <= steps_per_epoch * cfg.grad_accum and step < total_steps:
             tic = time.perf_counter()
             losses = accumulate(forward_model, criterion, batches, cfg, device, scaler)
-            loss = reduce_mean(losses["loss"], world)
+            # the logged terms (not each decoder layer's) averaged over processes, as the gradients are
+            terms = reduce_means(
+                {k: v for k, v in losses.items() if not k.endswith(tuple("0123456789"))}, world
+            )
+            loss = terms["loss"]
             if not math.isfinite(loss):
                 raise non_finite("loss", loss, step + 1, epoch, ckpt_path)
             scaler.unscale_(optimizer)
@@ -301,9 +314,8 @@ def train(cfg: TrainConfig) -> dict:
             progress.update(1)
             progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{speed:.1f}")
             if step % cfg.log_every == 0 or step == total_steps:
-                values = {k: float(v) for k, v in losses.items() if not k.endswith(tuple("0123456789"))}
-                log.log(step, "train", {**values, "loss": loss, "grad_norm": grad_norm, "images_per_s": speed,
-                                        "lr": lr, "epoch": epoch})  # fmt: skip
+                log.log(step, "train", {**terms, "grad_norm": grad_norm, "images_per_s": speed, "lr": lr,
+                                        "epoch": epoch})  # fmt: skip
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 checkpoint()
         if batch_in_epoch + cfg.grad_accum > steps_per_epoch * cfg.grad_accum:

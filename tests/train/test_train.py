@@ -261,6 +261,25 @@ def test_an_existing_run_is_not_overwritten_without_resume(data, tmp_path, monke
     assert (tmp_path / "metrics.jsonl").read_text() == log
 
 
+def test_a_run_is_refused_while_another_process_writes_its_out_dir(data, tmp_path):
+    """The workers of a SIGKILLed torchrun train on: a resume started beside them stops rather than
+    write the same folder; once they are gone (the lock goes with its process), it runs."""
+    hold = "import sys, time; from pathlib import Path; from train.checkpoint import out_dir_lock\n"
+    hold += "with out_dir_lock(Path(sys.argv[1])):\n    print('locked', flush=True)\n    time.sleep(300)"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(
+            RuntimeError, match=rf"out_dir: .* is in use by another run \(pid {holder.pid} on "
+        ):
+            train(tiny_config(data, tmp_path, max_steps=1))
+        assert not (tmp_path / "checkpoint.pt").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train(tiny_config(data, tmp_path, max_steps=1))["step"] == 1
+
+
 def test_a_foreign_checkpoint_is_named(data, tmp_path):
     save_checkpoint(tmp_path / "checkpoint.pt", {"model": {}})
     with pytest.raises(ValueError, match=r"checkpoint .*checkpoint\.pt: missing optimizer"):
@@ -713,16 +732,25 @@ def test_predictions_come_back_in_each_images_original_pixels(data):
         assert record["keypoints"][1::3] == pytest.approx([0.5 * image["height"] - PIXEL_CENTRE] * 17)
 
 
-def test_reduce_mean_averages_over_processes(monkeypatch):
-    """The logged and NaN-checked loss is the processes' mean, not their sum."""
+def test_reduce_means_averages_each_term_over_processes(monkeypatch):
+    """The logged and NaN-checked loss and its terms are the processes' means, not their sums, nor rank
+    0's alone."""
     import train.distributed as processes
 
-    def all_reduce(tensor):  # two processes holding the same value sum to twice it
-        tensor.mul_(2)
+    calls = []
+
+    def all_reduce(tensor):  # rank 1 holds 1, 2 and 3 more than rank 0
+        calls.append(tensor.clone())
+        tensor.add_(tensor + torch.tensor([1.0, 2.0, 3.0]))
 
     monkeypatch.setattr(processes.dist, "all_reduce", all_reduce)
-    value = torch.tensor(1.5)
-    assert processes.reduce_mean(value, 2) == 1.5 and value.item() == 1.5  # the input is left as it was
+    values = {
+        "loss": torch.tensor(1.5),
+        "loss_cls": torch.tensor(0.5, dtype=torch.bfloat16),
+        "x": torch.tensor(2),
+    }
+    assert processes.reduce_means(values, 2) == {"loss": 2.0, "loss_cls": 1.5, "x": 3.5}
+    assert len(calls) == 1 and values["loss"].item() == 1.5  # one collective; the inputs left as they were
 
 
 def test_auto_and_cuda_are_each_processes_local_gpu(monkeypatch):
