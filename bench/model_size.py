@@ -77,6 +77,7 @@ def main() -> None:
     counted = {
         part: per_part.get(part, 0) for part in ("backbone", "neck", "detail_proj", "encoder", "decoder")
     }
+    counted["other"] = total - sum(counted.values())  # the proposal heads and the forward's own ops
     sampled = sampling_flops(model, args.height, args.width)
     total += sum(sampled.values())
     print(f"FLOPs at {args.height}x{args.width}, batch 1 (multiply-add = 2 FLOPs):")
