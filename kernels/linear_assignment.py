@@ -347,11 +347,14 @@ def _as_num_gt(num_gt: torch.Tensor | Sequence[int], b: int, g: int, device: tor
         raise ValueError(f"num_gt must be a [B] tensor or a list of integers, got {num_gt!r:.100}")
     if tuple(num_gt.shape) != (b,):
         raise ValueError(f"num_gt must be [B={b}], got {tuple(num_gt.shape)}")
+    if num_gt.device.type not in ("cpu", device.type):
+        raise ValueError(f"num_gt must be on the host or the cost's device ({device}), got {num_gt.device}")
     if num_gt.device.type == "cpu":
         values = num_gt.tolist()
         if values and (min(values) < 0 or max(values) > g):
             raise ValueError(f"num_gt must lie in [0, G={g}], got {values}")
-    return to_device(num_gt.to(torch.int64), device)
+    # contiguous: the solver reads image b's count at offset b
+    return to_device(num_gt.to(torch.int64).contiguous(), device)
 
 
 def linear_assignment(
@@ -391,7 +394,7 @@ def linear_assignment(
     range_checked = not isinstance(num_gt, torch.Tensor) or num_gt.device.type == "cpu"
     num_gt = _as_num_gt(num_gt, b, g, cost.device)
     query_index, gt_index, valid = eager_or_op(_solve, _linear_assignment_op, cost.detach(), num_gt)
-    if check_finite:
+    if check_finite and cost.device.type != "meta":  # a meta cost has shapes, no values to check
         # pairs expected (num_gt > 0 and Q > 0) but none found: the image's cost is not finite
         non_finite = (num_gt.clamp(max=q) > 0) & ~valid.any(dim=1)
         # the call's one host sync; a device num_gt is range-checked in the same copy (a host one was)

@@ -308,6 +308,11 @@ def test_non_finite_padding_is_ignored():
         (torch.rand(2, 6, 4), [True, 2], "num_gt must be a .B. tensor or a list of integers"),
         (torch.rand(2, 6, 4), None, "num_gt must be a .B. tensor or a list of integers"),
         (torch.rand(2, 6, 4), 4, "num_gt must be a .B. tensor or a list of integers"),
+        (
+            torch.rand(2, 6, 4),
+            torch.tensor([1, 2], device="meta"),
+            "num_gt must be on the host or the cost's",
+        ),
     ],
 )
 def test_bad_arguments(cost, num_gt, match):
@@ -327,7 +332,12 @@ def test_num_gt_on_device_and_as_list():
     cost, num_gt = _random_problem(3, 6, 4, seed=9)
     want = linear_assignment(cost, num_gt)
     numpy_ints = [np.int32(n) for n in num_gt.tolist()]
-    for other in (num_gt.to(DEVICE), num_gt.tolist(), num_gt.int(), numpy_ints):
+    strided = torch.stack([num_gt, torch.zeros_like(num_gt)], 1)[:, 0]  # stride 2: read by index, not offset
+    same = num_gt[:1].expand(3)  # stride 0
+    same_want = linear_assignment(cost, same.contiguous())
+    for got, expected in zip(linear_assignment(cost, same.to(DEVICE)), same_want, strict=True):
+        assert torch.equal(got, expected)
+    for other in (num_gt.to(DEVICE), num_gt.tolist(), num_gt.int(), numpy_ints, strided.to(DEVICE)):
         for got, expected in zip(linear_assignment(cost, other), want, strict=True):
             assert torch.equal(got, expected)
 
@@ -382,6 +392,7 @@ def test_other_tracers_and_meta_tensors_see_the_op():
     for got, want in zip(graph(other, num_gt), solve(other, num_gt), strict=True):
         assert torch.equal(got, want)
     outputs = solve(cost.to("meta"), num_gt.to("meta"))
+    assert linear_assignment(cost.to("meta"), num_gt.to("meta"))[0].shape == (3, 4)  # no values to check
     assert [(t.device.type, tuple(t.shape), t.dtype) for t in outputs] == [
         ("meta", (3, 4), torch.int64),
         ("meta", (3, 4), torch.int64),
