@@ -54,9 +54,9 @@ class MaskedGroupNorm(nn.GroupNorm):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32  # fp32 stats under autocast
+        weight, bias = self.weight.to(compute), self.bias.to(compute)  # a bf16 model's too
         if mask is None:
-            out = F.group_norm(x.to(compute), self.num_groups, self.weight, self.bias, self.eps)
-            return out.to(x.dtype)
+            return F.group_norm(x.to(compute), self.num_groups, weight, bias, self.eps).to(x.dtype)
         B, C, H, W = x.shape
         G = self.num_groups
         xg = x.to(compute).view(B, G, C // G, H * W)
@@ -65,8 +65,8 @@ class MaskedGroupNorm(nn.GroupNorm):
         mean = (xg * m).sum((-2, -1), keepdim=True) / count
         centred = (xg - mean) * m  # two passes: no cancellation when the mean dwarfs the spread
         var = centred.square().sum((-2, -1), keepdim=True) / count
-        scale = (var + self.eps).rsqrt() * self.weight.view(1, G, C // G, 1)
-        out = torch.addcmul(self.bias.view(1, G, C // G, 1) * m, centred, scale)
+        scale = (var + self.eps).rsqrt() * weight.view(1, G, C // G, 1)
+        out = torch.addcmul(bias.view(1, G, C // G, 1) * m, centred, scale)
         return out.view(B, C, H, W).to(x.dtype)
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from jcra.deformable_attention import MSDeformAttn
 from jcra.encoder import FFN, Shapes
-from jcra.heads import MLP, ClassHead, inverse_sigmoid
+from jcra.heads import MLP, ClassHead, at_least_fp32, inverse_sigmoid
 
 
 class PoseDeformAttn(MSDeformAttn):
@@ -60,14 +60,14 @@ class PoseDecoderLayer(nn.Module):
 def finest_level_map(
     memory: torch.Tensor, height: int, width: int, padding_mask: torch.Tensor
 ) -> torch.Tensor:
-    """The first (finest) level of memory [B, S, C] as a channels-last fp32 map [B, height, width, C],
-    padding zeroed.
+    """The first (finest) level of memory [B, S, C] as a channels-last map [B, height, width, C] in at
+    least fp32, padding zeroed.
 
     fp32 as in the attention: sampled in bf16, a location is off by up to half a pixel at 256 px.
     """
     B, _, C = memory.shape
     tokens = memory[:, : height * width].masked_fill(padding_mask[:, : height * width, None], 0.0)
-    return tokens.float().view(B, height, width, C)
+    return at_least_fp32(tokens).view(B, height, width, C)
 
 
 def sample_map(level_map: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -116,7 +116,7 @@ class LocalKeypointHead(nn.Module):
     def forward(self, x: torch.Tensor, ref: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
         per_keypoint = self.query_proj(x).view(*x.shape[:-1], self.num_keypoints, -1)
         delta = self.mlp(torch.relu(per_keypoint + self.local_proj(local)))
-        return (inverse_sigmoid(ref.float()) + delta.float()).sigmoid()
+        return (inverse_sigmoid(at_least_fp32(ref)) + at_least_fp32(delta)).sigmoid()
 
 
 class PoseDecoder(nn.Module):

@@ -12,6 +12,12 @@ def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return torch.log(x / (1.0 - x))
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """x in fp32, or fp64 if it is: keypoints are refined in at least fp32 (bf16 moves a point by up to
+    half a pixel at 256 px), and a float64 model keeps its precision."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def prior_bias(prob: float) -> float:
     """Bias that makes a sigmoid output ``prob`` at initialisation (RetinaNet's focal prior)."""
     return -math.log((1.0 - prob) / prob)
@@ -59,7 +65,7 @@ class KeypointHead(nn.Module):
 
     def forward(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         delta = self.mlp(x).view(*x.shape[:-1], self.num_keypoints, 2)
-        return (inverse_sigmoid(ref.float()) + delta.float()).sigmoid()
+        return (inverse_sigmoid(at_least_fp32(ref)) + at_least_fp32(delta)).sigmoid()
 
 
 class HeatmapHead(nn.Sequential):

@@ -81,6 +81,9 @@ class JCRA(nn.Module):
         """
         if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
             raise ValueError(f"images must be float [B, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+        weights = next(self.parameters()).dtype
+        if images.dtype != weights:  # autocast takes fp32 images into an fp32 model
+            raise ValueError(f"images are {images.dtype} but the model's weights {weights}: cast one of them")
         B, _, H, W = images.shape
         if padding_mask is not None and (
             tuple(padding_mask.shape) != (B, H, W) or padding_mask.dtype != torch.bool
@@ -122,7 +125,7 @@ class JCRA(nn.Module):
             out["enc_outputs"] = {"logits": enc_logits, "keypoints": enc_keypoints}
             # the finest level with padding zeroed, as the keypoint heads read it: the 3x3 conv must see
             # zeros beyond the image, alone or padded in a batch
-            out["heatmap"] = self.heatmap_head(local_maps[0][0].permute(0, 3, 1, 2))
+            out["heatmap"] = self.heatmap_head(local_maps[0][0].permute(0, 3, 1, 2).to(memory.dtype))
         return out
 
     def _proposals(self, memory: torch.Tensor, padding_mask: torch.Tensor, centres: torch.Tensor):
@@ -286,6 +289,11 @@ def build_model(name: str = "jcra_r50", **overrides) -> JCRA:
     if unknown:
         raise ValueError(f"unknown overrides {unknown}; valid keys: {sorted(cfg)}")
     cfg.update(overrides)
+    if cfg["backbone"] not in ("resnet", "swin"):
+        raise ValueError(f"backbone must be 'resnet' or 'swin', got {cfg['backbone']!r}")
+    for key in ("num_keypoints", "num_queries", "dec_layers"):
+        if not (isinstance(cfg[key], int) and cfg[key] >= 1):
+            raise ValueError(f"{key} must be an integer >= 1, got {cfg[key]!r}")
     if cfg["backbone"] == "swin":
         backbone: nn.Module = SwinBackbone(cfg["swin_name"], pretrained=cfg["pretrained"])
     else:

@@ -19,15 +19,17 @@ class PostProcess:
     """
 
     def __init__(self, top_k: int = 100, category_id=1):
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if not (isinstance(top_k, numbers.Integral) and not isinstance(top_k, bool) and top_k >= 1):
+            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
         self.top_k, self.category_id = top_k, category_id
 
     @torch.no_grad()
     def __call__(self, outputs: dict, orig_sizes: Tensor, image_ids) -> list[dict]:
         """outputs: ``logits`` [B, Q], ``keypoints`` [B, Q, K, 2] in [0, 1] of each image;
-        orig_sizes [B, 2] (h, w) pixels; image_ids: B ids. Returns the records of all images."""
+        orig_sizes [B, 2] (h, w) pixels (a tensor, array or list); image_ids: B ids. Returns the
+        records of all images."""
         logits, keypoints = outputs["logits"], outputs["keypoints"]
+        orig_sizes = torch.as_tensor(orig_sizes)
         B, Q = logits.shape
         if keypoints.dim() != 4 or keypoints.shape[:2] != (B, Q) or keypoints.shape[-1] != 2:
             raise ValueError(f"keypoints must be [B={B}, Q={Q}, K, 2], got {tuple(keypoints.shape)}")

@@ -119,6 +119,22 @@ def test_bad_dtypes_are_named(tiny_model):
             tiny_model(images, torch.zeros(1, 64, 64, dtype=dtype))
 
 
+def test_images_of_another_dtype_than_the_weights_are_named(tiny_model):
+    with pytest.raises(ValueError, match="images are torch.float64 but the model's weights torch.float32"):
+        tiny_model(torch.zeros(1, 3, 64, 64, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_model_in_another_dtype_trains_and_keeps_at_least_fp32_keypoints(dtype):
+    """The heatmap head took the fp32 finest map into its fp64 or bf16 conv; keypoints are refined in
+    at least fp32, and in fp64 by an fp64 model."""
+    model = build_model("jcra_tiny", use_fused_kernels=False).to(dtype).train()
+    out = model(torch.randn(1, 3, 64, 96, dtype=dtype))
+    assert out["heatmap"].dtype == dtype
+    assert out["keypoints"].dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    (out["heatmap"].float().sum() + out["keypoints"].float().sum()).backward()
+
+
 def test_heatmap_of_a_padded_image_equals_the_image_alone(tiny_model):
     """The auxiliary heatmap head's 3x3 conv sees zeros beyond the image, whether the image is alone
     or padded in a batch (the encoder's outputs at padded tokens are not zero, and must not leak)."""
@@ -153,6 +169,11 @@ def test_build_model_configs_and_overrides():
         build_model("jcra_r51")
     with pytest.raises(ValueError, match="num_keypoint"):
         build_model("jcra_tiny", num_keypoint=17)
+    with pytest.raises(ValueError, match="backbone must be 'resnet' or 'swin', got 'vit'"):
+        build_model("jcra_tiny", backbone="vit")
+    for key in ("num_keypoints", "num_queries", "dec_layers"):  # each failed deep in the forward
+        with pytest.raises(ValueError, match=f"{key} must be an integer >= 1, got 0"):
+            build_model("jcra_tiny", **{key: 0})
 
 
 def test_bad_inputs_raise(tiny_model):

@@ -30,11 +30,10 @@ def test_model_size_script_reports_the_models_parameters_and_flops():
     )  # fmt: skip
     params = sum(p.numel() for p in build_model("jcra_tiny").parameters())
     assert f"jcra_tiny: {params / 1e6:.2f} M parameters" in result.stdout
-    lines = dict(line.split(None, 1) for line in result.stdout.splitlines()[2:8])
-    parts = [
-        float(lines[name].split()[0]) for name in ("backbone", "neck", "detail_proj", "encoder", "decoder")
-    ]
+    lines = dict(line.split(None, 1) for line in result.stdout.splitlines()[2:9])
+    names = ("backbone", "neck", "detail_proj", "encoder", "decoder", "other")
+    parts = [float(lines[name].split()[0]) for name in names]
     total = float(lines["total"].split()[0])
-    assert total > 1.0 and abs(total - sum(parts)) <= 0.3  # each printed to 0.1
+    assert total > 1.0 and abs(total - sum(parts)) <= 0.35  # the parts add up, each printed to 0.1
     assert "bilinear sampling" in result.stdout and "GMACs" in result.stdout
     assert "DEKRHead" in result.stdout and "AssociativeEmbeddingHead" in result.stdout

@@ -36,10 +36,17 @@ def test_top_k_larger_than_queries_keeps_all():
     assert len(PostProcess(100)(out, torch.tensor([[10, 10]]), [1])) == 3
 
 
+def test_orig_sizes_may_be_an_array_or_a_list():
+    out = {"logits": torch.zeros(1, 3), "keypoints": torch.rand(1, 3, 17, 2)}
+    want = PostProcess()(out, torch.tensor([[10, 20]]), [1])
+    assert PostProcess()(out, np.array([[10, 20]]), [1]) == want == PostProcess()(out, [[10, 20]], [1])
+
+
 def test_bad_arguments_raise():
     out = {"logits": torch.zeros(2, 3), "keypoints": torch.rand(2, 3, 17, 2)}
-    with pytest.raises(ValueError, match="top_k"):
-        PostProcess(0)
+    for top_k in (0, 2.5, True):
+        with pytest.raises(ValueError, match="top_k must be an integer >= 1"):
+            PostProcess(top_k)
     with pytest.raises(ValueError, match="orig_sizes"):
         PostProcess()(out, torch.tensor([[10, 10]]), [1, 2])
     sizes = torch.tensor([[10, 10], [5, 5]])
