@@ -206,7 +206,10 @@ def test_predict_reads_tiff_and_gif_names_other_files_and_turns_photos_upright(d
             r"no_categories\.json.*'categories'",
         ),
         (["evaluate", "{ckpt}", "--ann-file", "{out}/twin", "--image-dir", "{images}"], r"twin is a folder"),
-        (["predict", "{ckpt}", "{images}", "--out", "{out}/fresh", "--top-k", "0"], "top_k must be >= 1"),
+        (
+            ["predict", "{ckpt}", "{images}", "--out", "{out}/fresh", "--top-k", "0"],
+            "top_k must be an integer >= 1",
+        ),
     ],
 )
 def test_bad_input_exits_with_message(data, checkpoint, bad_files, capsys, args, message):
