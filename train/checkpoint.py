@@ -8,6 +8,7 @@ import os
 import random
 import socket
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -51,6 +52,9 @@ def out_dir_lock(out_dir: Path) -> Iterator[None]:
                 f"out_dir: {out_dir} is in use by another run ({holder}); stop it first (a killed torchrun "
                 "can leave its workers training) or choose another out_dir"
             ) from None
+        except OSError as err:  # a file system without locks (some network mounts): run, and say so
+            message = f"out_dir: {out_dir} cannot be locked ({err}); nothing stops a second run there"
+            warnings.warn(message, stacklevel=3)  # the line that takes the lock (past contextlib)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
         yield

@@ -280,6 +280,20 @@ def test_a_run_is_refused_while_another_process_writes_its_out_dir(data, tmp_pat
     assert train(tiny_config(data, tmp_path, max_steps=1))["step"] == 1
 
 
+def test_an_out_dir_that_cannot_be_locked_is_used_with_a_warning(tmp_path, monkeypatch):
+    import errno
+
+    import train.checkpoint as checkpoints
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(checkpoints.fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match="cannot be locked .*No locks available"):
+        with checkpoints.out_dir_lock(tmp_path):
+            pass
+
+
 def test_a_foreign_checkpoint_is_named(data, tmp_path):
     save_checkpoint(tmp_path / "checkpoint.pt", {"model": {}})
     with pytest.raises(ValueError, match=r"checkpoint .*checkpoint\.pt: missing optimizer"):
