@@ -88,6 +88,7 @@ def build_dataset(ann_file: str, image_dir: str, train: bool, cfg: TrainConfig, 
             f"{ann_file} has {dataset.num_keypoints} keypoints a person, but keypoint_layout "
             f"{layout.name!r} has {len(layout.sigmas)}"
         )
+    layout.check_order(dataset.keypoint_names, ann_file)
     return dataset
 
 
@@ -116,13 +117,17 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
 def predict_loader(model: nn.Module, loader, device: torch.device, top_k: int = 100, precision="fp32"):
     """COCO result records for every image of ``loader`` (batches from ``jcra.data.collate``, of a
     :class:`jcra.data.CocoKeypoints`, whose person category the records name)."""
+    from tqdm import tqdm
+
     from jcra.postprocess import PostProcess
 
     postprocess = PostProcess(top_k, loader.dataset.category_id)
     was_training = model.training
     model.eval()
     results = []
-    for images, padding_mask, targets in loader:
+    for images, padding_mask, targets in tqdm(
+        loader, "evaluating", unit="batch", leave=False, dynamic_ncols=True
+    ):
         with autocast(device, precision):
             outputs = model(images.to(device), padding_mask.to(device))
         orig_sizes = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets])

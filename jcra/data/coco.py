@@ -28,6 +28,10 @@ The dataset adds it to every labelled keypoint, :class:`jcra.postprocess.PostPro
 detectron2 does; without it a horizontal flip (x -> W - x) would move the labels one pixel off the
 mirrored person while unflipped images stay exact."""
 
+EXIF_ORIENTATION = 0x0112
+SIDEWAYS = {5, 6, 7, 8}
+"""EXIF orientations that swap width and height when a viewer shows the photo."""
+
 BOX_AREA_FRACTION = 0.53
 """The area of a person whose annotation gives none (CrowdPose's), as a share of its box: the area
 crowdposetools (and xtcocotools with ``use_area=False``) take in OKS. The dataset's targets (the OKS
@@ -50,7 +54,8 @@ class CocoKeypoints(Dataset):
     callable ``(PIL image, target) -> (tensor, target)`` (see :func:`jcra.data.build_transforms`);
     skip_empty: drop images without targets (training, as PETR); check_images: open the header of
     every image kept now (catches missing, empty and non-image files early). ``category_id``: the id
-    results on it are scored under (:func:`keypoint_category_id`).
+    results on it are scored under (:func:`keypoint_category_id`); ``keypoint_names``: the file's, in
+    its order (empty when it names none).
     """
 
     def __init__(self, ann_file, image_dir, transforms=None, *, skip_empty=False, check_images=True):
@@ -60,6 +65,7 @@ class CocoKeypoints(Dataset):
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image_dir: {self.image_dir} is not a folder")
         self.num_keypoints = num_keypoints(data, self.ann_file)
+        self.keypoint_names = tuple((_keypoint_category(data) or {}).get("keypoints", ()))
         self.category_id = keypoint_category_id(data)
         self.images = {image["id"]: image for image in data["images"]}
         self.annotations: dict = {image_id: [] for image_id in self.images}
@@ -75,7 +81,9 @@ class CocoKeypoints(Dataset):
 
     def __getitem__(self, index: int):
         image_id = self.ids[index]
-        image = read_rgb(self.image_path(image_id))
+        path = self.image_path(image_id)
+        image = read_rgb(path)
+        self._check_size(image_id, path, image)
         keypoints, boxes, area = self.targets[image_id]
         size = torch.tensor([image.height, image.width])
         target = {
@@ -129,15 +137,34 @@ class CocoKeypoints(Dataset):
             np.asarray(areas, np.float32),
         )
 
+    def _check_size(self, image_id, path: Path, image: Image.Image) -> None:
+        """ValueError naming ``path`` when its pixels are not the ``width`` x ``height`` the annotation
+        file lists: its labels would land on other pixels (a resized copy, or a photo stored sideways
+        with an EXIF orientation and labelled as shown)."""
+        listed = (self.images[image_id].get("width"), self.images[image_id].get("height"))
+        if None in listed or listed == image.size:
+            return
+        hint = ""
+        if image.getexif().get(EXIF_ORIENTATION, 1) in SIDEWAYS and listed == image.size[::-1]:
+            hint = (
+                " (its EXIF orientation turns it sideways: the file was probably labelled as a viewer "
+                "shows it; save the pixels upright, e.g. with PIL.ImageOps.exif_transpose)"
+            )
+        raise ValueError(
+            f"image {path} is {image.width} x {image.height} pixels, but {self.ann_file} lists it as "
+            f"{listed[0]} x {listed[1]}: its labels would land on other pixels{hint}"
+        )
+
     def _check_images(self) -> None:
-        """Every listed image exists and has a readable header (PIL reads only the header here)."""
+        """Every listed image exists, has a readable header (PIL reads only the header here) and the
+        size the annotation file lists."""
         for image_id in tqdm(self.ids, desc=f"checking {self.image_dir}", disable=len(self.ids) < 5000):
             path = self.image_path(image_id)
             if not path.is_file():
                 raise FileNotFoundError(f"image {path} is listed in {self.ann_file} but missing")
             try:
                 with Image.open(path) as image:
-                    image.size  # noqa: B018 (parsed from the header)
+                    self._check_size(image_id, path, image)
             except UNREADABLE as err:
                 raise OSError(f"cannot read image {path} (listed in {self.ann_file}): {err}") from err
 

@@ -24,6 +24,17 @@ class KeypointLayout:
     def num_keypoints(self) -> int:
         return len(self.names)
 
+    def check_order(self, names, source) -> None:
+        """ValueError naming ``source`` when ``names`` (an annotation file's keypoint names, in its
+        order) puts a keypoint of this layout at another index: flips would swap the wrong joints and
+        OKS would use the wrong sigmas. Names the layout does not know are not checked."""
+        for index, name in enumerate(names or ()):
+            if name in self.names and self.names.index(name) != index:
+                raise ValueError(
+                    f"{source} lists keypoint {index} as {name!r}, which keypoint_layout {self.name!r} "
+                    f"has at index {self.names.index(name)}; its order: {list(self.names)}"
+                )
+
     @property
     def flip_index(self) -> list[int]:
         """[K] with mirrored[k] = original[flip_index[k]]: the keypoint order of a mirrored image."""

@@ -344,6 +344,32 @@ def test_image_past_pil_pixel_limit_is_named(tiny, monkeypatch):
         dataset[0]
 
 
+@pytest.mark.parametrize("check_images", [True, False])
+def test_image_of_another_size_than_listed_is_refused(tiny, check_images):
+    """A resized copy of the labelled image would put every label on other pixels."""
+    tmp_path, data = tiny
+    data["images"][0].update(width=40, height=20)
+    dataset = None
+    with pytest.raises(ValueError, match=r"a\.png is 20 x 10 pixels, but .*ann\.json lists it as 40 x 20"):
+        dataset = CocoKeypoints(write(tmp_path, data), tmp_path, check_images=check_images)
+        dataset[0]
+    data["images"][0].update(width=20, height=10)
+    assert len(CocoKeypoints(write(tmp_path, data), tmp_path)) == 2
+
+
+def test_photo_labelled_upright_but_stored_sideways_is_refused_with_a_hint(tiny):
+    tmp_path, data = tiny
+    from PIL import Image
+
+    image = Image.new("RGB", (20, 10))
+    exif = image.getexif()
+    exif[0x0112] = 6  # shown turned 90 degrees, as 10 x 20
+    image.save(tmp_path / "a.jpg", exif=exif)
+    data["images"][0].update(file_name="a.jpg", width=10, height=20)
+    with pytest.raises(ValueError, match=r"lists it as 10 x 20.*EXIF orientation.*exif_transpose"):
+        CocoKeypoints(write(tmp_path, data), tmp_path)
+
+
 def test_exif_orientation_is_applied_only_when_asked(tmp_path):
     """Annotations label the stored pixels; ``upright`` shows a phone photo as viewers do."""
     from PIL import Image

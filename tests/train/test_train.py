@@ -206,6 +206,18 @@ def test_a_validation_file_evaluation_would_refuse_stops_the_run_before_training
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+def test_a_file_naming_its_keypoints_in_another_order_is_refused(data, tmp_path):
+    """Flips would swap the wrong joints: the count of 17 matches, the order does not."""
+    coco = json.loads(open(data["train_ann"]).read())
+    names = coco["categories"][0]["keypoints"]
+    names[5], names[6] = names[6], names[5]
+    (tmp_path / "train.json").write_text(json.dumps(coco))
+    with pytest.raises(
+        ValueError, match=r"train\.json lists keypoint 5 as 'right_shoulder', which .* index 6"
+    ):
+        train(tiny_config(data, tmp_path / "run", train_ann=str(tmp_path / "train.json")))
+
+
 def test_training_set_without_labelled_people_is_named(data, tmp_path):
     coco = json.loads(open(data["train_ann"]).read())
     for ann in coco["annotations"]:
