@@ -128,6 +128,8 @@ def predict(
     orientation says (a phone photo as it is shown), and coordinates are in that frame. Every image is
     decoded and ``out`` created before the model runs, so a bad file or folder stops the command
     before any work. Returns the results path."""
+    from tqdm import tqdm
+
     from jcra.data import build_transforms
     from jcra.postprocess import PostProcess
     from jcra.visualize import draw_keypoints
@@ -151,11 +153,16 @@ def predict(
         max_size=data_config["max_size"],
     )
     results = []
-    for index, (path, drawing) in enumerate(zip(paths, drawings, strict=True)):
-        image = read_rgb(path, upright=True)
-        tensor, _ = transforms(image, unlabelled_target(image, len(layout.sigmas), index))
-        with torch.no_grad():
-            outputs = model(tensor[None].to(dev))
+    pairs = tqdm(list(zip(paths, drawings, strict=True)), "predicting", unit="image", dynamic_ncols=True)
+    for index, (path, drawing) in enumerate(pairs):
+        try:
+            image = read_rgb(path, upright=True)
+            tensor, _ = transforms(image, unlabelled_target(image, len(layout.sigmas), index))
+            with torch.no_grad():
+                outputs = model(tensor[None].to(dev))
+        except Exception as err:
+            err.add_note(f"jcra predict: while running the model on {path}")
+            raise
         records = postprocess(outputs, torch.tensor([[image.height, image.width]]), [index])
         for record in records:
             record["file_name"] = str(path)

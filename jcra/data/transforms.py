@@ -42,9 +42,11 @@ def build_transforms(train: bool, *, flip_pairs, scales, max_size: int, rotation
     if not train:
         return Compose([ToTensor(), Resize(scales[:1], max_size), Normalize()])
     top = max(scales)
+    # DETR's crop branch resizes uncapped; a cap far beyond photos' shapes (long sides up to 8.9x the
+    # short at the default sizes) keeps an image like 20 x 2000 from taking gigabytes.
     crop_then_resize = Compose(
         [
-            Resize([round(top * r) for r in (0.5, 0.625, 0.75)], max_size=None),
+            Resize([round(top * r) for r in (0.5, 0.625, 0.75)], max_size=4 * max_size),
             RandomCrop(round(top * 0.48), round(top * 0.75)),
             Resize(scales, max_size),
         ]
@@ -193,10 +195,11 @@ class Resize:
 
 
 def resized_shape(h: int, w: int, scale: int, max_size: int | None) -> tuple[int, int]:
-    """(h, w) with the short side ``scale`` unless that makes the long side exceed ``max_size``."""
+    """(h, w) with the short side ``scale`` unless that makes the long side exceed ``max_size``; no
+    side below 1 pixel."""
     short, long = min(h, w), max(h, w)
     if max_size is not None and long / short * scale > max_size:
-        scale = int(round(max_size * short / long))
+        scale = max(1, int(round(max_size * short / long)))
     new_long = max(1, int(round(scale * long / short)))
     if max_size is not None:
         new_long = min(new_long, max_size)  # the rounded short side can push it one pixel over

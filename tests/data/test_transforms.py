@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from jcra.data import CocoKeypoints, build_transforms
+from jcra.data import transforms as transforms_module
 from jcra.data.keypoint_layouts import COCO, CROWDPOSE
 from jcra.data.transforms import (
     IMAGENET_MEAN,
@@ -145,6 +146,17 @@ def test_crowdpose_flip_pairs():
     assert flipped["keypoints"][0, :, 0].tolist() == [20 - x for x in sources]
 
 
+def test_layout_checks_a_files_keypoint_order():
+    CROWDPOSE.check_order(list(CROWDPOSE.names), "ok.json")
+    COCO.check_order(["nose", "eye_l", "eye_r"] + list(COCO.names[3:]), "own-spelling.json")
+    COCO.check_order([], "unnamed.json")
+    ai_challenger = [
+        f"{side}_{part}" for side in ("right", "left") for part in ("shoulder", "elbow", "wrist")
+    ]
+    with pytest.raises(ValueError, match=r"aic\.json lists keypoint 0 as 'right_shoulder', .* index 1"):
+        CROWDPOSE.check_order(ai_challenger + list(CROWDPOSE.names[6:]), "aic.json")
+
+
 def test_layouts_flip_index_covers_every_keypoint():
     """The mirrored image's keypoint order: sides swapped, unpaired keypoints (nose, head, neck) kept."""
     assert COCO.flip_index == [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]
@@ -227,10 +239,31 @@ def test_rotation_grows_the_canvas_and_keeps_areas():
         (480, 640, 800, 1333, (800, 1067)),
         (640, 480, 800, 1333, (1067, 800)),
         (100, 1000, 800, 1333, (133, 1330)),
+        (1, 3000, 800, 1333, (1, 1333)),
+        (3000, 2, 256, 256, (256, 1)),
     ],
 )
 def test_resized_shape_caps_the_long_side(h, w, scale, max_size, expected):
     assert resized_shape(h, w, scale, max_size) == expected
+
+
+@pytest.mark.parametrize("shape", [(2, 1100), (1100, 2), (1, 1)])
+def test_extreme_shapes_pass_every_transform(shape, monkeypatch):
+    """A 2 x 1100 image got a short side of 0 (a crash in interpolate) at the cap of 256, and the crop
+    branch's uncapped resize made it 144 x 79200 pixels (a 1 x 3000 one 600 x 1.8 million)."""
+    sizes, resize = [], transforms_module.F.interpolate
+
+    def interpolate(image, size, **kwargs):
+        sizes.append(size)
+        return resize(image, size, **kwargs)
+
+    monkeypatch.setattr(transforms_module.F, "interpolate", interpolate)
+    target = {"keypoints": torch.zeros(0, 17, 3), "boxes": torch.zeros(0, 4), "area": torch.zeros(0)}
+    for train in (False, True):
+        transforms = build_transforms(train, flip_pairs=COCO.flip_pairs, scales=[192, 256], max_size=256)
+        for _ in range(1 + 19 * train):
+            transforms(torch.zeros(3, *shape, dtype=torch.uint8), dict(target))
+    assert min(min(size) for size in sizes) >= 1 and max(max(size) for size in sizes) <= 4 * 256
 
 
 def test_resize_scales_keypoints_and_areas():
