@@ -13,6 +13,12 @@ def collate(batch: list[tuple[Tensor, dict]], size_divisor: int = SIZE_DIVISOR):
     if not batch:
         raise ValueError("collate: batch is empty")
     images, targets = zip(*batch, strict=True)
+    for i, image in enumerate(images):
+        if image.dim() != 3 or image.shape[0] != 3 or image.dtype != images[0].dtype:
+            raise ValueError(
+                f"collate: image {i} of the batch is {image.dtype} {list(image.shape)}; every image must "
+                f"be [3, h, w] of one dtype (image 0: {images[0].dtype})"
+            )
     empty = [i for i, im in enumerate(images) if im.shape[-2] == 0 or im.shape[-1] == 0]
     if empty:
         raise ValueError(f"collate: image(s) {empty} of the batch have no pixels")

@@ -32,3 +32,19 @@ def test_empty_batch():
 def test_image_without_pixels_is_refused():
     with pytest.raises(ValueError, match=r"image\(s\) \[1\] of the batch have no pixels"):
         collate([(torch.rand(3, 8, 8), {}), (torch.rand(3, 0, 8), {})])
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        torch.rand(3, 12, 12, dtype=torch.float64),
+        torch.rand(1, 12, 12),
+        torch.rand(4, 12, 12),
+        torch.rand(12, 12),
+    ],
+    ids=["other-dtype", "one-channel", "four-channels", "no-channel-dim"],
+)
+def test_image_of_another_dtype_or_shape_is_refused(odd):
+    """Padding into the first image's dtype and 3 channels would cast or broadcast it silently."""
+    with pytest.raises(ValueError, match=r"image 1 of the batch is .*\[3, h, w\] of one dtype"):
+        collate([(torch.rand(3, 10, 10), {}), (odd, {})])
