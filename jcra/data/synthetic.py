@@ -184,6 +184,9 @@ def person_colours(rng: np.random.Generator) -> dict:
 
 def draw_figure(draw: ImageDraw.ImageDraw, j: np.ndarray, height: float, colours: dict | None) -> None:
     """Draw the figure with joints ``j`` [17, 2]; ``colours`` None draws its silhouette (value 1)."""
+    # PIL fills the pixels between a shape's box corners floored, which drew dots centred up to a pixel
+    # (half a pixel on average) above and left of their labels; half a pixel more centres them.
+    j = j + 0.5
     paint = (lambda part: colours[part]) if colours else (lambda part: 1)
     width = max(2, round(LIMB_WIDTH * height))
 
