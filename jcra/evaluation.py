@@ -8,7 +8,8 @@ CrowdPose ground truth differs from COCO's in two ways handled here. Its annotat
 ``area``, so a missing one (or null, or 0) is taken as ``0.53 * w * h`` of the box
 (:data:`jcra.data.coco.BOX_AREA_FRACTION`, which the training targets use too), the area
 crowdposetools (and xtcocotools with ``use_area=False``) use in OKS; ``APM``/``APL`` then bin by that
-area too. Its images
+area too. (A file that does give areas is scored with them, COCO's rule, where crowdposetools would
+still take 0.53 of the box.) Its images
 carry a crowd index in [0, 1], by which CrowdPose reports AP on easy (< 0.2), medium (0.2 to below 0.8)
 and hard (0.8 and up) images; those three are added when the images have ``crowdIndex``. These are the
 bounds of crowdposetools' evaluation (``get_type_result(first=0.2, second=0.8)``), which published
@@ -24,6 +25,7 @@ import contextlib
 import io
 import itertools
 import math
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,6 +66,13 @@ def load_ground_truth(ann_file: str | Path) -> tuple[dict, int]:
     if not isinstance(data.get("categories"), list):
         raise ValueError(f"ann_file {ann_file} is not a COCO annotation file: it needs a 'categories' list")
     num_keypoints = count_keypoints(data, ann_file)
+    for image in data["images"]:
+        crowd_index = image.get("crowdIndex")
+        if crowd_index is not None and not (finite_numbers([crowd_index]) and 0 <= crowd_index <= 1):
+            raise ValueError(
+                f"ann_file {ann_file}: image {image['id']!r} has crowdIndex {crowd_index!r:.100}, expected a "
+                "number in [0, 1]"
+            )
     category_id = keypoint_category_id(data)  # the dataset reads people of any category
     ann_ids = {ann["id"] for ann in data["annotations"] if "id" in ann}
     fresh = (i for i in itertools.count(1) if i not in ann_ids)
@@ -126,6 +135,11 @@ def _load_results(results, num_keypoints: int, data: dict, ann_file: Path) -> li
         missing = {"image_id", "category_id", "keypoints", "score"} - set(record)
         if missing:
             raise ValueError(f"results[{i}]{source} lacks {sorted(missing)}")
+        image_id = record["image_id"]
+        if not isinstance(image_id, (numbers.Integral, str)) or isinstance(image_id, bool):
+            raise ValueError(
+                f"results[{i}]{source} has image_id {image_id!r:.100}, not an integer or a string"
+            )
         if len(record["keypoints"]) != 3 * num_keypoints:
             raise ValueError(
                 f"results[{i}]{source} has {len(record['keypoints'])} keypoint values, expected "

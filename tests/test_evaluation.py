@@ -14,7 +14,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from jcra import evaluate_keypoints
-from jcra.evaluation import CROWD_LEVELS, METRIC_NAMES, format_metrics, strict_json
+from jcra.evaluation import CROWD_LEVELS, METRIC_NAMES, format_metrics, load_ground_truth, strict_json
 from kernels.oks import CROWDPOSE_SIGMAS
 from tests.shared_data import shared_path
 
@@ -220,6 +220,31 @@ def test_crowd_levels_come_with_some_images_indexed(tmp_path):
     assert metrics["AP_easy"] == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("crowd_index", ["0.3", True, 1.5, -0.1, [0.3]])
+def test_crowd_index_outside_zero_to_one_is_named(tmp_path, crowd_index):
+    """A string failed after inference (in the binning); true, 1.5 or -1 were binned without a word."""
+    gt = _tiny_gt(14, crowd_indices=[0.05, crowd_index])
+    with pytest.raises(
+        ValueError, match=r"gt\.json: image 2 has crowdIndex .*, expected a number in \[0, 1\]"
+    ):
+        load_ground_truth(_write(tmp_path, "gt.json", gt))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [("iscrowd", "0", "iscrowd '0', expected 0 or 1"), ("iscrowd", 2, "iscrowd 2"),
+     ("num_keypoints", "0", "num_keypoints '0', expected an integer >= 0"),
+     ("num_keypoints", -1, "num_keypoints -1"), ("num_keypoints", 1.5, "num_keypoints 1.5")],
+)  # fmt: skip
+def test_iscrowd_and_num_keypoints_of_another_type_are_named(tmp_path, key, value, expected):
+    """COCOeval reads a truthy "0" as a crowd and ignores the person: every metric became -1."""
+    gt = _tiny_gt(17)
+    results = _perfect_results(gt)
+    gt["annotations"][0][key] = value
+    with pytest.raises(ValueError, match=rf"gt\.json: annotation 1 has {expected}"):
+        evaluate_keypoints(results, _write(tmp_path, "gt.json", gt))
+
+
 def test_strict_json_writes_every_non_finite_number_as_null():
     metrics = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "AP": 0.5, "count": 3}
     assert strict_json(metrics) == {"nan": None, "inf": None, "-inf": None, "AP": 0.5, "count": 3}
@@ -261,6 +286,11 @@ def test_bad_records_are_named(tmp_path):
     unknown[0]["image_id"] = 999
     with pytest.raises(ValueError, match="image_ids.*999"):
         evaluate_keypoints(unknown, ann_file)
+    for image_id in ([1], None, 1.0, True):
+        odd = copy.deepcopy(results)
+        odd[1]["image_id"] = image_id
+        with pytest.raises(ValueError, match=r"results\[1\] has image_id .*, not an integer or a string"):
+            evaluate_keypoints(odd, ann_file)
     no_score = copy.deepcopy(results)
     del no_score[0]["score"]
     with pytest.raises(ValueError, match=r"results\[0\].*score"):

@@ -231,7 +231,8 @@ def num_keypoints(data: dict, ann_file: Path) -> int:
     """K of a parsed annotation file: the person category's keypoint names (else the first
     annotation); ValueError naming ``ann_file`` for an annotation without 3 * K finite keypoint values,
     with a bbox that is not 4 finite numbers, an area that is not a finite number >= 0 (null or 0 is
-    read as none: :data:`BOX_AREA_FRACTION` of the box), or of an unknown image."""
+    read as none: :data:`BOX_AREA_FRACTION` of the box), an ``iscrowd`` not 0 or 1, a
+    ``num_keypoints`` not an integer >= 0, or of an unknown image."""
     category = _keypoint_category(data)
     anns = data["annotations"]
     if category:
@@ -254,6 +255,11 @@ def num_keypoints(data: dict, ann_file: Path) -> int:
         area = ann.get("area")
         if area is not None and not (finite_numbers([area]) and area >= 0):
             raise ValueError(f"{where} has area {area!r:.100}, expected a finite number >= 0")
+        if ann.get("iscrowd", 0) not in (0, 1):  # "0" would be a crowd to COCOeval, and ignored
+            raise ValueError(f"{where} has iscrowd {ann['iscrowd']!r:.100}, expected 0 or 1")
+        count = ann.get("num_keypoints", 0)
+        if not (isinstance(count, numbers.Integral) and not isinstance(count, bool) and count >= 0):
+            raise ValueError(f"{where} has num_keypoints {count!r:.100}, expected an integer >= 0")
         if ann.get("image_id") not in image_ids:
             raise ValueError(f"{where} refers to unknown image_id")
     return k
