@@ -187,6 +187,8 @@ def evaluate(
     from train.config import TrainConfig
     from train.train import build_dataset, data_loader, evaluate, keypoint_layout
 
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
     dev = resolve_cli_device(device)
     if out is not None:
         out = output_folder(out)
@@ -203,9 +205,8 @@ def evaluate(
     )
     layout = keypoint_layout(data_config["keypoint_layout"])
     loader = data_loader(build_dataset(ann_file, image_dir, False, cfg, layout), cfg)
-    metrics, results = evaluate(model, loader, ann_file, dev)
+    metrics = evaluate(model, loader, ann_file, dev, results_path=out and out / "results.json")
     if out is not None:
-        (out / "results.json").write_text(json.dumps(results))
         (out / "metrics.json").write_text(metrics_json(metrics))
     return metrics
 

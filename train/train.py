@@ -136,12 +136,23 @@ def predict_loader(model: nn.Module, loader, device: torch.device, top_k: int = 
     return results
 
 
-def evaluate(model: nn.Module, loader, ann_file: str, device: torch.device, top_k=100, precision="fp32"):
-    """COCO keypoint AP of ``model`` on ``loader``'s images against ``ann_file``: (metrics, results)."""
+def evaluate(
+    model: nn.Module,
+    loader,
+    ann_file: str,
+    device: torch.device,
+    top_k=100,
+    precision="fp32",
+    results_path=None,
+) -> dict:
+    """COCO keypoint AP of ``model`` on ``loader``'s images against ``ann_file``; the records are
+    written to ``results_path`` (if given) before they are scored, so an error in scoring keeps them."""
     from jcra.evaluation import evaluate_keypoints
 
     results = predict_loader(model, loader, device, top_k, precision)
-    return evaluate_keypoints(results, ann_file), results
+    if results_path is not None:
+        Path(results_path).write_text(json.dumps(results))
+    return evaluate_keypoints(results, ann_file)
 
 
 def autocast(device: torch.device, precision: str):
@@ -370,8 +381,8 @@ def run_evaluation(model, val_loader, cfg: TrainConfig, device, rank: int, world
     """Evaluate on rank 0 over the whole val split (others wait); writes ``val_results.json``."""
     metrics: dict = {}
     if rank == 0:
-        metrics, results = evaluate(model, val_loader, cfg.val_ann, device, cfg.top_k, cfg.precision)
-        (out_dir / "val_results.json").write_text(json.dumps(results))
+        results_path = out_dir / "val_results.json"
+        metrics = evaluate(model, val_loader, cfg.val_ann, device, cfg.top_k, cfg.precision, results_path)
         print("[jcra] eval: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
     if world > 1:
         dist.barrier()

@@ -26,8 +26,8 @@ def checkpoint(data, tmp_path_factory):
 def bad_files(data, checkpoint, tmp_path) -> Path:
     """``tmp_path`` with ``truncated/`` (a good image, then a truncated one), ``clash/`` (``photo.png`` and
     ``photo.png.png``, its drawing's name), ``twin/a.jpg`` (named as the good image of ``truncated/``), a
-    plain state dict, a JSON file, a truncated checkpoint, and annotation files with 14 keypoints and
-    without categories."""
+    plain state dict, a JSON file, a truncated checkpoint, and annotation files with 14 keypoints,
+    without categories and with a crowdIndex that is a string."""
     image = sorted(Path(data["val_images"]).iterdir())[0]
     for folder, names in {
         "truncated": ["a.jpg"],
@@ -50,6 +50,9 @@ def bad_files(data, checkpoint, tmp_path) -> Path:
     coco = json.loads(Path(data["val_ann"]).read_text())
     del coco["categories"]  # the dataset reads it, but COCO evaluation needs it
     (tmp_path / "no_categories.json").write_text(json.dumps(coco))
+    coco["categories"] = json.loads(Path(data["val_ann"]).read_text())["categories"]
+    coco["images"][0]["crowdIndex"] = "0.3"  # scoring it failed after every image had run
+    (tmp_path / "crowd_index.json").write_text(json.dumps(coco))
     return tmp_path
 
 
@@ -82,6 +85,22 @@ def test_evaluate_command_prints_ap(data, checkpoint, tmp_path, capsys):
     metrics = json.loads(capsys.readouterr().out)
     assert 0.0 <= metrics["AP"] <= 1.0
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+
+
+def test_evaluate_writes_the_results_before_scoring_them(data, checkpoint, tmp_path, monkeypatch):
+    """An error in scoring lost every prediction of the run."""
+    import jcra.evaluation
+
+    def fail(results, ann_file):
+        raise RuntimeError("scoring failed")
+
+    monkeypatch.setattr(jcra.evaluation, "evaluate_keypoints", fail)
+    args = ["evaluate", checkpoint, "--ann-file", data["val_ann"], "--image-dir", data["val_images"]]
+    with pytest.raises(RuntimeError, match="scoring failed"):
+        main([*args, "--out", str(tmp_path), "--device", "cpu"])
+    records = json.loads((tmp_path / "results.json").read_text())
+    images = json.loads(Path(data["val_ann"]).read_text())["images"]
+    assert records and {r["image_id"] for r in records} == {image["id"] for image in images}
 
 
 def test_evaluate_scores_under_the_files_person_category(data, checkpoint, tmp_path, capsys):
@@ -206,6 +225,14 @@ def test_predict_reads_tiff_and_gif_names_other_files_and_turns_photos_upright(d
             r"no_categories\.json.*'categories'",
         ),
         (["evaluate", "{ckpt}", "--ann-file", "{out}/twin", "--image-dir", "{images}"], r"twin is a folder"),
+        (
+            ["evaluate", "{ckpt}", "--ann-file", "{out}/crowd_index.json", "--image-dir", "{images}"],
+            r"crowd_index\.json: image 1 has crowdIndex '0\.3', expected a number in \[0, 1\]",
+        ),
+        (
+            ["evaluate", "{ckpt}", "--ann-file", "{ann}", "--image-dir", "{images}", "--batch-size", "0"],
+            "--batch-size must be an integer >= 1",
+        ),
         (
             ["predict", "{ckpt}", "{images}", "--out", "{out}/fresh", "--top-k", "0"],
             "top_k must be an integer >= 1",
