@@ -27,7 +27,8 @@ class PostProcess:
     def __call__(self, outputs: dict, orig_sizes: Tensor, image_ids) -> list[dict]:
         """outputs: ``logits`` [B, Q], ``keypoints`` [B, Q, K, 2] in [0, 1] of each image;
         orig_sizes [B, 2] (h, w) pixels (a tensor, array or list); image_ids: B ids. Returns the
-        records of all images."""
+        records of all images; ValueError naming the images whose kept outputs are NaN or inf (a
+        diverged or broken model), which no record can carry."""
         logits, keypoints = outputs["logits"], outputs["keypoints"]
         orig_sizes = torch.as_tensor(orig_sizes)
         B, Q = logits.shape
@@ -39,6 +40,10 @@ class PostProcess:
         kpts = keypoints.float().gather(1, top[..., None, None].expand(-1, -1, *keypoints.shape[2:]))
         # the one copy to the host; the few thousand numbers are scaled there, no size crosses to the GPU
         rows = torch.cat([kpts.flatten(2), scores[..., None]], -1).cpu()
+        broken = (~rows.isfinite()).flatten(1).any(1)
+        if broken.any():
+            ids = [image_ids[i] for i in broken.nonzero()[:, 0].tolist()]
+            raise ValueError(f"the model's scores or keypoints for image(s) {ids[:10]} are NaN or inf")
         kpts = rows[..., :-1].unflatten(-1, (-1, 2)) * orig_sizes.cpu().float().flip(-1)[:, None, None]
         kpts = kpts - PIXEL_CENTRE
         triples = torch.cat([kpts, torch.ones_like(kpts[..., :1])], -1)  # [B, k, K, 3]

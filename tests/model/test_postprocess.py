@@ -61,6 +61,16 @@ def test_bad_arguments_raise():
             PostProcess()(out, torch.tensor([[10, 10], [5, 5]]), [1, bad])
 
 
+def test_non_finite_outputs_name_their_images():
+    """NaN scores made results.json invalid JSON without a word; the images are named instead."""
+    out = {"logits": torch.zeros(3, 4), "keypoints": torch.rand(3, 4, 17, 2)}
+    out["logits"][1, 2] = float("nan")
+    out["keypoints"][2, 0, 5, 1] = float("inf")
+    out["logits"][0, 1] = float("inf")  # a score of 1
+    with pytest.raises(ValueError, match=r"image\(s\) \['b', 'c'\] are NaN or inf"):
+        PostProcess()(out, torch.tensor([[10, 10]] * 3), ["a", "b", "c"])
+
+
 def test_image_ids_keep_their_type():
     """Ints (also as tensors or numpy) become Python ints; string ids stay as the file has them."""
     out = {"logits": torch.zeros(4, 1), "keypoints": torch.rand(4, 1, 17, 2)}
