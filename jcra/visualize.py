@@ -86,6 +86,8 @@ def draw_keypoints(
 
     people = []
     for n, record in enumerate(records):
+        if "keypoints" not in record:
+            raise ValueError(f"records[{n}] has no 'keypoints' (a COCO result record has them)")
         flat = [float(value) for value in record["keypoints"]]
         if len(flat) % 3:
             raise ValueError(f"records[{n}]['keypoints'] must hold 3K values, got {len(flat)}")
@@ -154,8 +156,8 @@ def save_grid(images: Sequence, path: str | Path, *, columns: int = 4, cell: int
     """
     if len(images) == 0:
         raise ValueError("images must hold at least one image, got an empty sequence")
-    if columns < 1 or cell < 1:
-        raise ValueError(f"columns and cell must be >= 1, got columns={columns}, cell={cell}")
+    if not (isinstance(columns, int) and isinstance(cell, int) and columns >= 1 and cell >= 1):
+        raise ValueError(f"columns and cell must be integers >= 1, got columns={columns!r}, cell={cell!r}")
     cols = min(columns, len(images))
     rows = math.ceil(len(images) / cols)
     grid = Image.new("RGB", (cols * cell, rows * cell))

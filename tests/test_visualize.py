@@ -135,6 +135,8 @@ def test_bad_records_and_skeleton():
             draw_keypoints(image, [_person(PERSON)], [pair])
     with pytest.raises(ValueError, match=r"records\[0\]\['score'\]"):
         draw_keypoints(image, [{**_person(PERSON), "score": None}], SKELETON)
+    with pytest.raises(ValueError, match=r"records\[1\] has no 'keypoints'"):
+        draw_keypoints(image, [_person(PERSON), {"score": 0.5}], SKELETON)
 
 
 def test_real_coco_photo():
@@ -203,6 +205,8 @@ def test_bad_sizes_are_refused_and_a_sliver_is_tiled(tmp_path):
         draw_keypoints(Image.new("RGB", SIZE), [], [], radius=0)
     with pytest.raises(ValueError, match="columns"):
         save_grid([Image.new("RGB", SIZE)], tmp_path / "grid.png", columns=0)
+    with pytest.raises(ValueError, match="columns and cell must be integers >= 1, got columns=1.5"):
+        save_grid([Image.new("RGB", SIZE)], tmp_path / "grid.png", columns=1.5)
     with Image.open(
         save_grid([Image.new("RGB", (1000, 1), (255, 0, 0))], tmp_path / "s.png", cell=32)
     ) as grid:
