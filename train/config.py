@@ -56,6 +56,11 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field, and check the dataset files exist."""
+        if not (isinstance(self.out_dir, str) and self.out_dir.strip()):
+            raise ValueError(f"out_dir must be a folder path, got {self.out_dir!r}")
+        for name in ("compile", "resume"):
+            if not isinstance(getattr(self, name), bool):  # "no" would be true
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         at_least_one = ("epochs", "batch_size", "grad_accum", "val_scale", "max_size", "log_every", "top_k")
         for name in at_least_one:
             _check_int(name, getattr(self, name), 1)
@@ -88,7 +93,15 @@ class TrainConfig:
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}")
         from jcra.criterion import DEFAULT_WEIGHTS
+        from jcra.data.keypoint_layouts import get_layout
         from jcra.matcher import HungarianMatcher
+
+        layout = get_layout(self.keypoint_layout)
+        if self.model_overrides.get("num_keypoints", layout.num_keypoints) != layout.num_keypoints:
+            raise ValueError(
+                f"model_overrides.num_keypoints ({self.model_overrides['num_keypoints']!r}) must be "
+                f"keypoint_layout {layout.name!r}'s {layout.num_keypoints}; leave it out, the layout sets it"
+            )
 
         matcher_keys = [name for name in inspect.signature(HungarianMatcher).parameters if name != "sigmas"]
         _check_keys("matcher_weights", self.matcher_weights, matcher_keys)

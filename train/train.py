@@ -422,9 +422,20 @@ def progress_bar(total: int, initial: int, enabled: bool):
 # ---------------------------------------------------------------------------------------------- hydra
 
 
+def checked_out_dir(out_dir) -> str:
+    """``out_dir`` if it names a folder; an empty one put hydra's records under ``/hydra``."""
+    if not (isinstance(out_dir, str) and out_dir.strip()):
+        raise ValueError(f"train.out_dir must be a folder path, got {out_dir!r}")
+    return out_dir
+
+
 def main() -> None:
     """The hydra entry point: compose ``train/conf/config.yaml`` with the command line, then train."""
     import hydra
+    from omegaconf import OmegaConf
+
+    # config.yaml's run folder goes through it: hydra makes that folder before train() checks the config
+    OmegaConf.register_new_resolver("folder", checked_out_dir, replace=True)
 
     @hydra.main(version_base=None, config_path="conf", config_name="config")
     def run(cfg) -> None:

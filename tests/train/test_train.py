@@ -189,12 +189,27 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch):
         ({"device": "cuda:99"}, "device: 'cuda:99' is GPU 99, but this machine has"),
         ({"loss_weights": {"cls": -1.0}}, r"weights\['cls'\] must be a finite number >= 0"),
         ({"matcher_weights": {"w_kpt": float("nan")}}, "w_kpt must be a finite number >= 0"),
+        ({"resume": "no"}, "resume must be true or false, got 'no'"),  # it resumed
+        ({"compile": "off"}, "compile must be true or false, got 'off'"),  # it compiled
+        (
+            {"model_overrides": {"num_keypoints": 14}},
+            r"model_overrides.num_keypoints \(14\) must be .*'coco'",
+        ),
+        ({"model_overrides": {"pretrained": "no"}}, "pretrained must be true or false"),
     ],
 )
 def test_bad_input_fails_before_training(data, tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
         train(tiny_config(data, tmp_path, **change))
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_an_empty_out_dir_is_refused(data, tmp_path, monkeypatch):
+    """It wrote the checkpoint and log into the working folder."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="out_dir must be a folder path, got ''"):
+        train(dataclasses.replace(tiny_config(data, tmp_path), out_dir=""))
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_validation_file_evaluation_would_refuse_stops_the_run_before_training(data, tmp_path):
@@ -418,6 +433,8 @@ def test_hydra_configs_compose():
         swin = config_from(compose("config", overrides=["experiment=coco_swinl"]).train)
         with pytest.raises(ValueError, match="unknown config keys"):
             config_from(compose("config", overrides=["+train.bogus=1"]).train)
+        with pytest.raises(Exception, match=r"Could not find 'experiment/coco_r5'"):  # it trained the demo
+            compose("config", overrides=["experiment=coco_r5"])
     assert demo.model == "jcra_tiny" and demo.model_overrides["use_fused_kernels"] is False
     assert (r50.model, r50.lr, r50.lr_backbone_mult, r50.lr_offsets_mult) == ("jcra_r50", 2e-4, 0.1, 0.1)
     assert (r50.weight_decay, r50.clip_grad, r50.epochs, r50.lr_drop_epochs) == (1e-4, 0.1, 100, [80])
@@ -604,6 +621,9 @@ def test_hydra_command_line(data, tmp_path):
     launches = sorted((tmp_path / "hydra").iterdir())
     overrides = [(launch / ".hydra" / "overrides.yaml").read_text() for launch in launches]
     assert len(launches) == 2 and "train.max_steps=1" in overrides[0] and "batch_size=0" in overrides[1]
+    # an empty out_dir is refused before hydra makes its run folder (it was /hydra/<time>)
+    empty = subprocess.run([*common, "train.out_dir="], capture_output=True, text=True, timeout=120)
+    assert empty.returncode != 0 and "train.out_dir must be a folder path, got ''" in empty.stderr
 
 
 def test_a_run_killed_by_sigkill_resumes_to_the_run_never_stopped(data, tmp_path):
