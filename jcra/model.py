@@ -274,6 +274,26 @@ _DEFAULTS = dict(
 )
 
 
+def _check_config(cfg: dict) -> None:
+    """ValueError naming the first key of ``cfg`` of the wrong type or range (most failed deep in the
+    forward, and a few, like ``enc_layers=-1`` or ``pretrained="no"``, did not fail at all)."""
+    if cfg["backbone"] not in ("resnet", "swin"):
+        raise ValueError(f"backbone must be 'resnet' or 'swin', got {cfg['backbone']!r}")
+    sizes = ["num_keypoints", "num_queries", "dec_layers", "d_model", "num_heads", "num_points", "ffn_dim"]
+    sizes += ["num_levels"] + (["base_width"] if cfg["backbone"] == "resnet" else [])
+    for key, low in [(key, 1) for key in sizes] + [("enc_layers", 0)]:
+        if not (isinstance(cfg[key], int) and not isinstance(cfg[key], bool) and cfg[key] >= low):
+            raise ValueError(f"{key} must be an integer >= {low}, got {cfg[key]!r}")
+    if cfg["d_model"] % cfg["num_heads"]:
+        raise ValueError(f"d_model ({cfg['d_model']}) must be a multiple of num_heads ({cfg['num_heads']})")
+    dropout = cfg["dropout"]
+    if not (isinstance(dropout, int | float) and not isinstance(dropout, bool) and 0 <= dropout < 1):
+        raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+    for key in ("pretrained", "use_fused_kernels", "frozen_backbone"):
+        if not (isinstance(cfg[key], bool) or (key == "frozen_backbone" and cfg[key] is None)):
+            raise ValueError(f"{key} must be true or false, got {cfg[key]!r}")
+
+
 def build_model(name: str = "jcra_r50", **overrides) -> JCRA:
     """Build a named configuration (``jcra_r50``, ``jcra_r18``, ``jcra_swinl``, ``jcra_tiny``).
 
@@ -289,11 +309,7 @@ def build_model(name: str = "jcra_r50", **overrides) -> JCRA:
     if unknown:
         raise ValueError(f"unknown overrides {unknown}; valid keys: {sorted(cfg)}")
     cfg.update(overrides)
-    if cfg["backbone"] not in ("resnet", "swin"):
-        raise ValueError(f"backbone must be 'resnet' or 'swin', got {cfg['backbone']!r}")
-    for key in ("num_keypoints", "num_queries", "dec_layers"):
-        if not (isinstance(cfg[key], int) and cfg[key] >= 1):
-            raise ValueError(f"{key} must be an integer >= 1, got {cfg[key]!r}")
+    _check_config(cfg)
     if cfg["backbone"] == "swin":
         backbone: nn.Module = SwinBackbone(cfg["swin_name"], pretrained=cfg["pretrained"])
     else:

@@ -171,9 +171,21 @@ def test_build_model_configs_and_overrides():
         build_model("jcra_tiny", num_keypoint=17)
     with pytest.raises(ValueError, match="backbone must be 'resnet' or 'swin', got 'vit'"):
         build_model("jcra_tiny", backbone="vit")
-    for key in ("num_keypoints", "num_queries", "dec_layers"):  # each failed deep in the forward
+    sizes = ("num_keypoints", "num_queries", "dec_layers", "d_model", "num_heads", "num_points", "ffn_dim")
+    for key in (*sizes, "base_width"):  # each failed deep in the forward, or built a model without parts
         with pytest.raises(ValueError, match=f"{key} must be an integer >= 1, got 0"):
             build_model("jcra_tiny", **{key: 0})
+    with pytest.raises(ValueError, match="enc_layers must be an integer >= 0, got -1"):
+        build_model("jcra_tiny", enc_layers=-1)  # it built no encoder layer
+    with pytest.raises(ValueError, match=r"d_model \(64\) must be a multiple of num_heads \(3\)"):
+        build_model("jcra_tiny", num_heads=3)
+    for dropout in ("abc", 1.0, -0.1):
+        with pytest.raises(ValueError, match="dropout must be a number in"):
+            build_model("jcra_tiny", dropout=dropout)
+    for key in ("pretrained", "use_fused_kernels", "frozen_backbone"):  # "no" would be true
+        with pytest.raises(ValueError, match=f"{key} must be true or false, got 'no'"):
+            build_model("jcra_tiny", **{key: "no"})
+    assert len(build_model("jcra_tiny", enc_layers=0).encoder.layers) == 0
 
 
 def test_bad_inputs_raise(tiny_model):
