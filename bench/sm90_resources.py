@@ -122,10 +122,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="*", default=[""], help="label prefixes of the rows to compile")
     parser.add_argument("--sass", type=Path, help="folder to write each row's SASS to, as <label>.sass")
     args = parser.parse_args(argv)
+    rows = [spec for spec in specs() if any(spec[0].startswith(prefix) for prefix in args.only)]
+    if not rows:
+        labels = sorted({spec[0].split(" ")[0] for spec in specs()})
+        parser.error(f"--only {' '.join(args.only)} matches no row; labels start with {labels}")
     print(f"{'kernel and tile':60s} {'warps':>5s} {'regs':>5s} {'stack':>6s} {'shared':>7s} {'STL':>5s}")
-    for label, kernel, consts, pointers, floats, warps in specs():
-        if not any(label.startswith(prefix) for prefix in args.only):
-            continue
+    for label, kernel, consts, pointers, floats, warps in rows:
         r, sass = resources(kernel, consts, pointers, floats, warps)
         if args.sass:
             args.sass.mkdir(parents=True, exist_ok=True)
