@@ -7,9 +7,10 @@ column c spans [c, c + 1), so a horizontal flip maps x to W - x. Randomness come
 generator, which training seeds for each sample (``train.distributed.SeededSamples``): a resumed run
 draws the same augmentations, whichever worker loads a sample.
 
-The training recipe is Deformable DETR's / PETR's (photometric distortion, flip, then either a
-multi-scale resize or resize-crop-resize) with a random rotation added; crop sizes scale with the
-largest training scale (PETR: 384-600 crops after a 400/500/600 resize at scale 800).
+The training recipe is PETR's (photometric distortion, rotation up to 30 degrees, flip, then either
+a multi-scale resize or resize-crop-resize) at Deformable DETR's sizes: crops of 384-600 pixels after
+a 400/500/600 resize at a largest scale of 800, sizes that scale with it (PETR resizes to short sides
+of 400-1400 around the same crops).
 """
 
 import math
