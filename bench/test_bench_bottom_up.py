@@ -2,8 +2,9 @@
 
 Post-processing (associative embedding as HigherHRNet decodes it, DEKR) runs on the maps a trained
 network would give: rendered from real COCO poses pasted into crowds of N people (``../shared/data``;
-random plausible poses when it is absent), with noise on the people's peaks and offsets (a trained
-network's background stays below the decoders' thresholds: ``add_peak_noise``). GPU: maps at
+random plausible poses when it is absent), with noise on the people's peaks and offsets (noise
+proportional to the heat, ``add_peak_noise``: a trained network's tails stay below the decoders'
+thresholds). Each method must find the crowd (OKS AP above 0.9, kept as ``oks_ap``). GPU: maps at
 stride 4 of an 800x1333 input, N in {1, 5, 10, 20, 50}; CPU: a 512x768 input and N in {1, 5, 20}.
 The networks (ResNet-50 C5 upsampled to stride 4, then the heads) are timed separately on random
 inputs of the same size, batch 1 and 8 on GPU, treated as JCRA is in ``test_bench_end_to_end.py``:
@@ -40,6 +41,7 @@ from bench.baselines.render import (
     render_tags,
     synthesize_crowd,
 )
+from bench.baselines.scoring import oks_ap
 from bench.profiling import device_name
 from jcra.backbone import resnet
 from jcra.postprocess import coco_records
@@ -154,7 +156,9 @@ def test_bench_postprocess(benchmark, method, people):
         noise=NOISE,
     )
     records = benchmark.pedantic(target, rounds=20 if CUDA else 3, warmup_rounds=3 if CUDA else 1)
-    benchmark.extra_info["people_found"] = len(records)
+    ap = oks_ap(gt, *decode(*maps, STRIDE, max_people=max_people))
+    benchmark.extra_info.update(people_found=len(records), oks_ap=ap)
+    assert ap > 0.9, f"{method} found {len(records)} of {people} people, AP {ap:.3f}: timing a broken decoder"
 
 
 @pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"b{b}")  # -k b1 picks batch 1

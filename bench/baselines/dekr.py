@@ -99,6 +99,16 @@ def pose_nms(poses: torch.Tensor, heat_scores: torch.Tensor, distance: float, mo
     return torch.tensor(keep, dtype=torch.int64, device=poses.device)
 
 
+def up_interpolate(maps: torch.Tensor, stride: int) -> torch.Tensor:
+    """DEKR's upsampling of maps [C, h, w] to the image [C, stride * h, stride * w]: map pixel (i, j)
+    lands on image pixel (stride * i, stride * j), as the maps are rendered (``align_corners=True``),
+    and the last ``stride - 1`` rows and columns repeat the edge."""
+    _, h, w = maps.shape
+    size = (stride * (h - 1) + 1, stride * (w - 1) + 1)
+    inner = F.interpolate(maps[None], size, mode="bilinear", align_corners=True)
+    return F.pad(inner, (0, stride - 1, 0, stride - 1), mode="replicate")[0]
+
+
 def decode_dekr(
     heatmaps: torch.Tensor,
     offsets: torch.Tensor,
@@ -133,9 +143,7 @@ def decode_dekr(
     cx, cy = (idx % w).float(), (idx // w).float()
     displacement = offsets.flatten(1)[:, idx].T.view(-1, k_joints, 2)  # [P, K, 2]
     xy = (displacement + torch.stack([cx, cy], -1)[:, None]) * stride  # image pixels
-    image_heat = F.interpolate(
-        heatmaps[None, :k_joints], scale_factor=stride, mode="bilinear", align_corners=False
-    )[0]
+    image_heat = up_interpolate(heatmaps[:k_joints], stride)
     col = xy[..., 0].floor().clamp(0, w * stride - 1).long()
     row = xy[..., 1].floor().clamp(0, h * stride - 1).long()
     heat = image_heat.flatten(1).gather(1, (row * w * stride + col).T).T  # [P, K]
