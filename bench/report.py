@@ -65,8 +65,12 @@ def load_groups(paths: list[Path]) -> tuple[dict, dict[str, list[dict]]]:
             print(f"skipped {path}: not a pytest-benchmark JSON file")
             continue
         machine = machine or data.get("machine_info", {})
-        for bench in data["benchmarks"]:
-            groups[bench["group"] or bench["name"]].append(
+        benchmarks = data["benchmarks"]
+        if not isinstance(benchmarks, list):
+            raise ValueError(f"{path}: 'benchmarks' must be a list, got {type(benchmarks).__name__}")
+        for index, bench in enumerate(benchmarks):
+            _check_row(bench, f"{path}: benchmarks[{index}]")
+            groups[bench.get("group") or bench["name"]].append(
                 {
                     "name": bench["name"],
                     "source": path.name.removesuffix(".json"),
@@ -76,6 +80,18 @@ def load_groups(paths: list[Path]) -> tuple[dict, dict[str, list[dict]]]:
                 }
             )
     return machine, dict(groups)
+
+
+def _check_row(bench, where: str) -> None:
+    """ValueError naming ``where`` unless ``bench`` is a pytest-benchmark row with a name and a median
+    time > 0 (every ratio divides by one)."""
+    if not (isinstance(bench, dict) and isinstance(bench.get("name"), str)):
+        raise ValueError(f"{where} is not a benchmark row with a name")
+    median = bench.get("stats", {}).get("median") if isinstance(bench.get("stats"), dict) else None
+    if not (isinstance(median, int | float) and median > 0):
+        raise ValueError(f"{where} ({bench['name']}) has no median time > 0 in 'stats': {median!r}")
+    if not isinstance(bench.get("extra_info", {}), dict):
+        raise ValueError(f"{where} ({bench['name']}) has an extra_info that is not a mapping")
 
 
 def _by_source(rows: list[dict]) -> dict[str, list[dict]]:
@@ -403,7 +419,10 @@ def main(argv: list[str] | None = None) -> None:
     for path in args.results:
         if not path.is_file():
             parser.error(f"results file missing: {path}")
-    machine, groups = load_groups(args.results)
+    try:
+        machine, groups = load_groups(args.results)
+    except ValueError as error:  # a malformed results file, named
+        parser.error(str(error))
     if not groups:
         parser.error("no benchmark results in " + ", ".join(map(str, args.results)))
     add_speedups(groups)

@@ -203,6 +203,35 @@ def test_empty_results_file_is_an_error(tmp_path):
         main([str(empty), "--out", str(tmp_path / "out")])
 
 
+@pytest.mark.parametrize(
+    ("benchmarks", "message"),
+    [
+        (None, r"bad\.json: 'benchmarks' must be a list"),
+        ([{"group": "g", "name": "t", "stats": {}}], r"bad\.json: benchmarks\[0\] \(t\) has no median"),
+        (
+            [{"group": "g", "name": "t", "stats": {"median": 0.0}}],
+            r"benchmarks\[0\] \(t\) has no median time > 0",
+        ),
+        ([bench_row("g", "a", 1.0), {"stats": {"median": 1.0}}], r"benchmarks\[1\] is not a benchmark row"),
+    ],
+    ids=["null", "no-median", "zero-median", "no-name"],
+)
+def test_a_malformed_results_file_is_named(tmp_path, capsys, benchmarks, message):
+    """Each was a KeyError, TypeError or ZeroDivisionError that named no file."""
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"machine_info": {}, "benchmarks": benchmarks}))
+    with pytest.raises(SystemExit):
+        main([str(bad), "--out", str(tmp_path / "out")])
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_a_row_without_a_group_is_grouped_by_its_name(tmp_path):
+    row = bench_row(None, "a", 0.002)
+    del row["group"]
+    main([str(write_run(tmp_path / "r.json", [row])), "--out", str(tmp_path / "out")])
+    assert "| test[a] | a | 2.000 |" in (tmp_path / "out" / "table.md").read_text()
+
+
 def test_a_killed_section_is_reported_from_its_partial_file(tmp_path, capsys):
     """A section killed at its limit leaves an empty X.json beside X.partial.json: the report skips the
     first and reads the second."""
