@@ -160,10 +160,12 @@ def predict(
             tensor, _ = transforms(image, unlabelled_target(image, len(layout.sigmas), index))
             with torch.no_grad():
                 outputs = model(tensor[None].to(dev))
+            records = postprocess(outputs, torch.tensor([[image.height, image.width]]), [index])
+        except ValueError as err:  # PostProcess's NaN error names the image by its index only
+            raise ValueError(f"{path}: {err}") from err
         except Exception as err:
             err.add_note(f"jcra predict: while running the model on {path}")
             raise
-        records = postprocess(outputs, torch.tensor([[image.height, image.width]]), [index])
         for record in records:
             record["file_name"] = str(path)
         results += records

@@ -25,7 +25,6 @@ import contextlib
 import io
 import itertools
 import math
-import numbers
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -135,8 +134,9 @@ def _load_results(results, num_keypoints: int, data: dict, ann_file: Path) -> li
         missing = {"image_id", "category_id", "keypoints", "score"} - set(record)
         if missing:
             raise ValueError(f"results[{i}]{source} lacks {sorted(missing)}")
-        image_id = record["image_id"]
-        if not isinstance(image_id, (numbers.Integral, str)) or isinstance(image_id, bool):
+        image_id = record["image_id"]  # 785.0 is 785 to COCOeval's index; [785] or true is no id
+        whole = finite_numbers([image_id]) and float(image_id).is_integer()
+        if not (isinstance(image_id, str) or whole):
             raise ValueError(
                 f"results[{i}]{source} has image_id {image_id!r:.100}, not an integer or a string"
             )

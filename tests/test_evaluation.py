@@ -233,7 +233,7 @@ def test_crowd_index_outside_zero_to_one_is_named(tmp_path, crowd_index):
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [("iscrowd", "0", "iscrowd '0', expected 0 or 1"), ("iscrowd", 2, "iscrowd 2"),
-     ("num_keypoints", "0", "num_keypoints '0', expected an integer >= 0"),
+     ("num_keypoints", "0", "num_keypoints '0', expected a whole number >= 0"),
      ("num_keypoints", -1, "num_keypoints -1"), ("num_keypoints", 1.5, "num_keypoints 1.5")],
 )  # fmt: skip
 def test_iscrowd_and_num_keypoints_of_another_type_are_named(tmp_path, key, value, expected):
@@ -243,6 +243,17 @@ def test_iscrowd_and_num_keypoints_of_another_type_are_named(tmp_path, key, valu
     gt["annotations"][0][key] = value
     with pytest.raises(ValueError, match=rf"gt\.json: annotation 1 has {expected}"):
         evaluate_keypoints(results, _write(tmp_path, "gt.json", gt))
+
+
+def test_whole_numbers_stored_as_floats_are_read_as_ids_and_counts(tmp_path):
+    """numpy and pandas write 785.0 and 17.0; COCOeval reads them as 785 and 17."""
+    gt = _tiny_gt(17, crowd_indices=[None, None])
+    results = _perfect_results(gt)
+    for ann in gt["annotations"]:
+        ann["num_keypoints"] = float(ann["num_keypoints"])
+    for record in results:
+        record["image_id"] = float(record["image_id"])
+    assert evaluate_keypoints(results, _write(tmp_path, "gt.json", gt))["AP"] == pytest.approx(1.0)
 
 
 def test_strict_json_writes_every_non_finite_number_as_null():
@@ -286,7 +297,7 @@ def test_bad_records_are_named(tmp_path):
     unknown[0]["image_id"] = 999
     with pytest.raises(ValueError, match="image_ids.*999"):
         evaluate_keypoints(unknown, ann_file)
-    for image_id in ([1], None, 1.0, True):
+    for image_id in ([1], None, 1.5, True):
         odd = copy.deepcopy(results)
         odd[1]["image_id"] = image_id
         with pytest.raises(ValueError, match=r"results\[1\] has image_id .*, not an integer or a string"):

@@ -60,7 +60,7 @@ class CocoKeypoints(Dataset):
 
     def __init__(self, ann_file, image_dir, transforms=None, *, skip_empty=False, check_images=True):
         self.ann_file, self.image_dir, self.transforms = Path(ann_file), Path(image_dir), transforms
-        self._warned_outside = False
+        self._warned_outside = self._warned_swapped = False
         data = read_annotations(self.ann_file)
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image_dir: {self.image_dir} is not a folder")
@@ -140,12 +140,24 @@ class CocoKeypoints(Dataset):
     def _check_size(self, image_id, path: Path, image: Image.Image) -> None:
         """ValueError naming ``path`` when its pixels are not the ``width`` x ``height`` the annotation
         file lists: its labels would land on other pixels (a resized copy, or a photo stored sideways
-        with an EXIF orientation and labelled as shown)."""
+        with an EXIF orientation and labelled as a viewer shows it). Width and height swapped alone are
+        a known slip of some files (CrowdPose's own train and test files list every image so), which
+        leaves the labels on the stored pixels: one warning, and the dataset reads on."""
         listed = (self.images[image_id].get("width"), self.images[image_id].get("height"))
         if None in listed or listed == image.size:
             return
+        sideways = image.getexif().get(EXIF_ORIENTATION, 1) in SIDEWAYS
+        if listed == image.size[::-1] and not sideways:
+            if not self._warned_swapped:
+                self._warned_swapped = True
+                warnings.warn(
+                    f"{self.ann_file} lists image {path} as {listed[0]} x {listed[1]}, its pixels are "
+                    f"{image.width} x {image.height}: width and height swapped (read as the pixels are)",
+                    stacklevel=3,
+                )
+            return
         hint = ""
-        if image.getexif().get(EXIF_ORIENTATION, 1) in SIDEWAYS and listed == image.size[::-1]:
+        if sideways and listed == image.size[::-1]:
             hint = (
                 " (its EXIF orientation turns it sideways: the file was probably labelled as a viewer "
                 "shows it; save the pixels upright, e.g. with PIL.ImageOps.exif_transpose)"
@@ -232,7 +244,7 @@ def num_keypoints(data: dict, ann_file: Path) -> int:
     annotation); ValueError naming ``ann_file`` for an annotation without 3 * K finite keypoint values,
     with a bbox that is not 4 finite numbers, an area that is not a finite number >= 0 (null or 0 is
     read as none: :data:`BOX_AREA_FRACTION` of the box), an ``iscrowd`` not 0 or 1, a
-    ``num_keypoints`` not an integer >= 0, or of an unknown image."""
+    ``num_keypoints`` not a whole number >= 0, or of an unknown image."""
     category = _keypoint_category(data)
     anns = data["annotations"]
     if category:
@@ -258,8 +270,8 @@ def num_keypoints(data: dict, ann_file: Path) -> int:
         if ann.get("iscrowd", 0) not in (0, 1):  # "0" would be a crowd to COCOeval, and ignored
             raise ValueError(f"{where} has iscrowd {ann['iscrowd']!r:.100}, expected 0 or 1")
         count = ann.get("num_keypoints", 0)
-        if not (isinstance(count, numbers.Integral) and not isinstance(count, bool) and count >= 0):
-            raise ValueError(f"{where} has num_keypoints {count!r:.100}, expected an integer >= 0")
+        if not (finite_numbers([count]) and float(count).is_integer() and count >= 0):
+            raise ValueError(f"{where} has num_keypoints {count!r:.100}, expected a whole number >= 0")
         if ann.get("image_id") not in image_ids:
             raise ValueError(f"{where} refers to unknown image_id")
     return k

@@ -357,6 +357,19 @@ def test_image_of_another_size_than_listed_is_refused(tiny, check_images):
     assert len(CocoKeypoints(write(tmp_path, data), tmp_path)) == 2
 
 
+def test_width_and_height_swapped_alone_warn_once_and_read_the_pixels(tiny):
+    """CrowdPose's own train and test files list every image so; the labels are on the stored pixels."""
+    tmp_path, data = tiny
+    for image in data["images"]:
+        image.update(width=10, height=20)
+    with pytest.warns(UserWarning, match=r"lists image .*a\.png as 10 x 20, its pixels are 20 x 10"):
+        dataset = CocoKeypoints(write(tmp_path, data), tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, target = dataset[0]
+    assert target["size"].tolist() == [10, 20]
+
+
 def test_photo_labelled_upright_but_stored_sideways_is_refused_with_a_hint(tiny):
     tmp_path, data = tiny
     from PIL import Image
