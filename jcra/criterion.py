@@ -35,8 +35,11 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gam
     return alpha_t * ce * (1 - p_t) ** gamma
 
 
-def heatmap_focal_loss(logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
-    """CornerNet's penalty-reduced focal loss, summed over valid cells, divided by the peaks (>= 1).
+def heatmap_focal_loss(
+    logits: Tensor, target: Tensor, valid: Tensor, num_peaks: Tensor | None = None
+) -> Tensor:
+    """CornerNet's penalty-reduced focal loss, summed over valid cells, divided by ``num_peaks``, by
+    default the target's peaks (>= 1).
 
     logits, target [B, K, H, W] (target 1 at keypoints, Gaussian around); valid [B, 1, H, W] bool.
     """
@@ -47,7 +50,7 @@ def heatmap_focal_loss(logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
     pos_loss = -F.logsigmoid(logits) * (1 - p).square()
     neg_loss = -F.logsigmoid(-logits) * p.square() * (1 - target).pow(4)
     total = torch.where(pos, pos_loss, 0.0).sum() + torch.where(neg, neg_loss, 0.0).sum()
-    return total / pos.sum().clamp(min=1)
+    return total / (pos.sum().clamp(min=1) if num_peaks is None else num_peaks)
 
 
 def gaussian_heatmap(keypoints: Tensor, height: int, width: int, stride: int, sigma: float) -> Tensor:
@@ -81,13 +84,16 @@ class SetCriterion(nn.Module):
     """JCRA's training losses; ``forward(outputs, targets)`` returns the weighted total and its parts.
 
     num_keypoints: K. sigmas [K]: OKS sigmas. matcher: a :class:`HungarianMatcher`. weights: any of
-    ``cls``, ``kpt``, ``oks``, ``hm`` (defaults :data:`DEFAULT_WEIGHTS`). oks_mode: "linear"
-    (1 - OKS, PETR's) or "log". heatmap_stride and heatmap_sigma (cells): the heatmap target's
-    geometry (sigma 2 is our choice; PETR's is not stated).
+    ``cls``, ``kpt``, ``oks``, ``hm`` (defaults :data:`DEFAULT_WEIGHTS`). oks_mode: "log"
+    (-log OKS, PETR's ``OKSLoss`` default) or "linear" (1 - OKS). encoder_oks: an OKS loss on the
+    encoder proposals too (PETR's proposals have classification and L1 only). heatmap_stride and
+    heatmap_sigma (cells): the heatmap target's geometry (ours: one Gaussian of sigma 2 cells for every
+    keypoint; PETR's radius follows each person's box, CenterNet's rule, sigma 1/6 to 7/6 of a cell).
 
     Normalisation: classification and OKS sums are divided by the number of non-crowd people in the
     batch, L1 by the number of labelled keypoint coordinates (both summed over processes under
-    torch.distributed, then divided by the world size, as DETR does).
+    torch.distributed, then divided by the world size, as DETR does), the heatmap's by its peaks on
+    this process (PETR's); :meth:`forward`'s ``counts`` sets them for gradient accumulation.
     """
 
     def __init__(
@@ -96,7 +102,8 @@ class SetCriterion(nn.Module):
         sigmas: Tensor,
         matcher: HungarianMatcher,
         weights: dict[str, float] | None = None,
-        oks_mode: str = "linear",
+        oks_mode: str = "log",
+        encoder_oks: bool = False,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         heatmap_stride: int = 8,
@@ -116,6 +123,7 @@ class SetCriterion(nn.Module):
                 f"heatmap_stride must be >= 1 and heatmap_sigma > 0, got {heatmap_stride} and {heatmap_sigma}"
             )
         self.num_keypoints, self.matcher, self.oks_mode = num_keypoints, matcher, oks_mode
+        self.encoder_oks = encoder_oks
         self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
         for key, value in self.weights.items():  # a negative weight would reward that loss's growth
             if not (finite_numbers([value]) and value >= 0):
@@ -124,20 +132,23 @@ class SetCriterion(nn.Module):
         self.heatmap_stride, self.heatmap_sigma = heatmap_stride, heatmap_sigma
         self.register_buffer("sigmas", sigmas, persistent=False)
 
-    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
+    def forward(self, outputs: dict, targets: list[dict], counts: Tensor | None = None) -> dict[str, Tensor]:
         """outputs: the model's training output; targets: per image ``keypoints`` [G, K, 3] and ``area``
         [G] in pixels of the unpadded input, ``size`` [2] (h, w), optionally ``iscrowd`` [G]. Host
         targets, as the data pipeline gives them, cross to the device in one asynchronous copy
-        (:func:`jcra.targets.pad_targets`); ``iscrowd`` is read on the host.
+        (:func:`jcra.targets.pad_targets`); ``iscrowd`` is read on the host. counts: what the losses
+        are divided by, :meth:`count` of a larger batch that these targets are part of (gradient
+        accumulation: the micro-batches' losses then add up to that batch's); by default these
+        targets'.
 
         Returns ``loss`` (weighted total) and unweighted parts: ``loss_cls``, ``loss_kpt``, ``loss_oks``
         for the last layer, the same with suffix ``_d{i}`` for earlier layers and ``_enc`` for the
-        proposals, and ``loss_hm``.
+        proposals (``loss_oks_enc`` with ``encoder_oks``), and ``loss_hm``.
         """
         device = outputs["logits"].device
         pixels = pad_targets(targets, self.num_keypoints, device)
         padded = pixels.normalised()
-        num_people, num_coords = self._counts(padded)
+        num_people, num_coords = self._counts(padded, counts)
 
         decoder = [
             *outputs.get("aux_outputs", []),
@@ -154,22 +165,40 @@ class SetCriterion(nn.Module):
             keypoints = torch.stack([s["keypoints"] for s in stages])  # [S, B, Q, K, 2]
             matches = self.matcher.match(logits.detach().float(), keypoints.detach().float(), padded)
             parts = self._pose_losses(logits, keypoints, matches, padded, num_people, num_coords)
+            if suffixes == ["_enc"] and not self.encoder_oks:
+                del parts["oks"]
             for stage, suffix in enumerate(suffixes):
                 losses.update({f"loss_{name}{suffix}": value[stage] for name, value in parts.items()})
         if "heatmap" in outputs:
-            losses["loss_hm"] = self._heatmap_loss(outputs["heatmap"], pixels)
+            peaks = None if counts is None else to_device(counts[2:].clamp(min=1.0), device)[0]
+            losses["loss_hm"] = self._heatmap_loss(outputs["heatmap"], pixels, peaks)
         losses["loss"] = sum(self.weights[key.split("_")[1]] * value for key, value in losses.items())
         return losses
 
-    @staticmethod
-    def _counts(targets: PaddedTargets) -> tuple[Tensor, Tensor]:
-        """Non-crowd people and their labelled coordinates, averaged over processes, at least 1.
+    def count(self, targets: list[dict]) -> Tensor:
+        """[3] fp32 on the host: the targets' non-crowd people, their labelled coordinates and the
+        heatmap peaks they make (labelled keypoints, one a cell and type); what :meth:`forward`
+        divides its losses by. Host targets are counted without a copy."""
+        pixels = pad_targets(targets, self.num_keypoints, "cpu")
+        keypoints = pixels.keypoints
+        image, _, joint = torch.nonzero(keypoints[..., 2] > 0, as_tuple=True)
+        cells = (keypoints[..., :2] / self.heatmap_stride).floor()[keypoints[..., 2] > 0].long()
+        peaks = torch.unique(torch.stack([image, joint, cells[:, 0], cells[:, 1]], 1), dim=0).shape[0]
+        return torch.tensor([sum(pixels.counts), 2.0 * len(image), peaks])
 
-        The people are counted on the host, the coordinates on the device (padding is unlabelled):
-        nothing is read back.
+    @staticmethod
+    def _counts(targets: PaddedTargets, counts: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Non-crowd people and their labelled coordinates (``counts``' first two, by default the
+        targets'), averaged over processes, at least 1.
+
+        By default the people are counted on the host, the coordinates on the device (padding is
+        unlabelled): nothing is read back.
         """
-        labelled = (targets.keypoints[..., 2] > 0).sum().float()
-        counts = torch.stack([torch.full_like(labelled, float(sum(targets.counts))), 2.0 * labelled])
+        if counts is None:
+            labelled = (targets.keypoints[..., 2] > 0).sum().float()
+            counts = torch.stack([torch.full_like(labelled, float(sum(targets.counts))), 2.0 * labelled])
+        else:
+            counts = to_device(counts[:2].float(), targets.keypoints.device)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(counts)
             counts = counts / dist.get_world_size()
@@ -216,7 +245,9 @@ class SetCriterion(nn.Module):
         loss_oks = torch.where(usable, oks.view(usable.shape), 0.0).sum(1) / num_people
         return {"cls": loss_cls + failed, "kpt": loss_kpt + failed, "oks": loss_oks + failed}
 
-    def _heatmap_loss(self, heatmap: Tensor, targets: PaddedTargets) -> Tensor:
+    def _heatmap_loss(
+        self, heatmap: Tensor, targets: PaddedTargets, num_peaks: Tensor | None = None
+    ) -> Tensor:
         """targets in pixels, crowd entries dropped like every other target's (before dd711e9 their
         labelled keypoints were heatmap peaks; COCO labels crowd regions without keypoints, so COCO's
         heatmap targets are the same)."""
@@ -224,4 +255,4 @@ class SetCriterion(nn.Module):
         stride, sigma = self.heatmap_stride, self.heatmap_sigma
         goals = gaussian_heatmap(targets.keypoints, height, width, stride, sigma)  # [B, K, H, W]
         valid = valid_mask(targets.size.flip(-1).long(), stride, height, width) > 0
-        return heatmap_focal_loss(heatmap, goals, valid)
+        return heatmap_focal_loss(heatmap, goals, valid, num_peaks)

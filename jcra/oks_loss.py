@@ -4,7 +4,7 @@ import torch
 
 from kernels.oks import keypoint_oks
 
-OKS_MODES = ("linear", "log")
+OKS_MODES = ("log", "linear")
 
 
 def oks_loss(
@@ -12,7 +12,7 @@ def oks_loss(
     gt: torch.Tensor,
     area: torch.Tensor,
     sigmas: torch.Tensor,
-    mode: str = "linear",
+    mode: str = "log",
     eps: float = 1e-6,
     image_size: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -21,8 +21,8 @@ def oks_loss(
     pred ``[n, K, 2]`` (x, y); gt ``[n, K, 3]`` (x, y, v); area ``[n]`` in coordinate units squared;
     sigmas ``[K]``; image_size ``[n, 2]`` (w, h), optional: coordinates are normalised by it and area
     by ``w * h``, and OKS is taken in pixels, as COCO scores it (normalised units would weigh x and y
-    errors unequally on non-square images). ``mode="linear"`` gives ``1 - OKS``, ``mode="log"`` gives
-    ``-log(max(OKS, eps))``.
+    errors unequally on non-square images). ``mode="log"`` gives ``-log(max(OKS, eps))`` (PETR's
+    ``OKSLoss``, eps 1e-6), ``mode="linear"`` gives ``1 - OKS``.
     OKS is COCOeval's (:func:`kernels.oks.keypoint_oks`), computed in fp32 (fp64 for fp64 inputs); a
     ground truth with no labelled keypoint or ``area <= 0`` has OKS 0, so callers should leave such
     pairs out (their loss is constant, with zero gradient).

@@ -130,10 +130,13 @@ def load_checkpoint(path: str | Path, map_location="cpu", keys: tuple[str, ...] 
 RESUME_FIELDS = ("model", "model_overrides", "keypoint_layout", "train_ann", "train_images", "train_scales",
                  "max_size", "rotation", "batch_size", "grad_accum", "seed", "lr", "lr_backbone_mult",
                  "lr_offsets_mult", "weight_decay", "clip_grad", "lr_drop_epochs", "lr_gamma",
-                 "matcher_weights", "loss_weights")  # fmt: skip
+                 "matcher_weights", "loss_weights", "oks_mode", "encoder_oks")  # fmt: skip
 """Settings a resumed run must share with its checkpoint: under others, the sampler's position and the
 restored parameters, optimizer and schedule would silently mean something else. (``epochs``,
 ``max_steps``, ``precision``, evaluation, logging and workers may change.)"""
+
+SAVED_BEFORE = {"oks_mode": "linear", "encoder_oks": True}
+"""The settings of checkpoints written before these fields existed (their losses had them fixed)."""
 
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "step", "epoch", "batch_in_epoch")
 """What a training checkpoint holds for a resume (:func:`train` writes more)."""
@@ -142,7 +145,7 @@ CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "step", "
 def check_resumable(state: dict, cfg: TrainConfig, world: int, path: Path) -> None:
     """ValueError naming every setting in :data:`RESUME_FIELDS` that differs from the checkpoint's, or
     a different number of processes (each resumes its own sampler position and RNG)."""
-    saved = state.get("train_config", {})
+    saved = {**SAVED_BEFORE, **state.get("train_config", {})} if state.get("train_config") else {}
     changed = [
         f"{name} {saved[name]!r} -> {getattr(cfg, name)!r}"
         for name in RESUME_FIELDS

@@ -2,6 +2,7 @@
 
 import inspect
 import math
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -52,13 +53,15 @@ class TrainConfig:
     resume: bool = False
     matcher_weights: dict = field(default_factory=dict)
     loss_weights: dict = field(default_factory=dict)
+    oks_mode: str = "log"
+    encoder_oks: bool = False
     top_k: int = 100
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field, and check the dataset files exist."""
-        if not (isinstance(self.out_dir, str) and self.out_dir.strip()):
+        if not (isinstance(self.out_dir, str | os.PathLike) and str(self.out_dir).strip()):
             raise ValueError(f"out_dir must be a folder path, got {self.out_dir!r}")
-        for name in ("compile", "resume"):
+        for name in ("compile", "resume", "encoder_oks"):
             if not isinstance(getattr(self, name), bool):  # "no" would be true
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         at_least_one = ("epochs", "batch_size", "grad_accum", "val_scale", "max_size", "log_every", "top_k")
@@ -76,6 +79,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not (_is_number(value) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.oks_mode not in ("log", "linear"):
+            raise ValueError(f"oks_mode must be 'log' or 'linear', got {self.oks_mode!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         for name in ("train_scales", "lr_drop_epochs"):

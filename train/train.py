@@ -65,7 +65,10 @@ def build_criterion(cfg: TrainConfig, layout) -> nn.Module:
 
     sigmas = torch.as_tensor(layout.sigmas, dtype=torch.float32)
     matcher = HungarianMatcher(sigmas, **dict(cfg.matcher_weights))
-    return SetCriterion(len(sigmas), sigmas, matcher, weights=dict(cfg.loss_weights) or None)
+    weights = dict(cfg.loss_weights) or None
+    return SetCriterion(
+        len(sigmas), sigmas, matcher, weights=weights, oks_mode=cfg.oks_mode, encoder_oks=cfg.encoder_oks
+    )
 
 
 def build_dataset(ann_file: str, image_dir: str, train: bool, cfg: TrainConfig, layout):
@@ -347,20 +350,24 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, out_di
 
 
 def accumulate(model, criterion, batches, cfg: TrainConfig, device, scaler) -> dict:
-    """Forward and backward ``grad_accum`` micro-batches; returns their mean losses (detached)."""
+    """Forward and backward ``grad_accum`` micro-batches; returns the losses of the batch they make
+    (detached). Each micro-batch's losses are divided by the whole batch's people, coordinates and
+    heatmap peaks (``criterion.count``), so the gradient is the one batch ``grad_accum`` times as large
+    would give, as DDP's processes together give theirs."""
+    micro = [next(batches) for _ in range(cfg.grad_accum)]
+    counts = sum(criterion.count(targets) for *_, targets in micro) if cfg.grad_accum > 1 else None
     totals: dict = {}
-    for i in range(cfg.grad_accum):
-        images, padding_mask, targets = next(batches)
+    for i, (images, padding_mask, targets) in enumerate(micro):
         sync = i == cfg.grad_accum - 1 or not hasattr(model, "no_sync")
         context = torch.enable_grad() if sync else model.no_sync()
         with context:
             with autocast(device, cfg.precision):
                 outputs = model(to_device(images, device), to_device(padding_mask, device))
             # host targets: the criterion pads them and moves them in one copy
-            losses = criterion(outputs, targets)
-            scaler.scale(losses["loss"] / cfg.grad_accum).backward()
+            losses = criterion(outputs, targets, counts)
+            scaler.scale(losses["loss"]).backward()
         for k, v in losses.items():
-            totals[k] = totals.get(k, 0.0) + v.detach().float() / cfg.grad_accum
+            totals[k] = totals.get(k, 0.0) + v.detach().float()
     return totals
 
 

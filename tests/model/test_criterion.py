@@ -113,6 +113,22 @@ def test_loss_parts_with_known_matching():
         torch.testing.assert_close(losses[key], value, rtol=1e-5, atol=1e-6)
     total = 2 * expected["loss_cls"] + 70 * expected["loss_kpt"] + 3 * expected["loss_oks"]
     torch.testing.assert_close(losses["loss"], total, rtol=1e-5, atol=1e-5)
+    linear = _criterion(oks_mode="linear")({"logits": logits, "keypoints": keypoints}, [target])["loss_oks"]
+    torch.testing.assert_close(linear, 1 - (-expected["loss_oks"]).exp(), rtol=1e-5, atol=1e-6)
+
+
+def test_encoder_proposals_take_an_oks_loss_only_when_asked():
+    """PETR's proposals have classification and L1 losses; ``encoder_oks`` adds the OKS loss."""
+    gen = torch.Generator().manual_seed(3)
+    target = {"keypoints": torch.rand(2, K, 3, generator=gen) * 60, "area": torch.full((2,), 400.0)}
+    target["keypoints"][..., 2] = 2.0
+    target["size"] = torch.tensor([64, 64])
+    stage = {"logits": torch.randn(1, 6, generator=gen), "keypoints": torch.rand(1, 6, K, 2, generator=gen)}
+    outputs = {**stage, "enc_outputs": dict(stage)}
+    without, with_oks = (_criterion(encoder_oks=flag)(outputs, [target]) for flag in (False, True))
+    assert "loss_oks_enc" not in without and {"loss_cls_enc", "loss_kpt_enc"} <= set(without)
+    torch.testing.assert_close(with_oks["loss_oks_enc"], with_oks["loss_oks"])  # the same stage twice
+    torch.testing.assert_close(with_oks["loss"] - without["loss"], 2 * with_oks["loss_oks_enc"])
 
 
 def _batch_with_a_crowd(gen):

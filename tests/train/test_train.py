@@ -73,7 +73,9 @@ class _Affine(torch.nn.Module):
         return {"out": images @ self.weight}
 
 
-def test_accumulate_averages_the_gradients_and_losses_of_every_micro_batch():
+def test_accumulate_divides_every_micro_batch_by_the_whole_batchs_counts():
+    """Each micro-batch's loss, a sum, is divided by the count of all three (as one batch's would be),
+    and the step's loss is their sum."""
     model = _Affine()
     micro = [
         torch.tensor([[1.0, 2.0, 3.0]]),
@@ -81,24 +83,57 @@ def test_accumulate_averages_the_gradients_and_losses_of_every_micro_batch():
         torch.tensor([[0.0, 1.0, 1.0]]),
     ]
 
-    def criterion(outputs, targets):
-        loss = (outputs["out"] * targets).sum() ** 2
-        return {"loss": loss, "loss_part": 2 * loss}
+    class Criterion:
+        @staticmethod
+        def count(targets):  # the people of a micro-batch: 1, 2 and 3
+            return torch.tensor([float(targets[0]), 0.0, 0.0])
+
+        def __call__(self, outputs, targets, counts):
+            loss = (outputs["out"] * targets).sum() ** 2 / counts[0]
+            return {"loss": loss, "loss_part": 2 * loss}
 
     batches = iter(
         [(x, torch.zeros(1, dtype=torch.bool), torch.tensor([float(i + 1)])) for i, x in enumerate(micro)]
     )
     cfg = SimpleNamespace(grad_accum=3, precision="fp32")
     totals = accumulate(
-        model, criterion, batches, cfg, torch.device("cpu"), torch.amp.GradScaler("cpu", enabled=False)
+        model, Criterion(), batches, cfg, torch.device("cpu"), torch.amp.GradScaler("cpu", enabled=False)
     )
-    # loss_i = (t_i x_i . w)^2: gradient 2 t_i^2 (x_i . w) x_i
+    # loss_i = (t_i x_i . w)^2 / 6: gradient 2 t_i^2 (x_i . w) x_i / 6
     w = model.weight.detach()
-    losses = [float(((i + 1) * (x @ w)).sum() ** 2) for i, x in enumerate(micro)]
-    grads = [2 * (i + 1) ** 2 * (x @ w).sum() * x[0] for i, x in enumerate(micro)]
-    torch.testing.assert_close(model.weight.grad, sum(grads) / 3)
-    torch.testing.assert_close(totals["loss"], torch.tensor(sum(losses) / 3))
-    torch.testing.assert_close(totals["loss_part"], torch.tensor(2 * sum(losses) / 3))
+    losses = [float(((i + 1) * (x @ w)).sum() ** 2) / 6 for i, x in enumerate(micro)]
+    grads = [2 * (i + 1) ** 2 * (x @ w).sum() * x[0] / 6 for i, x in enumerate(micro)]
+    torch.testing.assert_close(model.weight.grad, sum(grads))
+    torch.testing.assert_close(totals["loss"], torch.tensor(sum(losses)))
+    torch.testing.assert_close(totals["loss_part"], torch.tensor(2 * sum(losses)))
+
+
+def test_accumulated_micro_batches_give_the_gradient_of_one_batch(data):
+    """Batch 1 x grad_accum 2 against batch 2: the same losses and gradients (the images hold other
+    numbers of people, which a mean of per-micro-batch losses weighs unequally: 0.5 of the norm off)."""
+    from jcra.data import collate
+    from train.train import build_criterion, build_dataset, build_model_from, keypoint_layout
+
+    cfg = tiny_config(data, "unused", model_overrides={"use_fused_kernels": False, "dropout": 0.0})
+    layout = keypoint_layout(cfg.keypoint_layout)
+    dataset = build_dataset(cfg.val_ann, cfg.val_images, False, cfg, layout)
+    people = [len(dataset[i][1]["keypoints"]) for i in range(len(dataset))]
+    pair = [dataset[people.index(min(people))], dataset[people.index(max(people))]]
+    assert min(people) != max(people)
+    criterion = build_criterion(cfg, layout)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    runs = []
+    for batches, accum in (([pair], 1), ([pair[:1], pair[1:]], 2)):
+        torch.manual_seed(0)
+        model = build_model_from(cfg.model, {"num_keypoints": 17, **cfg.model_overrides}).train()
+        step = SimpleNamespace(grad_accum=accum, precision="fp32")
+        losses = accumulate(model, criterion, iter(map(collate, batches)), step, torch.device("cpu"), scaler)
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        runs.append((losses, grads))
+    (one, grad_one), (two, grad_two) = runs
+    assert float((grad_two - grad_one).norm() / grad_one.norm()) < 1e-4  # padding moves a few by 1e-6
+    for key in ("loss", "loss_cls", "loss_kpt", "loss_oks", "loss_hm", "loss_kpt_enc"):
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6)
 
 
 def _stops_at_step_3_keeping_step_2(data, tmp_path, monkeypatch, builder: str, poison, message: str):
@@ -189,6 +224,8 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch):
         ({"device": "cuda:99"}, "device: 'cuda:99' is GPU 99, but this machine has"),
         ({"loss_weights": {"cls": -1.0}}, r"weights\['cls'\] must be a finite number >= 0"),
         ({"matcher_weights": {"w_kpt": float("nan")}}, "w_kpt must be a finite number >= 0"),
+        ({"oks_mode": "lin"}, "oks_mode must be 'log' or 'linear', got 'lin'"),
+        ({"encoder_oks": "no"}, "encoder_oks must be true or false, got 'no'"),
         ({"resume": "no"}, "resume must be true or false, got 'no'"),  # it resumed
         ({"compile": "off"}, "compile must be true or false, got 'off'"),  # it compiled
         (
@@ -204,12 +241,13 @@ def test_bad_input_fails_before_training(data, tmp_path, change, message):
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
-def test_an_empty_out_dir_is_refused(data, tmp_path, monkeypatch):
+def test_an_empty_out_dir_is_refused_and_a_path_object_taken(data, tmp_path, monkeypatch):
     """It wrote the checkpoint and log into the working folder."""
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match="out_dir must be a folder path, got ''"):
         train(dataclasses.replace(tiny_config(data, tmp_path), out_dir=""))
     assert not list(tmp_path.iterdir())
+    dataclasses.replace(tiny_config(data, tmp_path), out_dir=tmp_path / "run").validate()
 
 
 def test_a_validation_file_evaluation_would_refuse_stops_the_run_before_training(data, tmp_path):
@@ -255,6 +293,8 @@ def test_training_set_without_labelled_people_is_named(data, tmp_path):
         ({"train_scales": [48]}, "train_scales"),
         ({"loss_weights": {"oks": 100.0}}, "loss_weights"),
         ({"matcher_weights": {"w_class": 50.0}}, "matcher_weights"),
+        ({"oks_mode": "linear"}, "oks_mode 'log' -> 'linear'"),
+        ({"encoder_oks": True}, "encoder_oks"),
     ],
 )
 def test_resume_with_other_settings_is_refused(data, tmp_path, monkeypatch, change, message):
@@ -267,6 +307,21 @@ def test_resume_with_other_settings_is_refused(data, tmp_path, monkeypatch, chan
     with pytest.raises(ValueError, match=f"resume: .*{message}"):
         train(tiny_config(data, tmp_path, max_steps=4, resume=True, **change))
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
+
+
+def test_a_checkpoint_from_before_the_oks_settings_resumes_with_the_losses_it_had(data, tmp_path):
+    """Its losses were 1 - OKS with one on the proposals: resumed under PETR's, it would change them."""
+    from train.checkpoint import save_checkpoint
+
+    train(tiny_config(data, tmp_path, max_steps=2))
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    for name in ("oks_mode", "encoder_oks"):
+        del state["train_config"][name]
+    save_checkpoint(tmp_path / "checkpoint.pt", state)
+    with pytest.raises(ValueError, match="oks_mode 'linear' -> 'log'; encoder_oks True -> False"):
+        train(tiny_config(data, tmp_path, max_steps=3, resume=True))
+    old = tiny_config(data, tmp_path, max_steps=3, resume=True, oks_mode="linear", encoder_oks=True)
+    assert train(old)["step"] == 3
 
 
 def test_resume_may_change_precision(data, tmp_path):
@@ -440,6 +495,7 @@ def test_hydra_configs_compose():
     assert (r50.weight_decay, r50.clip_grad, r50.epochs, r50.lr_drop_epochs) == (1e-4, 0.1, 100, [80])
     assert r50.batch_size * r50.grad_accum * 8 == 32
     assert (crowd.keypoint_layout, swin.model) == ("crowdpose", "jcra_swinl")
+    assert (r50.oks_mode, r50.encoder_oks, demo.oks_mode, demo.encoder_oks) == ("log", False, "linear", True)
     assert linked.val_scale == linked.max_size == demo.max_size  # interpolations resolved
 
 
