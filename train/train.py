@@ -317,11 +317,11 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, out_di
             )
             loss = terms["loss"]
             if not math.isfinite(loss):
-                raise non_finite("loss", loss, step + 1, epoch, ckpt_path)
+                raise non_finite("loss", loss, step + 1, epoch, ckpt_path, cfg.precision)
             scaler.unscale_(optimizer)
             grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad))
             if not math.isfinite(grad_norm) and not scaler.is_enabled():  # fp16's scaler skips the step
-                raise non_finite("gradient norm", grad_norm, step + 1, epoch, ckpt_path)
+                raise non_finite("gradient norm", grad_norm, step + 1, epoch, ckpt_path, cfg.precision)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -371,7 +371,9 @@ def accumulate(model, criterion, batches, cfg: TrainConfig, device, scaler) -> d
     return totals
 
 
-def non_finite(what: str, value: float, step: int, epoch: int, ckpt_path: Path) -> FloatingPointError:
+def non_finite(
+    what: str, value: float, step: int, epoch: int, ckpt_path: Path, precision: str = "fp32"
+) -> FloatingPointError:
     """The error that stops a run before an update with a non-finite loss or gradient."""
     kept = (
         f"the last good checkpoint {ckpt_path} is intact"
@@ -380,7 +382,7 @@ def non_finite(what: str, value: float, step: int, epoch: int, ckpt_path: Path) 
     )
     return FloatingPointError(
         f"non-finite {what} {value} at step {step} (epoch {epoch}); stopped before the update, {kept}. "
-        "Try a lower lr or precision=fp32."
+        + ("Try a lower lr." if precision == "fp32" else "Try a lower lr or precision=fp32.")
     )
 
 

@@ -172,8 +172,8 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch):
     def poison(criterion, third_call):
         forward = criterion.forward
 
-        def forward_nan(outputs, targets):
-            losses = forward(outputs, targets)
+        def forward_nan(outputs, targets, counts=None):
+            losses = forward(outputs, targets, counts)
             return {**losses, "loss": losses["loss"] * float("nan")} if third_call() else losses
 
         criterion.forward = forward_nan
