@@ -495,7 +495,7 @@ def test_hydra_configs_compose():
     assert (r50.weight_decay, r50.clip_grad, r50.epochs, r50.lr_drop_epochs) == (1e-4, 0.1, 100, [80])
     assert r50.batch_size * r50.grad_accum * 8 == 32
     assert (crowd.keypoint_layout, swin.model) == ("crowdpose", "jcra_swinl")
-    assert (r50.oks_mode, r50.encoder_oks, demo.oks_mode, demo.encoder_oks) == ("log", False, "linear", True)
+    assert (r50.oks_mode, r50.encoder_oks, demo.oks_mode, demo.encoder_oks) == ("log", False, "log", False)
     assert linked.val_scale == linked.max_size == demo.max_size  # interpolations resolved
 
 
