@@ -1,10 +1,10 @@
 """The embedded demo: ``python -m train.demo [hydra overrides]``.
 
 Generates the synthetic people (once, under ``outputs/demo/data``), trains the demo configuration
-(``train/conf`` defaults: tiny model; about 12.5 minutes of training on 2 CPU cores, where the whole
-``make demo`` takes about 14; ``train.device=auto`` trains on a GPU where torch sees one), evaluates
-COCO keypoint AP on the synthetic val split, draws predictions for a few val images, and prints where
-everything is.
+(``train/conf`` defaults: tiny model; about 14 to 15 minutes of training on 2 CPU cores, where the
+whole ``make demo`` takes about 15 to 16; ``train.device=auto`` trains on a GPU where torch sees
+one), evaluates COCO keypoint AP on the synthetic val split, draws predictions for a few val images,
+and prints where everything is.
 Run again, it continues its run in ``outputs/demo/run`` (finished, it only draws again); data paths
 given on the command line replace the synthetic ones.
 """
