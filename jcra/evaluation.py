@@ -40,6 +40,7 @@ from jcra.data.coco import (
     keypoint_category_id,
     read_annotations,
     read_json,
+    whole_number,
 )
 from jcra.data.coco import num_keypoints as count_keypoints
 from kernels.oks import COCO_SIGMAS, CROWDPOSE_SIGMAS
@@ -135,8 +136,7 @@ def _load_results(results, num_keypoints: int, data: dict, ann_file: Path) -> li
         if missing:
             raise ValueError(f"results[{i}]{source} lacks {sorted(missing)}")
         image_id = record["image_id"]  # 785.0 is 785 to COCOeval's index; [785] or true is no id
-        whole = finite_numbers([image_id]) and float(image_id).is_integer()
-        if not (isinstance(image_id, str) or whole):
+        if not (isinstance(image_id, str) or whole_number(image_id)):
             raise ValueError(
                 f"results[{i}]{source} has image_id {image_id!r:.100}, not an integer or a string"
             )

@@ -79,8 +79,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not (_is_number(value) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.oks_mode not in ("log", "linear"):
-            raise ValueError(f"oks_mode must be 'log' or 'linear', got {self.oks_mode!r}")
+        from jcra.oks_loss import OKS_MODES
+
+        if self.oks_mode not in OKS_MODES:
+            raise ValueError(f"oks_mode must be one of {OKS_MODES}, got {self.oks_mode!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         for name in ("train_scales", "lr_drop_epochs"):

@@ -147,7 +147,8 @@ class CocoKeypoints(Dataset):
         if None in listed or listed == image.size:
             return
         sideways = image.getexif().get(EXIF_ORIENTATION, 1) in SIDEWAYS
-        if listed == image.size[::-1] and not sideways:
+        swapped = listed == image.size[::-1]
+        if swapped and not sideways:
             if not self._warned_swapped:
                 self._warned_swapped = True
                 warnings.warn(
@@ -157,7 +158,7 @@ class CocoKeypoints(Dataset):
                 )
             return
         hint = ""
-        if sideways and listed == image.size[::-1]:
+        if sideways and swapped:
             hint = (
                 " (its EXIF orientation turns it sideways: the file was probably labelled as a viewer "
                 "shows it; save the pixels upright, e.g. with PIL.ImageOps.exif_transpose)"
@@ -270,7 +271,7 @@ def num_keypoints(data: dict, ann_file: Path) -> int:
         if ann.get("iscrowd", 0) not in (0, 1):  # "0" would be a crowd to COCOeval, and ignored
             raise ValueError(f"{where} has iscrowd {ann['iscrowd']!r:.100}, expected 0 or 1")
         count = ann.get("num_keypoints", 0)
-        if not (finite_numbers([count]) and float(count).is_integer() and count >= 0):
+        if not (whole_number(count) and count >= 0):
             raise ValueError(f"{where} has num_keypoints {count!r:.100}, expected a whole number >= 0")
         if ann.get("image_id") not in image_ids:
             raise ValueError(f"{where} refers to unknown image_id")
@@ -280,6 +281,11 @@ def num_keypoints(data: dict, ann_file: Path) -> int:
 def finite_numbers(values) -> bool:
     """Whether every one of ``values`` is a finite real number (not null, a string, a bool, NaN or inf)."""
     return all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+
+
+def whole_number(value) -> bool:
+    """Whether ``value`` is a finite real number without a fraction (17, or 17.0 as numpy writes it)."""
+    return finite_numbers([value]) and float(value).is_integer()
 
 
 def keypoint_box(keypoints: np.ndarray) -> list[float]:

@@ -224,7 +224,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch):
         ({"device": "cuda:99"}, "device: 'cuda:99' is GPU 99, but this machine has"),
         ({"loss_weights": {"cls": -1.0}}, r"weights\['cls'\] must be a finite number >= 0"),
         ({"matcher_weights": {"w_kpt": float("nan")}}, "w_kpt must be a finite number >= 0"),
-        ({"oks_mode": "lin"}, "oks_mode must be 'log' or 'linear', got 'lin'"),
+        ({"oks_mode": "lin"}, r"oks_mode must be one of \('log', 'linear'\), got 'lin'"),
         ({"encoder_oks": "no"}, "encoder_oks must be true or false, got 'no'"),
         ({"resume": "no"}, "resume must be true or false, got 'no'"),  # it resumed
         ({"compile": "off"}, "compile must be true or false, got 'off'"),  # it compiled
