@@ -1,8 +1,9 @@
 """Associative embedding (Newell et al. 2017) as HigherHRNet (Cheng et al. 2020) decodes it.
 
-The network gives K keypoint heatmaps and K one-dimensional tag maps at stride 4. Post-processing:
-max-pool NMS on the heatmaps, top-k peaks per joint, then joints are grouped into people one joint
-type at a time in a fixed order: each new joint's peaks are assigned to the people found so far by a
+The network gives K keypoint heatmaps and K one-dimensional tag maps at stride 4. Post-processing
+upsamples both to the image (HigherHRNet's ``PROJECT2IMAGE``), then: max-pool NMS on the heatmaps,
+top-k peaks per joint, then joints are grouped into people one joint type at a time in a fixed
+order: each new joint's peaks are assigned to the people found so far by a
 Hungarian assignment (scipy) on the cost ``round(tag distance) * 100 - heatmap score``, a peak whose tag
 is farther than ``tag_threshold`` from every person starts a new one. Last, refinement fills each
 person's missing joints at the heatmap location whose tag best matches the person's mean tag, and
@@ -13,13 +14,17 @@ distances between tags are then Euclidean, as in HigherHRNet.
 Deviations from HigherHRNet's test code (``lib/core/group.py`` and ``inference.py``, COCO settings), each
 with the way it moves this baseline's time against the published one's:
 
-- faster: it decodes at stride 4, where HigherHRNet first upsamples the maps to the image
-  (``PROJECT2IMAGE``, 16 times the pixels for NMS, top-k and refinement); the network stops at stride
-  4 too, without HigherHRNet's deconvolution to stride-2 heatmaps.
+- faster: the network stops at stride 4, without HigherHRNet's deconvolution to stride-2 heatmaps.
+  The post-processing then does HigherHRNet's work: the maps upsampled to the image, NMS, top-k and
+  refinement on image pixels. The upsampling keeps each map pixel on the image pixel it was rendered
+  at (``align_corners=True``) and stops at the last one (the last ``stride - 1`` rows and columns of
+  the image are left out, where a repeated edge would give equal peaks), where HigherHRNet resizes to
+  the whole input with ``align_corners=False``: the same work within those rows and columns.
 - faster: the assignment is scipy's compiled ``linear_sum_assignment``, where ``py_max_match`` runs
   the pure-Python ``munkres`` package, once per joint type.
-- faster: the quarter-pixel adjustment and the refinement run on the maps' device for all people and
-  joints at once, after one copy of the peaks to the host. HigherHRNet's ``adjust`` loops in Python
+- faster: the quarter-pixel adjustment and the refinement run on the maps' device, for all people
+  and joints at once (the refinement's missing joints a chunk at a time), after one copy of the peaks
+  to the host. HigherHRNet's ``adjust`` loops in Python
   over people and joints comparing heatmap values one at a time (each a device-to-host read when the
   maps are on the GPU), and ``parse`` copies the heatmaps and tags to the host
   (``det[0].cpu().numpy()``) once per person before ``refine`` loops over its joints.
@@ -28,6 +33,10 @@ with the way it moves this baseline's time against the published one's:
 - slower from 16 people: the crowd suite keeps ``max(30, 2N)`` peaks per joint for N people where
   HigherHRNet's COCO setting keeps 30, so that a crowd of 50 can be found at all.
 - no direction claimed: the suite's network is a ResNet-50 (JCRA's backbone), HigherHRNet's an HRNet.
+
+On maps with per-pixel noise, NMS over 5 image pixels (a map pixel and a quarter) keeps two
+diagonal neighbours of a peak as two peaks when they stand above the other two; the lower starts a
+one-joint person scored about 1/17, as HigherHRNet's decoding would on such maps.
 
 Without effect on time: people are kept in a list where HigherHRNet keys a dict by their first tag
 value (two equal tags would merge them); keypoints stay on the maps' grid (:mod:`bench.baselines.render`)
@@ -112,6 +121,17 @@ def peak_nms(maps: torch.Tensor, kernel: int) -> torch.Tensor:
     return maps * (pooled == maps)
 
 
+def up_interpolate(maps: torch.Tensor, stride: int, pad_edge: bool = True) -> torch.Tensor:
+    """Maps [C, h, w] upsampled to the image: map pixel (i, j) lands on image pixel (stride * i,
+    stride * j), where the maps are rendered (``align_corners=True``). With ``pad_edge`` the last
+    ``stride - 1`` rows and columns repeat the edge, to [C, stride * h, stride * w] (DEKR's
+    ``up_interpolate``); without, the maps end at the last map pixel, [C, stride * (h - 1) + 1, ...]."""
+    _, h, w = maps.shape
+    size = (stride * (h - 1) + 1, stride * (w - 1) + 1)
+    inner = F.interpolate(maps[None], size, mode="bilinear", align_corners=True)[0]
+    return F.pad(inner[None], (0, stride - 1, 0, stride - 1), mode="replicate")[0] if pad_edge else inner
+
+
 def _quarter_offset(heatmaps: torch.Tensor, k: torch.Tensor, y: torch.Tensor, x: torch.Tensor):
     """Quarter-pixel shift of integer peaks (y, x) on heatmaps[k] towards the higher neighbour: (dx, dy)."""
     _, h, w = heatmaps.shape
@@ -173,26 +193,36 @@ def decode_associative_embedding(
     tag_threshold: float = 1.0,
     nms_kernel: int = 5,
     joint_order: tuple[int, ...] | None = None,
+    project_to_image: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """People from one image's maps: heatmaps [K, h, w], tags [K, h, w] or [K, h, w, T] -> poses
     [P, K, 3], scores [P].
 
-    Poses are ``(x, y, score)`` in image pixels (map coordinates times ``stride``); a person's score is
-    the mean heatmap value of its joints. At most ``max_people`` peaks per joint are considered.
+    Poses are ``(x, y, score)`` in image pixels; a person's score is the mean heatmap value of its
+    joints. HigherHRNet's COCO test settings: the maps are first upsampled to the image
+    (``project_to_image``, :func:`up_interpolate`), where NMS, top-k, grouping and refinement run;
+    at most ``max_people`` peaks per joint are considered. Without the projection every step runs on
+    the stride-``stride`` maps and the poses are scaled by ``stride`` at the end.
     """
     if heatmaps.dim() != 3 or tags.shape[:3] != heatmaps.shape or tags.dim() not in (3, 4):
         raise ValueError(
             f"heatmaps must be [K, h, w] and tags [K, h, w] or [K, h, w, T], "
             f"got {heatmaps.shape}, {tags.shape}"
         )
-    k_joints, h, w = heatmaps.shape
+    k_joints = heatmaps.shape[0]
     order = (
         joint_order if joint_order is not None else COCO_JOINT_ORDER if k_joints == 17 else range(k_joints)
     )
     heatmaps = heatmaps.float()
-    tags = (tags if tags.dim() == 4 else tags[..., None]).float()
+    # Tag dimension first, [T, K, h, w]: distances then sum whole maps, not a short inner dimension.
+    tags = (tags if tags.dim() == 4 else tags[..., None]).permute(3, 0, 1, 2).float()
+    if project_to_image:
+        # No repeated edge: equal values there would all be peaks, each a person's duplicate joint.
+        heatmaps = up_interpolate(heatmaps, stride, pad_edge=False)
+        tags = up_interpolate(tags.flatten(0, 1), stride, pad_edge=False).view(-1, *heatmaps.shape)
+    _, h, w = heatmaps.shape
     vals, idx = peak_nms(heatmaps, nms_kernel).flatten(1).topk(min(max_people, h * w), dim=1)
-    peak_tags = tags.flatten(1, 2).gather(1, idx[..., None].expand(-1, -1, tags.shape[-1]))
+    peak_tags = tags.flatten(2).gather(2, idx.expand(tags.shape[0], -1, -1)).permute(1, 2, 0)
     xy = torch.stack([idx % w, idx // w], -1)
     # One copy to host: the grouping is sequential and runs in scipy, as in the published code.
     vals_np, tags_np, xy_np = (t.cpu().numpy() for t in (vals, peak_tags, xy))
@@ -200,27 +230,33 @@ def decode_associative_embedding(
     people = people.to(heatmaps.device, torch.float32)
     if people.shape[0] == 0:
         return heatmaps.new_zeros(0, k_joints, 3), heatmaps.new_zeros(0)
-    return _refine(heatmaps, tags, people, stride)
+    return _refine(heatmaps, tags, people, 1 if project_to_image else stride)
+
+
+REFINE_CHUNK_VALUES = {"cuda": 1 << 24, "cpu": 1 << 20}
+"""Tag values one step of the refinement reads at most, by device type: it fills missing joints a
+chunk at a time, as each needs a full-map distance. 64 MiB of fp32 on a GPU keeps launches few; 4 MiB
+on the CPU stays in cache (a crowd of 20 at 512x768 decodes 3x faster than with 64 MiB there)."""
 
 
 def _refine(heatmaps: torch.Tensor, tags: torch.Tensor, people: torch.Tensor, stride: int):
     """Fill missing joints where ``heat - round(|tag - person tag|)`` peaks, quarter-pixel adjust, scale.
 
-    heatmaps [K, h, w]; tags [K, h, w, T]; people [P, K, 3 + T] from :func:`_group`.
+    heatmaps [K, h, w]; tags [T, K, h, w]; people [P, K, 3 + T] from :func:`_group`. As HigherHRNet's
+    ``refine``, only the joints a person lacks are searched, each over the whole map.
     """
     k_joints, h, w = heatmaps.shape
     found = people[..., 2] > 0  # [P, K]
     mean_tag = (people[..., 3:] * found[..., None]).sum(1) / found.sum(1)[:, None]  # [P, T]
-    # one tag dimension at a time: a [P, K, h, w, T] difference would take gigabytes in a crowd
-    squared = sum((tags[None, ..., t] - mean_tag[:, t, None, None, None]) ** 2 for t in range(tags.shape[-1]))
-    fit = heatmaps[None] - torch.round(squared.sqrt())  # [P, K, h, w]
-    best = fit.flatten(2).argmax(2)  # [P, K]
-    fill_x, fill_y = (best % w).float(), (best // w).float()
-    fill_val = heatmaps.flatten(1).gather(1, best.transpose(0, 1)).transpose(0, 1)
-    x = torch.where(found, people[..., 0], fill_x)
-    y = torch.where(found, people[..., 1], fill_y)
-    score = torch.where(found, people[..., 2], fill_val)
-    k = torch.arange(k_joints, device=heatmaps.device).expand_as(best)
+    x, y, score = people[..., 0].clone(), people[..., 1].clone(), people[..., 2].clone()
+    chunk = max(1, REFINE_CHUNK_VALUES.get(tags.device.type, 1 << 20) // tags[:, 0].numel())
+    for pairs in (~found).nonzero().split(chunk):
+        p, k = pairs.unbind(1)
+        distance = (tags[:, k] - mean_tag[p].T[..., None, None]).square().sum(0).sqrt()  # [n, h, w]
+        best = (heatmaps[k] - distance.round()).flatten(1).argmax(1)
+        x[p, k], y[p, k] = (best % w).float(), (best // w).float()
+        score[p, k] = heatmaps[k].flatten(1).gather(1, best[:, None])[:, 0]
+    k = torch.arange(k_joints, device=heatmaps.device).expand_as(found)
     dx, dy = _quarter_offset(heatmaps, k, y.long(), x.long())
     poses = torch.stack([(x + dx) * stride, (y + dy) * stride, score], -1)
     return poses, people[..., 2].sum(1) / k_joints

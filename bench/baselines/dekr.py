@@ -33,10 +33,9 @@ COCO W32 settings), each with the way it moves this baseline's time against the 
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from bench.baselines.associative_embedding import StrideFourHead, peak_nms
+from bench.baselines.associative_embedding import StrideFourHead, peak_nms, up_interpolate
 
 
 class DEKRHead(StrideFourHead):
@@ -97,16 +96,6 @@ def pose_nms(poses: torch.Tensor, heat_scores: torch.Tensor, distance: float, mo
             keep.append(best)
             clustered.update(members.tolist())
     return torch.tensor(keep, dtype=torch.int64, device=poses.device)
-
-
-def up_interpolate(maps: torch.Tensor, stride: int) -> torch.Tensor:
-    """DEKR's upsampling of maps [C, h, w] to the image [C, stride * h, stride * w]: map pixel (i, j)
-    lands on image pixel (stride * i, stride * j), as the maps are rendered (``align_corners=True``),
-    and the last ``stride - 1`` rows and columns repeat the edge."""
-    _, h, w = maps.shape
-    size = (stride * (h - 1) + 1, stride * (w - 1) + 1)
-    inner = F.interpolate(maps[None], size, mode="bilinear", align_corners=True)
-    return F.pad(inner, (0, stride - 1, 0, stride - 1), mode="replicate")[0]
 
 
 def decode_dekr(

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.baselines import HEADS
+from bench.baselines import HEADS, associative_embedding
 from bench.baselines.associative_embedding import (
     COCO_JOINT_ORDER,
     AssociativeEmbeddingHead,
@@ -340,6 +340,22 @@ def test_associative_embedding_refinement_fills_a_faint_joint_from_its_own_tag(t
     assert poses[person, joint, 2] == pytest.approx(0.05, abs=0.01)
 
 
+def test_associative_embedding_refinement_in_chunks_matches_one_pass(monkeypatch):
+    """Missing joints filled one at a time (the chunk a crowd at 800x1333 needs) as all at once."""
+    hw = (256, 384)
+    out_hw = (hw[0] // STRIDE, hw[1] // STRIDE)
+    gt = random_poses(4, *hw, seed=21)
+    heat = render_heatmaps(gt, out_hw, STRIDE)
+    heat[3:9] *= 0.05  # six joints under the detection threshold: refinement fills 24
+    tags = add_noise(render_tags(gt, out_hw, STRIDE), 0.1, seed=5)
+    whole = decode_associative_embedding(heat, tags, STRIDE)
+    monkeypatch.setitem(associative_embedding.REFINE_CHUNK_VALUES, "cpu", 1)
+    chunked = decode_associative_embedding(heat, tags, STRIDE)
+    assert whole[0].shape == (4, 17, 3)
+    assert (whole[0][:, 3:9, 2] > 0).all()
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
+
+
 def test_associative_embedding_groups_the_higher_peak_of_equal_tag_distance():
     """Joint 1 has two peaks within a tag unit of person 0 (rounded distance 0): the higher joins it
     (cost round(distance) * 100 - heat), the lower starts a new person, whichever comes first."""
@@ -372,18 +388,38 @@ def test_associative_embedding_groups_in_higherhrnets_joint_order():
     assert default[:, 3, 0].tolist() == [8.0, 48.0] and by_index[:, 3, 0].tolist() == [48.0, 8.0]
 
 
-def test_associative_embedding_moves_each_peak_a_quarter_pixel_to_its_higher_neighbour():
-    """One person: a joint at map coordinate m decodes to round(m) + 0.25 * sign(m - round(m)), in
-    each axis, times the stride."""
+@pytest.mark.parametrize("project_to_image", [True, False])
+def test_associative_embedding_moves_each_peak_a_quarter_pixel_to_its_higher_neighbour(project_to_image):
+    """One person: a joint at map coordinate m peaks at round(m) and moves a quarter pixel towards m, in
+    each axis: an image pixel on the maps upsampled to the image (HigherHRNet), else a map pixel."""
     hw = (192, 320)
     gt = _one_person(hw, seed=15)
     out_hw = (hw[0] // STRIDE, hw[1] // STRIDE)
     poses, _ = decode_associative_embedding(
-        render_heatmaps(gt, out_hw, STRIDE), render_tags(gt, out_hw, STRIDE), STRIDE
+        render_heatmaps(gt, out_hw, STRIDE),
+        render_tags(gt, out_hw, STRIDE),
+        STRIDE,
+        project_to_image=project_to_image,
     )
     m = gt[0, :, :2] / STRIDE
-    expected = (m.round() + 0.25 * torch.sign(m - m.round())) * STRIDE
+    step = 0.25 if project_to_image else 0.25 * STRIDE
+    expected = m.round() * STRIDE + step * torch.sign(m - m.round())
     torch.testing.assert_close(poses[0, :, :2], expected, atol=1e-4, rtol=0)
+
+
+def test_associative_embedding_projects_the_maps_to_the_image_as_higherhrnet():
+    """Two people: on the maps upsampled to the image each joint keeps its map peak, an image pixel
+    finer; a stray joint peak on the border row is one peak, not one per repeated edge pixel."""
+    hw = (192, 256)
+    out_hw = (hw[0] // STRIDE, hw[1] // STRIDE)
+    gt = random_poses(2, *hw, seed=4)
+    gt[0, 16, 1] = hw[0] - 1.0  # past the last map row's image position
+    heat, tags = render_heatmaps(gt, out_hw, STRIDE), render_tags(gt, out_hw, STRIDE)
+    projected, _ = decode_associative_embedding(heat, tags, STRIDE)
+    on_maps, _ = decode_associative_embedding(heat, tags, STRIDE, project_to_image=False)
+    assert projected.shape == on_maps.shape == (2, 17, 3)
+    assert (projected[..., :2] - on_maps[..., :2]).abs().max() <= 0.75 * STRIDE
+    assert oks_ap(gt, projected, projected[..., 2].mean(1)) > 0.95
 
 
 # ---------------------------------------------------------------------------------------------------
