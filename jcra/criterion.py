@@ -21,6 +21,8 @@ from jcra.targets import PaddedTargets, pad_targets
 from kernels.dispatch import to_device
 
 DEFAULT_WEIGHTS = {"cls": 2.0, "kpt": 70.0, "oks": 2.0, "hm": 4.0}
+HEATMAP_TARGETS = ("box", "fixed")
+"""The heatmap target's Gaussians: "box", a radius from each person's box (PETR's); "fixed", one sigma."""
 HEATMAP_CHUNK_ELEMENTS = 1 << 24
 """Largest temporary of :func:`gaussian_heatmap`, in elements (64 MB in fp32)."""
 
@@ -53,12 +55,39 @@ def heatmap_focal_loss(
     return total / (pos.sum().clamp(min=1) if num_peaks is None else num_peaks)
 
 
-def gaussian_heatmap(keypoints: Tensor, height: int, width: int, stride: int, sigma: float) -> Tensor:
+def box_heatmap_radius(boxes: Tensor, stride: int, min_overlap: float = 0.9, max_radius: int = 3) -> Tensor:
+    """PETR's heatmap radius of each person, whole cells ``[...]`` from boxes ``[..., 4]`` (x0, y0, x1,
+    y1 in input pixels): CornerNet's radius for a box of that size in cells, the least of its three
+    cases' roots taken as opera computes them (CenterNet's form: ``(b + sqrt(b^2 - 4ac)) / 2``, not
+    divided by ``a``), floored and clamped to ``[0, max_radius]``. About a tenth of a square box's
+    side: 0 under 10.3 cells, 3 from 30.8 (82 and 246 pixels at stride 8)."""
+    w = ((boxes[..., 2] - boxes[..., 0]) / stride).clamp(min=0)
+    h = ((boxes[..., 3] - boxes[..., 1]) / stride).clamp(min=0)
+    o = min_overlap
+    cases = [  # (a, b, c) of CornerNet's three quadratics in the radius
+        (1.0, h + w, w * h * (1 - o) / (1 + o)),
+        (4.0, 2 * (h + w), (1 - o) * w * h),
+        (4 * o, -2 * o * (h + w), (o - 1) * w * h),
+    ]
+    roots = [(b + (b.square() - 4 * a * c).clamp(min=0).sqrt()) / 2 for a, b, c in cases]
+    return functools.reduce(torch.minimum, roots).floor().clamp(0, max_radius)
+
+
+def gaussian_heatmap(
+    keypoints: Tensor,
+    height: int,
+    width: int,
+    stride: int,
+    sigma: float | Tensor,
+    radius: Tensor | None = None,
+) -> Tensor:
     """Target heatmap ``[..., K, height, width]``: per image and keypoint type, the max over people.
 
     keypoints ``[..., G, K, 3]`` (x, y, v) in input pixels, any leading batch dims; each labelled
-    keypoint puts a Gaussian of std ``sigma`` cells, peaking at exactly 1, on the cell that contains
-    it (cell centres at ``(i + 0.5) * stride``).
+    keypoint puts a Gaussian of std ``sigma`` cells (a number, or one a person ``[..., G]``), peaking
+    at exactly 1, on the cell that contains it (cell centres at ``(i + 0.5) * stride``). ``radius``
+    ``[..., G]`` (cells) cuts each person's Gaussians to the square of cells within it of the peak, as
+    CenterNet draws them; None: uncut.
     """
     *batch, g, k, _ = keypoints.shape
     if g == 0:
@@ -67,8 +96,14 @@ def gaussian_heatmap(keypoints: Tensor, height: int, width: int, stride: int, si
     ys = torch.arange(height, device=keypoints.device, dtype=keypoints.dtype)
     xs = torch.arange(width, device=keypoints.device, dtype=keypoints.dtype)
     labelled = (keypoints[..., 2:] > 0).to(keypoints.dtype)  # [..., G, K, 1]
-    gy = torch.exp(-(ys - cells[..., 1:]).square() / (2 * sigma**2)) * labelled  # [..., G, K, H]
-    gx = torch.exp(-(xs - cells[..., :1]).square() / (2 * sigma**2))  # [..., G, K, W]
+    sigma = torch.as_tensor(sigma, dtype=keypoints.dtype, device=keypoints.device)
+    sigma = sigma[..., None, None] if sigma.dim() else sigma  # [..., G, 1, 1] against [..., G, K, H]
+    dy, dx = ys - cells[..., 1:], xs - cells[..., :1]  # [..., G, K, H], [..., G, K, W]
+    gy = torch.exp(-dy.square() / (2 * sigma**2)) * labelled
+    gx = torch.exp(-dx.square() / (2 * sigma**2))
+    if radius is not None:
+        within = radius.to(keypoints.dtype)[..., None, None]
+        gy, gx = gy * (dy.abs() <= within), gx * (dx.abs() <= within)
     # the max over people of [..., G, K, H, W] products, people taken in chunks so the temporary stays
     # under HEATMAP_CHUNK_ELEMENTS however large the batch (8 images of 20 people at 800 x 1333 would
     # take 180 MB at once; 2 images at that size are one chunk up to 29 people)
@@ -86,9 +121,11 @@ class SetCriterion(nn.Module):
     num_keypoints: K. sigmas [K]: OKS sigmas. matcher: a :class:`HungarianMatcher`. weights: any of
     ``cls``, ``kpt``, ``oks``, ``hm`` (defaults :data:`DEFAULT_WEIGHTS`). oks_mode: "log"
     (-log OKS, PETR's ``OKSLoss`` default) or "linear" (1 - OKS). encoder_oks: an OKS loss on the
-    encoder proposals too (PETR's proposals have classification and L1 only). heatmap_stride and
-    heatmap_sigma (cells): the heatmap target's geometry (ours: one Gaussian of sigma 2 cells for every
-    keypoint; PETR's radius follows each person's box, CenterNet's rule, sigma 1/6 to 7/6 of a cell).
+    encoder proposals too (PETR's proposals have classification and L1 only). heatmap_stride: the
+    heatmap's cell in input pixels. heatmap_target: "fixed" (every Gaussian of ``heatmap_sigma``
+    cells, uncut) or "box", PETR's (each person's Gaussians cut to a radius from its box,
+    :func:`box_heatmap_radius`, sigma a sixth of their width: 1/6 to 7/6 of a cell; the targets must
+    then hold ``boxes``, as the data pipeline's do).
 
     Normalisation: classification and OKS sums are divided by the number of non-crowd people in the
     batch, L1 by the number of labelled keypoint coordinates (both summed over processes under
@@ -107,6 +144,7 @@ class SetCriterion(nn.Module):
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         heatmap_stride: int = 8,
+        heatmap_target: str = "fixed",
         heatmap_sigma: float = 2.0,
     ):
         super().__init__()
@@ -118,6 +156,8 @@ class SetCriterion(nn.Module):
             raise ValueError(f"weights has unknown keys {unknown}; valid: {sorted(DEFAULT_WEIGHTS)}")
         if oks_mode not in OKS_MODES:
             raise ValueError(f"oks_mode must be one of {OKS_MODES}, got {oks_mode!r}")
+        if heatmap_target not in HEATMAP_TARGETS:
+            raise ValueError(f"heatmap_target must be one of {HEATMAP_TARGETS}, got {heatmap_target!r}")
         if heatmap_stride < 1 or heatmap_sigma <= 0:
             raise ValueError(
                 f"heatmap_stride must be >= 1 and heatmap_sigma > 0, got {heatmap_stride} and {heatmap_sigma}"
@@ -130,6 +170,7 @@ class SetCriterion(nn.Module):
                 raise ValueError(f"weights[{key!r}] must be a finite number >= 0, got {value!r}")
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.heatmap_stride, self.heatmap_sigma = heatmap_stride, heatmap_sigma
+        self.heatmap_target = heatmap_target
         self.register_buffer("sigmas", sigmas, persistent=False)
 
     def forward(self, outputs: dict, targets: list[dict], counts: Tensor | None = None) -> dict[str, Tensor]:
@@ -252,7 +293,12 @@ class SetCriterion(nn.Module):
         labelled keypoints were heatmap peaks; COCO labels crowd regions without keypoints, so COCO's
         heatmap targets are the same)."""
         _, _, height, width = heatmap.shape
-        stride, sigma = self.heatmap_stride, self.heatmap_sigma
-        goals = gaussian_heatmap(targets.keypoints, height, width, stride, sigma)  # [B, K, H, W]
+        stride, sigma, radius = self.heatmap_stride, self.heatmap_sigma, None
+        if self.heatmap_target == "box":
+            if targets.boxes is None:
+                raise ValueError("heatmap_target 'box' needs every target's 'boxes' [G, 4] (x0, y0, x1, y1)")
+            radius = box_heatmap_radius(targets.boxes, stride)  # [B, G]
+            sigma = (2 * radius + 1) / 6
+        goals = gaussian_heatmap(targets.keypoints, height, width, stride, sigma, radius)  # [B, K, H, W]
         valid = valid_mask(targets.size.flip(-1).long(), stride, height, width) > 0
         return heatmap_focal_loss(heatmap, goals, valid, num_peaks)

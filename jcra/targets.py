@@ -19,8 +19,9 @@ class PaddedTargets:
     """The non-crowd people of B images padded to the batch's largest count G.
 
     keypoints ``[B, G, K, 3]`` (x, y, v) and area ``[B, G]`` fp32, in the units the targets were given
-    in (pixels, or see :meth:`normalised`); size ``[B, 2]`` (w, h) in pixels, fp32. Padding has v = 0
-    and area 0. counts: the people of each image (host ints). kept: per image, the indices (int64,
+    in (pixels, or see :meth:`normalised`); size ``[B, 2]`` (w, h) in pixels, fp32; boxes ``[B, G, 4]``
+    (x0, y0, x1, y1, the units of the keypoints) when every target holds ``boxes``, else None. Padding
+    has v = 0, area 0 and an empty box at 0. counts: the people of each image (host ints). kept: per image, the indices (int64,
     CPU) of its people among the targets as given, None when it has no crowd entry (then they are
     all kept, in order).
     """
@@ -30,40 +31,43 @@ class PaddedTargets:
     size: Tensor
     counts: list[int]
     kept: list[Tensor | None]
+    boxes: Tensor | None = None
 
     def normalised(self) -> "PaddedTargets":
         """Pixel targets as the model predicts them: x, y in ``[0, 1]`` of the unpadded image, area
         divided by ``w * h``."""
         w, h = self.size.unbind(-1)  # [B]
         scale = torch.stack([w, h, torch.ones_like(w)], -1)[:, None, None]  # [B, 1, 1, 3]
-        return replace(self, keypoints=self.keypoints / scale, area=self.area / (w * h)[:, None])
+        boxes = None if self.boxes is None else self.boxes / torch.stack([w, h, w, h], -1)[:, None]
+        return replace(self, keypoints=self.keypoints / scale, area=self.area / (w * h)[:, None], boxes=boxes)
 
 
 def pad_targets(targets: list[dict], num_keypoints: int, device: torch.device | str) -> PaddedTargets:
     """Pad the targets' non-crowd people and move them to ``device`` with one copy.
 
     targets: one dict per image with "keypoints" ``[G_b, K, 3]``, "area" ``[G_b]``, "size" ``[2]``
-    (h, w) in pixels and optionally "iscrowd" ``[G_b]`` (crowd entries are dropped; the flags are read
-    on the host, free when they are CPU tensors as the data pipeline gives them). The padded buffer is
-    filled where the targets lie, then copied; from the host that copy does not synchronise.
+    (h, w) in pixels and optionally "boxes" ``[G_b, 4]`` and "iscrowd" ``[G_b]`` (crowd entries are
+    dropped; the flags are read on the host, free when they are CPU tensors as the data pipeline gives
+    them). The padded buffer is filled where the targets lie, then copied; from the host that copy does
+    not synchronise.
     """
     k, device = num_keypoints, torch.device(device)
     if not targets:
-        return PaddedTargets(*_fields(torch.zeros(0, device=device), 0, 0, k), counts=[], kept=[])
+        return PaddedTargets(**_fields(torch.zeros(0, device=device), 0, 0, k, False), counts=[], kept=[])
     kept = [_kept(target, k, b) for b, target in enumerate(targets)]
-    people, areas = [], []
+    with_boxes = all("boxes" in target for target in targets)
+    names = ("keypoints", "area", "boxes") if with_boxes else ("keypoints", "area")
+    groups: list[list[Tensor]] = [[] for _ in names]
     for target, idx in zip(targets, kept, strict=True):
-        kpts, area = target["keypoints"], target["area"]
-        if idx is not None:
-            kpts, area = kpts[to_device(idx, kpts.device)], area[to_device(idx, area.device)]
-        people.append(kpts.float())
-        areas.append(area.float())
-    sizes = [target["size"] for target in targets]
-    if len({t.device for t in people + areas + sizes}) > 1:
-        people, areas, sizes = ([to_device(t, device) for t in group] for group in (people, areas, sizes))
-    # padding: v = 0, area 0
-    fields = [pad_sequence(people, batch_first=True), pad_sequence(areas, batch_first=True)]
-    fields.append(torch.stack(sizes).flip(-1).float())
+        for group, name in zip(groups, names, strict=True):
+            value = target[name]
+            group.append((value if idx is None else value[to_device(idx, value.device)]).float())
+    groups.append([target["size"] for target in targets])
+    if len({t.device for group in groups for t in group}) > 1:
+        groups = [[to_device(t, device) for t in group] for group in groups]
+    # padding: v = 0, area 0, boxes 0
+    fields = [pad_sequence(group, batch_first=True) for group in groups[:-1]]
+    fields.append(torch.stack(groups[-1]).flip(-1).float())
     source = fields[0].device
     # filled in pinned memory, which to_device then copies from without a staging copy
     pinned = source.type == "cpu" and device.type == "cuda"
@@ -71,14 +75,21 @@ def pad_targets(targets: list[dict], num_keypoints: int, device: torch.device | 
     buffer = torch.empty(numel, dtype=torch.float32, device=source, pin_memory=pinned)
     torch.cat([f.reshape(-1) for f in fields], out=buffer)
     b, g = fields[1].shape
-    counts = [len(area) for area in areas]
-    return PaddedTargets(*_fields(to_device(buffer, device), b, g, k), counts=counts, kept=kept)
+    counts = [len(area) for area in groups[1]]
+    return PaddedTargets(**_fields(to_device(buffer, device), b, g, k, with_boxes), counts=counts, kept=kept)
 
 
-def _fields(buffer: Tensor, b: int, g: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Views of a flat buffer as keypoints ``[B, G, K, 3]``, area ``[B, G]`` and size ``[B, 2]``."""
-    keypoints, area, size = buffer.split([b * g * k * 3, b * g, b * 2])
-    return keypoints.view(b, g, k, 3), area.view(b, g), size.view(b, 2)
+def _fields(buffer: Tensor, b: int, g: int, k: int, with_boxes: bool) -> dict[str, Tensor | None]:
+    """Views of a flat buffer as keypoints ``[B, G, K, 3]``, area ``[B, G]``, then boxes ``[B, G, 4]``
+    when ``with_boxes`` (else None), then size ``[B, 2]``."""
+    sizes = [b * g * k * 3, b * g, b * g * 4 * with_boxes, b * 2]
+    keypoints, area, boxes, size = buffer.split(sizes)
+    return {
+        "keypoints": keypoints.view(b, g, k, 3),
+        "area": area.view(b, g),
+        "boxes": boxes.view(b, g, 4) if with_boxes else None,
+        "size": size.view(b, 2),
+    }
 
 
 def _kept(target: dict, k: int, b: int) -> Tensor | None:
@@ -95,6 +106,8 @@ def _kept(target: dict, k: int, b: int) -> Tensor | None:
         raise ValueError(f"targets[{b}]['area'] must be [G={g}], got {tuple(area.shape)}")
     if tuple(size.shape) != (2,):
         raise ValueError(f"targets[{b}]['size'] must be [2] (h, w) in pixels, got {tuple(size.shape)}")
+    if "boxes" in target and tuple(target["boxes"].shape) != (g, 4):
+        raise ValueError(f"targets[{b}]['boxes'] must be [G={g}, 4], got {tuple(target['boxes'].shape)}")
     if "iscrowd" not in target:
         return None
     crowd = target["iscrowd"].cpu().reshape(-1)

@@ -51,6 +51,36 @@ def test_normalised_divides_by_the_image_size():
     assert unit.size is pixels.size and unit.counts == pixels.counts
 
 
+def _with_boxes(target, gen):
+    g = target["keypoints"].shape[0]
+    corner = torch.rand(g, 2, generator=gen) * 300
+    return {**target, "boxes": torch.cat([corner, corner + 10 + 200 * torch.rand(g, 2, generator=gen)], 1)}
+
+
+def test_boxes_are_padded_with_the_people_and_normalised_with_the_keypoints():
+    gen = torch.Generator().manual_seed(4)
+    targets = [
+        _with_boxes(_target(3, gen), gen),
+        _with_boxes(_target(4, gen, 333, 517, crowd=[1, 0, 0, 1]), gen),
+    ]
+    pixels = pad_targets(targets, K, torch.device("cpu"))
+    assert pixels.boxes.shape == (2, 3, 4) and pixels.boxes.dtype == torch.float32
+    torch.testing.assert_close(pixels.boxes[0], targets[0]["boxes"])
+    torch.testing.assert_close(pixels.boxes[1, :2], targets[1]["boxes"][[1, 2]])  # crowd entries dropped
+    assert (pixels.boxes[1, 2] == 0).all()
+    torch.testing.assert_close(pixels.keypoints[1, :2], targets[1]["keypoints"][[1, 2]])  # fields unmixed
+    assert pixels.size.tolist() == [[640.0, 480.0], [517.0, 333.0]]
+    unit = pixels.normalised()
+    torch.testing.assert_close(
+        unit.boxes[1, :2], targets[1]["boxes"][[1, 2]] / torch.tensor([517, 333, 517, 333])
+    )
+    # one target without boxes: no boxes for the batch, the rest as before
+    partial = pad_targets([targets[0], _target(2, gen)], K, torch.device("cpu"))
+    assert partial.boxes is None and partial.normalised().boxes is None
+    torch.testing.assert_close(partial.keypoints[0], targets[0]["keypoints"])
+    assert pad_targets([], K, torch.device("cpu")).boxes is None
+
+
 def test_empty_batch_and_images_without_people():
     empty = pad_targets([], K, torch.device("cpu"))
     assert empty.keypoints.shape == (0, 0, K, 3) and empty.area.shape == (0, 0) and empty.size.shape == (0, 2)
@@ -68,6 +98,7 @@ def test_empty_batch_and_images_without_people():
         ("size", lambda t: {k: v for k, v in t.items() if k != "size"}),
         ("iscrowd", lambda t: {**t, "iscrowd": torch.zeros(1)}),
         ("iscrowd", lambda t: {**t, "iscrowd": torch.zeros(4)}),  # one flag more than people
+        ("boxes", lambda t: {**t, "boxes": torch.zeros(3, 2)}),
     ],
 )
 def test_bad_targets_raise_value_error_naming_the_image_and_field(name, mutate):

@@ -55,6 +55,7 @@ class TrainConfig:
     loss_weights: dict = field(default_factory=dict)
     oks_mode: str = "log"
     encoder_oks: bool = False
+    heatmap_target: str = "fixed"
     top_k: int = 100
 
     def validate(self) -> None:
@@ -83,6 +84,10 @@ class TrainConfig:
 
         if self.oks_mode not in OKS_MODES:
             raise ValueError(f"oks_mode must be one of {OKS_MODES}, got {self.oks_mode!r}")
+        from jcra.criterion import HEATMAP_TARGETS
+
+        if self.heatmap_target not in HEATMAP_TARGETS:
+            raise ValueError(f"heatmap_target must be one of {HEATMAP_TARGETS}, got {self.heatmap_target!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         for name in ("train_scales", "lr_drop_epochs"):

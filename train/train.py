@@ -67,7 +67,13 @@ def build_criterion(cfg: TrainConfig, layout) -> nn.Module:
     matcher = HungarianMatcher(sigmas, **dict(cfg.matcher_weights))
     weights = dict(cfg.loss_weights) or None
     return SetCriterion(
-        len(sigmas), sigmas, matcher, weights=weights, oks_mode=cfg.oks_mode, encoder_oks=cfg.encoder_oks
+        len(sigmas),
+        sigmas,
+        matcher,
+        weights=weights,
+        oks_mode=cfg.oks_mode,
+        encoder_oks=cfg.encoder_oks,
+        heatmap_target=cfg.heatmap_target,
     )
 
 

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from jcra import criterion
-from jcra.criterion import SetCriterion, gaussian_heatmap, heatmap_focal_loss, sigmoid_focal_loss
+from jcra.criterion import (
+    SetCriterion,
+    box_heatmap_radius,
+    gaussian_heatmap,
+    heatmap_focal_loss,
+    sigmoid_focal_loss,
+)
 from jcra.matcher import HungarianMatcher
 from jcra.oks_loss import oks_loss
 from kernels.oks import COCO_SIGMAS
@@ -62,6 +68,43 @@ def test_gaussian_heatmap_taken_in_chunks_of_people_equals_all_at_once(monkeypat
         assert torch.equal(gaussian_heatmap(people, 7, 9, stride=8, sigma=1.5), whole)
     monkeypatch.setattr(criterion, "HEATMAP_CHUNK_ELEMENTS", 1)  # less than one person: still one a chunk
     assert torch.equal(gaussian_heatmap(people, 7, 9, stride=8, sigma=1.5), whole)
+
+
+@pytest.mark.parametrize(
+    ("side", "radius"), [(0.0, 0), (10.0, 0), (10.5, 1), (21.0, 2), (30.0, 2), (31.0, 3), (99.0, 3)]
+)
+def test_box_heatmap_radius_is_petrs(side, radius):
+    """A square box of ``side`` cells: CornerNet's radius at min overlap 0.9 as opera computes it is
+    about 0.0974 side (the third case's root, (b + sqrt(b^2 - 4ac)) / 2), floored, at most 3."""
+    box = torch.tensor([[16.0, 24.0, 16.0 + 8 * side, 24.0 + 8 * side]])
+    assert box_heatmap_radius(box, stride=8).tolist() == [radius]
+    o, s = 0.9, side
+    a, b, c = 4 * o, -4 * o * s, (o - 1) * s * s
+    assert math.floor(min((b + math.sqrt(b * b - 4 * a * c)) / 2, 3)) == radius
+
+
+def test_box_heatmap_radius_of_a_long_box_follows_its_short_side():
+    """The radius grows with both sides (40 x 10 cells: 1, where 10 x 10 gives 0 and 40 x 40 gives 3)."""
+    boxes = torch.tensor([[0.0, 0.0, 320.0, 80.0], [0.0, 0.0, 80.0, 320.0], [0.0, 0.0, 80.0, 80.0]])
+    assert box_heatmap_radius(boxes, stride=8).tolist() == [1, 1, 0]
+    assert box_heatmap_radius(boxes[:, [2, 3, 0, 1]], stride=8).tolist() == [0, 0, 0]  # inverted: empty
+
+
+def test_gaussian_heatmap_cut_to_each_persons_radius():
+    """CenterNet's drawing: person 0 (radius 1, sigma 1/2) fills the 3 x 3 cells around its peak and
+    nothing else, person 1 (radius 0) only its peak's cell; the max over people where both draw."""
+    kpts = torch.zeros(2, 2, 3)
+    kpts[0] = torch.tensor([[20.0, 20.0, 2], [60.0, 20.0, 2]])  # cells (row 2, col 2) and (2, 7)
+    kpts[1] = torch.tensor([[28.0, 20.0, 2], [5.0, 5.0, 0]])  # cell (2, 3); an unlabelled one
+    radius = torch.tensor([1.0, 0.0])
+    hm = gaussian_heatmap(kpts, 6, 10, stride=8, sigma=(2 * radius + 1) / 6, radius=radius)
+    expected = torch.zeros(2, 6, 10)
+    for joint, (row, col) in enumerate([(2, 2), (2, 7)]):
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                expected[joint, row + dy, col + dx] = math.exp(-(dx * dx + dy * dy) / (2 * 0.5**2))
+    expected[0, 2, 3] = 1.0  # person 1's peak, over person 0's tail there
+    torch.testing.assert_close(hm, expected)
 
 
 def test_heatmap_focal_loss_matches_its_formula():
@@ -195,6 +238,36 @@ def test_heatmap_loss_against_its_targets_and_the_valid_cells():
     valid[1, :, :8, :7] = True  # 60 x 50: ceil(7.5) rows, ceil(6.25) columns
     expected = heatmap_focal_loss(outputs["heatmap"], goals, valid)
     torch.testing.assert_close(losses["loss_hm"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_heatmap_loss_with_petrs_box_radius():
+    """heatmap_target "box": each person's Gaussians cut to its box's radius; targets without boxes are
+    refused by name."""
+    gen = torch.Generator().manual_seed(6)
+    outputs, targets, _ = _batch_with_a_crowd(gen)
+    outputs["heatmap"] = torch.randn(2, K, 10, 15, generator=gen)
+    with pytest.raises(ValueError, match="boxes"):
+        _criterion(heatmap_target="box")(outputs, targets)
+    sides = [torch.tensor([100.0, 300.0, 200.0]), torch.tensor([60.0])]  # pixels: radius 0, 3 (crowd), 2
+    for target, side in zip(targets, sides, strict=True):
+        corner = target["keypoints"][:, 0, :2]
+        target["boxes"] = torch.cat([corner, corner + side[:, None]], 1)
+    losses = _criterion(heatmap_target="box")(outputs, targets)
+    goals = []
+    for target, side in zip(targets, sides, strict=True):
+        people = target["iscrowd"] == 0
+        radius = box_heatmap_radius(target["boxes"][people], 8)
+        goals.append(gaussian_heatmap(target["keypoints"][people], 10, 15, 8, (2 * radius + 1) / 6, radius))
+    assert [box_heatmap_radius(t["boxes"], 8).tolist() for t in targets] == [[1, 3, 2], [0]]
+    valid = torch.zeros(2, 1, 10, 15, dtype=torch.bool)
+    valid[0, :, :10, :15] = True
+    valid[1, :, :8, :7] = True
+    expected = heatmap_focal_loss(outputs["heatmap"], torch.stack(goals), valid)
+    torch.testing.assert_close(losses["loss_hm"], expected, rtol=1e-5, atol=1e-6)
+    fixed = _criterion()(outputs, targets)["loss_hm"]
+    assert not torch.isclose(fixed, losses["loss_hm"])
+    with pytest.raises(ValueError, match="heatmap_target"):
+        _criterion(heatmap_target="petr")
 
 
 def test_crowd_and_empty_images():
