@@ -21,9 +21,9 @@ class PaddedTargets:
     keypoints ``[B, G, K, 3]`` (x, y, v) and area ``[B, G]`` fp32, in the units the targets were given
     in (pixels, or see :meth:`normalised`); size ``[B, 2]`` (w, h) in pixels, fp32; boxes ``[B, G, 4]``
     (x0, y0, x1, y1, the units of the keypoints) when every target holds ``boxes``, else None. Padding
-    has v = 0, area 0 and an empty box at 0. counts: the people of each image (host ints). kept: per image, the indices (int64,
-    CPU) of its people among the targets as given, None when it has no crowd entry (then they are
-    all kept, in order).
+    has v = 0, area 0 and an empty box at 0. counts: the people of each image (host ints). kept: per
+    image, the indices (int64, CPU) of its people among the targets as given, None when it has no
+    crowd entry (then they are all kept, in order).
     """
 
     keypoints: Tensor

@@ -254,7 +254,7 @@ def test_heatmap_loss_with_petrs_box_radius():
         target["boxes"] = torch.cat([corner, corner + side[:, None]], 1)
     losses = _criterion(heatmap_target="box")(outputs, targets)
     goals = []
-    for target, side in zip(targets, sides, strict=True):
+    for target in targets:
         people = target["iscrowd"] == 0
         radius = box_heatmap_radius(target["boxes"][people], 8)
         goals.append(gaussian_heatmap(target["keypoints"][people], 10, 15, 8, (2 * radius + 1) / 6, radius))
