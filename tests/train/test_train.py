@@ -226,6 +226,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch):
         ({"matcher_weights": {"w_kpt": float("nan")}}, "w_kpt must be a finite number >= 0"),
         ({"oks_mode": "lin"}, r"oks_mode must be one of \('log', 'linear'\), got 'lin'"),
         ({"encoder_oks": "no"}, "encoder_oks must be true or false, got 'no'"),
+        ({"heatmap_target": "petr"}, r"heatmap_target must be one of \('box', 'fixed'\), got 'petr'"),
         ({"resume": "no"}, "resume must be true or false, got 'no'"),  # it resumed
         ({"compile": "off"}, "compile must be true or false, got 'off'"),  # it compiled
         (
@@ -295,6 +296,7 @@ def test_training_set_without_labelled_people_is_named(data, tmp_path):
         ({"matcher_weights": {"w_class": 50.0}}, "matcher_weights"),
         ({"oks_mode": "linear"}, "oks_mode 'log' -> 'linear'"),
         ({"encoder_oks": True}, "encoder_oks"),
+        ({"heatmap_target": "box"}, "heatmap_target 'fixed' -> 'box'"),
     ],
 )
 def test_resume_with_other_settings_is_refused(data, tmp_path, monkeypatch, change, message):
@@ -315,13 +317,30 @@ def test_a_checkpoint_from_before_the_oks_settings_resumes_with_the_losses_it_ha
 
     train(tiny_config(data, tmp_path, max_steps=2))
     state = load_checkpoint(tmp_path / "checkpoint.pt")
-    for name in ("oks_mode", "encoder_oks"):
+    for name in ("oks_mode", "encoder_oks", "heatmap_target"):
         del state["train_config"][name]
     save_checkpoint(tmp_path / "checkpoint.pt", state)
     with pytest.raises(ValueError, match="oks_mode 'linear' -> 'log'; encoder_oks True -> False"):
         train(tiny_config(data, tmp_path, max_steps=3, resume=True))
     old = tiny_config(data, tmp_path, max_steps=3, resume=True, oks_mode="linear", encoder_oks=True)
-    assert train(old)["step"] == 3
+    assert train(old)["step"] == 3  # and its heatmap target, from before the box one, was the fixed one
+    with pytest.raises(ValueError, match="heatmap_target 'fixed' -> 'box'"):
+        train(dataclasses.replace(old, max_steps=4, heatmap_target="box"))
+
+
+def test_trains_with_petrs_heatmap_target(data, tmp_path, monkeypatch):
+    """The data pipeline's targets carry each person's box through rotation, flips and crops, so the
+    box heatmap target trains; its radii are whole cells in [0, 3]."""
+    from jcra import criterion
+
+    radii = []
+    radius_of = criterion.box_heatmap_radius
+    monkeypatch.setattr(
+        criterion, "box_heatmap_radius", lambda *a, **k: radii.append(radius_of(*a, **k)) or radii[-1]
+    )
+    result = train(tiny_config(data, tmp_path, max_steps=3, heatmap_target="box"))
+    assert result["step"] == 3 and len(radii) == 3
+    assert all(((r >= 0) & (r <= 3) & (r == r.floor())).all() for r in radii)
 
 
 def test_resume_may_change_precision(data, tmp_path):
