@@ -55,7 +55,7 @@ class TrainConfig:
     loss_weights: dict = field(default_factory=dict)
     oks_mode: str = "log"
     encoder_oks: bool = False
-    heatmap_target: str = "fixed"
+    heatmap_target: str = "box"
     top_k: int = 100
 
     def validate(self) -> None:

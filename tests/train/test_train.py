@@ -1,6 +1,7 @@
 """Training loop on CPU: a short run end to end, bitwise resume, DDP on gloo, NaN stop, bad input."""
 
 import dataclasses
+import gc
 import json
 import os
 import socket
@@ -296,7 +297,7 @@ def test_training_set_without_labelled_people_is_named(data, tmp_path):
         ({"matcher_weights": {"w_class": 50.0}}, "matcher_weights"),
         ({"oks_mode": "linear"}, "oks_mode 'log' -> 'linear'"),
         ({"encoder_oks": True}, "encoder_oks"),
-        ({"heatmap_target": "box"}, "heatmap_target 'fixed' -> 'box'"),
+        ({"heatmap_target": "fixed"}, "heatmap_target 'box' -> 'fixed'"),
     ],
 )
 def test_resume_with_other_settings_is_refused(data, tmp_path, monkeypatch, change, message):
@@ -311,8 +312,9 @@ def test_resume_with_other_settings_is_refused(data, tmp_path, monkeypatch, chan
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
 
 
-def test_a_checkpoint_from_before_the_oks_settings_resumes_with_the_losses_it_had(data, tmp_path):
-    """Its losses were 1 - OKS with one on the proposals: resumed under PETR's, it would change them."""
+def test_a_checkpoint_from_before_the_loss_settings_resumes_with_the_losses_it_had(data, tmp_path):
+    """Its losses were 1 - OKS with one on the proposals, its heatmap Gaussians of one sigma: resumed
+    under PETR's, it would change them."""
     from train.checkpoint import save_checkpoint
 
     train(tiny_config(data, tmp_path, max_steps=2))
@@ -320,12 +322,11 @@ def test_a_checkpoint_from_before_the_oks_settings_resumes_with_the_losses_it_ha
     for name in ("oks_mode", "encoder_oks", "heatmap_target"):
         del state["train_config"][name]
     save_checkpoint(tmp_path / "checkpoint.pt", state)
-    with pytest.raises(ValueError, match="oks_mode 'linear' -> 'log'; encoder_oks True -> False"):
+    changed = "oks_mode 'linear' -> 'log'; encoder_oks True -> False; heatmap_target 'fixed' -> 'box'"
+    with pytest.raises(ValueError, match=changed):
         train(tiny_config(data, tmp_path, max_steps=3, resume=True))
-    old = tiny_config(data, tmp_path, max_steps=3, resume=True, oks_mode="linear", encoder_oks=True)
-    assert train(old)["step"] == 3  # and its heatmap target, from before the box one, was the fixed one
-    with pytest.raises(ValueError, match="heatmap_target 'fixed' -> 'box'"):
-        train(dataclasses.replace(old, max_steps=4, heatmap_target="box"))
+    old = {"oks_mode": "linear", "encoder_oks": True, "heatmap_target": "fixed"}
+    assert train(tiny_config(data, tmp_path, max_steps=3, resume=True, **old))["step"] == 3
 
 
 def test_trains_with_petrs_heatmap_target(data, tmp_path, monkeypatch):
@@ -338,7 +339,7 @@ def test_trains_with_petrs_heatmap_target(data, tmp_path, monkeypatch):
     monkeypatch.setattr(
         criterion, "box_heatmap_radius", lambda *a, **k: radii.append(radius_of(*a, **k)) or radii[-1]
     )
-    result = train(tiny_config(data, tmp_path, max_steps=3, heatmap_target="box"))
+    result = train(tiny_config(data, tmp_path, max_steps=3))  # the default
     assert result["step"] == 3 and len(radii) == 3
     assert all(((r >= 0) & (r <= 3) & (r == r.floor())).all() for r in radii)
 
@@ -515,6 +516,7 @@ def test_hydra_configs_compose():
     assert r50.batch_size * r50.grad_accum * 8 == 32
     assert (crowd.keypoint_layout, swin.model) == ("crowdpose", "jcra_swinl")
     assert (r50.oks_mode, r50.encoder_oks, demo.oks_mode, demo.encoder_oks) == ("log", False, "log", False)
+    assert r50.heatmap_target == demo.heatmap_target == "box"
     assert linked.val_scale == linked.max_size == demo.max_size  # interpolations resolved
 
 
@@ -631,6 +633,10 @@ def _ddp_kill_worker(rank: int, world: int, port: int, cfg: TrainConfig, out: st
         train(dataclasses.replace(cut, resume=True, out_dir=f"{out}/cut" if rank == 0 else f"{out}/own"))
     torch.save({"full": full["metrics"], "resumed": resumed["metrics"], "apart": str(apart.value)},
                f"{out}/rank{rank}.pt")  # fmt: skip
+    # The errors' tracebacks hold train()'s frames, and in them users of the process group: freed after
+    # the group is destroyed (at exit), they aborted the process now and then (gloo, one run in ten).
+    del apart
+    gc.collect()
     torch.distributed.destroy_process_group()
 
 
