@@ -356,6 +356,23 @@ def test_associative_embedding_refinement_in_chunks_matches_one_pass(monkeypatch
     torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
 
 
+def test_associative_embedding_defaults_are_higherhrnets_coco_test():
+    """HigherHRNet's COCO test settings: peaks of one joint two map pixels apart (8 image pixels on
+    the projected maps) both survive NMS over 5 image pixels, where a 17-pixel window or NMS over 5 map
+    pixels keeps one; at most 30 peaks a joint (31 lone noses give 30 people)."""
+    heat, tags = torch.zeros(17, 16, 24), torch.zeros(17, 16, 24)
+    heat[0, 8, 10], heat[0, 8, 12], tags[0, 8, 12] = 0.9, 0.8, 5.0  # two people's noses
+    assert decode_associative_embedding(heat, tags, STRIDE)[0].shape[0] == 2
+    assert decode_associative_embedding(heat, tags, STRIDE, nms_kernel=17)[0].shape[0] == 1
+    assert decode_associative_embedding(heat, tags, STRIDE, project_to_image=False)[0].shape[0] == 1
+    heat, tags = torch.zeros(17, 16, 24), torch.zeros(17, 16, 24)
+    for person in range(31):
+        row, col = 2 * (person // 8) + 1, 3 * (person % 8) + 1
+        heat[0, row, col], tags[0, row, col] = 0.9 - 0.01 * person, 3.0 * person
+    assert decode_associative_embedding(heat, tags, STRIDE)[0].shape[0] == 30
+    assert decode_associative_embedding(heat, tags, STRIDE, max_people=31)[0].shape[0] == 31
+
+
 def test_associative_embedding_groups_the_higher_peak_of_equal_tag_distance():
     """Joint 1 has two peaks within a tag unit of person 0 (rounded distance 0): the higher joins it
     (cost round(distance) * 100 - heat), the lower starts a new person, whichever comes first."""
