@@ -41,7 +41,8 @@ PROVIDERS = {  # use_fused_kernels, compile_model arguments or None for eager; r
 
 
 def random_targets(gen: torch.Generator) -> list[dict]:
-    """People with keypoints inside a box each, some keypoints unlabelled, in input pixels."""
+    """People with keypoints inside a box each (given as their ``boxes``), some keypoints unlabelled, in
+    input pixels."""
     h, w = IMAGE
     targets = []
     for _ in range(BATCH):
@@ -53,6 +54,7 @@ def random_targets(gen: torch.Generator) -> list[dict]:
             {
                 "keypoints": torch.cat([xy, v], -1).to(DEVICE),
                 "area": extent.prod(-1).squeeze(-1).to(DEVICE),
+                "boxes": torch.cat([corner, corner + extent], -1).squeeze(1).to(DEVICE),
                 "size": torch.tensor([h, w]),
             }
         )
@@ -80,7 +82,8 @@ def make_step(provider: str, mark: Callable[[str], None] = _no_mark) -> Callable
             mark("matching")
             return matches
 
-    criterion = SetCriterion(17, COCO_SIGMAS, MarkedMatcher(COCO_SIGMAS))
+    # the training configs' heatmap target (PETR's)
+    criterion = SetCriterion(17, COCO_SIGMAS, MarkedMatcher(COCO_SIGMAS), heatmap_target="box")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     gen = torch.Generator().manual_seed(1)
     images = torch.randn(BATCH, 3, *IMAGE, generator=gen).to(DEVICE)

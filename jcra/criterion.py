@@ -60,7 +60,7 @@ def box_heatmap_radius(boxes: Tensor, stride: int, min_overlap: float = 0.9, max
     y1 in input pixels): CornerNet's radius for a box of that size in cells, the least of its three
     cases' roots taken as opera computes them (CenterNet's form: ``(b + sqrt(b^2 - 4ac)) / 2``, not
     divided by ``a``), floored and clamped to ``[0, max_radius]``. About a tenth of a square box's
-    side: 0 under 10.3 cells, 3 from 30.8 (82 and 246 pixels at stride 8)."""
+    side: 1 from 10.27 cells, 2 from 20.54, 3 from 30.81 (about 82, 164 and 246 pixels at stride 8)."""
     w = ((boxes[..., 2] - boxes[..., 0]) / stride).clamp(min=0)
     h = ((boxes[..., 3] - boxes[..., 1]) / stride).clamp(min=0)
     o = min_overlap

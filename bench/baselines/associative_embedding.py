@@ -246,7 +246,8 @@ def _refine(heatmaps: torch.Tensor, tags: torch.Tensor, people: torch.Tensor, st
     """Fill missing joints where ``heat - round(|tag - person tag|)`` peaks, quarter-pixel adjust, scale.
 
     heatmaps [K, h, w]; tags [T, K, h, w]; people [P, K, 3 + T] from :func:`_group`. As HigherHRNet's
-    ``refine``, only the joints a person lacks are searched, each over the whole map.
+    ``refine``, only the joints a person lacks are searched, each over the whole map, and one is filled
+    only where the heat there is above 0.
     """
     k_joints, h, w = heatmaps.shape
     found = people[..., 2] > 0  # [P, K]
@@ -257,8 +258,11 @@ def _refine(heatmaps: torch.Tensor, tags: torch.Tensor, people: torch.Tensor, st
         p, k = pairs.unbind(1)
         distance = (tags[:, k] - mean_tag[p].T[..., None, None]).square().sum(0).sqrt()  # [n, h, w]
         best = (heatmaps[k] - distance.round()).flatten(1).argmax(1)
-        x[p, k], y[p, k] = (best % w).float(), (best // w).float()
-        score[p, k] = heatmaps[k].flatten(1).gather(1, best[:, None])[:, 0]
+        value = heatmaps[k].flatten(1).gather(1, best[:, None])[:, 0]
+        # as HigherHRNet's refine: a joint found where the heat is 0 stays missing
+        x[p, k] = torch.where(value > 0, (best % w).float(), x[p, k])
+        y[p, k] = torch.where(value > 0, (best // w).float(), y[p, k])
+        score[p, k] = value
     k = torch.arange(k_joints, device=heatmaps.device).expand_as(found)
     dx, dy = _quarter_offset(heatmaps, k, y.long(), x.long())
     poses = torch.stack([(x + dx) * stride, (y + dy) * stride, score], -1)

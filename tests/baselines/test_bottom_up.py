@@ -340,6 +340,19 @@ def test_associative_embedding_refinement_fills_a_faint_joint_from_its_own_tag(t
     assert poses[person, joint, 2] == pytest.approx(0.05, abs=0.01)
 
 
+def test_associative_embedding_refinement_leaves_a_joint_without_heat_missing():
+    """HigherHRNet fills a missing joint only where the heat is above 0: a joint type with no heat at
+    all stays at (0, 0) with score 0, wherever the person's tag matches best."""
+    hw = (192, 256)
+    out_hw = (hw[0] // STRIDE, hw[1] // STRIDE)
+    gt = random_poses(2, *hw, seed=23)
+    heat, tags = render_heatmaps(gt, out_hw, STRIDE), render_tags(gt, out_hw, STRIDE) + 3.0
+    heat[16] = 0
+    poses, _ = decode_associative_embedding(heat, tags, STRIDE)
+    assert poses.shape == (2, 17, 3)
+    assert (poses[:, 16] == 0).all() and (poses[:, :16, 2] > 0.9).all()
+
+
 def test_associative_embedding_refinement_in_chunks_matches_one_pass(monkeypatch):
     """Missing joints filled one at a time (the chunk a crowd at 800x1333 needs) as all at once."""
     hw = (256, 384)

@@ -248,7 +248,7 @@ def test_heatmap_loss_with_petrs_box_radius():
     outputs["heatmap"] = torch.randn(2, K, 10, 15, generator=gen)
     with pytest.raises(ValueError, match="boxes"):
         _criterion(heatmap_target="box")(outputs, targets)
-    sides = [torch.tensor([100.0, 300.0, 200.0]), torch.tensor([60.0])]  # pixels: radius 0, 3 (crowd), 2
+    sides = [torch.tensor([100.0, 300.0, 200.0]), torch.tensor([60.0])]  # pixels: radius 1, 3 (crowd), 2
     for target, side in zip(targets, sides, strict=True):
         corner = target["keypoints"][:, 0, :2]
         target["boxes"] = torch.cat([corner, corner + side[:, None]], 1)
