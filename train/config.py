@@ -80,16 +80,16 @@ class TrainConfig:
             value = getattr(self, name)
             if not (_is_number(value) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        from jcra.criterion import HEATMAP_TARGETS
         from jcra.oks_loss import OKS_MODES
 
-        if self.oks_mode not in OKS_MODES:
-            raise ValueError(f"oks_mode must be one of {OKS_MODES}, got {self.oks_mode!r}")
-        from jcra.criterion import HEATMAP_TARGETS
-
-        if self.heatmap_target not in HEATMAP_TARGETS:
-            raise ValueError(f"heatmap_target must be one of {HEATMAP_TARGETS}, got {self.heatmap_target!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name, choices in (
+            ("oks_mode", OKS_MODES),
+            ("heatmap_target", HEATMAP_TARGETS),
+            ("precision", PRECISIONS),
+        ):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         for name in ("train_scales", "lr_drop_epochs"):
             values = getattr(self, name)
             if not isinstance(values, list | tuple):

@@ -253,7 +253,9 @@ def _refine(heatmaps: torch.Tensor, tags: torch.Tensor, people: torch.Tensor, st
     found = people[..., 2] > 0  # [P, K]
     mean_tag = (people[..., 3:] * found[..., None]).sum(1) / found.sum(1)[:, None]  # [P, T]
     x, y, score = people[..., 0].clone(), people[..., 1].clone(), people[..., 2].clone()
-    chunk = max(1, REFINE_CHUNK_VALUES.get(tags.device.type, 1 << 20) // tags[:, 0].numel())
+    chunk = max(
+        1, REFINE_CHUNK_VALUES.get(tags.device.type, REFINE_CHUNK_VALUES["cpu"]) // tags[:, 0].numel()
+    )
     for pairs in (~found).nonzero().split(chunk):
         p, k = pairs.unbind(1)
         distance = (tags[:, k] - mean_tag[p].T[..., None, None]).square().sum(0).sqrt()  # [n, h, w]
