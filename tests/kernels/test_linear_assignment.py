@@ -151,6 +151,18 @@ def test_empty_batch():
     assert all(t.shape == (0, 3) for t in result)
 
 
+def test_solver_clamps_a_device_num_gt_out_of_range():
+    """A device ``num_gt`` with ``check_finite=False`` is never read back, so the solver itself clamps
+    it to [0, G]: it must solve what the clamped counts give, never read past an image's block."""
+    cost, _ = _random_problem(4, 6, 4, seed=21)
+    num_gt = torch.tensor([7, -2, 4, 100], device=DEVICE)
+    solved = la_module._launch(cost, num_gt)
+    clamped = la_module._launch(cost, num_gt.clamp(0, 4))
+    for got, want in zip(solved, clamped, strict=True):
+        assert torch.equal(got, want)
+    _check(cost, num_gt.clamp(0, 4).cpu(), solved, atol=1e-5)
+
+
 def test_batch_equals_each_image_alone():
     cost, num_gt = _random_problem(5, 9, 6, seed=7)
     batched = linear_assignment(cost, num_gt)
