@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from jcra.backbone import valid_mask
 from jcra.data.coco import finite_numbers
 from jcra.matcher import BatchMatch, HungarianMatcher
-from jcra.oks_loss import OKS_MODES, oks_loss
+from jcra.oks_loss import OKS_MODES, checked_sigmas, oks_loss
 from jcra.targets import PaddedTargets, pad_targets
 from kernels.dispatch import to_device
 
@@ -148,9 +148,7 @@ class SetCriterion(nn.Module):
         heatmap_sigma: float = 2.0,
     ):
         super().__init__()
-        sigmas = torch.as_tensor(sigmas, dtype=torch.float32)
-        if tuple(sigmas.shape) != (num_keypoints,):
-            raise ValueError(f"sigmas must be [num_keypoints={num_keypoints}], got {tuple(sigmas.shape)}")
+        sigmas = checked_sigmas(sigmas, num_keypoints)
         unknown = sorted(set(weights or {}) - set(DEFAULT_WEIGHTS))
         if unknown:
             raise ValueError(f"weights has unknown keys {unknown}; valid: {sorted(DEFAULT_WEIGHTS)}")

@@ -6,6 +6,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from jcra.data.coco import finite_numbers
+from jcra.oks_loss import checked_sigmas
 from jcra.targets import PaddedTargets, pad_targets
 from kernels.dispatch import to_device
 from kernels.linear_assignment import linear_assignment
@@ -37,9 +38,7 @@ class HungarianMatcher:
         gamma: float = 2.0,
         solver: str = "auto",
     ):
-        if sigmas.dim() != 1:
-            raise ValueError(f"sigmas must be [K], got {tuple(sigmas.shape)}")
-        self.sigmas = sigmas.float()
+        self.sigmas = checked_sigmas(sigmas)
         numbers = {"w_class": w_class, "w_kpt": w_kpt, "w_oks": w_oks, "alpha": alpha, "gamma": gamma}
         for name, value in numbers.items():
             if not (finite_numbers([value]) and value >= 0):

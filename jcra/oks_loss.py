@@ -7,6 +7,19 @@ from kernels.oks import keypoint_oks
 OKS_MODES = ("log", "linear")
 
 
+def checked_sigmas(sigmas, num_keypoints: int | None = None) -> torch.Tensor:
+    """``sigmas`` as an fp32 [K] tensor (``K = num_keypoints`` when given), every one finite and > 0:
+    a sigma of 0 makes an exact keypoint's OKS term 0 / 0 (NaN), which would surface far away, in the
+    matcher's solver or the loss. Read once, where a matcher or criterion is built, not every step."""
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float32)
+    want = "[K]" if num_keypoints is None else f"[num_keypoints={num_keypoints}]"
+    if sigmas.dim() != 1 or (num_keypoints is not None and sigmas.shape[0] != num_keypoints):
+        raise ValueError(f"sigmas must be {want}, got {tuple(sigmas.shape)}")
+    if not bool(((sigmas > 0) & sigmas.isfinite()).all()):
+        raise ValueError(f"sigmas must be finite and > 0, got {sigmas.tolist()}")
+    return sigmas
+
+
 def oks_loss(
     pred: torch.Tensor,
     gt: torch.Tensor,

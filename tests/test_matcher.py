@@ -229,6 +229,17 @@ def test_default_weights_are_petrs():
     assert (matcher.alpha, matcher.gamma, matcher.solver) == (0.25, 2.0, "auto")
 
 
+@pytest.mark.parametrize("bad", [0.0, -0.1, float("nan"), float("inf")])
+def test_sigmas_must_be_finite_and_positive(bad):
+    """A sigma of 0 would make an exact keypoint's OKS 0 / 0: refused where the matcher is built."""
+    sigmas = COCO_SIGMAS.clone()
+    sigmas[3] = bad
+    with pytest.raises(ValueError, match=r"sigmas must be finite and > 0"):
+        HungarianMatcher(sigmas)
+    with pytest.raises(ValueError, match=r"sigmas must be \[K\], got \(1, 17\)"):
+        HungarianMatcher(COCO_SIGMAS[None])
+
+
 def test_unknown_solver_is_rejected():
     with pytest.raises(ValueError, match="solver"):
         HungarianMatcher(COCO_SIGMAS, solver="auction")

@@ -318,8 +318,10 @@ def test_every_stage_is_supervised_as_if_alone():
 
 
 def test_bad_arguments_raise():
-    with pytest.raises(ValueError, match="sigmas"):
+    with pytest.raises(ValueError, match=r"sigmas must be \[num_keypoints=14\], got \(17,\)"):
         SetCriterion(14, COCO_SIGMAS, HungarianMatcher(COCO_SIGMAS))
+    with pytest.raises(ValueError, match="sigmas must be finite and > 0"):
+        SetCriterion(17, torch.zeros(17), HungarianMatcher(COCO_SIGMAS))
     with pytest.raises(ValueError, match="weights"):
         _criterion(weights={"bbox": 1.0})
     with pytest.raises(ValueError, match="oks_mode must be one of"):
