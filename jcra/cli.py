@@ -85,7 +85,8 @@ def drawing_paths(paths: list[Path], out: Path) -> list[Path]:
         drawing = out / f"{path.name}.png"
         if drawing.resolve() in inputs:
             raise ValueError(
-                f"--out: drawing {drawing} would overwrite the input image {inputs[drawing.resolve()]}"
+                f"--out: drawing {drawing} would overwrite the input image {inputs[drawing.resolve()]} "
+                "(a drawing of an earlier run into the images' folder? draw into another --out)"
             )
         if drawing in drawn:
             raise ValueError(f"IMAGES: {drawn[drawing]} and {path} would both be drawn to {drawing}")
@@ -133,6 +134,7 @@ def predict(
     from jcra.data import build_transforms
     from jcra.postprocess import PostProcess
     from jcra.visualize import draw_keypoints
+    from train.checkpoint import write_text_atomically
     from train.train import keypoint_layout
 
     if not 0.0 <= score_threshold <= 1.0:
@@ -172,7 +174,7 @@ def predict(
         shown = [r for r in records if r["score"] >= score_threshold]
         draw_keypoints(image, shown, layout.skeleton).save(drawing)
     results_path = out / "results.json"
-    results_path.write_text(json.dumps(results))
+    write_text_atomically(results_path, json.dumps(results))
     return results_path
 
 
@@ -186,6 +188,7 @@ def evaluate(
 ) -> dict:
     """COCO keypoint AP of a checkpoint on a COCO-format set; writes ``out/results.json`` and
     ``out/metrics.json`` (strict JSON: nan is null) when ``out`` is given, created before any work."""
+    from train.checkpoint import write_text_atomically
     from train.config import TrainConfig
     from train.train import build_dataset, data_loader, evaluate, keypoint_layout
 
@@ -209,7 +212,7 @@ def evaluate(
     loader = data_loader(build_dataset(ann_file, image_dir, False, cfg, layout), cfg)
     metrics = evaluate(model, loader, ann_file, dev, results_path=out and out / "results.json")
     if out is not None:
-        (out / "metrics.json").write_text(metrics_json(metrics))
+        write_text_atomically(out / "metrics.json", metrics_json(metrics))
     return metrics
 
 

@@ -65,6 +65,8 @@ def load_ground_truth(ann_file: str | Path) -> tuple[dict, int]:
     data = read_annotations(ann_file, image_keys=("id",))
     if not isinstance(data.get("categories"), list):
         raise ValueError(f"ann_file {ann_file} is not a COCO annotation file: it needs a 'categories' list")
+    if not data["images"]:
+        raise ValueError(f"ann_file {ann_file} lists no images: nothing to evaluate")
     num_keypoints = count_keypoints(data, ann_file)
     for image in data["images"]:
         crowd_index = image.get("crowdIndex")
@@ -140,10 +142,12 @@ def _load_results(results, num_keypoints: int, data: dict, ann_file: Path) -> li
             raise ValueError(
                 f"results[{i}]{source} has image_id {image_id!r:.100}, not an integer or a string"
             )
-        if len(record["keypoints"]) != 3 * num_keypoints:
+        keypoints = record["keypoints"]
+        if not isinstance(keypoints, list | tuple) or len(keypoints) != 3 * num_keypoints:
+            got = len(keypoints) if isinstance(keypoints, list | tuple) else repr(keypoints)[:100]
             raise ValueError(
-                f"results[{i}]{source} has {len(record['keypoints'])} keypoint values, expected "
-                f"3 * K = {3 * num_keypoints}"
+                f"results[{i}]{source} has keypoints {got}, expected a list of 3 * K = "
+                f"{3 * num_keypoints} values"
             )
         # COCOeval counts a NaN keypoint as a match and sorts NaN scores anywhere
         if not finite_numbers([*record["keypoints"], record["score"]]):

@@ -245,6 +245,47 @@ def test_iscrowd_and_num_keypoints_of_another_type_are_named(tmp_path, key, valu
         evaluate_keypoints(results, _write(tmp_path, "gt.json", gt))
 
 
+@pytest.mark.parametrize(("count", "labelled"), [(0, 17), (5, 0)])
+def test_num_keypoints_must_say_whether_the_person_is_labelled(tmp_path, count, labelled):
+    """COCOeval ignores a person whose num_keypoints is 0: with labelled keypoints (which training
+    learns) every metric was -1 without a word; a count without labels made a person no result can match."""
+    gt = _tiny_gt(17)
+    results = _perfect_results(gt)
+    gt["annotations"][0]["num_keypoints"] = count
+    if not labelled:
+        gt["annotations"][0]["keypoints"] = [0.0] * 51
+    with pytest.raises(
+        ValueError,
+        match=rf"annotation 1 has num_keypoints {count}, but {labelled} of its keypoints are labelled",
+    ):
+        evaluate_keypoints(results, _write(tmp_path, "gt.json", gt))
+
+
+def test_num_keypoints_off_by_some_is_read_as_the_file_says(tmp_path):
+    """COCOeval only asks whether the count is 0: a file that miscounts (16 for 17) still scores."""
+    gt = _tiny_gt(17)
+    gt["annotations"][0]["num_keypoints"] = 16
+    assert evaluate_keypoints(_perfect_results(gt), _write(tmp_path, "gt.json", gt))["AP"] == pytest.approx(
+        1.0
+    )
+
+
+def test_annotation_of_an_unlisted_category_is_named(tmp_path):
+    """COCOeval scores the listed categories only: a person under another id was never evaluated."""
+    gt = _tiny_gt(17)
+    gt["annotations"][0]["category_id"] = 2
+    with pytest.raises(
+        ValueError, match=r"annotation 1 has category_id 2, which 'categories' does not list \(\[1\]\)"
+    ):
+        evaluate_keypoints(_perfect_results(gt), _write(tmp_path, "gt.json", gt))
+
+
+def test_a_file_without_images_is_named(tmp_path):
+    gt = {"images": [], "annotations": [], "categories": _tiny_gt(17)["categories"]}
+    with pytest.raises(ValueError, match=r"gt\.json lists no images: nothing to evaluate"):
+        evaluate_keypoints([], _write(tmp_path, "gt.json", gt))
+
+
 def test_whole_numbers_stored_as_floats_are_read_as_ids_and_counts(tmp_path):
     """numpy and pandas write 785.0 and 17.0; COCOeval reads them as 785 and 17."""
     gt = _tiny_gt(17, crowd_indices=[None, None])
@@ -291,8 +332,13 @@ def test_bad_records_are_named(tmp_path):
     results = _perfect_results(gt)
     short = copy.deepcopy(results)
     short[1]["keypoints"] = short[1]["keypoints"][:-3]
-    with pytest.raises(ValueError, match=r"results\[1\].*48.*51"):
+    with pytest.raises(ValueError, match=r"results\[1\] has keypoints 48, expected a list of 3 \* K = 51"):
         evaluate_keypoints(short, ann_file)
+    for keypoints in (None, "abc"):
+        odd = copy.deepcopy(results)
+        odd[1]["keypoints"] = keypoints
+        with pytest.raises(ValueError, match=r"results\[1\] has keypoints (None|'abc'), expected a list"):
+            evaluate_keypoints(odd, ann_file)
     unknown = copy.deepcopy(results)
     unknown[0]["image_id"] = 999
     with pytest.raises(ValueError, match="image_ids.*999"):

@@ -91,6 +91,11 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> N
         os.close(folder)
 
 
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """``path`` holds ``text`` (UTF-8) whole or not at all (:func:`write_atomically`)."""
+    write_atomically(path, lambda f: f.write(text.encode()))
+
+
 def _umask() -> int:
     """The process's file-creation mask (reading it means setting it: set it straight back)."""
     mask = os.umask(0)

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from train.checkpoint import remove_partial_writes, write_atomically
+from train.checkpoint import remove_partial_writes, write_text_atomically
 
 
 def _kept(line: str, resume_step: int, evaluated: bool) -> bool:
@@ -36,7 +36,7 @@ class MetricsLog:
         if self.path.is_file():
             lines = self.path.read_text().splitlines(keepends=True) if resume_step else []
             kept = [line for line in lines if _kept(line, resume_step, resume_evaluated)]
-            write_atomically(self.path, lambda f: f.write("".join(kept).encode()))
+            write_text_atomically(self.path, "".join(kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional

@@ -28,6 +28,7 @@ from train.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    write_text_atomically,
 )
 from train.config import TrainConfig, config_from
 from train.distributed import (
@@ -160,7 +161,7 @@ def evaluate(
 
     results = predict_loader(model, loader, device, top_k, precision)
     if results_path is not None:
-        Path(results_path).write_text(json.dumps(results))
+        write_text_atomically(results_path, json.dumps(results))
     return evaluate_keypoints(results, ann_file)
 
 
@@ -211,6 +212,8 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, out_di
     if cfg.resume and ckpt_path.is_file():
         state = load_checkpoint(ckpt_path, keys=CHECKPOINT_KEYS)
         check_resumable(state, cfg, world, ckpt_path)
+    elif cfg.resume and rank == 0:  # a mistyped out_dir would otherwise start over unannounced
+        print(f"[jcra] train.resume=true: no checkpoint in {out_dir}, starting a new run", flush=True)
     torch.manual_seed(cfg.seed + rank)
 
     layout = keypoint_layout(cfg.keypoint_layout)

@@ -197,7 +197,7 @@ def read_json(path: Path, what: str):
 def read_annotations(ann_file: Path, image_keys=("id", "file_name")) -> dict:
     """The parsed annotation JSON, with its structure checked: lists of objects, every image with
     ``image_keys``, image ids all integers or all strings, none twice (annotations would attach to the
-    wrong image)."""
+    wrong image), ``width`` and ``height`` whole numbers > 0 where given."""
     data = read_json(ann_file, "ann_file")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"ann_file: {ann_file} has no 'images' list (not a COCO annotation file)")
@@ -220,6 +220,12 @@ def read_annotations(ann_file: Path, image_keys=("id", "file_name")) -> dict:
             )
         if image["id"] in image_ids:
             raise ValueError(f"ann_file: {ann_file} lists image id {image['id']} twice")
+        for side in ("width", "height"):  # optional; checked against the pixels when given
+            if image.get(side) is not None and not (whole_number(image[side]) and image[side] > 0):
+                raise ValueError(
+                    f"ann_file: {ann_file}: image {image['id']!r} has {side} {image[side]!r:.100}, "
+                    "expected a whole number > 0"
+                )
         image_ids.add(image["id"])
     if len({type(image_id) for image_id in image_ids}) > 1:  # the dataset and COCOeval sort them
         raise ValueError(f"ann_file: {ann_file} has integer and string image ids; use one kind")
@@ -245,7 +251,10 @@ def num_keypoints(data: dict, ann_file: Path) -> int:
     annotation); ValueError naming ``ann_file`` for an annotation without 3 * K finite keypoint values,
     with a bbox that is not 4 finite numbers, an area that is not a finite number >= 0 (null or 0 is
     read as none: :data:`BOX_AREA_FRACTION` of the box), an ``iscrowd`` not 0 or 1, a
-    ``num_keypoints`` not a whole number >= 0, or of an unknown image."""
+    ``num_keypoints`` not a whole number >= 0, or 0 for a person with labelled keypoints or not 0 for
+    one without (COCOeval ignores a person whose count is 0, whom training would learn), a
+    ``category_id`` that ``categories`` does not list (COCOeval scores only those), or of an unknown
+    image."""
     category = _keypoint_category(data)
     anns = data["annotations"]
     if category:
@@ -255,6 +264,7 @@ def num_keypoints(data: dict, ann_file: Path) -> int:
     else:
         raise ValueError(f"ann_file: {ann_file} names no keypoints (no category 'keypoints', no annotations)")
     image_ids = {image["id"] for image in data["images"]}
+    category_ids = {category.get("id") for category in data.get("categories", [])}
     for ann in anns:
         where = f"ann_file: {ann_file}: annotation {ann.get('id')}"
         kpts, bbox = ann.get("keypoints"), ann.get("bbox")
@@ -270,11 +280,22 @@ def num_keypoints(data: dict, ann_file: Path) -> int:
             raise ValueError(f"{where} has area {area!r:.100}, expected a finite number >= 0")
         if ann.get("iscrowd", 0) not in (0, 1):  # "0" would be a crowd to COCOeval, and ignored
             raise ValueError(f"{where} has iscrowd {ann['iscrowd']!r:.100}, expected 0 or 1")
-        count = ann.get("num_keypoints", 0)
+        labelled = sum(v > 0 for v in kpts[2::3])
+        count = ann.get("num_keypoints", labelled)
         if not (whole_number(count) and count >= 0):
             raise ValueError(f"{where} has num_keypoints {count!r:.100}, expected a whole number >= 0")
-        if ann.get("image_id") not in image_ids:
-            raise ValueError(f"{where} refers to unknown image_id")
+        if (count == 0) != (labelled == 0):  # COCOeval ignores the person exactly when it is 0
+            raise ValueError(
+                f"{where} has num_keypoints {count}, but {labelled} of its keypoints are labelled (v > 0)"
+            )
+        if category_ids and "category_id" in ann and ann["category_id"] not in category_ids:
+            raise ValueError(
+                f"{where} has category_id {ann['category_id']!r:.100}, which 'categories' does not list "
+                f"({sorted(category_ids, key=str)})"
+            )
+        image_id = ann.get("image_id")
+        if not isinstance(image_id, int | str) or isinstance(image_id, bool) or image_id not in image_ids:
+            raise ValueError(f"{where} refers to unknown image_id {image_id!r:.100}")
     return k
 
 

@@ -240,7 +240,19 @@ def test_wrong_keypoint_length(tiny):
 def test_annotation_of_unknown_image(tiny):
     tmp_path, data = tiny
     data["annotations"][0]["image_id"] = 99
-    with pytest.raises(ValueError, match="annotation 7 refers to unknown image_id"):
+    with pytest.raises(ValueError, match="annotation 7 refers to unknown image_id 99"):
+        CocoKeypoints(write(tmp_path, data), tmp_path)
+    data["annotations"][0]["image_id"] = [1]  # unhashable: a TypeError before
+    with pytest.raises(ValueError, match=r"annotation 7 refers to unknown image_id \[1\]"):
+        CocoKeypoints(write(tmp_path, data), tmp_path)
+
+
+@pytest.mark.parametrize("width", ["20", 0, 20.5, True])
+def test_image_size_of_another_type_is_named(tiny, width):
+    """A string width gave "is 20 x 10 pixels, but ... lists it as 20 x 10" when the image was read."""
+    tmp_path, data = tiny
+    data["images"][0]["width"] = width
+    with pytest.raises(ValueError, match=r"image 1 has width .*, expected a whole number > 0"):
         CocoKeypoints(write(tmp_path, data), tmp_path)
 
 

@@ -396,6 +396,15 @@ def test_an_out_dir_that_cannot_be_locked_is_used_with_a_warning(tmp_path, monke
             pass
 
 
+def test_resume_without_a_checkpoint_says_it_starts_a_new_run(data, tmp_path, capsys):
+    """``make demo`` resumes its own run or starts one; a mistyped out_dir must not start over unannounced."""
+    assert train(tiny_config(data, tmp_path / "typo", max_steps=1, resume=True))["step"] == 1
+    assert (
+        f"train.resume=true: no checkpoint in {tmp_path / 'typo'}, starting a new run"
+        in capsys.readouterr().out
+    )
+
+
 def test_a_foreign_checkpoint_is_named(data, tmp_path):
     save_checkpoint(tmp_path / "checkpoint.pt", {"model": {}})
     with pytest.raises(ValueError, match=r"checkpoint .*checkpoint\.pt: missing optimizer"):
