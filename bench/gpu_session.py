@@ -45,7 +45,7 @@ MODEL_CUDA_TESTS = [
 
 
 def train_run_overrides() -> list[str]:
-    """A short GPU training run of the COCO R-50 recipe (bf16, fused kernels, multi-scale 480-800) on
+    """A short GPU training run of the COCO R-50 recipe (bf16, fused kernels, PETR's multi-scale 400-1400) on
     ``../shared/data/coco-mini`` (80 images, evaluated on the same), random weights in the ImageNet
     layout (no network there). Eager, since the ``train_step`` section times the compiled step. 40
     steps: 28 of the images hold a labelled person, 14 steps an epoch at batch 2, so 3 epochs. The

@@ -133,14 +133,22 @@ def load_checkpoint(path: str | Path, map_location="cpu", keys: tuple[str, ...] 
 
 
 RESUME_FIELDS = ("model", "model_overrides", "keypoint_layout", "train_ann", "train_images", "train_scales",
-                 "max_size", "rotation", "batch_size", "grad_accum", "seed", "lr", "lr_backbone_mult",
+                 "train_scale_mode", "train_max_size", "crop_scale", "max_size", "rotation", "batch_size",
+                 "grad_accum", "seed", "lr", "lr_backbone_mult",
                  "lr_offsets_mult", "weight_decay", "clip_grad", "lr_drop_epochs", "lr_gamma",
                  "matcher_weights", "loss_weights", "oks_mode", "encoder_oks", "heatmap_target")  # fmt: skip
 """Settings a resumed run must share with its checkpoint: under others, the sampler's position and the
 restored parameters, optimizer and schedule would silently mean something else. (``epochs``,
 ``max_steps``, ``precision``, evaluation, logging and workers may change.)"""
 
-SAVED_BEFORE = {"oks_mode": "linear", "encoder_oks": True, "heatmap_target": "fixed"}
+SAVED_BEFORE = {
+    "oks_mode": "linear",
+    "encoder_oks": True,
+    "heatmap_target": "fixed",
+    "train_scale_mode": "list",
+    "train_max_size": None,
+    "crop_scale": None,
+}
 """The settings of checkpoints written before these fields existed (their losses had them fixed)."""
 
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "step", "epoch", "batch_in_epoch")

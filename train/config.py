@@ -7,16 +7,22 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+SCALE_MODES = ("list", "range")
 
 
 @dataclass
 class TrainConfig:
     """Everything a run needs, as plain values (the hydra config maps onto it one to one).
 
-    Sizes are pixels; ``batch_size`` is per process and per micro-batch, so the effective batch is
-    ``batch_size * grad_accum * world_size``. ``lr_drop_epochs`` are epochs after which the learning rate
-    is multiplied by ``lr_gamma``. ``max_steps`` (optimizer steps, for tests and smoke runs) stops early and
-    checkpoints. ``eval_every`` epochs (0: only after the last).
+    Sizes are pixels. Training resizes the short side to one of ``train_scales`` (``train_scale_mode:
+    list``) or to a whole number drawn uniformly from ``[train_scales[0], train_scales[1]]`` (``range``,
+    PETR's 400-1400), the long side capped at ``train_max_size`` (default ``max_size``); evaluation to
+    ``val_scale`` capped at ``max_size``. ``crop_scale`` (default the largest train scale) sizes the
+    crop branch (:func:`jcra.data.build_transforms`). ``batch_size`` is per process and per
+    micro-batch, so the effective batch is ``batch_size * grad_accum * world_size``. ``lr_drop_epochs``
+    are epochs after which the learning rate is multiplied by ``lr_gamma``. ``max_steps`` (optimizer
+    steps, for tests and smoke runs) stops early and checkpoints. ``eval_every`` epochs (0: only after
+    the last).
     """
 
     out_dir: str
@@ -28,6 +34,9 @@ class TrainConfig:
     model_overrides: dict = field(default_factory=dict)
     keypoint_layout: str = "coco"
     train_scales: list = field(default_factory=lambda: [256])
+    train_scale_mode: str = "list"
+    train_max_size: int | None = None
+    crop_scale: int | None = None
     val_scale: int = 256
     max_size: int = 256
     rotation: float = 30.0
@@ -70,8 +79,9 @@ class TrainConfig:
             _check_int(name, getattr(self, name), 1)
         for name in ("num_workers", "eval_every", "checkpoint_every", "seed"):
             _check_int(name, getattr(self, name), 0)
-        if self.max_steps is not None:
-            _check_int("max_steps", self.max_steps, 1)
+        for name in ("max_steps", "train_max_size", "crop_scale"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1)
         for name in ("lr", "clip_grad", "lr_gamma"):
             value = getattr(self, name)
             if not (_is_number(value) and math.isfinite(value) and value > 0):
@@ -87,6 +97,7 @@ class TrainConfig:
             ("oks_mode", OKS_MODES),
             ("heatmap_target", HEATMAP_TARGETS),
             ("precision", PRECISIONS),
+            ("train_scale_mode", SCALE_MODES),
         ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
@@ -98,9 +109,21 @@ class TrainConfig:
                 _check_int(f"{name} entry", value, 1)
         if not self.train_scales:
             raise ValueError("train_scales must be a non-empty list of sizes >= 1, got []")
-        for name, largest in (("train_scales", max(self.train_scales)), ("val_scale", self.val_scale)):
-            if largest > self.max_size:
-                raise ValueError(f"{name} ({largest}) must not exceed max_size ({self.max_size})")
+        if self.train_scale_mode == "range" and not (
+            len(self.train_scales) == 2 and self.train_scales[0] <= self.train_scales[1]
+        ):
+            raise ValueError(
+                "train_scales must be [smallest, largest] with train_scale_mode range, got "
+                f"{self.train_scales!r}"
+            )
+        train_cap = "train_max_size" if self.train_max_size is not None else "max_size"
+        caps = (
+            ("train_scales", max(self.train_scales), train_cap, getattr(self, train_cap)),
+            ("val_scale", self.val_scale, "max_size", self.max_size),
+        )
+        for name, largest, cap_name, cap in caps:
+            if largest > cap:
+                raise ValueError(f"{name} ({largest}) must not exceed {cap_name} ({cap})")
         for name in ("model_overrides", "matcher_weights", "loss_weights"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}")
@@ -124,6 +147,12 @@ class TrainConfig:
         for name in ("train_images", "val_images"):
             if not Path(getattr(self, name)).is_dir():
                 raise ValueError(f"{name}: image folder {getattr(self, name)!r} does not exist")
+
+    def training_scales(self) -> list[int] | range:
+        """The short sides training draws from, each equally likely."""
+        if self.train_scale_mode == "range":
+            return range(self.train_scales[0], self.train_scales[1] + 1)
+        return list(self.train_scales)
 
 
 def _check_keys(name: str, values: dict, known: list[str]) -> None:

@@ -88,9 +88,17 @@ def build_dataset(ann_file: str, image_dir: str, train: bool, cfg: TrainConfig, 
     if not train:
         load_ground_truth(ann_file)  # checked now, not after a whole training run
 
-    scales = list(cfg.train_scales) if train else [cfg.val_scale]
+    if train:
+        scales, max_size = cfg.training_scales(), cfg.train_max_size or cfg.max_size
+    else:
+        scales, max_size = [cfg.val_scale], cfg.max_size
     transforms = build_transforms(
-        train, flip_pairs=layout.flip_pairs, scales=scales, max_size=cfg.max_size, rotation=cfg.rotation
+        train,
+        flip_pairs=layout.flip_pairs,
+        scales=scales,
+        max_size=max_size,
+        rotation=cfg.rotation,
+        crop_scale=cfg.crop_scale,
     )
     dataset = CocoKeypoints(ann_file, image_dir, transforms=transforms, skip_empty=train)
     if dataset.num_keypoints != len(layout.sigmas):

@@ -7,10 +7,10 @@ column c spans [c, c + 1), so a horizontal flip maps x to W - x. Randomness come
 generator, which training seeds for each sample (``train.distributed.SeededSamples``): a resumed run
 draws the same augmentations, whichever worker loads a sample.
 
-The training recipe is PETR's (photometric distortion, rotation up to 30 degrees, flip, then either
-a multi-scale resize or resize-crop-resize) at Deformable DETR's sizes: crops of 384-600 pixels after
-a 400/500/600 resize at a largest scale of 800, sizes that scale with it (PETR resizes to short sides
-of 400-1400 around the same crops).
+The training recipe is PETR's: photometric distortion, rotation up to 30 degrees, flip, then either
+a multi-scale resize or resize-crop-resize (crops of 384-600 pixels after a 400/500/600 resize, sizes
+that scale with ``crop_scale``, 800 there). The short sides and their cap are the caller's: PETR's
+400-1400 capped at 1400 for COCO and CrowdPose, a few sizes near 256 for the demo.
 """
 
 import math
@@ -29,11 +29,16 @@ PERSON_KEYS = ("keypoints", "boxes", "area", "iscrowd")
 """Target entries with one row per person (filtered together when a crop removes someone)."""
 
 
-def build_transforms(train: bool, *, flip_pairs, scales, max_size: int, rotation: float = 30.0):
+def build_transforms(
+    train: bool, *, flip_pairs, scales, max_size: int, rotation: float = 30.0, crop_scale: int | None = None
+):
     """The training pipeline, or the evaluation one (resize to ``scales[0]``, normalise).
 
-    flip_pairs: the layout's (left, right) keypoint pairs; scales: short sides (pixels) to sample;
-    max_size: cap on the long side (pixels); rotation: largest random rotation (degrees, 0 disables).
+    flip_pairs: the layout's (left, right) keypoint pairs; scales: short sides (pixels) to sample, each
+    equally likely (PETR's range of 400-1400 is ``range(400, 1401)``); max_size: cap on the long side
+    (pixels); rotation: largest random rotation (degrees, 0 disables); crop_scale: the size the crop
+    branch scales with (a resize to 0.5, 0.625 or 0.75 of it, then a crop of 0.48-0.75 of it a side:
+    400/500/600 and 384-600 at 800, PETR's and Deformable DETR's), by default the largest of ``scales``.
     """
     scales = [int(s) for s in scales]
     if not scales or min(scales) <= 0:
@@ -42,7 +47,7 @@ def build_transforms(train: bool, *, flip_pairs, scales, max_size: int, rotation
         raise ValueError(f"max_size ({max_size}) must be at least the largest scale ({max(scales)})")
     if not train:
         return Compose([ToTensor(), Resize(scales[:1], max_size), Normalize()])
-    top = max(scales)
+    top = crop_scale or max(scales)
     # DETR's crop branch resizes uncapped; a cap far beyond photos' shapes (long sides up to 8.9x the
     # short at the default sizes) keeps an image like 20 x 2000 from taking gigabytes.
     crop_then_resize = Compose(

@@ -107,6 +107,27 @@ def test_training_pipeline_keeps_keypoints_on_their_pixels():
         assert_keypoints_on_marks(denormalise(out_image), out_target)
 
 
+def test_petrs_range_reaches_every_short_side_and_caps_the_long_one():
+    """PETR's multi-scale resize: short sides drawn from 400-1400, long sides capped at 1400, in both
+    branches; the crop branch first resizes to 400/500/600 and crops 384-600 (``crop_scale`` 800)."""
+    transforms = build_transforms(
+        True, flip_pairs=COCO.flip_pairs, scales=range(400, 1401), max_size=1400, rotation=0, crop_scale=800
+    )
+    crop_branch = transforms.transforms[-2].second.transforms
+    assert [t.scales for t in crop_branch[::2]] == [[400, 500, 600], list(range(400, 1401))]
+    assert (crop_branch[1].min_size, crop_branch[1].max_size) == (384, 600)
+    generator = torch.Generator().manual_seed(torch.seed() % 2**31)
+    sides = []
+    for _ in range(30):
+        image, target = marked_sample(generator, h=45, w=60, people=1)
+        out_image, out_target = transforms(image, target)
+        short, long = sorted(out_image.shape[-2:])
+        assert 400 <= short <= long <= 1400, (short, long)
+        assert_keypoints_on_marks(denormalise(out_image), out_target)
+        sides.append(short)
+    assert min(sides) < 700 and max(sides) > 1000  # drawn from the whole range, not a few values
+
+
 def test_flip_swaps_left_and_right():
     generator = torch.Generator().manual_seed(0)
     image, target = marked_sample(generator, w=101)

@@ -211,6 +211,15 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch):
         ({"loss_weights": {"heatmap": 1.0}}, r"loss_weights has unknown keys \['heatmap'\]"),
         ({"val_scale": 2 * IMAGE_SIZE}, r"val_scale \(128\) must not exceed max_size \(64\)"),
         ({"train_scales": [32, 2 * IMAGE_SIZE]}, r"train_scales \(128\) must not exceed max_size"),
+        (
+            {"train_scales": [32, 48], "train_max_size": 40},
+            r"train_scales \(48\) must not exceed train_max_size \(40\)",
+        ),
+        ({"train_scale_mode": "uniform"}, r"train_scale_mode must be one of \('list', 'range'\)"),
+        ({"train_scales": [32, 40, 48], "train_scale_mode": "range"}, r"\[smallest, largest\] with .* range"),
+        ({"train_scales": [48, 32], "train_scale_mode": "range"}, r"\[smallest, largest\] with .* range"),
+        ({"train_max_size": 0}, "train_max_size must be an integer >= 1"),
+        ({"crop_scale": 1.5}, "crop_scale must be an integer >= 1"),
         ({"top_k": 0}, "top_k"),
         ({"seed": -1}, "seed"),
         ({"num_workers": -1}, "num_workers"),
@@ -527,6 +536,15 @@ def test_hydra_configs_compose():
     assert (r50.oks_mode, r50.encoder_oks, demo.oks_mode, demo.encoder_oks) == ("log", False, "log", False)
     assert r50.heatmap_target == demo.heatmap_target == "box"
     assert linked.val_scale == linked.max_size == demo.max_size  # interpolations resolved
+    for recipe in (r50, crowd, swin):  # PETR's: short sides 400-1400 capped at 1400, crops at 800
+        assert recipe.training_scales() == range(400, 1401)
+        assert (recipe.train_max_size, recipe.crop_scale, recipe.val_scale, recipe.max_size) == (
+            1400,
+            800,
+            800,
+            1333,
+        )
+    assert demo.training_scales() == [224, 240, 256] and demo.train_max_size is None
 
 
 def test_sampler_splits_and_resumes():
