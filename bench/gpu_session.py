@@ -22,6 +22,7 @@ suite and the end-to-end suite run back to back in one process).
 """
 
 import argparse
+import functools
 import importlib.util
 import os
 import signal
@@ -95,7 +96,8 @@ def sections(out: Path) -> dict[str, tuple[list[str], int]]:
         ]
 
     msda = "bench/test_bench_ms_deform_attn.py"
-    crowd = ("bench/test_bench_bottom_up.py", "bench/test_bench_end_to_end.py")
+    # JCRA first: a section stopped at its limit keeps JCRA's rows, without which no crowd ratio exists
+    crowd = ("bench/test_bench_end_to_end.py", "bench/test_bench_bottom_up.py")
 
     return {
         "env": (["-c", ENV], 60),
@@ -136,6 +138,38 @@ def sections(out: Path) -> dict[str, tuple[list[str], int]]:
     }
 
 
+def narrowed(command: list[str], expr: str) -> list[str]:
+    """A pytest ``command`` with ``-k expr`` and-ed with the ``-k`` it has (pytest keeps only the last)."""
+    if "-k" not in command:
+        return [*command, "-k", expr]
+    at = command.index("-k") + 1
+    return [*command[:at], f"({command[at]}) and ({expr})", *command[at + 1 :]]
+
+
+def _set_aside(command: list[str]) -> None:
+    """pytest-benchmark truncates its ``--benchmark-json`` file when it starts: an earlier run's file
+    of the same section is renamed ``<name>.json.prev`` first, so a rerun that fails keeps it."""
+    for arg in command:
+        if arg.startswith("--benchmark-json="):
+            path = Path(arg.partition("=")[2])
+            if path.is_file() and path.stat().st_size:
+                path.replace(path.with_name(path.name + ".prev"))
+
+
+def _die_with_parent() -> None:
+    """In a section's process before it runs: the kernel kills it when this script dies (a SIGKILL at
+    the device call's limit would otherwise leave it holding the GPU, timing into the next call)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _end_section_and_exit(pid: int, *_) -> None:
+    os.killpg(pid, signal.SIGKILL)
+    sys.exit(143)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -143,11 +177,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for log.txt and the JSON files")
     parser.add_argument("--budget", type=float, default=540.0, help="seconds for all sections together")
     parser.add_argument("--sections", nargs="+", default=["env", "tests", "assignment", "oks", "msda"])
+    parser.add_argument(
+        "--select",
+        action="append",
+        default=[],
+        metavar="SECTION=EXPR",
+        help="narrow a benchmark section with a pytest -k expression (and-ed with its own), e.g. "
+        "crowd='b1 and not flip'; repeatable",
+    )
     args = parser.parse_args(argv)
     table = sections(args.out)
     unknown = [name for name in args.sections if name not in table]
     if unknown:
         parser.error(f"unknown sections {unknown}; known: {list(table)}")
+    for choice in args.select:
+        name, _, expr = choice.partition("=")
+        if name not in table or "--benchmark-json" not in " ".join(table[name][0]) or not expr:
+            parser.error(f"--select {choice!r}: expected SECTION=EXPR for a benchmark section")
+        table[name] = (narrowed(table[name][0], expr), table[name][1])
     args.out.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + args.budget
     results = []
@@ -161,10 +208,17 @@ def main(argv: list[str] | None = None) -> int:
             log.write(f"\n===== {name}: {' '.join(command)} (limit {limit:.0f} s)\n")
             log.flush()
             start = time.monotonic()
+            _set_aside(command)
             # A session of its own, so a timeout also ends the section's children (compile workers).
             proc = subprocess.Popen(
-                [sys.executable, *command], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                [sys.executable, *command],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
+            # a SIGTERM to this script (a time limit) ends the section's whole session, then this script
+            before = signal.signal(signal.SIGTERM, functools.partial(_end_section_and_exit, proc.pid))
             try:
                 rc = proc.wait(timeout=limit)
                 status = "ok" if rc == 0 else f"exit {rc}"
@@ -172,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 status = "timed out"
+            finally:
+                signal.signal(signal.SIGTERM, before)
             results.append((name, status, time.monotonic() - start))
             log.write(f"===== {name}: {status} after {results[-1][2]:.0f} s\n")
             log.flush()

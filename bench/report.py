@@ -376,6 +376,11 @@ def skips_markdown(groups: dict) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+def gpus(groups: dict) -> list[str]:
+    """The GPUs the rows ran on (``bench.profiling.device_name``), sorted."""
+    return sorted({r["info"].get("device") for rows in groups.values() for r in rows} - {None, "cpu"})
+
+
 def summary(groups: dict) -> dict:
     """The headline ratios (the benchmark issue's summary.json), each from one process's timings."""
     infos = [r["info"] for rows in groups.values() for r in rows]
@@ -425,6 +430,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(error))
     if not groups:
         parser.error("no benchmark results in " + ", ".join(map(str, args.results)))
+    if len(gpus(groups)) > 1:  # the headline names one GPU: one report per run, per machine
+        parser.error(f"the results come from several GPUs {gpus(groups)}; report each machine's files apart")
     add_speedups(groups)
     args.out.mkdir(parents=True, exist_ok=True)
     headline = summary(groups)

@@ -35,10 +35,15 @@ PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "unlabelled-c
 MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
 
 
+def photos_at_hand(batch: int) -> bool:
+    """Whether ``batch`` photos are there (else :func:`load_batch` gives random pixels)."""
+    return len(sorted(PHOTOS.glob("*.jpg"))[:batch]) == batch
+
+
 def load_batch(batch: int) -> torch.Tensor:
     """[batch, 3, H, W] normalised photos at IMAGE (random pixels when the photos are absent)."""
     files = sorted(PHOTOS.glob("*.jpg"))[:batch]
-    if len(files) < batch:
+    if not photos_at_hand(batch):
         pixels = torch.rand(batch, 3, *IMAGE, generator=torch.Generator().manual_seed(0))
     else:
         h, w = IMAGE
@@ -100,6 +105,7 @@ def test_end_to_end(benchmark, provider, batch):
         model=MODEL,
         batch=batch,
         image=IMAGE,
+        source="unlabelled-coco-photos" if photos_at_hand(batch) else "random pixels",
         dtype="bf16 autocast" if provider == "jcra" and CUDA else "fp32",
         cuda_graph_skips=torch._dynamo.utils.counters["inductor"]["cudagraph_skips"],
         device=device_name(),

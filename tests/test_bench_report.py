@@ -507,3 +507,17 @@ def test_rows_that_fell_out_of_cuda_graphs_are_named(tmp_path):
         "matcher_speedup_vs_scipy",
         "cuda_graph_skips",
     }
+
+
+def test_results_of_two_gpus_are_refused(tmp_path, capsys):
+    """summary.json names one GPU: files of an H100 call and an H200 call make two reports."""
+    rows = {}
+    for name, device in (("h100", "NVIDIA H100 80GB HBM3"), ("h200", "NVIDIA H200")):
+        rows[name] = [bench_row("g", "triton", 0.001), bench_row("g", "reference", 0.002)]
+        for row in rows[name]:
+            row["extra_info"]["device"] = device
+    paths = [write_run(tmp_path / f"{name}.json", r) for name, r in rows.items()]
+    with pytest.raises(SystemExit):
+        main([str(p) for p in paths] + ["--out", str(tmp_path / "out")])
+    assert "several GPUs ['NVIDIA H100 80GB HBM3', 'NVIDIA H200']" in capsys.readouterr().err
+    main([str(paths[0]), "--out", str(tmp_path / "out")])  # one machine's files report

@@ -5,6 +5,7 @@ A renamed test or suite would otherwise surface only on a lent GPU, in its few m
 """
 
 import ast
+import signal
 import subprocess
 import sys
 import time
@@ -243,3 +244,61 @@ def test_the_budget_ends_a_section_with_its_children_and_skips_the_rest(tmp_path
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(pid)
+
+
+def test_crowd_sections_time_jcra_before_the_baselines(tmp_path):
+    """A crowd section stopped at its limit keeps what it timed: without JCRA's rows no ratio exists."""
+    table = gpu_session.sections(tmp_path)
+    for name in ("crowd", "crowd_b1"):
+        files = [arg for arg in table[name][0] if arg.startswith("bench/")]
+        assert files == ["bench/test_bench_end_to_end.py", "bench/test_bench_bottom_up.py"], name
+
+
+def test_select_narrows_a_benchmark_section(tmp_path, monkeypatch):
+    assert gpu_session.narrowed(["-m", "pytest", "a.py"], "b1") == ["-m", "pytest", "a.py", "-k", "b1"]
+    assert gpu_session.narrowed(["-m", "pytest", "-k", "x or y", "a.py"], "not flip") == [
+        "-m", "pytest", "-k", "(x or y) and (not flip)", "a.py"
+    ]  # fmt: skip
+    for bad in ("env=b1", "crowd", "crowd=", "nope=b1"):
+        with pytest.raises(SystemExit):
+            gpu_session.main(["--out", str(tmp_path), "--sections", "env", "--select", bad])
+    json_file = tmp_path / "suite.json"
+    _stub_sections(
+        monkeypatch, {"suite": (["-c", "import sys; print(sys.argv)", f"--benchmark-json={json_file}"], 60)}
+    )
+    assert gpu_session.main(["--out", str(tmp_path), "--sections", "suite", "--select", "suite=b1"]) == 0
+    assert "'--benchmark-json=" in (tmp_path / "log.txt").read_text()
+    assert "'-k', 'b1'" in (tmp_path / "log.txt").read_text()
+
+
+def test_a_rerun_sets_the_earlier_json_aside(tmp_path, monkeypatch):
+    """pytest-benchmark empties its JSON file as it starts: a rerun that then fails lost the first run's."""
+    json_file = tmp_path / "suite.json"
+    json_file.write_text('{"benchmarks": []}')
+    _stub_sections(monkeypatch, {"suite": (["-c", "pass", f"--benchmark-json={json_file}"], 60)})
+    assert gpu_session.main(["--out", str(tmp_path), "--sections", "suite"]) == 0
+    assert (tmp_path / "suite.json.prev").read_text() == '{"benchmarks": []}'
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_a_killed_session_takes_its_running_section_with_it(tmp_path, signal_name):
+    """The device call's time limit may kill this script: the section it runs (a session of its own,
+    which a kill of the script's group misses) must not go on holding the GPU."""
+    pid_file = tmp_path / "section.pid"
+    section = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    script = (
+        "import sys; from bench import gpu_session; "
+        f"gpu_session.sections = lambda out: {{'sleeps': (['-c', {section!r}], 60)}}; "
+        f"sys.exit(gpu_session.main(['--out', {str(tmp_path)!r}, '--sections', 'sleeps']))"
+    )
+    session = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    section_pid = int(pid_file.read_text())
+    session.send_signal(getattr(signal, signal_name))
+    session.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while _alive(section_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(section_pid)
