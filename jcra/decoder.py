@@ -123,8 +123,7 @@ class PoseDecoder(nn.Module):
     """``num_layers`` decoder layers, each followed by its own class and keypoint heads.
 
     The query's positional embedding is an MLP of its current keypoints (2K coordinates), recomputed
-    every layer (conditional queries, as in DAB/DINO; PETR embeds its proposals' keypoints the same
-    way once).
+    every layer (conditional queries, as in DAB-DETR and DINO; PETR learns a fixed one per query).
     """
 
     def __init__(
