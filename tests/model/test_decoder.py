@@ -130,15 +130,15 @@ def _decoder_run(gen, keypoints, valid_ratios):
 
 
 def test_each_layer_attends_over_its_current_poses_extent():
-    """offset_scale = max(extent, min_extent) * extent_scale * valid ratio, per axis: a pose collapsed
-    to one point gets the floor (0.01 * 0.25), one spanning 0.4 x 0.2 gets (0.1, 0.05)."""
+    """offset_scale = max(extent, min_extent) * extent_scale * valid ratio, per axis, extent_scale PETR's
+    0.5: a pose collapsed to one point gets the floor (0.01 * 0.5), one spanning 0.4 x 0.2 (0.2, 0.1)."""
     gen = torch.Generator().manual_seed(3)
     keypoints = torch.full((1, 2, 17, 2), 0.3)
     keypoints[0, 1, :, 0] = torch.linspace(0.2, 0.6, 17)
     keypoints[0, 1, :, 1] = torch.linspace(0.1, 0.3, 17)
     ratios = torch.tensor([[[0.8, 0.5]]])  # [B, L, 2] (x, y)
     seen, _, _ = _decoder_run(gen, keypoints, ratios)
-    extent = torch.tensor([[[0.0025, 0.0025], [0.1, 0.05]]])
+    extent = torch.tensor([[[0.005, 0.005], [0.2, 0.1]]])
     expected = extent[:, :, None, None, None, :] * ratios[:, None, None, :, None, :]
     torch.testing.assert_close(seen["offset_scale"][0], expected)
 
