@@ -20,11 +20,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".g
 def load_model(checkpoint: str | Path, device: torch.device):
     """The model of a training checkpoint in eval mode, and the checkpoint's data settings."""
     from jcra import build_model
-    from train.checkpoint import load_checkpoint
+    from train.checkpoint import load_checkpoint, model_overrides
 
     state = load_checkpoint(checkpoint, keys=("model", "model_config", "data_config"))
     model_config = state["model_config"]
-    overrides = {**model_config["overrides"], "pretrained": False}  # the weights come from the checkpoint
+    overrides = {**model_overrides(state), "pretrained": False}  # the weights come from the checkpoint
     if device.type != "cuda":
         overrides["use_fused_kernels"] = False  # Triton needs a GPU; the reference ops run anywhere
     model = build_model(model_config["name"], **overrides)

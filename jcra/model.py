@@ -4,6 +4,7 @@
 and plain numbers (Hydra builds it from YAML the same way).
 """
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -265,7 +266,7 @@ CONFIGS: dict[str, dict] = {
     ),  # fmt: skip
 }
 """Named configurations; every key (and ``num_keypoints``, ``pretrained``, ``frozen_backbone``,
-``dropout``, ``use_fused_kernels``) can be overridden in :func:`build_model`."""
+``dropout``, ``use_fused_kernels``, ``extent_scale``) can be overridden in :func:`build_model`."""
 
 _DEFAULTS = dict(
     num_keypoints=17,
@@ -274,6 +275,7 @@ _DEFAULTS = dict(
     dropout=0.1,
     use_fused_kernels=True,
     num_levels=4,
+    extent_scale=0.5,  # the decoder's offsets a fraction of the pose's box: PETR's half
 )
 
 
@@ -292,6 +294,9 @@ def _check_config(cfg: dict) -> None:
     dropout = cfg["dropout"]
     if not (isinstance(dropout, int | float) and not isinstance(dropout, bool) and 0 <= dropout < 1):
         raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+    scale = cfg["extent_scale"]
+    if not (isinstance(scale, int | float) and not isinstance(scale, bool) and 0 < scale < math.inf):
+        raise ValueError(f"extent_scale must be a finite number > 0, got {scale!r}")
     for key in ("pretrained", "use_fused_kernels", "frozen_backbone"):
         if not (isinstance(cfg[key], bool) or (key == "frozen_backbone" and cfg[key] is None)):
             raise ValueError(f"{key} must be true or false, got {cfg[key]!r}")
@@ -323,5 +328,7 @@ def build_model(name: str = "jcra_r50", **overrides) -> JCRA:
     encoder = DeformableEncoder(
         d, cfg["enc_layers"], cfg["num_heads"], levels, cfg["num_points"], cfg["ffn_dim"], dropout
     )
-    decoder = PoseDecoder(d, k, cfg["dec_layers"], cfg["num_heads"], levels, cfg["ffn_dim"], dropout)
+    decoder = PoseDecoder(
+        d, k, cfg["dec_layers"], cfg["num_heads"], levels, cfg["ffn_dim"], dropout, cfg["extent_scale"]
+    )
     return JCRA(backbone, neck, encoder, decoder, k, cfg["num_queries"], cfg["use_fused_kernels"])

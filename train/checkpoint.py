@@ -151,6 +151,16 @@ SAVED_BEFORE = {
 }
 """The settings of checkpoints written before these fields existed (their losses had them fixed)."""
 
+EXTENT_SCALE_BEFORE = 0.25
+"""The decoder's offset scale of checkpoints that do not record one (written before it took PETR's 0.5)."""
+
+
+def model_overrides(state: dict) -> dict:
+    """The ``build_model`` overrides a checkpoint's weights were trained with: its recorded ones, with
+    the settings later versions changed pinned to what it was written under."""
+    return {"extent_scale": EXTENT_SCALE_BEFORE, **state["model_config"]["overrides"]}
+
+
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "step", "epoch", "batch_in_epoch")
 """What a training checkpoint holds for a resume (:func:`train` writes more)."""
 

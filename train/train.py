@@ -23,6 +23,7 @@ from train.checkpoint import (
     CHECKPOINT_KEYS,
     check_resumable,
     load_checkpoint,
+    model_overrides,
     out_dir_lock,
     remove_partial_writes,
     rng_state,
@@ -226,7 +227,10 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, out_di
 
     layout = keypoint_layout(cfg.keypoint_layout)
     overrides = {"num_keypoints": len(layout.sigmas), **dict(cfg.model_overrides)}
+    if state is not None and "model_config" in state:  # a resumed model as it trained (a later default
+        overrides = {**model_overrides(state), **overrides}  # would otherwise change it unannounced)
     model = build_model_from(cfg.model, overrides).to(device)
+    overrides["extent_scale"] = model.decoder.extent_scale  # recorded: checkpoints pin it
     criterion = build_criterion(cfg, layout).to(device)
     train_set = build_dataset(cfg.train_ann, cfg.train_images, True, cfg, layout)
     val_set = build_dataset(cfg.val_ann, cfg.val_images, False, cfg, layout)

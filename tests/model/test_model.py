@@ -182,6 +182,11 @@ def test_build_model_configs_and_overrides():
     for dropout in ("abc", 1.0, -0.1):
         with pytest.raises(ValueError, match="dropout must be a number in"):
             build_model("jcra_tiny", dropout=dropout)
+    for scale in (0, -0.5, float("inf"), "half", True):
+        with pytest.raises(ValueError, match="extent_scale must be a finite number > 0"):
+            build_model("jcra_tiny", extent_scale=scale)
+    assert build_model("jcra_tiny").decoder.extent_scale == 0.5  # PETR's
+    assert build_model("jcra_tiny", extent_scale=0.25).decoder.extent_scale == 0.25
     for key in ("pretrained", "use_fused_kernels", "frozen_backbone"):  # "no" would be true
         with pytest.raises(ValueError, match=f"{key} must be true or false, got 'no'"):
             build_model("jcra_tiny", **{key: "no"})

@@ -281,6 +281,21 @@ def test_a_checkpoint_trained_with_imagenet_weights_and_fused_kernels_loads_on_t
     assert model.use_fused_kernels is False and not model.training
 
 
+def test_a_checkpoint_keeps_the_decoder_offset_scale_it_was_trained_with(checkpoint, tmp_path):
+    """Checkpoints record it; one written before it was recorded (the scale was 0.25 then, PETR's 0.5
+    since) loads with 0.25, not with the new default, which would change its predictions unannounced."""
+    from jcra.cli import load_model
+
+    state = load_checkpoint(checkpoint)
+    assert state["model_config"]["overrides"]["extent_scale"] == 0.5
+    model, _ = load_model(checkpoint, torch.device("cpu"))
+    assert model.decoder.extent_scale == 0.5
+    del state["model_config"]["overrides"]["extent_scale"]
+    torch.save(state, tmp_path / "old.pt")
+    model, _ = load_model(tmp_path / "old.pt", torch.device("cpu"))
+    assert model.decoder.extent_scale == 0.25
+
+
 def test_a_folders_images_come_sorted_by_name(tmp_path):
     """image_id is an image's place in this list: it must not depend on the file system's order."""
     from jcra.cli import image_paths

@@ -405,6 +405,18 @@ def test_an_out_dir_that_cannot_be_locked_is_used_with_a_warning(tmp_path, monke
             pass
 
 
+def test_a_run_resumes_with_the_decoder_offset_scale_it_trained_with(data, tmp_path):
+    """A checkpoint written before the scale was recorded trained with 0.25: resumed, the model keeps it
+    (the new default, 0.5, would change the model mid-run) and the next checkpoint records it."""
+    train(tiny_config(data, tmp_path, max_steps=1))
+    path = tmp_path / "checkpoint.pt"
+    state = load_checkpoint(path)
+    del state["model_config"]["overrides"]["extent_scale"]
+    save_checkpoint(path, state)
+    train(tiny_config(data, tmp_path, max_steps=2, resume=True))
+    assert load_checkpoint(path)["model_config"]["overrides"]["extent_scale"] == 0.25
+
+
 def test_resume_without_a_checkpoint_says_it_starts_a_new_run(data, tmp_path, capsys):
     """``make demo`` resumes its own run or starts one; a mistyped out_dir must not start over unannounced."""
     assert train(tiny_config(data, tmp_path / "typo", max_steps=1, resume=True))["step"] == 1
