@@ -22,12 +22,14 @@ suite and the end-to-end suite run back to back in one process).
 """
 
 import argparse
+import contextlib
 import functools
 import importlib.util
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -166,7 +168,8 @@ def _die_with_parent() -> None:
 
 
 def _end_section_and_exit(pid: int, *_) -> None:
-    os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):  # the section may just have ended
+        os.killpg(pid, signal.SIGKILL)
     sys.exit(143)
 
 
@@ -192,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown sections {unknown}; known: {list(table)}")
     for choice in args.select:
         name, _, expr = choice.partition("=")
-        if name not in table or "--benchmark-json" not in " ".join(table[name][0]) or not expr:
-            parser.error(f"--select {choice!r}: expected SECTION=EXPR for a benchmark section")
+        if name not in args.sections or "--benchmark-json" not in " ".join(table[name][0]) or not expr:
+            parser.error(f"--select {choice!r}: expected SECTION=EXPR for a benchmark section of --sections")
         table[name] = (narrowed(table[name][0], expr), table[name][1])
     args.out.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + args.budget
@@ -218,7 +221,10 @@ def main(argv: list[str] | None = None) -> int:
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
             # a SIGTERM to this script (a time limit) ends the section's whole session, then this script
-            before = signal.signal(signal.SIGTERM, functools.partial(_end_section_and_exit, proc.pid))
+            # (handlers can only be set from the main thread; elsewhere PDEATHSIG alone covers it)
+            main_thread = threading.current_thread() is threading.main_thread()
+            if main_thread:
+                before = signal.signal(signal.SIGTERM, functools.partial(_end_section_and_exit, proc.pid))
             try:
                 rc = proc.wait(timeout=limit)
                 status = "ok" if rc == 0 else f"exit {rc}"
@@ -227,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                 proc.wait()
                 status = "timed out"
             finally:
-                signal.signal(signal.SIGTERM, before)
+                if main_thread:  # None: a handler set outside Python, which only the default can stand for
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
             results.append((name, status, time.monotonic() - start))
             log.write(f"===== {name}: {status} after {results[-1][2]:.0f} s\n")
             log.flush()

@@ -142,9 +142,10 @@ def _load_results(results, num_keypoints: int, data: dict, ann_file: Path) -> li
             raise ValueError(
                 f"results[{i}]{source} has image_id {image_id!r:.100}, not an integer or a string"
             )
-        keypoints = record["keypoints"]
-        if not isinstance(keypoints, list | tuple) or len(keypoints) != 3 * num_keypoints:
-            got = len(keypoints) if isinstance(keypoints, list | tuple) else repr(keypoints)[:100]
+        keypoints = record["keypoints"]  # a list as JSON gives it, or a numpy array
+        sequence = isinstance(keypoints, Sequence | np.ndarray) and not isinstance(keypoints, str | bytes)
+        if not sequence or len(keypoints) != 3 * num_keypoints:
+            got = len(keypoints) if sequence else repr(keypoints)[:100]
             raise ValueError(
                 f"results[{i}]{source} has keypoints {got}, expected a list of 3 * K = "
                 f"{3 * num_keypoints} values"

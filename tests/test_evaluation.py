@@ -334,6 +334,8 @@ def test_bad_records_are_named(tmp_path):
     short[1]["keypoints"] = short[1]["keypoints"][:-3]
     with pytest.raises(ValueError, match=r"results\[1\] has keypoints 48, expected a list of 3 \* K = 51"):
         evaluate_keypoints(short, ann_file)
+    as_arrays = [dict(record, keypoints=np.asarray(record["keypoints"])) for record in results]
+    assert evaluate_keypoints(as_arrays, ann_file)["AP"] == pytest.approx(1.0)  # numpy arrays score as lists
     for keypoints in (None, "abc"):
         odd = copy.deepcopy(results)
         odd[1]["keypoints"] = keypoints

@@ -259,14 +259,16 @@ def test_select_narrows_a_benchmark_section(tmp_path, monkeypatch):
     assert gpu_session.narrowed(["-m", "pytest", "-k", "x or y", "a.py"], "not flip") == [
         "-m", "pytest", "-k", "(x or y) and (not flip)", "a.py"
     ]  # fmt: skip
-    for bad in ("env=b1", "crowd", "crowd=", "nope=b1"):
+    for bad in ("env=b1", "crowd", "crowd=", "nope=b1", "crowd=b1"):  # crowd is not among --sections
         with pytest.raises(SystemExit):
             gpu_session.main(["--out", str(tmp_path), "--sections", "env", "--select", bad])
     json_file = tmp_path / "suite.json"
     _stub_sections(
         monkeypatch, {"suite": (["-c", "import sys; print(sys.argv)", f"--benchmark-json={json_file}"], 60)}
     )
+    handler = signal.getsignal(signal.SIGTERM)
     assert gpu_session.main(["--out", str(tmp_path), "--sections", "suite", "--select", "suite=b1"]) == 0
+    assert signal.getsignal(signal.SIGTERM) is handler  # the section's handler goes with the section
     assert "'--benchmark-json=" in (tmp_path / "log.txt").read_text()
     assert "'-k', 'b1'" in (tmp_path / "log.txt").read_text()
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCALE_MODES = ("list", "range")
+MIN_CROP_SCALE = 4  # the crop branch resizes to half of it: a pixel at least
 
 
 @dataclass
@@ -79,9 +80,9 @@ class TrainConfig:
             _check_int(name, getattr(self, name), 1)
         for name in ("num_workers", "eval_every", "checkpoint_every", "seed"):
             _check_int(name, getattr(self, name), 0)
-        for name in ("max_steps", "train_max_size", "crop_scale"):
+        for name, low in (("max_steps", 1), ("train_max_size", 1), ("crop_scale", MIN_CROP_SCALE)):
             if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), 1)
+                _check_int(name, getattr(self, name), low)
         for name in ("lr", "clip_grad", "lr_gamma"):
             value = getattr(self, name)
             if not (_is_number(value) and math.isfinite(value) and value > 0):

@@ -48,6 +48,8 @@ def build_transforms(
     if not train:
         return Compose([ToTensor(), Resize(scales[:1], max_size), Normalize()])
     top = crop_scale or max(scales)
+    if top < 4:  # its first resize, to half of it, would be empty
+        raise ValueError(f"crop_scale (default the largest scale) must be at least 4 pixels, got {top}")
     # DETR's crop branch resizes uncapped; a cap far beyond photos' shapes (long sides up to 8.9x the
     # short at the default sizes) keeps an image like 20 x 2000 from taking gigabytes.
     crop_then_resize = Compose(

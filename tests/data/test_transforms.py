@@ -128,6 +128,12 @@ def test_petrs_range_reaches_every_short_side_and_caps_the_long_one():
     assert min(sides) < 700 and max(sides) > 1000  # drawn from the whole range, not a few values
 
 
+def test_a_crop_branch_under_four_pixels_is_refused():
+    """Its first resize, to half of crop_scale, rounds to an empty image (a crash at the first crop)."""
+    with pytest.raises(ValueError, match="crop_scale .* must be at least 4 pixels, got 3"):
+        build_transforms(True, flip_pairs=COCO.flip_pairs, scales=[64], max_size=64, crop_scale=3)
+
+
 def test_flip_swaps_left_and_right():
     generator = torch.Generator().manual_seed(0)
     image, target = marked_sample(generator, w=101)

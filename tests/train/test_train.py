@@ -219,7 +219,8 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch):
         ({"train_scales": [32, 40, 48], "train_scale_mode": "range"}, r"\[smallest, largest\] with .* range"),
         ({"train_scales": [48, 32], "train_scale_mode": "range"}, r"\[smallest, largest\] with .* range"),
         ({"train_max_size": 0}, "train_max_size must be an integer >= 1"),
-        ({"crop_scale": 1.5}, "crop_scale must be an integer >= 1"),
+        ({"crop_scale": 1.5}, "crop_scale must be an integer >= 4"),
+        ({"crop_scale": 3}, "crop_scale must be an integer >= 4"),
         ({"top_k": 0}, "top_k"),
         ({"seed": -1}, "seed"),
         ({"num_workers": -1}, "num_workers"),
@@ -336,6 +337,49 @@ def test_a_checkpoint_from_before_the_loss_settings_resumes_with_the_losses_it_h
         train(tiny_config(data, tmp_path, max_steps=3, resume=True))
     old = {"oks_mode": "linear", "encoder_oks": True, "heatmap_target": "fixed"}
     assert train(tiny_config(data, tmp_path, max_steps=3, resume=True, **old))["step"] == 3
+
+
+def test_a_checkpoint_from_before_the_scale_settings_resumes_only_with_the_sizes_it_had(data, tmp_path):
+    """It trained on a list of sizes, capped at max_size, its crop branch sized by its largest scale."""
+    from train.checkpoint import save_checkpoint
+
+    train(tiny_config(data, tmp_path, max_steps=1))
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    for name in ("train_scale_mode", "train_max_size", "crop_scale"):
+        del state["train_config"][name]
+    save_checkpoint(tmp_path / "checkpoint.pt", state)
+    changes = [
+        (
+            {"train_scale_mode": "range", "train_scales": [48, IMAGE_SIZE]},
+            "train_scale_mode 'list' -> 'range'",
+        ),
+        ({"train_max_size": IMAGE_SIZE}, "train_max_size None -> 64"),
+        ({"crop_scale": 32}, "crop_scale None -> 32"),
+    ]
+    for change, message in changes:
+        with pytest.raises(ValueError, match=message):
+            train(tiny_config(data, tmp_path, max_steps=2, resume=True, **change))
+    assert train(tiny_config(data, tmp_path, max_steps=2, resume=True))["step"] == 2
+
+
+def test_the_training_dataset_takes_the_scale_settings(data, tmp_path):
+    """build_dataset hands the range, the training cap and the crop branch's size to the transforms."""
+    from train.train import build_dataset, keypoint_layout
+
+    cfg = tiny_config(
+        data,
+        tmp_path,
+        train_scales=[40, IMAGE_SIZE],
+        train_scale_mode="range",
+        train_max_size=80,
+        crop_scale=48,
+    )
+    cfg.validate()
+    dataset = build_dataset(cfg.train_ann, cfg.train_images, True, cfg, keypoint_layout("coco"))
+    plain, crop = dataset.transforms.transforms[-2].first, dataset.transforms.transforms[-2].second.transforms
+    assert (plain.scales, plain.max_size) == (list(range(40, IMAGE_SIZE + 1)), 80)
+    assert crop[0].scales == [24, 30, 36] and (crop[1].min_size, crop[1].max_size) == (23, 36)
+    assert (crop[2].scales, crop[2].max_size) == (plain.scales, 80)
 
 
 def test_trains_with_petrs_heatmap_target(data, tmp_path, monkeypatch):
