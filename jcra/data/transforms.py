@@ -7,7 +7,8 @@ column c spans [c, c + 1), so a horizontal flip maps x to W - x. Randomness come
 generator, which training seeds for each sample (``train.distributed.SeededSamples``): a resumed run
 draws the same augmentations, whichever worker loads a sample.
 
-The training recipe is PETR's: photometric distortion, rotation up to 30 degrees, flip, then either
+The training recipe is PETR's: photometric distortion, rotation up to 30 degrees (every image, on its
+own canvas), flip, then either
 a multi-scale resize or resize-crop-resize (crops of 384-600 pixels after a 400/500/600 resize, sizes
 that scale with ``crop_scale``, 800 there). The short sides and their cap are the caller's: PETR's
 400-1400 capped at 1400 for COCO and CrowdPose, a few sizes near 256 for the demo.
@@ -147,10 +148,13 @@ class RandomHorizontalFlip:
 
 
 class RandomRotation:
-    """Rotate by an angle uniform in [-max_degrees, max_degrees] about the centre with probability
-    ``p``; the canvas grows so nothing is cut (new corners are black), areas are unchanged."""
+    """Rotate by an angle uniform in [-max_degrees, max_degrees] about the centre, with probability
+    ``p`` (PETR rotates every image: opera's ``KeypointRandomAffine``, rotation only). As there, the
+    canvas keeps its size: corners turned out are cut and those turned in take the mean colour (0 once
+    normalised); keypoints turned out become unlabelled and people left with none are removed; boxes
+    become their turned corners' bounds, clipped; areas are unchanged."""
 
-    def __init__(self, max_degrees: float, p: float = 0.5):
+    def __init__(self, max_degrees: float, p: float = 1.0):
         self.max_degrees, self.p = max_degrees, p
 
     def __call__(self, image: Tensor, target):
@@ -159,26 +163,27 @@ class RandomRotation:
         theta = math.radians(_uniform(-self.max_degrees, self.max_degrees))
         cos, sin = math.cos(theta), math.sin(theta)
         h, w = image.shape[-2:]
-        new_w = math.ceil(w * abs(cos) + h * abs(sin) - 1e-6)
-        new_h = math.ceil(w * abs(sin) + h * abs(cos) - 1e-6)
         rot = torch.tensor([[cos, sin], [-sin, cos]])  # counter-clockwise on screen (y points down)
-        centre, new_centre = torch.tensor([w / 2, h / 2]), torch.tensor([new_w / 2, new_h / 2])
+        centre = torch.tensor([w / 2, h / 2])
 
-        # Sample: output pixel centre q comes from source point c + R^T (q - c').
-        ys, xs = torch.meshgrid(torch.arange(new_h) + 0.5, torch.arange(new_w) + 0.5, indexing="ij")
-        src = (torch.stack([xs, ys], -1) - new_centre) @ rot + centre
+        # Sample: output pixel centre q comes from source point c + R^T (q - c); outside the source,
+        # grid_sample's zeros become the mean colour.
+        ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+        src = (torch.stack([xs, ys], -1) - centre) @ rot + centre
         grid = src / torch.tensor([w, h]) * 2 - 1  # align_corners=False: -1 and 1 are the outer edges
-        image = F.grid_sample(image[None], grid[None], mode="bilinear", align_corners=False)[0]
+        fill = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
+        turned = F.grid_sample((image - fill)[None], grid[None], mode="bilinear", align_corners=False)
+        image = turned[0] + fill
 
-        forward = lambda xy: (xy - centre) @ rot.T + new_centre
+        forward = lambda xy: (xy - centre) @ rot.T + centre
         target = _move_keypoints(target, forward)
         if "boxes" in target and len(target["boxes"]):
             x0, y0, x1, y1 = target["boxes"].unbind(-1)
             corners = torch.stack([torch.stack(c, -1) for c in ((x0, y0), (x1, y0), (x0, y1), (x1, y1))], 1)
             moved = forward(corners)
-            target["boxes"] = torch.cat([moved.amin(1), moved.amax(1)], -1)
-        target["size"] = torch.tensor([new_h, new_w])
-        return image, target
+            bounds = torch.cat([moved.amin(1), moved.amax(1)], -1)
+            target["boxes"] = torch.minimum(bounds.clamp(min=0), torch.tensor([w, h, w, h]))
+        return image, keep_inside(target, h, w)
 
 
 class Resize:

@@ -222,42 +222,65 @@ def test_crop_shrinks_each_area_with_its_box():
 
 @pytest.mark.parametrize("degrees", [90.0, -90.0, 30.0])
 def test_rotation_moves_a_keypoint_with_its_pixel(monkeypatch, degrees):
-    """One lit pixel with a keypoint on its centre. At +-90 degrees the pixel grid maps onto itself:
-    (x, y) goes to (y, w - x) (counter-clockwise on screen) or (h - y, x), exactly. At 30 degrees the
-    lit pixel spreads over its neighbours, whose brightness-weighted centre is the keypoint."""
+    """One lit pixel with a keypoint on its centre, on a square canvas. At +-90 degrees the pixel grid
+    maps onto itself: (x, y) goes to (y, w - x) (counter-clockwise on screen) or (h - y, x), exactly.
+    At 30 degrees the lit pixel spreads over its neighbours, whose brightness-weighted centre is the
+    keypoint (measured above the mean colour the turned-in corners take)."""
     from jcra.data import transforms
 
     monkeypatch.setattr(transforms, "_uniform", lambda low, high: degrees)
-    h, w, px, py = 40, 60, 13, 29
-    image = torch.zeros(3, h, w)
+    h = w = 48
+    px, py = 13, 29
+    fill = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
+    image = fill.expand(3, h, w).clone()  # the mean colour, as the turned-in corners: a flat background
     image[:, py, px] = 255.0
     keypoints = torch.zeros(1, 17, 3)
     keypoints[0, 0] = torch.tensor([px + 0.5, py + 0.5, 2.0])
-    out_image, out = RandomRotation(90.0, p=1.0)(
-        image, {"keypoints": keypoints, "size": torch.tensor([h, w])}
-    )
+    out_image, out = RandomRotation(90.0)(image, {"keypoints": keypoints, "size": torch.tensor([h, w])})
+    assert out_image.shape[-2:] == (h, w)
     x, y = out["keypoints"][0, 0, :2].tolist()
-    gray = out_image.mean(0)
+    gray, lit = (out_image - fill).mean(0), float((255.0 - fill).mean())
     if abs(degrees) == 90:
-        assert out_image.shape[-2:] == (w, h)
         expected = (py + 0.5, w - px - 0.5) if degrees > 0 else (h - py - 0.5, px + 0.5)
         assert (x, y) == pytest.approx(expected, abs=1e-4)
-        assert gray[int(y), int(x)] == pytest.approx(255.0, abs=1e-3) and gray.sum() == pytest.approx(255.0)
-    else:
-        rows, cols = torch.meshgrid(
-            torch.arange(gray.shape[0]) + 0.5, torch.arange(gray.shape[1]) + 0.5, indexing="ij"
+        assert gray[int(y), int(x)] == pytest.approx(lit, abs=1e-3) and gray.sum() == pytest.approx(
+            lit, abs=1e-2
         )
+    else:
+        rows, cols = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
         centre = (float((gray * cols).sum() / gray.sum()), float((gray * rows).sum() / gray.sum()))
         assert (x, y) == pytest.approx(centre, abs=0.15)
 
 
-def test_rotation_grows_the_canvas_and_keeps_areas():
-    image, target = marked_sample(torch.Generator().manual_seed(2), h=100, w=200)
-    torch.manual_seed(0)
-    out_image, out = RandomRotation(90.0, p=1.0)(image, target)
-    h, w = out_image.shape[-2:]
-    assert h >= 100 and w >= 100 and h * w >= 100 * 200
-    torch.testing.assert_close(out["area"], target["area"])
+def test_rotation_keeps_the_canvas_fills_the_mean_and_drops_what_turns_out(monkeypatch):
+    """PETR's: the image keeps its size, corners turned in take the mean colour, a keypoint turned out
+    is unlabelled, a person left with none is removed; boxes are clipped, areas unchanged."""
+    from jcra.data import transforms
+
+    monkeypatch.setattr(transforms, "_uniform", lambda low, high: 90.0)
+    h, w = 100, 200
+    keypoints = torch.zeros(2, 17, 3)
+    keypoints[0, 0] = torch.tensor([100.5, 40.5, 2.0])  # near the centre: stays
+    keypoints[0, 1] = torch.tensor([190.5, 50.5, 2.0])  # turned to y = -40.5, off the image
+    keypoints[1, 0] = torch.tensor([5.5, 50.5, 2.0])  # this person's only keypoint, turned off too
+    target = {
+        "keypoints": keypoints,
+        "boxes": torch.tensor([[90.0, 30.0, 195.0, 60.0], [0.0, 40.0, 10.0, 60.0]]),
+        "area": torch.tensor([300.0, 50.0]),
+        "iscrowd": torch.zeros(2),
+        "size": torch.tensor([h, w]),
+    }
+    out_image, out = RandomRotation(30.0)(torch.full((3, h, w), 255.0), target)
+    assert out_image.shape[-2:] == (h, w) and out["size"].tolist() == [h, w]
+    fill = torch.tensor(IMAGENET_MEAN) * 255
+    torch.testing.assert_close(out_image[:, 0, 0], fill)  # a corner turned in from outside
+    torch.testing.assert_close(out_image[:, h // 2, w // 2], torch.full((3,), 255.0))
+    assert out["keypoints"].shape[0] == 1 and out["area"].tolist() == [300.0]
+    assert out["keypoints"][0, 0].tolist() == pytest.approx([90.5, 49.5, 2.0], abs=1e-4)  # (cx + dy, cy - dx)
+    assert out["keypoints"][0, 1].tolist() == [0.0, 0.0, 0.0]
+    assert out["boxes"][0].tolist() == pytest.approx(
+        [80.0, 0.0, 110.0, 60.0], abs=1e-4
+    )  # y from -45, clipped
 
 
 @pytest.mark.parametrize(
