@@ -43,7 +43,7 @@ def photos_at_hand(batch: int) -> bool:
 def load_batch(batch: int) -> torch.Tensor:
     """[batch, 3, H, W] normalised photos at IMAGE (random pixels when the photos are absent)."""
     files = sorted(PHOTOS.glob("*.jpg"))[:batch]
-    if not photos_at_hand(batch):
+    if len(files) < batch:
         pixels = torch.rand(batch, 3, *IMAGE, generator=torch.Generator().manual_seed(0))
     else:
         h, w = IMAGE

@@ -8,10 +8,10 @@ generator, which training seeds for each sample (``train.distributed.SeededSampl
 draws the same augmentations, whichever worker loads a sample.
 
 The training recipe is PETR's: photometric distortion, rotation up to 30 degrees (every image, on its
-own canvas), flip, then either
-a multi-scale resize or resize-crop-resize (crops of 384-600 pixels after a 400/500/600 resize, sizes
-that scale with ``crop_scale``, 800 there). The short sides and their cap are the caller's: PETR's
-400-1400 capped at 1400 for COCO and CrowdPose, a few sizes near 256 for the demo.
+own canvas), flip, then either a multi-scale resize or resize-crop-resize (crops of 384-600 pixels
+after a 400/500/600 resize, sizes that scale with ``crop_scale``, 800 there). The short sides and
+their cap are the caller's: PETR's 400-1400 capped at 1400 for COCO and CrowdPose, a few sizes near
+256 for the demo.
 """
 
 import math
@@ -181,8 +181,7 @@ class RandomRotation:
             x0, y0, x1, y1 = target["boxes"].unbind(-1)
             corners = torch.stack([torch.stack(c, -1) for c in ((x0, y0), (x1, y0), (x0, y1), (x1, y1))], 1)
             moved = forward(corners)
-            bounds = torch.cat([moved.amin(1), moved.amax(1)], -1)
-            target["boxes"] = torch.minimum(bounds.clamp(min=0), torch.tensor([w, h, w, h]))
+            target["boxes"] = _clip_boxes(torch.cat([moved.amin(1), moved.amax(1)], -1), h, w)
         return image, keep_inside(target, h, w)
 
 
@@ -237,8 +236,7 @@ class RandomCrop:
         target = _move_keypoints(target, lambda xy: xy - torch.tensor([left, top], dtype=xy.dtype))
         if "boxes" in target:
             boxes = target["boxes"]
-            clipped = (boxes - torch.tensor([left, top, left, top])).clamp(min=0)
-            clipped = torch.minimum(clipped, torch.tensor([cw, ch, cw, ch]))
+            clipped = _clip_boxes(boxes - torch.tensor([left, top, left, top]), ch, cw)
             before, after = _box_area(boxes), _box_area(clipped)
             shrink = torch.where(before > 0, after / before.clamp(min=1e-6), torch.ones_like(before))
             target["area"] = target["area"] * shrink
@@ -291,6 +289,11 @@ def keep_inside(target: dict, h: int, w: int) -> dict:
 
 def _keep_people(target: dict, keep: Tensor) -> dict:
     return {k: v[keep] if k in PERSON_KEYS else v for k, v in target.items()}
+
+
+def _clip_boxes(boxes: Tensor, h: int, w: int) -> Tensor:
+    """xyxy ``boxes`` [N, 4] clipped to an ``h`` x ``w`` image."""
+    return torch.minimum(boxes.clamp(min=0), torch.tensor([w, h, w, h], dtype=boxes.dtype))
 
 
 def _box_area(boxes: Tensor) -> Tensor:
