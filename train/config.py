@@ -41,6 +41,7 @@ class TrainConfig:
     val_scale: int = 256
     max_size: int = 256
     rotation: float = 30.0
+    shear: float = 0.0
     epochs: int = 1
     batch_size: int = 2
     grad_accum: int = 1
@@ -91,6 +92,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not (_is_number(value) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not (_is_number(self.shear) and 0 <= self.shear < 90):
+            raise ValueError(f"shear must be a number of degrees in [0, 90), got {self.shear!r}")
         from jcra.criterion import HEATMAP_TARGETS
         from jcra.oks_loss import OKS_MODES
 

@@ -99,6 +99,7 @@ def build_dataset(ann_file: str, image_dir: str, train: bool, cfg: TrainConfig, 
         scales=scales,
         max_size=max_size,
         rotation=cfg.rotation,
+        shear=cfg.shear,
         crop_scale=cfg.crop_scale,
     )
     dataset = CocoKeypoints(ann_file, image_dir, transforms=transforms, skip_empty=train)

@@ -8,7 +8,7 @@ generator, which training seeds for each sample (``train.distributed.SeededSampl
 draws the same augmentations, whichever worker loads a sample.
 
 The training recipe is PETR's: photometric distortion, rotation up to 30 degrees (every image, on its
-own canvas), flip, then either a multi-scale resize or resize-crop-resize (crops of 384-600 pixels
+own canvas; CrowdPose's also shears up to 2 degrees), flip, then either a multi-scale resize or resize-crop-resize (crops of 384-600 pixels
 after a 400/500/600 resize, sizes that scale with ``crop_scale``, 800 there). The short sides and
 their cap are the caller's: PETR's 400-1400 capped at 1400 for COCO and CrowdPose, a few sizes near
 256 for the demo.
@@ -31,13 +31,21 @@ PERSON_KEYS = ("keypoints", "boxes", "area", "iscrowd")
 
 
 def build_transforms(
-    train: bool, *, flip_pairs, scales, max_size: int, rotation: float = 30.0, crop_scale: int | None = None
+    train: bool,
+    *,
+    flip_pairs,
+    scales,
+    max_size: int,
+    rotation: float = 30.0,
+    shear: float = 0.0,
+    crop_scale: int | None = None,
 ):
     """The training pipeline, or the evaluation one (resize to ``scales[0]``, normalise).
 
     flip_pairs: the layout's (left, right) keypoint pairs; scales: short sides (pixels) to sample, each
     equally likely (PETR's range of 400-1400 is ``range(400, 1401)``); max_size: cap on the long side
-    (pixels); rotation: largest random rotation (degrees, 0 disables); crop_scale: the size the crop
+    (pixels); rotation: largest random rotation (degrees, 0 disables); shear: largest random shear along
+    each axis (degrees, 0 disables; PETR's CrowdPose recipe has 2); crop_scale: the size the crop
     branch scales with (a resize to 0.5, 0.625 or 0.75 of it, then a crop of 0.48-0.75 of it a side:
     400/500/600 and 384-600 at 800, PETR's and Deformable DETR's), by default the largest of ``scales``.
     """
@@ -61,8 +69,8 @@ def build_transforms(
         ]
     )
     geometric = [RandomHorizontalFlip(flip_pairs)]
-    if rotation > 0:
-        geometric.append(RandomRotation(rotation))
+    if rotation > 0 or shear > 0:
+        geometric.append(RandomAffine(rotation, shear))
     return Compose(
         [
             ToTensor(),
@@ -147,41 +155,51 @@ class RandomHorizontalFlip:
         return image.flip(-1), target
 
 
-class RandomRotation:
-    """Rotate by an angle uniform in [-max_degrees, max_degrees] about the centre, with probability
-    ``p`` (PETR rotates every image: opera's ``KeypointRandomAffine``, rotation only). As there, the
-    canvas keeps its size: corners turned out are cut and those turned in take the mean colour (0 once
-    normalised); keypoints turned out become unlabelled and people left with none are removed; boxes
-    become their turned corners' bounds, clipped; areas are unchanged."""
+class RandomAffine:
+    """Rotate by an angle uniform in [-max_degrees, max_degrees] and shear by angles uniform in
+    [-max_shear, max_shear] along x and along y, about the centre, with probability ``p``: opera's
+    ``KeypointRandomAffine`` as PETR configures it (every image; no scaling or translation; shear 0 for
+    COCO, 2 degrees for CrowdPose). As there, the canvas keeps its size: corners turned out are cut and
+    those turned in take the mean colour (0 once normalised); keypoints turned out become unlabelled
+    and people left with none are removed; boxes become their moved corners' bounds, clipped; areas are
+    unchanged."""
 
-    def __init__(self, max_degrees: float, p: float = 1.0):
-        self.max_degrees, self.p = max_degrees, p
+    def __init__(self, max_degrees: float, max_shear: float = 0.0, p: float = 1.0):
+        if not 0 <= max_shear < 90:
+            raise ValueError(f"max_shear must be in [0, 90) degrees, got {max_shear!r}")
+        self.max_degrees, self.max_shear, self.p = max_degrees, max_shear, p
 
     def __call__(self, image: Tensor, target):
         if not _coin(self.p):
             return image, target
         theta = math.radians(_uniform(-self.max_degrees, self.max_degrees))
         cos, sin = math.cos(theta), math.sin(theta)
+        # acting on column vectors (x, y): counter-clockwise on screen for theta > 0 (y points down)
+        matrix = torch.tensor([[cos, sin], [-sin, cos]], dtype=torch.float64)
+        if self.max_shear > 0:  # drawn only then, so that rotation alone draws what it always did
+            shear_x = math.tan(math.radians(_uniform(-self.max_shear, self.max_shear)))
+            shear_y = math.tan(math.radians(_uniform(-self.max_shear, self.max_shear)))
+            matrix = torch.tensor([[1.0, shear_x], [shear_y, 1.0]], dtype=torch.float64) @ matrix
+        matrix = matrix.float()
         h, w = image.shape[-2:]
-        rot = torch.tensor([[cos, sin], [-sin, cos]])  # counter-clockwise on screen (y points down)
         centre = torch.tensor([w / 2, h / 2])
 
-        # Sample: output pixel centre q comes from source point c + R^T (q - c); outside the source,
+        # Sample: output pixel centre q comes from source point c + M^-1 (q - c); outside the source,
         # grid_sample's zeros become the mean colour.
         ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
-        src = (torch.stack([xs, ys], -1) - centre) @ rot + centre
+        src = (torch.stack([xs, ys], -1) - centre) @ torch.linalg.inv(matrix).T + centre
         grid = src / torch.tensor([w, h]) * 2 - 1  # align_corners=False: -1 and 1 are the outer edges
         fill = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
-        turned = F.grid_sample((image - fill)[None], grid[None], mode="bilinear", align_corners=False)
-        image = turned[0] + fill
+        moved = F.grid_sample((image - fill)[None], grid[None], mode="bilinear", align_corners=False)
+        image = moved[0] + fill
 
-        forward = lambda xy: (xy - centre) @ rot.T + centre
+        forward = lambda xy: (xy - centre) @ matrix.T + centre
         target = _move_keypoints(target, forward)
         if "boxes" in target and len(target["boxes"]):
             x0, y0, x1, y1 = target["boxes"].unbind(-1)
             corners = torch.stack([torch.stack(c, -1) for c in ((x0, y0), (x1, y0), (x0, y1), (x1, y1))], 1)
-            moved = forward(corners)
-            target["boxes"] = _clip_boxes(torch.cat([moved.amin(1), moved.amax(1)], -1), h, w)
+            corners = forward(corners)
+            target["boxes"] = _clip_boxes(torch.cat([corners.amin(1), corners.amax(1)], -1), h, w)
         return image, keep_inside(target, h, w)
 
 

@@ -14,7 +14,7 @@ from jcra.data.transforms import (
     Compose,
     RandomCrop,
     RandomHorizontalFlip,
-    RandomRotation,
+    RandomAffine,
     Resize,
     ToTensor,
     resized_shape,
@@ -71,14 +71,13 @@ def denormalise(image: torch.Tensor) -> torch.Tensor:
     "transform",
     [
         RandomHorizontalFlip(COCO.flip_pairs, p=1.0),
-        RandomRotation(40.0, p=1.0),
+        RandomAffine(40.0, p=1.0),
+        RandomAffine(30.0, max_shear=15.0, p=1.0),
         Resize([101, 150], max_size=200),
         RandomCrop(60, 120),
-        Compose(
-            [RandomHorizontalFlip(COCO.flip_pairs, p=1.0), RandomRotation(30, p=1.0), RandomCrop(80, 160)]
-        ),
+        Compose([RandomHorizontalFlip(COCO.flip_pairs, p=1.0), RandomAffine(30, p=1.0), RandomCrop(80, 160)]),
     ],
-    ids=["flip", "rotation", "resize", "crop", "flip+rotation+crop"],
+    ids=["flip", "rotation", "rotation+shear", "resize", "crop", "flip+rotation+crop"],
 )
 def test_geometric_transform_keeps_keypoints_on_their_pixels(transform):
     generator = torch.Generator().manual_seed(torch.seed() % 2**31)  # fresh inputs every run
@@ -236,7 +235,7 @@ def test_rotation_moves_a_keypoint_with_its_pixel(monkeypatch, degrees):
     image[:, py, px] = 255.0
     keypoints = torch.zeros(1, 17, 3)
     keypoints[0, 0] = torch.tensor([px + 0.5, py + 0.5, 2.0])
-    out_image, out = RandomRotation(90.0)(image, {"keypoints": keypoints, "size": torch.tensor([h, w])})
+    out_image, out = RandomAffine(90.0)(image, {"keypoints": keypoints, "size": torch.tensor([h, w])})
     assert out_image.shape[-2:] == (h, w)
     x, y = out["keypoints"][0, 0, :2].tolist()
     gray, lit = (out_image - fill).mean(0), float((255.0 - fill).mean())
@@ -270,7 +269,7 @@ def test_rotation_keeps_the_canvas_fills_the_mean_and_drops_what_turns_out(monke
         "iscrowd": torch.zeros(2),
         "size": torch.tensor([h, w]),
     }
-    out_image, out = RandomRotation(30.0)(torch.full((3, h, w), 255.0), target)
+    out_image, out = RandomAffine(30.0)(torch.full((3, h, w), 255.0), target)
     assert out_image.shape[-2:] == (h, w) and out["size"].tolist() == [h, w]
     fill = torch.tensor(IMAGENET_MEAN) * 255
     torch.testing.assert_close(out_image[:, 0, 0], fill)  # a corner turned in from outside
@@ -281,6 +280,60 @@ def test_rotation_keeps_the_canvas_fills_the_mean_and_drops_what_turns_out(monke
     assert out["boxes"][0].tolist() == pytest.approx(
         [80.0, 0.0, 110.0, 60.0], abs=1e-4
     )  # y from -45, clipped
+
+
+@pytest.mark.parametrize(("shear_x", "shear_y"), [(10.0, 0.0), (0.0, -10.0), (2.0, 2.0)])
+def test_shear_moves_keypoints_and_boxes_as_opera_does(monkeypatch, shear_x, shear_y):
+    """With no rotation, opera's shear sends (x, y) to c + [[1, tan sx], [tan sy, 1]] (p - c); a lit
+    pixel ends under its keypoint; a box becomes its sheared corners' bounds."""
+    from jcra.data import transforms
+
+    draws = iter([0.0, shear_x, shear_y])  # rotation first, then the shears along x and y
+    monkeypatch.setattr(transforms, "_uniform", lambda low, high: next(draws))
+    h, w = 60, 80
+    px, py = 61, 47
+    fill = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
+    image = fill.expand(3, h, w).clone()
+    image[:, py, px] = 255.0
+    keypoints = torch.zeros(1, 17, 3)
+    keypoints[0, 0] = torch.tensor([px + 0.5, py + 0.5, 2.0])
+    target = {
+        "keypoints": keypoints,
+        "boxes": torch.tensor([[30.0, 20.0, 50.0, 40.0]]),
+        "size": torch.tensor([h, w]),
+    }
+    out_image, out = RandomAffine(30.0, max_shear=10.0)(image, target)
+    tx, ty = math.tan(math.radians(shear_x)), math.tan(math.radians(shear_y))
+    dx, dy = px + 0.5 - w / 2, py + 0.5 - h / 2
+    expected = (w / 2 + dx + tx * dy, h / 2 + ty * dx + dy)
+    assert out["keypoints"][0, 0, :2].tolist() == pytest.approx(expected, abs=1e-4)
+    gray = (out_image - fill).mean(0)
+    rows, cols = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    centre = (float((gray * cols).sum() / gray.sum()), float((gray * rows).sum() / gray.sum()))
+    assert centre == pytest.approx(expected, abs=0.15)
+    # the box (30, 20)-(50, 40) is centred on the image: its corners move by tan * (+-10)
+    spread_x, spread_y = 10 * abs(tx), 10 * abs(ty)
+    assert out["boxes"][0].tolist() == pytest.approx(
+        [30 - spread_x, 20 - spread_y, 50 + spread_x, 40 + spread_y], abs=1e-4
+    )
+
+
+def test_shear_draws_nothing_when_off():
+    """Rotation alone draws one angle, as before shear existed: a run from before resumes on the same
+    augmentations."""
+    image, target = (
+        torch.zeros(3, 20, 30),
+        {"keypoints": torch.zeros(0, 17, 3), "size": torch.tensor([20, 30])},
+    )
+    for max_shear, draws in ((0.0, 1), (2.0, 3)):
+        torch.manual_seed(0)
+        RandomAffine(30.0, max_shear=max_shear)(image, dict(target))
+        after = torch.rand(())
+        torch.manual_seed(0)
+        torch.rand(())  # the coin
+        for _ in range(draws):
+            torch.empty(()).uniform_(-1, 1)
+        assert torch.rand(()) == after, max_shear
 
 
 @pytest.mark.parametrize(

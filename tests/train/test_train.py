@@ -230,6 +230,8 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch):
         ({"train_scales": [0]}, "train_scales entry"),
         ({"train_images": "/nonexistent/images"}, "train_images"),
         ({"rotation": float("inf")}, "rotation must be a finite number"),
+        ({"shear": 90.0}, r"shear must be a number of degrees in \[0, 90\), got 90.0"),
+        ({"shear": -2.0}, "shear must be"),
         ({"lr_backbone_mult": float("inf")}, "lr_backbone_mult must be a finite number"),
         ({"device": "gpu"}, "device: 'gpu' is not auto, cpu, cuda or cuda:N"),
         ({"device": "cuda:99"}, "device: 'cuda:99' is GPU 99, but this machine has"),
@@ -301,6 +303,7 @@ def test_training_set_without_labelled_people_is_named(data, tmp_path):
         ({"lr_drop_epochs": [1]}, "lr_drop_epochs"),
         ({"seed": 1}, "seed"),
         ({"rotation": 10.0}, "rotation"),
+        ({"shear": 2.0}, "shear 0.0 -> 2.0"),
         ({"clip_grad": 1.0}, "clip_grad"),
         ({"train_scales": [48]}, "train_scales"),
         ({"loss_weights": {"oks": 100.0}}, "loss_weights"),
@@ -380,6 +383,9 @@ def test_the_training_dataset_takes_the_scale_settings(data, tmp_path):
     assert (plain.scales, plain.max_size) == (list(range(40, IMAGE_SIZE + 1)), 80)
     assert crop[0].scales == [24, 30, 36] and (crop[1].min_size, crop[1].max_size) == (23, 36)
     assert (crop[2].scales, crop[2].max_size) == (plain.scales, 80)
+    cfg.shear = 2.0
+    affine = build_dataset(cfg.train_ann, cfg.train_images, True, cfg, keypoint_layout("coco")).transforms
+    assert affine.transforms[3].max_shear == 2.0  # after photometric distortion and flip
 
 
 def test_trains_with_petrs_heatmap_target(data, tmp_path, monkeypatch):
@@ -589,6 +595,7 @@ def test_hydra_configs_compose():
     assert (r50.weight_decay, r50.clip_grad, r50.epochs, r50.lr_drop_epochs) == (1e-4, 0.1, 100, [80])
     assert r50.batch_size * r50.grad_accum * 8 == 32
     assert (crowd.keypoint_layout, swin.model) == ("crowdpose", "jcra_swinl")
+    assert (r50.rotation, r50.shear, crowd.rotation, crowd.shear, demo.shear) == (30.0, 0.0, 30.0, 2.0, 0.0)
     assert (r50.oks_mode, r50.encoder_oks, demo.oks_mode, demo.encoder_oks) == ("log", False, "log", False)
     assert r50.heatmap_target == demo.heatmap_target == "box"
     assert linked.val_scale == linked.max_size == demo.max_size  # interpolations resolved
