@@ -310,7 +310,8 @@ def whole_number(value) -> bool:
 
 
 def keypoint_box(keypoints: np.ndarray) -> list[float]:
-    """xywh box around the labelled keypoints (for annotations without a ``bbox``)."""
+    """xywh box (continuous pixels) around the pixels of the labelled keypoints (file labels: pixel
+    indices), for annotations without a ``bbox``."""
     xy = keypoints[keypoints[:, 2] > 0, :2]
-    (x0, y0), (x1, y1) = xy.min(0), xy.max(0)
+    (x0, y0), (x1, y1) = xy.min(0), xy.max(0) + 1
     return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]

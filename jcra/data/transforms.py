@@ -59,11 +59,11 @@ def build_transforms(
     top = crop_scale or max(scales)
     if top < 4:  # its first resize, to half of it, would be empty
         raise ValueError(f"crop_scale (default the largest scale) must be at least 4 pixels, got {top}")
-    # DETR's crop branch resizes uncapped; a cap far beyond photos' shapes (long sides up to 8.9x the
-    # short at the default sizes) keeps an image like 20 x 2000 from taking gigabytes.
+    # PETR caps the crop branch's first resize at 4200, three times its 1400 (short sides of 600 and
+    # below: only photos longer than 7 times their short side reach it)
     crop_then_resize = Compose(
         [
-            Resize([round(top * r) for r in (0.5, 0.625, 0.75)], max_size=4 * max_size),
+            Resize([round(top * r) for r in (0.5, 0.625, 0.75)], max_size=3 * max_size),
             RandomCrop(round(top * 0.48), round(top * 0.75)),
             Resize(scales, max_size),
         ]
@@ -111,8 +111,10 @@ class Normalize:
 
 
 class PhotometricDistortion:
-    """Brightness, contrast, saturation and hue jitter, each applied with probability 1/2 (mmdet's
-    ranges: brightness +-32 levels, contrast and saturation x0.5-1.5, hue +-18 degrees)."""
+    """mmdet's ``PhotoMetricDistortion``, which PETR trains with: brightness +-32 levels, then contrast
+    x0.5-1.5 either first or last (even odds), saturation x0.5-1.5 and hue +-18 degrees in HSV, then the
+    channels in a random order; each step with probability 1/2. mmdet's floats run outside 0-255 and
+    enter HSV so; ours are clipped before HSV and at the end."""
 
     def __init__(self, brightness=32.0, contrast=(0.5, 1.5), saturation=(0.5, 1.5), hue=18.0):
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
@@ -120,13 +122,19 @@ class PhotometricDistortion:
     def __call__(self, image: Tensor, target):
         if _coin():
             image = image + _uniform(-self.brightness, self.brightness)
+        contrast_first = _coin()
+        if contrast_first and _coin():
+            image = image * _uniform(*self.contrast)
+        hue, saturation, value = _rgb_to_hsv(image.clamp(0.0, 255.0))
         if _coin():
+            saturation = saturation * _uniform(*self.saturation)
+        if _coin():
+            hue = (hue + _uniform(-self.hue, self.hue)) % 360
+        image = _hsv_to_rgb(hue, saturation, value)
+        if not contrast_first and _coin():
             image = image * _uniform(*self.contrast)
         if _coin():
-            gray = (image * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
-            image = gray + (image - gray) * _uniform(*self.saturation)
-        if _coin():
-            image = _rotate_hue(image, math.radians(_uniform(-self.hue, self.hue)))
+            image = image[torch.randperm(3)]
         return image.clamp(0.0, 255.0), target
 
 
@@ -239,8 +247,9 @@ def resized_shape(h: int, w: int, scale: int, max_size: int | None) -> tuple[int
 class RandomCrop:
     """Crop a random window with sides uniform in [min_size, max_size] (capped by the image).
 
-    Keypoints left outside become unlabelled; boxes are clipped and each area shrinks with its box;
-    people with no labelled keypoint left are removed.
+    As mmdet's and opera's ``RandomCrop``: boxes are clipped and people whose box is left empty are
+    removed; keypoints left outside become unlabelled and people with none left are removed; areas
+    are unchanged (a person's area is its scale in OKS, which a crop does not change).
     """
 
     def __init__(self, min_size: int, max_size: int):
@@ -252,14 +261,11 @@ class RandomCrop:
         top, left = int(torch.randint(h - ch + 1, ())), int(torch.randint(w - cw + 1, ()))
         image = image[:, top : top + ch, left : left + cw]
         target = _move_keypoints(target, lambda xy: xy - torch.tensor([left, top], dtype=xy.dtype))
-        if "boxes" in target:
-            boxes = target["boxes"]
-            clipped = _clip_boxes(boxes - torch.tensor([left, top, left, top]), ch, cw)
-            before, after = _box_area(boxes), _box_area(clipped)
-            shrink = torch.where(before > 0, after / before.clamp(min=1e-6), torch.ones_like(before))
-            target["area"] = target["area"] * shrink
-            target["boxes"] = clipped
         target["size"] = torch.tensor([ch, cw])
+        if "boxes" in target:
+            boxes = _clip_boxes(target["boxes"] - torch.tensor([left, top, left, top]), ch, cw)
+            target["boxes"] = boxes
+            target = _keep_people(target, (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
         return image, keep_inside(target, ch, cw)
 
     def _side(self, n: int) -> int:
@@ -314,14 +320,27 @@ def _clip_boxes(boxes: Tensor, h: int, w: int) -> Tensor:
     return torch.minimum(boxes.clamp(min=0), torch.tensor([w, h, w, h], dtype=boxes.dtype))
 
 
-def _box_area(boxes: Tensor) -> Tensor:
-    return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+def _rgb_to_hsv(image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Hue (degrees in [0, 360)), saturation and value (the largest channel) of an RGB image [3, H, W]
+    with values >= 0, as OpenCV's float conversion gives them; each [H, W]."""
+    red, green, blue = image
+    value, low = image.amax(0), image.amin(0)
+    chroma = value - low
+    saturation = torch.where(value > 0, chroma / value.clamp(min=1e-12), 0.0)
+    span = chroma.clamp(min=1e-12)
+    sector = torch.where(
+        value == red,
+        (green - blue) / span,
+        torch.where(value == green, 2 + (blue - red) / span, 4 + (red - green) / span),
+    )
+    return torch.where(chroma > 0, (sector * 60) % 360, 0.0), saturation, value
 
 
-def _rotate_hue(image: Tensor, angle: float) -> Tensor:
-    """Rotate the chroma plane of YIQ by ``angle`` radians (a hue shift keeping luma)."""
-    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-    cos, sin = math.cos(angle), math.sin(angle)
-    rotate = torch.tensor([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]])
-    matrix = torch.linalg.inv(to_yiq) @ rotate @ to_yiq
-    return torch.einsum("ij,jhw->ihw", matrix, image)
+def _hsv_to_rgb(hue: Tensor, saturation: Tensor, value: Tensor) -> Tensor:
+    """The inverse of :func:`_rgb_to_hsv`: [3, H, W]. Linear in saturation, so a saturation above 1
+    gives channels below 0, as OpenCV's does."""
+    channels = []
+    for n in (5, 3, 1):  # red, green, blue: where each channel's ramp sits on the hue circle
+        k = (n + hue / 60) % 6
+        channels.append(value - value * saturation * torch.minimum(k, 4 - k).clamp(0, 1))
+    return torch.stack(channels)

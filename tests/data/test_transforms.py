@@ -1,5 +1,6 @@
 """Transforms keep keypoints on their pixels (draw markers, transform, look), flips swap sides."""
 
+import colorsys
 import math
 
 import pytest
@@ -189,7 +190,7 @@ def test_layouts_flip_index_covers_every_keypoint():
     assert CROWDPOSE.flip_index == [1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 12, 13]
 
 
-def test_crop_unlabels_outside_keypoints_drops_empty_people_and_shrinks_areas():
+def test_crop_unlabels_outside_keypoints_and_drops_empty_people():
     generator = torch.Generator().manual_seed(1)
     for _ in range(10):
         image, target = marked_sample(generator, people=5)
@@ -200,23 +201,30 @@ def test_crop_unlabels_outside_keypoints_drops_empty_people_and_shrinks_areas():
         assert (out["boxes"][:, 0::2] <= w).all() and (out["boxes"][:, 1::2] <= h).all()
         assert (out["boxes"] >= 0).all()
         assert len(out["area"]) == len(out["boxes"]) == len(out["keypoints"]) == len(out["iscrowd"])
-        assert (out["area"] <= target["area"].max() + 1e-3).all()
 
 
-def test_crop_shrinks_each_area_with_its_box():
-    """A person whose box is the whole 100 x 100 image and whose keypoint, at the centre, every 60 x 60
-    window holds: the box becomes the window, and the area shrinks by the window's share."""
-    keypoints = torch.zeros(1, 17, 3)
-    keypoints[0, 0] = torch.tensor([50.5, 50.5, 2.0])
-    target = {"keypoints": keypoints, "boxes": torch.tensor([[0.0, 0.0, 100.0, 100.0]]),
-              "area": torch.tensor([1000.0]), "iscrowd": torch.zeros(1, dtype=torch.int64),
-              "size": torch.tensor([100, 100])}  # fmt: skip
+def test_crop_keeps_areas_and_drops_people_whose_box_it_empties():
+    """As opera's crop: a person whose box is the whole 100 x 100 image keeps its area (its scale in
+    OKS); one whose keypoint every 60 x 60 window holds is removed where the window misses its box.
+    The image's values are its pixel's column and row, so the crop shows where its window lay."""
+    keypoints = torch.zeros(2, 17, 3)
+    keypoints[:, 0] = torch.tensor([50.5, 50.5, 2.0])  # the second's keypoint lies outside its own box
+    boxes = torch.tensor([[0.0, 0.0, 100.0, 100.0], [0.0, 0.0, 20.0, 20.0]])
+    target = {"keypoints": keypoints, "boxes": boxes, "area": torch.tensor([1000.0, 50.0]),
+              "iscrowd": torch.zeros(2, dtype=torch.int64), "size": torch.tensor([100, 100])}  # fmt: skip
+    rows, cols = torch.meshgrid(torch.arange(100.0), torch.arange(100.0), indexing="ij")
+    image = torch.stack([cols, rows, rows])
     torch.manual_seed(0)
-    for _ in range(5):
-        out_image, out = RandomCrop(60, 60)(torch.zeros(3, 100, 100), dict(target))
+    kept = []
+    for _ in range(40):
+        out_image, out = RandomCrop(60, 60)(image, dict(target))
+        left, top = out_image[0, 0, 0].item(), out_image[1, 0, 0].item()
         assert out_image.shape[-2:] == (60, 60)
-        assert out["boxes"].tolist() == [[0.0, 0.0, 60.0, 60.0]]
-        torch.testing.assert_close(out["area"], torch.tensor([1000.0 * 0.36]))
+        assert out["boxes"][0].tolist() == [0.0, 0.0, 60.0, 60.0] and out["area"][0] == 1000.0
+        kept.append(len(out["keypoints"]) == 2)
+        assert kept[-1] == (left < 20 and top < 20)
+        assert len(out["area"]) == len(out["boxes"]) == len(out["iscrowd"]) == len(out["keypoints"])
+    assert any(kept) and not all(kept)
 
 
 @pytest.mark.parametrize("degrees", [90.0, -90.0, 30.0])
@@ -415,30 +423,48 @@ def test_photometric_distortion_stays_in_range():
         assert out.min() >= 0 and out.max() <= 255
 
 
-def test_photometric_distortion_follows_its_formulas(monkeypatch):
-    """Every coin up, fixed draws: brightness +10, contrast x1.2, saturation x0.8 about the gray
-    level, hue: luma kept and YIQ's chroma turned 120 degrees; the draws in mmdet's ranges. Every
-    coin down: the image unchanged."""
+def _hsv_reference(image, saturation, hue_degrees):
+    """Per pixel with the standard library's colorsys: saturation scaled, hue turned (degrees)."""
+    out = torch.empty_like(image)
+    for row in range(image.shape[1]):
+        for col in range(image.shape[2]):
+            h, s, v = colorsys.rgb_to_hsv(*image[:, row, col].tolist())
+            rgb = colorsys.hsv_to_rgb((h + hue_degrees / 360) % 1, s * saturation, v)
+            out[:, row, col] = torch.tensor(rgb)
+    return out
+
+
+@pytest.mark.parametrize("contrast_first", [True, False])
+def test_photometric_distortion_follows_mmdet(monkeypatch, contrast_first):
+    """Every step on, fixed draws in mmdet's ranges and order: brightness +10, contrast x1.2 first or
+    last, saturation and hue in HSV (checked against colorsys; a saturation x1.5 pushes some channels
+    below 0, clipped), the channels reordered. Every step off: the image unchanged."""
     from jcra.data import transforms
 
-    draws, ranges = iter([10.0, 1.2, 0.8, 120.0]), []
-    monkeypatch.setattr(transforms, "_coin", lambda p=0.5: True)
+    saturation = 0.8 if contrast_first else 1.5
+    draws, ranges = (
+        iter([10.0, 1.2, saturation, 120.0] if contrast_first else [10.0, saturation, 120.0, 1.2]),
+        [],
+    )
+    coins = iter([True, contrast_first, True, True, True, True])  # the second: contrast first or last
+    monkeypatch.setattr(transforms, "_coin", lambda p=0.5: next(coins))
     monkeypatch.setattr(transforms, "_uniform", lambda low, high: ranges.append((low, high)) or next(draws))
+    monkeypatch.setattr(torch, "randperm", lambda n: torch.tensor([2, 0, 1]))
     image = 20 + 100 * torch.rand(3, 6, 5, generator=torch.Generator().manual_seed(0))
     out, _ = transforms.PhotometricDistortion()(image, {})
-    assert ranges == [(-32.0, 32.0), (0.5, 1.5), (0.5, 1.5), (-18.0, 18.0)]
-    x = (image + 10.0) * 1.2
-    gray = (x * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0)
-    x = gray + (x - gray) * 0.8
-    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-    y, i, q = torch.einsum("ij,jhw->ihw", to_yiq, x)
-    y_out, i_out, q_out = torch.einsum("ij,jhw->ihw", to_yiq, out)
-    cos, sin = math.cos(math.radians(120.0)), math.sin(math.radians(120.0))
-    torch.testing.assert_close(y_out, y, rtol=1e-5, atol=1e-3)
-    torch.testing.assert_close(i_out, i * cos - q * sin, rtol=1e-5, atol=1e-3)
-    torch.testing.assert_close(q_out, i * sin + q * cos, rtol=1e-5, atol=1e-3)
+    hsv_ranges = [(0.5, 1.5), (-18.0, 18.0)]
+    assert ranges == [
+        (-32.0, 32.0),
+        *([(0.5, 1.5), *hsv_ranges] if contrast_first else [*hsv_ranges, (0.5, 1.5)]),
+    ]
+    if contrast_first:
+        expected = _hsv_reference((image + 10.0) * 1.2, saturation, 120.0)
+    else:
+        expected = _hsv_reference(image + 10.0, saturation, 120.0) * 1.2
+    torch.testing.assert_close(out, expected[[2, 0, 1]].clamp(0, 255), rtol=1e-5, atol=1e-3)
+    assert (expected < 0).any() != contrast_first  # the clip did something where saturation is 1.5
     monkeypatch.setattr(transforms, "_coin", lambda p=0.5: False)
-    assert torch.equal(transforms.PhotometricDistortion()(image, {})[0], image)
+    torch.testing.assert_close(transforms.PhotometricDistortion()(image, {})[0], image, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize(
