@@ -134,9 +134,9 @@ def load_checkpoint(path: str | Path, map_location="cpu", keys: tuple[str, ...] 
 
 RESUME_FIELDS = ("model", "model_overrides", "keypoint_layout", "train_ann", "train_images", "train_scales",
                  "train_scale_mode", "train_max_size", "crop_scale", "max_size", "rotation", "shear",
-                 "batch_size", "grad_accum", "seed", "lr", "lr_backbone_mult", "lr_offsets_mult",
-                 "weight_decay", "clip_grad", "lr_drop_epochs", "lr_gamma", "matcher_weights",
-                 "loss_weights", "oks_mode", "encoder_oks", "heatmap_target")  # fmt: skip
+                 "train_negatives", "batch_size", "grad_accum", "seed", "lr", "lr_backbone_mult",
+                 "lr_offsets_mult", "weight_decay", "clip_grad", "lr_drop_epochs", "lr_gamma",
+                 "matcher_weights", "loss_weights", "oks_mode", "encoder_oks", "heatmap_target")  # fmt: skip
 """Settings a resumed run must share with its checkpoint: under others, the sampler's position and the
 restored parameters, optimizer and schedule would silently mean something else. (``epochs``,
 ``max_steps``, ``precision``, evaluation, logging and workers may change.)"""
@@ -149,6 +149,7 @@ SAVED_BEFORE = {
     "train_max_size": None,
     "crop_scale": None,
     "shear": 0.0,
+    "train_negatives": False,
 }
 """The settings of checkpoints written before these fields existed (their losses had them fixed)."""
 

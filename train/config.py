@@ -42,6 +42,7 @@ class TrainConfig:
     max_size: int = 256
     rotation: float = 30.0
     shear: float = 0.0
+    train_negatives: bool = True
     epochs: int = 1
     batch_size: int = 2
     grad_accum: int = 1
@@ -73,7 +74,7 @@ class TrainConfig:
         """Raise ValueError naming the first bad field, and check the dataset files exist."""
         if not (isinstance(self.out_dir, str | os.PathLike) and str(self.out_dir).strip()):
             raise ValueError(f"out_dir must be a folder path, got {self.out_dir!r}")
-        for name in ("compile", "resume", "encoder_oks"):
+        for name in ("compile", "resume", "encoder_oks", "train_negatives"):
             if not isinstance(getattr(self, name), bool):  # "no" would be true
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         at_least_one = ("epochs", "batch_size", "grad_accum", "val_scale", "max_size", "log_every", "top_k")

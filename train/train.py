@@ -102,7 +102,9 @@ def build_dataset(ann_file: str, image_dir: str, train: bool, cfg: TrainConfig, 
         shear=cfg.shear,
         crop_scale=cfg.crop_scale,
     )
-    dataset = CocoKeypoints(ann_file, image_dir, transforms=transforms, skip_empty=train)
+    dataset = CocoKeypoints(
+        ann_file, image_dir, transforms=transforms, skip_empty=train, negatives=train and cfg.train_negatives
+    )
     if dataset.num_keypoints != len(layout.sigmas):
         raise ValueError(
             f"{ann_file} has {dataset.num_keypoints} keypoints a person, but keypoint_layout "
@@ -235,7 +237,7 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, out_di
     criterion = build_criterion(cfg, layout).to(device)
     train_set = build_dataset(cfg.train_ann, cfg.train_images, True, cfg, layout)
     val_set = build_dataset(cfg.val_ann, cfg.val_images, False, cfg, layout)
-    if len(train_set) == 0:
+    if not any(len(train_set.targets[image_id][0]) for image_id in train_set.ids):
         raise ValueError(f"train_ann: {cfg.train_ann} has no image with a labelled, non-crowd person")
     sampler = ResumableSampler(len(train_set), seed=cfg.seed, rank=rank, world_size=world)
     loader = data_loader(SeededSamples(train_set), cfg, sampler=sampler)

@@ -52,13 +52,17 @@ class CocoKeypoints(Dataset):
 
     ann_file: the annotation JSON; image_dir: folder of the images' ``file_name``s; transforms: a
     callable ``(PIL image, target) -> (tensor, target)`` (see :func:`jcra.data.build_transforms`);
-    skip_empty: drop images without targets (training, as PETR); check_images: open the header of
-    every image kept now (catches missing, empty and non-image files early). ``category_id``: the id
+    skip_empty: drop images without targets (training); negatives: with ``skip_empty``, keep those whose
+    annotations hold no target (only crowd regions, or people with no labelled keypoint) as images to
+    find nobody in: PETR's (mmdet keeps every image an annotation lists); check_images: open the header
+    of every image kept now (catches missing, empty and non-image files early). ``category_id``: the id
     results on it are scored under (:func:`keypoint_category_id`); ``keypoint_names``: the file's, in
     its order (empty when it names none).
     """
 
-    def __init__(self, ann_file, image_dir, transforms=None, *, skip_empty=False, check_images=True):
+    def __init__(
+        self, ann_file, image_dir, transforms=None, *, skip_empty=False, negatives=False, check_images=True
+    ):
         self.ann_file, self.image_dir, self.transforms = Path(ann_file), Path(image_dir), transforms
         self._warned_outside = self._warned_swapped = False
         data = read_annotations(self.ann_file)
@@ -72,7 +76,11 @@ class CocoKeypoints(Dataset):
         for ann in data["annotations"]:
             self.annotations[ann["image_id"]].append(ann)
         self.targets = {image_id: self._people(image_id) for image_id in sorted(self.images)}
-        self.ids = [i for i, (kpts, *_) in self.targets.items() if not skip_empty or len(kpts)]
+        self.ids = [
+            i
+            for i, (kpts, *_) in self.targets.items()
+            if not skip_empty or len(kpts) or (negatives and self.annotations[i])
+        ]
         if check_images:
             self._check_images()
 

@@ -7,11 +7,12 @@ column c spans [c, c + 1), so a horizontal flip maps x to W - x. Randomness come
 generator, which training seeds for each sample (``train.distributed.SeededSamples``): a resumed run
 draws the same augmentations, whichever worker loads a sample.
 
-The training recipe is PETR's: photometric distortion, rotation up to 30 degrees (every image, on
-its own canvas; CrowdPose's also shears up to 2 degrees), flip, then either a multi-scale resize or
-resize-crop-resize (crops of 384-600 pixels after a 400/500/600 resize, sizes that scale with
-``crop_scale``, 800 there). The short sides and their cap are the caller's: PETR's 400-1400 capped
-at 1400 for COCO and CrowdPose, a few sizes near 256 for the demo.
+The training recipe is PETR's: photometric distortion, flip, rotation up to 30 degrees (every image,
+on its own canvas; CrowdPose's also shears up to 2 degrees; PETR turns before it flips, which draws
+the same, the angle being symmetric), then either a multi-scale resize or resize-crop-resize (crops
+of 384-600 pixels after a 400/500/600 resize, sizes that scale with ``crop_scale``, 800 there). The
+short sides and their cap are the caller's: PETR's 400-1400 capped at 1400 for COCO and CrowdPose, a
+few sizes near 256 for the demo.
 """
 
 import math

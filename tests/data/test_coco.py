@@ -34,6 +34,11 @@ def test_coco_mini_counts_and_crowd_handling():
     assert sum(a["iscrowd"] for a in raw["annotations"]) == 5
     with_people = sum(1 for kpts, _, _ in dataset.targets.values() if len(kpts))
     assert len(CocoKeypoints(ann_file, image_dir, skip_empty=True)) == with_people < 80
+    # PETR's negatives: images whose annotations are only crowds or people without labelled keypoints
+    annotated = {a["image_id"] for a in raw["annotations"]}
+    negatives = CocoKeypoints(ann_file, image_dir, skip_empty=True, negatives=True)
+    assert sorted(negatives.ids) == sorted(annotated) and with_people < len(annotated) <= 80
+    assert sum(len(negatives.targets[i][0]) == 0 for i in negatives.ids) == len(annotated) - with_people
 
 
 def test_item_matches_the_annotation_file():

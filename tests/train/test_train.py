@@ -239,6 +239,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch):
         ({"matcher_weights": {"w_kpt": float("nan")}}, "w_kpt must be a finite number >= 0"),
         ({"oks_mode": "lin"}, r"oks_mode must be one of \('log', 'linear'\), got 'lin'"),
         ({"encoder_oks": "no"}, "encoder_oks must be true or false, got 'no'"),
+        ({"train_negatives": 1}, "train_negatives must be true or false, got 1"),
         ({"heatmap_target": "petr"}, r"heatmap_target must be one of \('box', 'fixed'\), got 'petr'"),
         ({"resume": "no"}, "resume must be true or false, got 'no'"),  # it resumed
         ({"compile": "off"}, "compile must be true or false, got 'off'"),  # it compiled
@@ -304,6 +305,7 @@ def test_training_set_without_labelled_people_is_named(data, tmp_path):
         ({"seed": 1}, "seed"),
         ({"rotation": 10.0}, "rotation"),
         ({"shear": 2.0}, "shear 0.0 -> 2.0"),
+        ({"train_negatives": False}, "train_negatives True -> False"),
         ({"clip_grad": 1.0}, "clip_grad"),
         ({"train_scales": [48]}, "train_scales"),
         ({"loss_weights": {"oks": 100.0}}, "loss_weights"),
@@ -342,13 +344,14 @@ def test_a_checkpoint_from_before_the_loss_settings_resumes_with_the_losses_it_h
     assert train(tiny_config(data, tmp_path, max_steps=3, resume=True, **old))["step"] == 3
 
 
-def test_a_checkpoint_from_before_the_scale_settings_resumes_only_with_the_sizes_it_had(data, tmp_path):
-    """It trained on a list of sizes, capped at max_size, its crop branch sized by its largest scale."""
+def test_a_checkpoint_from_before_the_data_settings_resumes_only_with_the_data_it_had(data, tmp_path):
+    """It trained on a list of sizes, capped at max_size, its crop branch sized by its largest scale,
+    with no shear, on the images with people alone."""
     from train.checkpoint import save_checkpoint
 
     train(tiny_config(data, tmp_path, max_steps=1))
     state = load_checkpoint(tmp_path / "checkpoint.pt")
-    for name in ("train_scale_mode", "train_max_size", "crop_scale"):
+    for name in ("train_scale_mode", "train_max_size", "crop_scale", "shear", "train_negatives"):
         del state["train_config"][name]
     save_checkpoint(tmp_path / "checkpoint.pt", state)
     changes = [
@@ -358,11 +361,36 @@ def test_a_checkpoint_from_before_the_scale_settings_resumes_only_with_the_sizes
         ),
         ({"train_max_size": IMAGE_SIZE}, "train_max_size None -> 64"),
         ({"crop_scale": 32}, "crop_scale None -> 32"),
+        ({"shear": 2.0}, "shear 0.0 -> 2.0"),
+        ({}, "train_negatives False -> True"),
     ]
     for change, message in changes:
         with pytest.raises(ValueError, match=message):
             train(tiny_config(data, tmp_path, max_steps=2, resume=True, **change))
-    assert train(tiny_config(data, tmp_path, max_steps=2, resume=True))["step"] == 2
+    assert train(tiny_config(data, tmp_path, max_steps=2, resume=True, train_negatives=False))["step"] == 2
+
+
+@pytest.mark.parametrize("negatives", [True, False])
+def test_the_training_set_keeps_images_of_unlabelled_people_as_petr_does(data, tmp_path, negatives):
+    """An image whose people have no labelled keypoint trains as one to find nobody in (PETR's), or
+    not at all; the validation set keeps every image either way."""
+    from train.train import build_dataset, keypoint_layout
+
+    coco = json.loads(open(data["train_ann"]).read())
+    image_id = coco["annotations"][0]["image_id"]
+    for ann in coco["annotations"]:
+        if ann["image_id"] == image_id:
+            ann["keypoints"], ann["num_keypoints"] = [0] * len(ann["keypoints"]), 0
+    (tmp_path / "train.json").write_text(json.dumps(coco))
+    cfg = tiny_config(
+        {**data, "train_ann": str(tmp_path / "train.json")}, tmp_path, train_negatives=negatives
+    )
+    train_set = build_dataset(cfg.train_ann, cfg.train_images, True, cfg, keypoint_layout("coco"))
+    val_set = build_dataset(cfg.train_ann, cfg.train_images, False, cfg, keypoint_layout("coco"))
+    assert (image_id in train_set.ids) == negatives and image_id in val_set.ids
+    assert len(train_set) == len(val_set) - (not negatives) - sum(
+        1 for i in val_set.ids if not len(val_set.targets[i][0]) and not val_set.annotations[i]
+    )
 
 
 def test_the_training_dataset_takes_the_scale_settings(data, tmp_path):
