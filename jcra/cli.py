@@ -21,6 +21,7 @@ def load_model(checkpoint: str | Path, device: torch.device):
     """The model of a training checkpoint in eval mode, and the checkpoint's data settings."""
     from jcra import build_model
     from train.checkpoint import load_checkpoint, model_overrides
+    from train.train import keypoint_layout
 
     state = load_checkpoint(checkpoint, keys=("model", "model_config", "data_config"))
     model_config = state["model_config"]
@@ -28,7 +29,16 @@ def load_model(checkpoint: str | Path, device: torch.device):
     if device.type != "cuda":
         overrides["use_fused_kernels"] = False  # Triton needs a GPU; the reference ops run anywhere
     model = build_model(model_config["name"], **overrides)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:  # a checkpoint written by hand or another version
+        raise ValueError(f"checkpoint {checkpoint}: its weights do not fit its model_config: {err}") from err
+    layout = keypoint_layout(state["data_config"]["keypoint_layout"])
+    if len(layout.sigmas) != model.num_keypoints:
+        raise ValueError(
+            f"checkpoint {checkpoint}: its model has {model.num_keypoints} keypoints, its keypoint_layout "
+            f"{layout.name!r} {len(layout.sigmas)}"
+        )
     return model.to(device).eval(), state["data_config"]
 
 
@@ -134,7 +144,7 @@ def predict(
     from jcra.data import build_transforms
     from jcra.postprocess import PostProcess
     from jcra.visualize import draw_keypoints
-    from train.checkpoint import write_text_atomically
+    from train.checkpoint import write_atomically, write_text_atomically
     from train.train import keypoint_layout
 
     if not 0.0 <= score_threshold <= 1.0:
@@ -142,7 +152,8 @@ def predict(
     dev = resolve_cli_device(device)
     paths = image_paths(images)
     drawings = drawing_paths(paths, Path(out))
-    for path in paths:
+    # a file that is no image, or a cut one, fails now, before the model loads and anything is written
+    for path in tqdm(paths, "checking images", unit="image", disable=len(paths) < 100, dynamic_ncols=True):
         read_rgb(path, upright=True)
     postprocess = PostProcess(top_k)
     out = output_folder(out)
@@ -154,7 +165,7 @@ def predict(
         scales=[data_config["val_scale"]],
         max_size=data_config["max_size"],
     )
-    results = []
+    results, results_path = [], out / "results.json"
     pairs = tqdm(list(zip(paths, drawings, strict=True)), "predicting", unit="image", dynamic_ncols=True)
     for index, (path, drawing) in enumerate(pairs):
         try:
@@ -165,6 +176,11 @@ def predict(
             records = postprocess(outputs, torch.tensor([[image.height, image.width]]), [index])
         except ValueError as err:  # PostProcess's NaN error names the image by its index only
             raise ValueError(f"{path}: {err}") from err
+        except KeyboardInterrupt:  # keep what is done
+            write_text_atomically(results_path, json.dumps(results))
+            raise KeyboardInterrupt(
+                f"stopped after {index} of {len(paths)} images; {results_path} holds them"
+            ) from None
         except Exception as err:
             err.add_note(f"jcra predict: while running the model on {path}")
             raise
@@ -172,8 +188,8 @@ def predict(
             record["file_name"] = str(path)
         results += records
         shown = [r for r in records if r["score"] >= score_threshold]
-        draw_keypoints(image, shown, layout.skeleton).save(drawing)
-    results_path = out / "results.json"
+        drawn = draw_keypoints(image, shown, layout.skeleton)
+        write_atomically(drawing, lambda f, drawn=drawn: drawn.save(f, format="PNG"))
     write_text_atomically(results_path, json.dumps(results))
     return results_path
 
@@ -256,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             print(metrics_json(metrics))
     except (ValueError, OSError) as error:  # bad arguments, missing or unreadable files
         parser().exit(2, f"jcra: error: {error}\n")
+    except KeyboardInterrupt as stop:  # Ctrl-C: the shell's status for it
+        parser().exit(130, f"jcra: interrupted{f': {stop}' if str(stop) else ''}\n")
     return 0
 
 

@@ -313,9 +313,10 @@ def build_model(name: str = "jcra_r50", **overrides) -> JCRA:
     if name not in CONFIGS:
         raise ValueError(f"name must be one of {sorted(CONFIGS)}, got {name!r}")
     cfg = {**_DEFAULTS, **CONFIGS[name]}
-    unknown = sorted(set(overrides) - set(cfg) - {"swin_name", "depth", "base_width"})
+    valid = set(cfg) | {"swin_name", "depth", "base_width"}
+    unknown = sorted(set(overrides) - valid)
     if unknown:
-        raise ValueError(f"unknown overrides {unknown}; valid keys: {sorted(cfg)}")
+        raise ValueError(f"unknown overrides {unknown}; valid keys: {sorted(valid)}")
     cfg.update(overrides)
     _check_config(cfg)
     if cfg["backbone"] == "swin":

@@ -36,6 +36,19 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+_HELD_LOCKS: set[int] = set()
+"""Descriptors of the locks :func:`out_dir_lock` holds, which a forked child (a data loader worker)
+closes: otherwise its copy would keep the lock after the run ended, while it notices that."""
+
+
+def _close_held_locks() -> None:
+    while _HELD_LOCKS:
+        os.close(_HELD_LOCKS.pop())
+
+
+os.register_at_fork(after_in_child=_close_held_locks)
+
+
 @contextlib.contextmanager
 def out_dir_lock(out_dir: Path) -> Iterator[None]:
     """Hold ``out_dir/.lock`` while a run writes there: a second run raises a RuntimeError rather than
@@ -57,8 +70,10 @@ def out_dir_lock(out_dir: Path) -> Iterator[None]:
             warnings.warn(message, stacklevel=3)  # the line that takes the lock (past contextlib)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        _HELD_LOCKS.add(fd)
         yield
     finally:
+        _HELD_LOCKS.discard(fd)
         os.close(fd)  # closing the last descriptor releases the lock
 
 

@@ -35,8 +35,9 @@ def run(overrides: list[str]) -> dict:
     """Compose the demo config with ``overrides``, then data, training, evaluation and drawings."""
     from hydra import compose, initialize
 
-    from jcra.cli import predict
+    from jcra.cli import image_paths, predict
     from train.config import config_from
+    from train.stop import exit_status
     from train.train import train
 
     start = time.perf_counter()
@@ -48,7 +49,10 @@ def run(overrides: list[str]) -> dict:
         if f"train.{key}" not in given:  # the synthetic data, unless the command line names other
             setattr(cfg, key, value)
     result = train(cfg)
-    val_images = sorted(Path(cfg.val_images).iterdir())[:4]
+    if result["stopped"]:
+        print(f"[jcra demo] stopped by {result['stopped']} at step {result['step']}; `make demo` resumes it")
+        raise SystemExit(exit_status(result["stopped"]))
+    val_images = image_paths([cfg.val_images])[:4]
     out_dir = Path(cfg.out_dir).resolve()
     drawings = out_dir / "drawings"
     results = predict(result["checkpoint"], [str(p) for p in val_images], drawings, device=cfg.device)

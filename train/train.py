@@ -42,6 +42,7 @@ from train.distributed import (
     resolve_device,
 )
 from train.metrics_log import MetricsLog
+from train.stop import StopRequest, exit_status, ignore_stop_signals
 
 # ---------------------------------------------------------------------------------------------- build
 
@@ -187,7 +188,7 @@ def autocast(device: torch.device, precision: str):
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Train (or resume) per ``cfg``; returns ``{"step", "epoch", "metrics", "checkpoint"}``.
+    """Train (or resume) per ``cfg``; returns ``{"step", "epoch", "metrics", "checkpoint", "stopped"}``.
 
     Checkpoints ``<out_dir>/checkpoint.pt`` after each epoch (before and after its evaluation), every
     ``checkpoint_every`` steps and at ``max_steps``. With ``resume`` (and the file present; otherwise it
@@ -195,8 +196,10 @@ def train(cfg: TrainConfig) -> dict:
     scaler, RNG, the sampler's epoch and position and the last evaluation are restored (bitwise on CPU,
     with any ``num_workers``), and an evaluation the kill interrupted runs first; without ``resume`` an
     out_dir that holds a checkpoint is refused rather than overwritten. The last model is always
-    evaluated. A non-finite loss, or gradient norm (but under fp16, whose scaler skips the
-    step), raises FloatingPointError before the update, leaving the last checkpoint as it was.
+    evaluated. SIGINT or SIGTERM stops it after the step in flight, with a checkpoint (``stopped`` names
+    the signal, else None); a second signal stops it at once. A non-finite loss, or gradient norm (but
+    under fp16, whose scaler skips the step), raises FloatingPointError before the update, leaving the
+    last checkpoint as it was.
     """
     cfg.validate()
     device = resolve_device(cfg.device)
@@ -329,48 +332,64 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, out_di
         evaluate_and_checkpoint()  # killed during the evaluation that ended the epoch it resumed after
     progress = progress_bar(total_steps, step, enabled=rank == 0)
     model.train()
-    while epoch < cfg.epochs and step < total_steps:
-        sampler.set_epoch(epoch, start=batch_in_epoch * cfg.batch_size)
-        batches = iter(loader)
-        while batch_in_epoch + cfg.grad_accum <= steps_per_epoch * cfg.grad_accum and step < total_steps:
-            tic = time.perf_counter()
-            losses = accumulate(forward_model, criterion, batches, cfg, device, scaler)
-            # the logged terms (not each decoder layer's) averaged over processes, as the gradients are
-            terms = reduce_means(
-                {k: v for k, v in losses.items() if not k.endswith(tuple("0123456789"))}, world
-            )
-            loss = terms["loss"]
-            if not math.isfinite(loss):
-                raise non_finite("loss", loss, step + 1, epoch, ckpt_path, cfg.precision)
-            scaler.unscale_(optimizer)
-            grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad))
-            if not math.isfinite(grad_norm) and not scaler.is_enabled():  # fp16's scaler skips the step
-                raise non_finite("gradient norm", grad_norm, step + 1, epoch, ckpt_path, cfg.precision)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            lr = optimizer.param_groups[-1]["lr"]  # this step's: the scheduler now moves to the next
-            scheduler.step()
-            step += 1
-            batch_in_epoch += cfg.grad_accum
-            speed = cfg.batch_size * cfg.grad_accum * world / (time.perf_counter() - tic)
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{speed:.1f}")
-            if step % cfg.log_every == 0 or step == total_steps:
-                log.log(step, "train", {**terms, "grad_norm": grad_norm, "images_per_s": speed, "lr": lr,
-                                        "epoch": epoch})  # fmt: skip
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                checkpoint()
-        if batch_in_epoch + cfg.grad_accum > steps_per_epoch * cfg.grad_accum:
-            epoch, batch_in_epoch = epoch + 1, 0
-        checkpoint()  # before the epoch's evaluation, which may be long: a kill there loses no training
-        if batch_in_epoch == 0 and evaluation_due():
+    with StopRequest() as stop:
+        stopping = False
+        while epoch < cfg.epochs and step < total_steps:
+            sampler.set_epoch(epoch, start=batch_in_epoch * cfg.batch_size)
+            batches = iter(loader)
+            while batch_in_epoch + cfg.grad_accum <= steps_per_epoch * cfg.grad_accum and step < total_steps:
+                tic = time.perf_counter()
+                losses = accumulate(forward_model, criterion, batches, cfg, device, scaler)
+                # the logged terms (not each decoder layer's) averaged over processes, as the gradients
+                # are, with whether a process was asked to stop: all stop after the same step
+                logged = {k: v for k, v in losses.items() if not k.endswith(tuple("0123456789"))}
+                terms = reduce_means(
+                    {**logged, "stop": torch.tensor(stop.signum is not None, device=device)}, world
+                )
+                stopping = terms.pop("stop") > 0
+                loss = terms["loss"]
+                if not math.isfinite(loss):
+                    raise non_finite("loss", loss, step + 1, epoch, ckpt_path, cfg.precision)
+                scaler.unscale_(optimizer)
+                grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad))
+                if not math.isfinite(grad_norm) and not scaler.is_enabled():  # fp16's scaler skips the step
+                    raise non_finite("gradient norm", grad_norm, step + 1, epoch, ckpt_path, cfg.precision)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                lr = optimizer.param_groups[-1]["lr"]  # this step's: the scheduler now moves to the next
+                scheduler.step()
+                step += 1
+                batch_in_epoch += cfg.grad_accum
+                speed = cfg.batch_size * cfg.grad_accum * world / (time.perf_counter() - tic)
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{speed:.1f}")
+                if step % cfg.log_every == 0 or step == total_steps:
+                    log.log(step, "train", {**terms, "grad_norm": grad_norm, "images_per_s": speed, "lr": lr,
+                                            "epoch": epoch})  # fmt: skip
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    checkpoint()
+                if stopping:
+                    break
+            if batch_in_epoch + cfg.grad_accum > steps_per_epoch * cfg.grad_accum:
+                epoch, batch_in_epoch = epoch + 1, 0
+            checkpoint()  # before the epoch's evaluation, which may be long: a kill there loses no training
+            if stopping:  # a resumed run evaluates first where this one ended an epoch
+                break
+            if batch_in_epoch == 0 and evaluation_due():
+                evaluate_and_checkpoint()
+        progress.close()
+        if metrics_step != step and not stopping:  # the last model not evaluated yet (max_steps mid-epoch)
             evaluate_and_checkpoint()
-    progress.close()
-    if metrics_step != step:  # the last model not evaluated yet (max_steps mid-epoch, or a kill)
-        evaluate_and_checkpoint()
     log.close()
-    return {"step": step, "epoch": epoch, "metrics": metrics, "checkpoint": str(ckpt_path)}
+    stopped = stop.name if stopping else None
+    return {
+        "step": step,
+        "epoch": epoch,
+        "metrics": metrics,
+        "checkpoint": str(ckpt_path),
+        "stopped": stopped,
+    }
 
 
 def accumulate(model, criterion, batches, cfg: TrainConfig, device, scaler) -> dict:
@@ -439,6 +458,7 @@ def data_loader(dataset, cfg: TrainConfig, sampler=None) -> DataLoader:
         drop_last=sampler is not None,
         collate_fn=collate,
         num_workers=cfg.num_workers,
+        worker_init_fn=ignore_stop_signals,
         pin_memory=torch.cuda.is_available(),  # pinned batches reach the GPU without a host sync
         generator=generator,
         persistent_workers=False,
@@ -456,9 +476,15 @@ def progress_bar(total: int, initial: int, enabled: bool):
 
 
 def checked_out_dir(out_dir) -> str:
-    """``out_dir`` if it names a folder; an empty one put hydra's records under ``/hydra``."""
+    """``out_dir`` if it names a folder that is or can be made (hydra makes it first, for its records; an
+    empty one put them under ``/hydra``)."""
     if not (isinstance(out_dir, str) and out_dir.strip()):
         raise ValueError(f"train.out_dir must be a folder path, got {out_dir!r}")
+    path = Path(out_dir)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        what = "a file" if not existing.is_dir() else "a folder that cannot be written"
+        raise ValueError(f"train.out_dir: {out_dir} cannot be made a folder: {existing} is {what}")
     return out_dir
 
 
@@ -475,8 +501,15 @@ def main() -> None:
         result = train(config_from(cfg.train))
         if int(os.environ.get("RANK", 0)) == 0:
             print(f"[jcra] checkpoint: {result['checkpoint']}")
+            if result["stopped"]:
+                print(
+                    f"[jcra] stopped by {result['stopped']} at step {result['step']}; "
+                    "train.resume=true continues the run"
+                )
         if dist.is_initialized():
             dist.destroy_process_group()
+        if result["stopped"]:
+            raise SystemExit(exit_status(result["stopped"]))
 
     run()
 

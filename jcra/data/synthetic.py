@@ -38,6 +38,8 @@ SKIN_TONES = np.array([[255, 220, 190], [234, 192, 160], [198, 144, 110], [141, 
 def generate(out, *, num_train: int = 256, num_val: int = 32, seed: int = 0, image_size: int = 256) -> dict:
     """Write ``out/{train,val}/*.jpg`` and ``out/{train,val}.json``; returns their paths as
     ``{"train_ann", "train_images", "val_ann", "val_images"}``. image_size: the long side (pixels)."""
+    from train.checkpoint import write_text_atomically
+
     if num_train < 0 or num_val < 0:
         raise ValueError(f"num_train and num_val must be >= 0, got {num_train}, {num_val}")
     if image_size < 32:
@@ -60,7 +62,7 @@ def generate(out, *, num_train: int = 256, num_val: int = 32, seed: int = 0, ima
                 annotations.append({"id": len(annotations) + 1, "image_id": image_id, **person})
         ann_file = out / f"{split}.json"
         dataset = {"images": images, "annotations": annotations, "categories": [CATEGORY]}
-        ann_file.write_text(json.dumps(dataset))
+        write_text_atomically(ann_file, json.dumps(dataset))
         paths[f"{split}_ann"], paths[f"{split}_images"] = ann_file, image_dir
     return paths
 
@@ -250,9 +252,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=256)
     args = parser.parse_args()
-    paths = generate(
-        args.out, num_train=args.num_train, num_val=args.num_val, seed=args.seed, image_size=args.image_size
-    )
+    try:
+        paths = generate(
+            args.out,
+            num_train=args.num_train,
+            num_val=args.num_val,
+            seed=args.seed,
+            image_size=args.image_size,
+        )
+    except (ValueError, OSError) as err:  # bad sizes or counts; an OUT that is a file or not writable
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=1))
 
 

@@ -1,6 +1,7 @@
 """The synthetic default dataset: deterministic, COCO-valid, plausible people, occlusion labels."""
 
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -104,3 +105,18 @@ def test_poses_have_human_proportions():
 def test_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         generate(tmp_path, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--num-train", "-1"], "num_train"), (["--image-size", "16"], "image_size"), ([], "Not a directory")],
+)
+def test_command_line_errors_exit_with_the_message(tmp_path, monkeypatch, capsys, args, message):
+    """A usage error, not a traceback; OUT an existing file included."""
+    from jcra.data.synthetic import main
+
+    (tmp_path / "file").touch()
+    monkeypatch.setattr(sys, "argv", ["synthetic", str(tmp_path / "file"), *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -167,8 +167,8 @@ def test_build_model_configs_and_overrides():
     assert not frozen.backbone.conv1.weight.requires_grad
     with pytest.raises(ValueError, match="name"):
         build_model("jcra_r51")
-    with pytest.raises(ValueError, match="num_keypoint"):
-        build_model("jcra_tiny", num_keypoint=17)
+    with pytest.raises(ValueError, match=r"unknown overrides \['num_keypoint'\]; valid keys: .*'swin_name'"):
+        build_model("jcra_tiny", num_keypoint=17)  # every key it takes listed, the backbone's too
     with pytest.raises(ValueError, match="backbone must be 'resnet' or 'swin', got 'vit'"):
         build_model("jcra_tiny", backbone="vit")
     sizes = ("num_keypoints", "num_queries", "dec_layers", "d_model", "num_heads", "num_points", "ffn_dim")

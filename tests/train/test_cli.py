@@ -26,7 +26,8 @@ def checkpoint(data, tmp_path_factory):
 def bad_files(data, checkpoint, tmp_path) -> Path:
     """``tmp_path`` with ``truncated/`` (a good image, then a truncated one), ``clash/`` (``photo.png`` and
     ``photo.png.png``, its drawing's name), ``twin/a.jpg`` (named as the good image of ``truncated/``), a
-    plain state dict, a JSON file, a truncated checkpoint, and annotation files with 14 keypoints,
+    plain state dict, a JSON file, a truncated checkpoint, one without a weight, one whose layout has 14
+    keypoints, and annotation files with 14 keypoints,
     without categories and with a crowdIndex that is a string."""
     image = sorted(Path(data["val_images"]).iterdir())[0]
     for folder, names in {
@@ -41,6 +42,12 @@ def bad_files(data, checkpoint, tmp_path) -> Path:
     torch.save(load_checkpoint(checkpoint)["model"], tmp_path / "state_dict.pt")
     (tmp_path / "not_checkpoint.pt").write_text('{"step": 1}')
     (tmp_path / "truncated.pt").write_bytes(Path(checkpoint).read_bytes()[:5000])
+    state = load_checkpoint(checkpoint)
+    state["model"].pop(next(iter(state["model"])))
+    torch.save(state, tmp_path / "missing_weight.pt")
+    state = load_checkpoint(checkpoint)
+    state["data_config"]["keypoint_layout"] = "crowdpose"
+    torch.save(state, tmp_path / "crowdpose_layout.pt")
     coco = json.loads(Path(data["val_ann"]).read_text())  # the same people with CrowdPose's 14 keypoints
     for category in coco["categories"]:
         category["keypoints"] = category["keypoints"][:14]
@@ -217,6 +224,14 @@ def test_predict_reads_tiff_and_gif_names_other_files_and_turns_photos_upright(d
         (["predict", "{out}/not_checkpoint.pt", "{images}", "--out", "{out}"], r"not_checkpoint\.pt"),
         (["predict", "{out}/truncated.pt", "{images}", "--out", "{out}"], r"truncated\.pt"),
         (
+            ["predict", "{out}/missing_weight.pt", "{images}", "--out", "{out}"],
+            r"missing_weight\.pt: its weights do not fit its model_config",
+        ),
+        (
+            ["predict", "{out}/crowdpose_layout.pt", "{images}", "--out", "{out}"],
+            r"crowdpose_layout\.pt: its model has 17 keypoints, its keypoint_layout 'crowdpose' 14",
+        ),
+        (
             ["evaluate", "{ckpt}", "--ann-file", "{out}/k14.json", "--image-dir", "{images}"],
             r"k14\.json.*14 keypoints.*'coco'",
         ),
@@ -254,6 +269,29 @@ def test_bad_input_exits_with_message(data, checkpoint, bad_files, capsys, args,
     # nothing written: every image is decoded before the model runs and draws
     assert not (bad_files / "results.json").exists() and not list(bad_files.glob("*.png"))
     assert not (bad_files / "fresh").exists()  # nor --out made for a bad --top-k
+
+
+def test_an_interrupted_predict_keeps_the_results_of_the_images_done(data, checkpoint, tmp_path, monkeypatch):
+    """Ctrl-C during the second image: results.json holds the first's records, its drawing stays, and
+    the command exits with the shell's status for an interrupt."""
+    import jcra.cli
+
+    images = sorted(Path(data["val_images"]).iterdir())[:3]
+    reads, original = [], jcra.cli.read_rgb
+
+    def read_rgb(path, upright=False):
+        reads.append(path)
+        if len(reads) == len(images) + 2:  # every image checked, then the first run, then the second
+            raise KeyboardInterrupt
+        return original(path, upright)
+
+    monkeypatch.setattr(jcra.cli, "read_rgb", read_rgb)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", checkpoint, *map(str, images), "--out", str(tmp_path), "--device", "cpu"])
+    assert exit_info.value.code == 130
+    records = json.loads((tmp_path / "results.json").read_text())
+    assert records and {r["file_name"] for r in records} == {str(images[0])}
+    assert [p.name for p in tmp_path.glob("*.png")] == [f"{images[0].name}.png"]
 
 
 def test_predict_keeps_top_k_and_draws_only_what_passes_the_threshold(data, checkpoint, tmp_path):

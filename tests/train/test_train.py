@@ -4,6 +4,7 @@ import dataclasses
 import gc
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -825,9 +826,26 @@ def test_hydra_command_line(data, tmp_path):
     assert empty.returncode != 0 and "train.out_dir must be a folder path, got ''" in empty.stderr
 
 
-def test_a_run_killed_by_sigkill_resumes_to_the_run_never_stopped(data, tmp_path):
-    """SIGKILL ``python -m train.train`` as soon as it logs step 5 (mid-epoch, its last checkpoint at
-    step 4), resume it: the model, optimizer state and log end as those of a run never stopped."""
+def test_an_out_dir_that_cannot_be_a_folder_is_named(tmp_path):
+    """Hydra makes the folder before train() checks the config: a file there, or above it, gave
+    pathlib's error without the setting's name."""
+    from train.train import checked_out_dir
+
+    (tmp_path / "file").touch()
+    for out_dir in (tmp_path / "file", tmp_path / "file" / "run"):
+        with pytest.raises(
+            ValueError, match=f"train.out_dir: {out_dir} cannot be made a folder: .*file is a file"
+        ):
+            checked_out_dir(str(out_dir))
+    assert checked_out_dir(str(tmp_path / "new" / "run")) == str(tmp_path / "new" / "run")
+
+
+def test_a_stopped_or_killed_run_resumes_to_the_run_never_stopped(data, tmp_path):
+    """Stop ``python -m train.train`` (2 loader workers) as soon as it logs step 5 of 9, mid-epoch, and
+    resume it: the model, optimizer state and log end as those of a run never stopped. SIGKILL loses
+    the steps since the last checkpoint (step 4); SIGTERM, and SIGINT sent to the whole process group
+    (Ctrl-C: the workers get it too), end it after the step in flight with a checkpoint of it and exit
+    128 + the signal."""
 
     def command(out_dir, *extra):
         paths = [f"train.{k}={v}" for k, v in data.items()]
@@ -837,7 +855,8 @@ def test_a_run_killed_by_sigkill_resumes_to_the_run_never_stopped(data, tmp_path
             f"train.max_size={IMAGE_SIZE}",
         ]
         run = ["train.batch_size=2", "train.epochs=3", "train.eval_every=1", "train.checkpoint_every=2",
-               "train.log_every=1", "train.device=cpu", f"train.out_dir={out_dir}"]  # fmt: skip
+               "train.log_every=1", "train.device=cpu", "train.num_workers=2",
+               f"train.out_dir={out_dir}"]  # fmt: skip
         return [sys.executable, "-m", "train.train", *paths, *sizes, *run, *extra]
 
     def finished(out_dir, *extra):
@@ -845,27 +864,83 @@ def test_a_run_killed_by_sigkill_resumes_to_the_run_never_stopped(data, tmp_path
         assert done.returncode == 0, done.stderr[-2000:]
         return load_checkpoint(out_dir / "checkpoint.pt")
 
+    def lines(out_dir):
+        logged = (out_dir / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"} for line in logged]
+
     full = finished(tmp_path / "full")
-    log = tmp_path / "cut" / "metrics.jsonl"
-    killed = subprocess.Popen(command(tmp_path / "cut"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (log.is_file() and '{"step": 5, "kind": "train"' in log.read_text()):
-        assert killed.poll() is None and time.monotonic() < deadline, "the run ended before step 5"
-        time.sleep(0.005)
-    killed.kill()
-    killed.wait()
-    resumed = finished(tmp_path / "cut", "train.resume=true")
-    assert resumed["step"] == full["step"] == 9
-    for name, value in full["model"].items():
-        torch.testing.assert_close(resumed["model"][name], value, rtol=0, atol=0, msg=name)
-    for index, slot in full["optimizer"]["state"].items():
-        for key, value in slot.items():
-            torch.testing.assert_close(resumed["optimizer"]["state"][index][key], value, rtol=0, atol=0)
-    logs = [(tmp_path / run / "metrics.jsonl").read_text().splitlines() for run in ("full", "cut")]
-    lines = [
-        [{k: v for k, v in json.loads(line).items() if k != "images_per_s"} for line in run] for run in logs
-    ]
-    assert lines[0] == lines[1] and len(lines[0]) == 9 + 3
+    for stop in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
+        out_dir = tmp_path / stop.name
+        log = out_dir / "metrics.jsonl"
+        run = subprocess.Popen(
+            command(out_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+        deadline = time.monotonic() + 300
+        while not (log.is_file() and '{"step": 5, "kind": "train"' in log.read_text()):
+            assert run.poll() is None and time.monotonic() < deadline, "the run ended before step 5"
+            time.sleep(0.005)
+        if stop == signal.SIGINT:
+            os.killpg(run.pid, stop)
+        else:
+            run.send_signal(stop)
+        stderr = run.communicate(timeout=120)[1].decode()
+        assert run.returncode == (-stop if stop == signal.SIGKILL else 128 + stop), stderr[-2000:]
+        stopped_at = load_checkpoint(out_dir / "checkpoint.pt")["step"]
+        if stop == signal.SIGKILL:
+            assert stopped_at == 4
+        else:  # nothing lost: the checkpoint holds every step logged
+            assert f"{stop.name}: stopping after this step" in stderr and "Traceback" not in stderr
+            assert 5 <= stopped_at == max(line["step"] for line in lines(out_dir)) < 9
+        resumed = finished(out_dir, "train.resume=true")
+        assert resumed["step"] == full["step"] == 9
+        for name, value in full["model"].items():
+            torch.testing.assert_close(resumed["model"][name], value, rtol=0, atol=0, msg=name)
+        for index, slot in full["optimizer"]["state"].items():
+            for key, value in slot.items():
+                torch.testing.assert_close(resumed["optimizer"]["state"][index][key], value, rtol=0, atol=0)
+        assert lines(tmp_path / "full") == lines(out_dir) and len(lines(out_dir)) == 9 + 3, stop.name
+
+
+class _Handlers(torch.utils.data.Dataset):
+    """Each item: the SIGINT and SIGTERM handlers of the process that loads it."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        return [signal.getsignal(signum) == signal.SIG_IGN for signum in (signal.SIGINT, signal.SIGTERM)]
+
+
+def test_loader_workers_ignore_the_stop_signals():
+    """Ctrl-C reaches the whole process group: a worker it ended would take the batch the main
+    process waits for with it, before the loop could stop at its next step."""
+    from train.train import data_loader
+
+    cfg = SimpleNamespace(batch_size=1, num_workers=1, seed=0)
+    loader = data_loader(_Handlers(), cfg)
+    loader.collate_fn = lambda batch: batch[0]
+    assert list(loader) == [[True, True]] * 2
+
+
+def test_a_forked_child_does_not_keep_the_out_dir_lock(tmp_path):
+    """A data loader worker is a fork: its copy of the lock's descriptor would hold the lock after the
+    run ended (a resume started then was refused) until it noticed its parent gone."""
+    from train.checkpoint import out_dir_lock
+
+    ready, started = os.pipe()
+    with out_dir_lock(tmp_path):
+        child = os.fork()
+        if child == 0:  # past the fork's handlers
+            os.write(started, b"1")
+            time.sleep(30)
+            os._exit(0)
+        os.read(ready, 1)
+    try:
+        with out_dir_lock(tmp_path):  # the child still runs
+            assert os.waitpid(child, os.WNOHANG) == (0, 0)
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
 
 
 def test_compiled_training_steps(data, tmp_path):

@@ -1,0 +1,59 @@
+"""A graceful stop: SIGINT or SIGTERM (Ctrl-C, a scheduler's preemption) ends training after the step
+in flight, with a checkpoint, so that a resume loses nothing; a second signal stops at once."""
+
+import signal
+import sys
+import threading
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopRequest:
+    """While entered (from the main thread; elsewhere it does nothing), the first SIGINT or SIGTERM is
+    recorded in ``signum`` for the training loop to read at its next step; the second is handled as it
+    would be without this (KeyboardInterrupt, or the end of the process). The previous handlers are
+    restored on exit."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    @property
+    def name(self) -> str | None:
+        return None if self.signum is None else signal.Signals(self.signum).name
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            signal.signal(signum, self._previous[signum])
+            signal.raise_signal(signum)
+            return
+        self.signum = signum
+        print(
+            f"[jcra] {self.name}: stopping after this step with a checkpoint (send it again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def exit_status(name: str) -> int:
+    """The status the shell gives a process the signal ``name`` (e.g. ``"SIGTERM"``) ended: 128 + its
+    number, which tells a scheduler or a script that the run did not finish."""
+    return 128 + signal.Signals[name].value
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A data loader worker's ``worker_init_fn``: Ctrl-C reaches the whole process group, and a worker it
+    ended would take the batch in flight with it. Workers end with their loader, or when the main
+    process is gone."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
