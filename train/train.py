@@ -382,7 +382,8 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, out_di
         if metrics_step != step and not stopping:  # the last model not evaluated yet (max_steps mid-epoch)
             evaluate_and_checkpoint()
     log.close()
-    stopped = stop.name if stopping else None
+    # a process the signal did not reach names the one schedulers send
+    stopped = (stop.name or "SIGTERM") if stopping else None
     return {
         "step": step,
         "epoch": epoch,

@@ -735,7 +735,8 @@ def test_ddp_two_gloo_processes(data, tmp_path):
 
 def _ddp_kill_worker(rank: int, world: int, port: int, cfg: TrainConfig, out: str) -> None:
     """Train ``cfg`` uninterrupted in ``out/full``; in ``out/cut``, killed in the first evaluation and
-    resumed; then resume ``out/cut`` again while rank 1 looks for it in a folder of its own."""
+    resumed; then resume ``out/cut`` again while rank 1 looks for it in a folder of its own; in
+    ``out/stopped``, SIGTERM rank 1 alone during step 2, and resume."""
     import train.train as loop
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
@@ -750,7 +751,22 @@ def _ddp_kill_worker(rank: int, world: int, port: int, cfg: TrainConfig, out: st
     resumed = train(dataclasses.replace(cut, resume=True))
     with pytest.raises(RuntimeError, match="point the run starts from .* differs") as apart:
         train(dataclasses.replace(cut, resume=True, out_dir=f"{out}/cut" if rank == 0 else f"{out}/own"))
-    torch.save({"full": full["metrics"], "resumed": resumed["metrics"], "apart": str(apart.value)},
+    stop = dataclasses.replace(cfg, out_dir=f"{out}/stopped")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        steps, original = [], loop.accumulate
+
+        def accumulate(*args):
+            steps.append(len(steps) + 1)
+            if rank == 1 and len(steps) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return original(*args)
+
+        monkeypatch.setattr(loop, "accumulate", accumulate)
+        stopped = train(stop)
+    torch.distributed.barrier()
+    stopped_again = train(dataclasses.replace(stop, resume=True))
+    torch.save({"full": full["metrics"], "resumed": resumed["metrics"], "apart": str(apart.value),
+                "stopped": (stopped["step"], stopped["stopped"]), "stopped_again": stopped_again["stopped"]},
                f"{out}/rank{rank}.pt")  # fmt: skip
     # The errors' tracebacks hold train()'s frames, and in them users of the process group: freed after
     # the group is destroyed (at exit), they aborted the process now and then (gloo, one run in ten).
@@ -785,6 +801,11 @@ def test_ddp_kill_during_an_evaluation_resumes_on_every_process(data, tmp_path):
         assert "rank 0 {'step': 6, 'epoch': 2" in r["apart"] and "rank 1 {'step': 0, 'epoch': 0" in r["apart"]
     for name, value in full["model"].items():
         torch.testing.assert_close(cut["model"][name], value, rtol=0, atol=0, msg=name)
+    # a signal that reached one process stops both after the same step; the resumed run ends as the full
+    assert [(r["stopped"], r["stopped_again"]) for r in ranks] == [((2, "SIGTERM"), None)] * 2
+    stopped = load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")
+    for name, value in full["model"].items():
+        torch.testing.assert_close(stopped["model"][name], value, rtol=0, atol=0, msg=name)
 
 
 def test_bf16_autocast_trains(data, tmp_path, monkeypatch):
