@@ -205,15 +205,19 @@ def train(cfg: TrainConfig) -> dict:
     device = resolve_device(cfg.device)
     rank, world = init_distributed(device)
     out_dir = Path(cfg.out_dir)
-    if rank != 0:
-        return _train(cfg, device, rank, world, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with out_dir_lock(out_dir):  # one run at a time writes there
-        return _train(cfg, device, rank, world, out_dir)
+    with StopRequest() as stop:
+        if rank != 0:
+            return _train(cfg, device, rank, world, out_dir, stop)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with out_dir_lock(out_dir):  # one run at a time writes there
+            return _train(cfg, device, rank, world, out_dir, stop)
 
 
-def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, out_dir: Path) -> dict:
-    """:func:`train` once the processes are up and, on rank 0, ``out_dir`` is made and locked."""
+def _train(
+    cfg: TrainConfig, device: torch.device, rank: int, world: int, out_dir: Path, stop: StopRequest
+) -> dict:
+    """:func:`train` once the processes are up and, on rank 0, ``out_dir`` is made and locked; ``stop``
+    says whether a signal asked it to stop."""
     ckpt_path = out_dir / "checkpoint.pt"
     if rank == 0:
         remove_partial_writes(ckpt_path)
@@ -332,55 +336,54 @@ def _train(cfg: TrainConfig, device: torch.device, rank: int, world: int, out_di
         evaluate_and_checkpoint()  # killed during the evaluation that ended the epoch it resumed after
     progress = progress_bar(total_steps, step, enabled=rank == 0)
     model.train()
-    with StopRequest() as stop:
-        stopping = False
-        while epoch < cfg.epochs and step < total_steps:
-            sampler.set_epoch(epoch, start=batch_in_epoch * cfg.batch_size)
-            batches = iter(loader)
-            while batch_in_epoch + cfg.grad_accum <= steps_per_epoch * cfg.grad_accum and step < total_steps:
-                tic = time.perf_counter()
-                losses = accumulate(forward_model, criterion, batches, cfg, device, scaler)
-                # the logged terms (not each decoder layer's) averaged over processes, as the gradients
-                # are, with whether a process was asked to stop: all stop after the same step
-                logged = {k: v for k, v in losses.items() if not k.endswith(tuple("0123456789"))}
-                terms = reduce_means(
-                    {**logged, "stop": torch.tensor(stop.signum is not None, device=device)}, world
-                )
-                stopping = terms.pop("stop") > 0
-                loss = terms["loss"]
-                if not math.isfinite(loss):
-                    raise non_finite("loss", loss, step + 1, epoch, ckpt_path, cfg.precision)
-                scaler.unscale_(optimizer)
-                grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad))
-                if not math.isfinite(grad_norm) and not scaler.is_enabled():  # fp16's scaler skips the step
-                    raise non_finite("gradient norm", grad_norm, step + 1, epoch, ckpt_path, cfg.precision)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                lr = optimizer.param_groups[-1]["lr"]  # this step's: the scheduler now moves to the next
-                scheduler.step()
-                step += 1
-                batch_in_epoch += cfg.grad_accum
-                speed = cfg.batch_size * cfg.grad_accum * world / (time.perf_counter() - tic)
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{speed:.1f}")
-                if step % cfg.log_every == 0 or step == total_steps:
-                    log.log(step, "train", {**terms, "grad_norm": grad_norm, "images_per_s": speed, "lr": lr,
-                                            "epoch": epoch})  # fmt: skip
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                    checkpoint()
-                if stopping:
-                    break
-            if batch_in_epoch + cfg.grad_accum > steps_per_epoch * cfg.grad_accum:
-                epoch, batch_in_epoch = epoch + 1, 0
-            checkpoint()  # before the epoch's evaluation, which may be long: a kill there loses no training
-            if stopping:  # a resumed run evaluates first where this one ended an epoch
+    stopping = False
+    while epoch < cfg.epochs and step < total_steps:
+        sampler.set_epoch(epoch, start=batch_in_epoch * cfg.batch_size)
+        batches = iter(loader)
+        while batch_in_epoch + cfg.grad_accum <= steps_per_epoch * cfg.grad_accum and step < total_steps:
+            tic = time.perf_counter()
+            losses = accumulate(forward_model, criterion, batches, cfg, device, scaler)
+            # the logged terms (not each decoder layer's) averaged over processes, as the gradients
+            # are, with whether a process was asked to stop: all stop after the same step
+            logged = {k: v for k, v in losses.items() if not k.endswith(tuple("0123456789"))}
+            terms = reduce_means(
+                {**logged, "stop": torch.tensor(stop.signum is not None, device=device)}, world
+            )
+            stopping = terms.pop("stop") > 0
+            loss = terms["loss"]
+            if not math.isfinite(loss):
+                raise non_finite("loss", loss, step + 1, epoch, ckpt_path, cfg.precision)
+            scaler.unscale_(optimizer)
+            grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad))
+            if not math.isfinite(grad_norm) and not scaler.is_enabled():  # fp16's scaler skips the step
+                raise non_finite("gradient norm", grad_norm, step + 1, epoch, ckpt_path, cfg.precision)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            lr = optimizer.param_groups[-1]["lr"]  # this step's: the scheduler now moves to the next
+            scheduler.step()
+            step += 1
+            batch_in_epoch += cfg.grad_accum
+            speed = cfg.batch_size * cfg.grad_accum * world / (time.perf_counter() - tic)
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{speed:.1f}")
+            if step % cfg.log_every == 0 or step == total_steps:
+                log.log(step, "train", {**terms, "grad_norm": grad_norm, "images_per_s": speed, "lr": lr,
+                                        "epoch": epoch})  # fmt: skip
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                checkpoint()
+            if stopping:
                 break
-            if batch_in_epoch == 0 and evaluation_due():
-                evaluate_and_checkpoint()
-        progress.close()
-        if metrics_step != step and not stopping:  # the last model not evaluated yet (max_steps mid-epoch)
+        if batch_in_epoch + cfg.grad_accum > steps_per_epoch * cfg.grad_accum:
+            epoch, batch_in_epoch = epoch + 1, 0
+        checkpoint()  # before the epoch's evaluation, which may be long: a kill there loses no training
+        if stopping:  # a resumed run evaluates first where this one ended an epoch
+            break
+        if batch_in_epoch == 0 and evaluation_due():
             evaluate_and_checkpoint()
+    progress.close()
+    if metrics_step != step and not stopping:  # the last model not evaluated yet (max_steps mid-epoch)
+        evaluate_and_checkpoint()
     log.close()
     # a process the signal did not reach names the one schedulers send
     stopped = (stop.name or "SIGTERM") if stopping else None
