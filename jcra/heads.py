@@ -72,7 +72,9 @@ class HeatmapHead(nn.Sequential):
     """Auxiliary K-channel keypoint heatmap logits from the stride-8 encoder memory (training only).
 
     ``[B, C, H, W] -> [B, K, H, W]``: 3x3 conv, ReLU, 1x1 conv; the output bias starts at the
-    CenterNet prior (0.1), as PETR's heatmap branch does.
+    CenterNet prior (0.1), as PETR's heatmap branch does. That branch is otherwise not ours: PETR runs
+    one more deformable encoder layer on the stride-8 level, then a linear layer. Its loss and targets
+    are PETR's (:mod:`jcra.criterion`).
     """
 
     def __init__(self, d_model: int, num_keypoints: int, prior_prob: float = 0.1):
