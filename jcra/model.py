@@ -29,13 +29,13 @@ class JCRA(nn.Module):
     ``num_queries`` proposals become the pose queries, and the decoder refines them layer by layer.
     Keypoints are (x, y) in [0, 1] of each image's unpadded size throughout. There is no
     joint-refinement decoder (PETR's second stage): one decoder stage, which is JCRA's point against
-    PETR. The proposal head has PETR's form (Deformable-DETR's two-stage head with K keypoints a
-    token), narrower: an MLP of d_model, d_model, 2K where PETR's is 512, 512, 512, 2K. The
-    query initialisation is ours, as JCRA does not give it: a query's content is its token's projected
-    memory (as in Efficient DETR and RT-DETR) and its position an MLP of its current keypoints, every
-    layer (:class:`jcra.decoder.PoseDecoder`); PETR learns 300 content and position embeddings and takes
-    only the proposals' keypoints. The decoder's keypoint heads read the memory at each keypoint: our
-    addition too (:mod:`jcra.decoder`).
+    PETR. The proposal head has PETR's form (Deformable-DETR's two-stage head with K keypoints a token),
+    narrower: an MLP of d_model, d_model, 2K where PETR's is 512, 512, 512, 2K. The query initialisation
+    is ours, as JCRA does not give it: a query's content is its token's projected memory (as in
+    Efficient DETR and RT-DETR, not detached here: the README's demo A/B) and its position an MLP of its
+    current keypoints, every layer (:class:`jcra.decoder.PoseDecoder`); PETR learns 300 content and
+    position embeddings and takes only the proposals' keypoints. The decoder's keypoint heads read the
+    memory at each keypoint: our addition too (:mod:`jcra.decoder`).
 
     use_fused_kernels: run deformable attention through the fused op (``kernels.ms_deform_attn``);
     False runs the plain-PyTorch reference (fast CPU tests, debugging).
