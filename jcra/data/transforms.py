@@ -126,12 +126,15 @@ class PhotometricDistortion:
         contrast_first = _coin()
         if contrast_first and _coin():
             image = image * _uniform(*self.contrast)
-        hue, saturation, value = _rgb_to_hsv(image.clamp(0.0, 255.0))
-        if _coin():
-            saturation = saturation * _uniform(*self.saturation)
-        if _coin():
-            hue = (hue + _uniform(-self.hue, self.hue)) % 360
-        image = _hsv_to_rgb(hue, saturation, value)
+        saturate = _uniform(*self.saturation) if _coin() else None
+        turn = _uniform(-self.hue, self.hue) if _coin() else None
+        if saturate is not None or turn is not None:  # a quarter of the images skip HSV
+            hue, saturation, value = _rgb_to_hsv(image.clamp(0.0, 255.0))
+            if saturate is not None:
+                saturation = saturation * saturate
+            if turn is not None:
+                hue = (hue + turn) % 360
+            image = _hsv_to_rgb(hue, saturation, value)
         if not contrast_first and _coin():
             image = image * _uniform(*self.contrast)
         if _coin():
