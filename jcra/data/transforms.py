@@ -115,7 +115,7 @@ class PhotometricDistortion:
     """mmdet's ``PhotoMetricDistortion``, which PETR trains with: brightness +-32 levels, then contrast
     x0.5-1.5 either first or last (even odds), saturation x0.5-1.5 and hue +-18 degrees in HSV, then the
     channels in a random order; each step with probability 1/2. mmdet's floats run outside 0-255 and
-    enter HSV so; ours are clipped before HSV and at the end."""
+    enter HSV so; ours are clipped where HSV comes (drawn or not) and at the end."""
 
     def __init__(self, brightness=32.0, contrast=(0.5, 1.5), saturation=(0.5, 1.5), hue=18.0):
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
@@ -128,8 +128,9 @@ class PhotometricDistortion:
             image = image * _uniform(*self.contrast)
         saturate = _uniform(*self.saturation) if _coin() else None
         turn = _uniform(-self.hue, self.hue) if _coin() else None
+        image = image.clamp(0.0, 255.0)  # whether or not HSV follows, or a later contrast would differ
         if saturate is not None or turn is not None:  # a quarter of the images skip HSV
-            hue, saturation, value = _rgb_to_hsv(image.clamp(0.0, 255.0))
+            hue, saturation, value = _rgb_to_hsv(image)
             if saturate is not None:
                 saturation = saturation * saturate
             if turn is not None:

@@ -467,6 +467,24 @@ def test_photometric_distortion_follows_mmdet(monkeypatch, contrast_first):
     assert torch.equal(transforms.PhotometricDistortion()(image, {})[0], image)
 
 
+def test_photometric_distortion_clips_before_a_late_contrast_with_or_without_hsv(monkeypatch):
+    """Brightness pushes a pixel past 255 and contrast x0.5 comes last: the pixel is clipped to 255
+    before the contrast whether or not saturation was drawn, so a factor of 1 changes nothing."""
+    from jcra.data import transforms
+
+    image = torch.tensor([250.0, 100.0, 30.0]).view(3, 1, 1).expand(3, 2, 2).clone()
+    outs = []
+    for saturate in (True, False):
+        coins = iter([True, False, saturate, False, True, False])  # brightness, contrast last, no swap
+        draws = iter([30.0, 1.0, 0.5] if saturate else [30.0, 0.5])
+        monkeypatch.setattr(transforms, "_coin", lambda p=0.5, coins=coins: next(coins))
+        monkeypatch.setattr(transforms, "_uniform", lambda low, high, draws=draws: next(draws))
+        outs.append(transforms.PhotometricDistortion()(image, {})[0])
+    expected = torch.tensor([255.0, 130.0, 60.0]).view(3, 1, 1).expand(3, 2, 2) * 0.5
+    torch.testing.assert_close(outs[0], expected, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(outs[1], expected, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
