@@ -152,9 +152,17 @@ def predict(
     dev = resolve_cli_device(device)
     paths = image_paths(images)
     drawings = drawing_paths(paths, Path(out))
-    # a file that is no image, or a cut one, fails now, before the model loads and anything is written
+    # a file that is no image, or a cut one, fails now, before the model loads and anything is written;
+    # all of them in one message, not one a run
+    unreadable = []
     for path in tqdm(paths, "checking images", unit="image", disable=len(paths) < 100, dynamic_ncols=True):
-        read_rgb(path, upright=True)
+        try:
+            read_rgb(path, upright=True)
+        except OSError as err:
+            unreadable.append(str(err))
+    if unreadable:
+        many = f"{len(unreadable)} of {len(paths)} images cannot be read:\n  " if len(unreadable) > 1 else ""
+        raise OSError(many + "\n  ".join(unreadable))
     postprocess = PostProcess(top_k)
     out = output_folder(out)
     model, data_config = load_model(checkpoint, dev)
@@ -165,31 +173,33 @@ def predict(
         scales=[data_config["val_scale"]],
         max_size=data_config["max_size"],
     )
-    results, results_path = [], out / "results.json"
+    results, results_path, done = [], out / "results.json", 0
     pairs = tqdm(list(zip(paths, drawings, strict=True)), "predicting", unit="image", dynamic_ncols=True)
-    for index, (path, drawing) in enumerate(pairs):
-        try:
-            image = read_rgb(path, upright=True)
-            tensor, _ = transforms(image, unlabelled_target(image, len(layout.sigmas), index))
-            with torch.no_grad():
-                outputs = model(tensor[None].to(dev))
-            records = postprocess(outputs, torch.tensor([[image.height, image.width]]), [index])
-        except ValueError as err:  # PostProcess's NaN error names the image by its index only
-            raise ValueError(f"{path}: {err}") from err
-        except KeyboardInterrupt:  # keep what is done
-            write_text_atomically(results_path, json.dumps(results))
-            raise KeyboardInterrupt(
-                f"stopped after {index} of {len(paths)} images; {results_path} holds them"
-            ) from None
-        except Exception as err:
-            err.add_note(f"jcra predict: while running the model on {path}")
-            raise
-        for record in records:
-            record["file_name"] = str(path)
-        results += records
-        shown = [r for r in records if r["score"] >= score_threshold]
-        drawn = draw_keypoints(image, shown, layout.skeleton)
-        write_atomically(drawing, lambda f, drawn=drawn: drawn.save(f, format="PNG"))
+    try:
+        for index, (path, drawing) in enumerate(pairs):
+            try:
+                image = read_rgb(path, upright=True)
+                tensor, _ = transforms(image, unlabelled_target(image, len(layout.sigmas), index))
+                with torch.no_grad():
+                    outputs = model(tensor[None].to(dev))
+                records = postprocess(outputs, torch.tensor([[image.height, image.width]]), [index])
+            except ValueError as err:  # PostProcess's NaN error names the image by its index only
+                raise ValueError(f"{path}: {err}") from err
+            except Exception as err:
+                err.add_note(f"jcra predict: while running the model on {path}")
+                raise
+            for record in records:
+                record["file_name"] = str(path)
+            results += records
+            done += 1
+            shown = [r for r in records if r["score"] >= score_threshold]
+            drawn = draw_keypoints(image, shown, layout.skeleton)
+            write_atomically(drawing, lambda f, drawn=drawn: drawn.save(f, format="PNG"))
+    except KeyboardInterrupt:  # keep what is done, wherever in an image's work it came
+        write_text_atomically(results_path, json.dumps(results))
+        raise KeyboardInterrupt(
+            f"stopped after {done} of {len(paths)} images; {results_path} holds their records"
+        ) from None
     write_text_atomically(results_path, json.dumps(results))
     return results_path
 

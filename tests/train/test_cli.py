@@ -24,7 +24,7 @@ def checkpoint(data, tmp_path_factory):
 
 @pytest.fixture
 def bad_files(data, checkpoint, tmp_path) -> Path:
-    """``tmp_path`` with ``truncated/`` (a good image, then a truncated one), ``clash/`` (``photo.png`` and
+    """``tmp_path`` with ``truncated/`` (a good image, then two truncated ones), ``clash/`` (``photo.png`` and
     ``photo.png.png``, its drawing's name), ``twin/a.jpg`` (named as the good image of ``truncated/``), a
     plain state dict, a JSON file, a truncated checkpoint, one without a weight, one whose layout has 14
     keypoints, and annotation files with 14 keypoints,
@@ -38,7 +38,8 @@ def bad_files(data, checkpoint, tmp_path) -> Path:
         (tmp_path / folder).mkdir()
         for name in names:
             shutil.copy(image, tmp_path / folder / name)
-    (tmp_path / "truncated" / "b.jpg").write_bytes(image.read_bytes()[:-200])
+    for name in ("b.jpg", "c.jpg"):
+        (tmp_path / "truncated" / name).write_bytes(image.read_bytes()[:-200])
     torch.save(load_checkpoint(checkpoint)["model"], tmp_path / "state_dict.pt")
     (tmp_path / "not_checkpoint.pt").write_text('{"step": 1}')
     (tmp_path / "truncated.pt").write_bytes(Path(checkpoint).read_bytes()[:5000])
@@ -207,7 +208,10 @@ def test_predict_reads_tiff_and_gif_names_other_files_and_turns_photos_upright(d
         (["predict", "/nonexistent.pt", "{images}", "--out", "{out}"], "checkpoint"),
         (["evaluate", "{ckpt}", "--ann-file", "/nonexistent.json", "--image-dir", "{images}"], "ann_file"),
         (["predict", "{ckpt}", "{out}/clash", "--out", "{out}/clash"], r"--out.*clash/photo\.png\.png"),
-        (["predict", "{ckpt}", "{out}/truncated", "--out", "{out}"], r"truncated/b\.jpg"),
+        (  # every unreadable image named at once
+            ["predict", "{ckpt}", "{out}/truncated", "--out", "{out}"],
+            r"2 of 3 images cannot be read:\n  .*truncated/b\.jpg.*\n  .*truncated/c\.jpg",
+        ),
         (["predict", "{ckpt}", "{images}", "--out", "{out}", "--device", "gpu"], "--device"),
         (["predict", "{ckpt}", "{images}", "--out", "{out}", "--device", "cuda:99"], "--device"),
         (["predict", "{ckpt}", "{images}", "--out", "{out}", "--device", "cuda:{gpus}"], "--device"),
@@ -271,26 +275,35 @@ def test_bad_input_exits_with_message(data, checkpoint, bad_files, capsys, args,
     assert not (bad_files / "fresh").exists()  # nor --out made for a bad --top-k
 
 
-def test_an_interrupted_predict_keeps_the_results_of_the_images_done(data, checkpoint, tmp_path, monkeypatch):
-    """Ctrl-C during the second image: results.json holds the first's records, its drawing stays, and
-    the command exits with the shell's status for an interrupt."""
+@pytest.mark.parametrize("during", ["reading", "drawing"])
+def test_an_interrupted_predict_keeps_the_results_of_the_images_done(
+    data, checkpoint, tmp_path, monkeypatch, capsys, during
+):
+    """Ctrl-C while the second image is read, or drawn: results.json holds the records of the images
+    the model ran on, the drawings made stay, and the command exits with the shell's status for an
+    interrupt."""
     import jcra.cli
+    import jcra.visualize
 
     images = sorted(Path(data["val_images"]).iterdir())[:3]
-    reads, original = [], jcra.cli.read_rgb
+    module, name = (jcra.cli, "read_rgb") if during == "reading" else (jcra.visualize, "draw_keypoints")
+    calls, original = [], getattr(module, name)
+    nth = len(images) + 2 if during == "reading" else 2  # reads: every image checked, then one a run
 
-    def read_rgb(path, upright=False):
-        reads.append(path)
-        if len(reads) == len(images) + 2:  # every image checked, then the first run, then the second
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == nth:
             raise KeyboardInterrupt
-        return original(path, upright)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(jcra.cli, "read_rgb", read_rgb)
+    monkeypatch.setattr(module, name, interrupted)
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", checkpoint, *map(str, images), "--out", str(tmp_path), "--device", "cpu"])
     assert exit_info.value.code == 130
+    done = images[:1] if during == "reading" else images[:2]
+    assert f"stopped after {len(done)} of {len(images)} images" in capsys.readouterr().err
     records = json.loads((tmp_path / "results.json").read_text())
-    assert records and {r["file_name"] for r in records} == {str(images[0])}
+    assert records and {r["file_name"] for r in records} == set(map(str, done))
     assert [p.name for p in tmp_path.glob("*.png")] == [f"{images[0].name}.png"]
 
 
