@@ -28,6 +28,9 @@ class StopRequest:
             signal.signal(signum, handler)
         self._previous = {}
 
+    def requested(self) -> bool:
+        return self.signum is not None
+
     @property
     def name(self) -> str | None:
         return None if self.signum is None else signal.Signals(self.signum).name

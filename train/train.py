@@ -137,9 +137,12 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
 
 
 @torch.no_grad()
-def predict_loader(model: nn.Module, loader, device: torch.device, top_k: int = 100, precision="fp32"):
+def predict_loader(
+    model: nn.Module, loader, device: torch.device, top_k: int = 100, precision="fp32", should_stop=None
+):
     """COCO result records for every image of ``loader`` (batches from ``jcra.data.collate``, of a
-    :class:`jcra.data.CocoKeypoints`, whose person category the records name)."""
+    :class:`jcra.data.CocoKeypoints`, whose person category the records name); None once
+    ``should_stop()`` (checked before each batch) says to stop."""
     from tqdm import tqdm
 
     from jcra.postprocess import PostProcess
@@ -151,6 +154,9 @@ def predict_loader(model: nn.Module, loader, device: torch.device, top_k: int = 
     for images, padding_mask, targets in tqdm(
         loader, "evaluating", unit="batch", leave=False, dynamic_ncols=True
     ):
+        if should_stop is not None and should_stop():
+            results = None
+            break
         with autocast(device, precision):
             outputs = model(images.to(device), padding_mask.to(device))
         orig_sizes = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets])
@@ -167,12 +173,16 @@ def evaluate(
     top_k=100,
     precision="fp32",
     results_path=None,
-) -> dict:
+    should_stop=None,
+) -> dict | None:
     """COCO keypoint AP of ``model`` on ``loader``'s images against ``ann_file``; the records are
-    written to ``results_path`` (if given) before they are scored, so an error in scoring keeps them."""
+    written to ``results_path`` (if given) before they are scored, so an error in scoring keeps them.
+    None, with nothing written, when ``should_stop()`` stops it (see :func:`predict_loader`)."""
     from jcra.evaluation import evaluate_keypoints
 
-    results = predict_loader(model, loader, device, top_k, precision)
+    results = predict_loader(model, loader, device, top_k, precision, should_stop)
+    if results is None:
+        return None
     if results_path is not None:
         write_text_atomically(results_path, json.dumps(results))
     return evaluate_keypoints(results, ann_file)
@@ -196,8 +206,9 @@ def train(cfg: TrainConfig) -> dict:
     scaler, RNG, the sampler's epoch and position and the last evaluation are restored (bitwise on CPU,
     with any ``num_workers``), and an evaluation the kill interrupted runs first; without ``resume`` an
     out_dir that holds a checkpoint is refused rather than overwritten. The last model is always
-    evaluated. SIGINT or SIGTERM stops it after the step in flight, with a checkpoint (``stopped`` names
-    the signal, else None); a second signal stops it at once. A non-finite loss, or gradient norm (but
+    evaluated. SIGINT or SIGTERM stops it after the step in flight, with a checkpoint, or abandons the
+    evaluation in flight, which the resumed run redoes (``stopped`` names the signal, else None); a
+    second signal stops it at once. A non-finite loss, or gradient norm (but
     under fp16, whose scaler skips the step), raises FloatingPointError before the update, leaving the
     last checkpoint as it was.
     """
@@ -208,6 +219,7 @@ def train(cfg: TrainConfig) -> dict:
     with StopRequest() as stop:
         if rank != 0:
             return _train(cfg, device, rank, world, out_dir, stop)
+        checked_out_dir(cfg.out_dir)  # hydra's resolver checks it too; a direct call is checked here
         out_dir.mkdir(parents=True, exist_ok=True)
         with out_dir_lock(out_dir):  # one run at a time writes there
             return _train(cfg, device, rank, world, out_dir, stop)
@@ -293,6 +305,12 @@ def _train(
         )
     log = MetricsLog(out_dir, enabled=rank == 0, resume_step=step, resume_evaluated=metrics_step == step)
     total_steps = steps_per_epoch * cfg.epochs if cfg.max_steps is None else cfg.max_steps
+    if state is not None and rank == 0 and (step >= total_steps or epoch >= cfg.epochs):
+        print(
+            f"[jcra] {ckpt_path} is at step {step}, epoch {epoch}: the run asked for (epochs {cfg.epochs}, "
+            f"max_steps {cfg.max_steps}) ends there or before, nothing to train",
+            flush=True,
+        )
 
     def checkpoint() -> None:
         rngs = gather_objects(rng_state(), world)
@@ -320,11 +338,23 @@ def _train(
                 },
             )
 
-    def evaluate_and_checkpoint() -> None:
+    def any_process(**flags: bool) -> dict[str, bool]:
+        """Each flag: whether it holds in any process (a collective: every process calls it)."""
+        means = reduce_means({k: torch.tensor(v, device=device) for k, v in flags.items()}, world)
+        return {k: v > 0 for k, v in means.items()}
+
+    def evaluate_and_checkpoint() -> bool:
+        """Evaluates the model (whose training state is saved already) and checkpoints the metrics;
+        returns whether to stop. A signal that reached rank 0 during the evaluation abandons it, to be
+        redone by the resumed run."""
         nonlocal metrics, metrics_step
-        metrics, metrics_step = run_evaluation(model, val_loader, cfg, device, rank, world, out_dir), step
-        log.log(step, "val", metrics)
-        checkpoint()
+        evaluated = run_evaluation(model, val_loader, cfg, device, rank, out_dir, stop)
+        agreed = any_process(stop=stop.requested(), abandoned=evaluated is None)
+        if not agreed["abandoned"]:
+            metrics, metrics_step = evaluated, step
+            log.log(step, "val", metrics)
+            checkpoint()
+        return agreed["stop"]
 
     def evaluation_due() -> bool:
         """At an epoch's end: the eval_every-th epoch's, or the run's last."""
@@ -332,23 +362,24 @@ def _train(
             bool(cfg.eval_every and epoch % cfg.eval_every == 0) or epoch == cfg.epochs or step >= total_steps
         )
 
+    def epoch_goes_on() -> bool:
+        return batch_in_epoch + cfg.grad_accum <= steps_per_epoch * cfg.grad_accum and step < total_steps
+
+    stopping = False
     if batch_in_epoch == 0 and epoch > 0 and metrics_step != step and evaluation_due():
-        evaluate_and_checkpoint()  # killed during the evaluation that ended the epoch it resumed after
+        stopping = evaluate_and_checkpoint()  # stopped in the evaluation ending the epoch it resumes after
     progress = progress_bar(total_steps, step, enabled=rank == 0)
     model.train()
-    stopping = False
-    while epoch < cfg.epochs and step < total_steps:
+    while not stopping and epoch < cfg.epochs and step < total_steps:
         sampler.set_epoch(epoch, start=batch_in_epoch * cfg.batch_size)
         batches = iter(loader)
-        while batch_in_epoch + cfg.grad_accum <= steps_per_epoch * cfg.grad_accum and step < total_steps:
+        while epoch_goes_on():
             tic = time.perf_counter()
             losses = accumulate(forward_model, criterion, batches, cfg, device, scaler)
             # the logged terms (not each decoder layer's) averaged over processes, as the gradients
             # are, with whether a process was asked to stop: all stop after the same step
             logged = {k: v for k, v in losses.items() if not k.endswith(tuple("0123456789"))}
-            terms = reduce_means(
-                {**logged, "stop": torch.tensor(stop.signum is not None, device=device)}, world
-            )
+            terms = reduce_means({**logged, "stop": torch.tensor(stop.requested(), device=device)}, world)
             stopping = terms.pop("stop") > 0
             loss = terms["loss"]
             if not math.isfinite(loss):
@@ -370,20 +401,18 @@ def _train(
             if step % cfg.log_every == 0 or step == total_steps:
                 log.log(step, "train", {**terms, "grad_norm": grad_norm, "images_per_s": speed, "lr": lr,
                                         "epoch": epoch})  # fmt: skip
+            if stopping or not epoch_goes_on():
+                break  # the checkpoint below saves this step, once
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 checkpoint()
-            if stopping:
-                break
         if batch_in_epoch + cfg.grad_accum > steps_per_epoch * cfg.grad_accum:
             epoch, batch_in_epoch = epoch + 1, 0
         checkpoint()  # before the epoch's evaluation, which may be long: a kill there loses no training
-        if stopping:  # a resumed run evaluates first where this one ended an epoch
-            break
-        if batch_in_epoch == 0 and evaluation_due():
-            evaluate_and_checkpoint()
+        if not stopping and batch_in_epoch == 0 and evaluation_due():  # else the resumed run does it
+            stopping = evaluate_and_checkpoint()
     progress.close()
     if metrics_step != step and not stopping:  # the last model not evaluated yet (max_steps mid-epoch)
-        evaluate_and_checkpoint()
+        stopping = evaluate_and_checkpoint()
     log.close()
     # a process the signal did not reach names the one schedulers send
     stopped = (stop.name or "SIGTERM") if stopping else None
@@ -433,15 +462,20 @@ def non_finite(
     )
 
 
-def run_evaluation(model, val_loader, cfg: TrainConfig, device, rank: int, world: int, out_dir: Path) -> dict:
-    """Evaluate on rank 0 over the whole val split (others wait); writes ``val_results.json``."""
-    metrics: dict = {}
-    if rank == 0:
-        results_path = out_dir / "val_results.json"
-        metrics = evaluate(model, val_loader, cfg.val_ann, device, cfg.top_k, cfg.precision, results_path)
+def run_evaluation(
+    model, val_loader, cfg: TrainConfig, device, rank: int, out_dir: Path, stop: StopRequest
+) -> dict | None:
+    """Evaluate on rank 0 over the whole val split (the others return ``{}`` at once); writes
+    ``val_results.json``. None when a stop signal reached rank 0 during it."""
+    if rank != 0:
+        return {}
+    results_path = out_dir / "val_results.json"
+    remove_partial_writes(results_path)
+    metrics = evaluate(
+        model, val_loader, cfg.val_ann, device, cfg.top_k, cfg.precision, results_path, stop.requested
+    )
+    if metrics is not None:
         print("[jcra] eval: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
-    if world > 1:
-        dist.barrier()
     return metrics
 
 

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -511,7 +512,7 @@ def test_a_foreign_checkpoint_is_named(data, tmp_path):
         train(tiny_config(data, tmp_path, max_steps=1, resume=True))
 
 
-def test_the_last_model_is_evaluated_and_its_metrics_survive_a_resume(data, tmp_path):
+def test_the_last_model_is_evaluated_and_its_metrics_survive_a_resume(data, tmp_path, capsys):
     """max_steps mid-epoch after an epoch's evaluation still evaluates the final model; resuming the
     finished run trains and evaluates nothing more and returns the same metrics."""
     cfg = tiny_config(data, tmp_path, epochs=3, eval_every=1, max_steps=4)
@@ -520,8 +521,10 @@ def test_the_last_model_is_evaluated_and_its_metrics_survive_a_resume(data, tmp_
     assert [line["step"] for line in lines if line["kind"] == "val"] == [3, 4]
     state = load_checkpoint(result["checkpoint"])
     assert (state["step"], state["metrics_step"], state["metrics"]) == (4, 4, result["metrics"])
+    capsys.readouterr()
     again = train(dataclasses.replace(cfg, resume=True))
     assert (again["step"], again["metrics"]) == (4, result["metrics"])
+    assert "is at step 4, epoch 1: the run asked for (epochs 3, max_steps 4)" in capsys.readouterr().out
     assert (tmp_path / "metrics.jsonl").read_text().count('"val"') == 2
 
 
@@ -546,6 +549,82 @@ def test_a_kill_during_an_evaluation_keeps_the_epoch_and_the_resumed_run_evaluat
     vals = [[json.loads(line) for line in lines if '"val"' in line] for lines in logs]
     assert [line["step"] for line in vals[1]] == [3, 6]
     assert vals[0] == vals[1] and resumed["metrics"] == full["metrics"]
+    a, b = load_checkpoint(full["checkpoint"]), load_checkpoint(resumed["checkpoint"])
+    for name, value in a["model"].items():
+        torch.testing.assert_close(b["model"][name], value, rtol=0, atol=0, msg=name)
+
+
+def _logged(out_dir) -> list[dict]:
+    """The lines of ``out_dir``'s metrics.jsonl without their speed, which differs from run to run."""
+    logged = (Path(out_dir) / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"} for line in logged]
+
+
+def _record_writes(monkeypatch) -> list:
+    """(step, metrics_step) of each checkpoint the run writes from now on."""
+    import train.train as loop
+
+    writes, save = [], loop.save_checkpoint
+    monkeypatch.setattr(
+        loop, "save_checkpoint", lambda p, s: writes.append((s["step"], s["metrics_step"])) or save(p, s)
+    )
+    return writes
+
+
+def test_each_state_is_checkpointed_once_and_a_stop_on_a_checkpoint_step_writes_one(
+    data, tmp_path, monkeypatch
+):
+    """checkpoint_every falls on the epochs' ends, and on the step a SIGTERM stops after: each state of
+    the run (a step, or its evaluation) is written once, which a scheduler's grace period needs."""
+    import train.train as loop
+
+    writes = _record_writes(monkeypatch)
+    train(tiny_config(data, tmp_path / "full", eval_every=1, checkpoint_every=3))
+    assert writes == [(3, None), (3, 3), (6, 3), (6, 6)]
+    writes.clear()
+    accumulate = loop.accumulate
+
+    def signalled(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return accumulate(*args)
+
+    monkeypatch.setattr(loop, "accumulate", signalled)
+    stopped = train(tiny_config(data, tmp_path / "stopped", epochs=3, checkpoint_every=1))
+    assert (stopped["step"], stopped["stopped"], writes) == (1, "SIGTERM", [(1, None)])
+
+
+@pytest.mark.parametrize("evaluation", [1, 2], ids=["epoch-1", "last"])
+def test_a_stop_during_an_evaluation_abandons_it_and_the_resumed_run_redoes_it(
+    data, tmp_path, monkeypatch, evaluation
+):
+    """SIGTERM during an evaluation (the first epoch's, or the run's last): it stops there, with no
+    further step, no result or log of it, no checkpoint written again; the resumed run evaluates that
+    model and ends as the run never stopped."""
+    import train.train as loop
+
+    full = train(tiny_config(data, tmp_path / "full", eval_every=1))
+    run_evaluation, calls = loop.run_evaluation, []
+
+    def signalled(*args):
+        calls.append(1)
+        if len(calls) == evaluation:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return run_evaluation(*args)
+
+    monkeypatch.setattr(loop, "run_evaluation", signalled)
+    writes = _record_writes(monkeypatch)
+    cfg = tiny_config(data, tmp_path / "cut", eval_every=1)
+    stopped = train(cfg)
+    step = 3 * evaluation
+    assert (stopped["step"], stopped["stopped"]) == (step, "SIGTERM")
+    assert writes[-1] == (step, None if evaluation == 1 else 3) and len(set(writes)) == len(writes)
+    log = _logged(tmp_path / "cut")
+    assert [line["step"] for line in log if line["kind"] == "val"] == [3] * (evaluation - 1)
+    assert max(line["step"] for line in log) == step
+    assert (tmp_path / "cut" / "val_results.json").exists() == (evaluation == 2)
+    resumed = train(dataclasses.replace(cfg, resume=True))
+    assert (resumed["step"], resumed["stopped"], resumed["metrics"]) == (6, None, full["metrics"])
+    assert _logged(tmp_path / "full") == _logged(tmp_path / "cut")
     a, b = load_checkpoint(full["checkpoint"]), load_checkpoint(resumed["checkpoint"])
     for name, value in a["model"].items():
         torch.testing.assert_close(b["model"][name], value, rtol=0, atol=0, msg=name)
@@ -847,9 +926,9 @@ def test_hydra_command_line(data, tmp_path):
     assert empty.returncode != 0 and "train.out_dir must be a folder path, got ''" in empty.stderr
 
 
-def test_an_out_dir_that_cannot_be_a_folder_is_named(tmp_path):
+def test_an_out_dir_that_cannot_be_a_folder_is_named(data, tmp_path):
     """Hydra makes the folder before train() checks the config: a file there, or above it, gave
-    pathlib's error without the setting's name."""
+    pathlib's error without the setting's name; train() called directly (as the demo does) checks too."""
     from train.train import checked_out_dir
 
     (tmp_path / "file").touch()
@@ -859,6 +938,8 @@ def test_an_out_dir_that_cannot_be_a_folder_is_named(tmp_path):
         ):
             checked_out_dir(str(out_dir))
     assert checked_out_dir(str(tmp_path / "new" / "run")) == str(tmp_path / "new" / "run")
+    with pytest.raises(ValueError, match="train.out_dir: .* cannot be made a folder: .*file is a file"):
+        train(tiny_config(data, tmp_path / "file" / "run"))
 
 
 def test_a_stopped_or_killed_run_resumes_to_the_run_never_stopped(data, tmp_path):
@@ -885,10 +966,6 @@ def test_a_stopped_or_killed_run_resumes_to_the_run_never_stopped(data, tmp_path
         assert done.returncode == 0, done.stderr[-2000:]
         return load_checkpoint(out_dir / "checkpoint.pt")
 
-    def lines(out_dir):
-        logged = (out_dir / "metrics.jsonl").read_text().splitlines()
-        return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"} for line in logged]
-
     full = finished(tmp_path / "full")
     for stop in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
         out_dir = tmp_path / stop.name
@@ -911,7 +988,7 @@ def test_a_stopped_or_killed_run_resumes_to_the_run_never_stopped(data, tmp_path
             assert stopped_at == 4
         else:  # nothing lost: the checkpoint holds every step logged
             assert f"{stop.name}: stopping after this step" in stderr and "Traceback" not in stderr
-            assert 5 <= stopped_at == max(line["step"] for line in lines(out_dir)) < 9
+            assert 5 <= stopped_at == max(line["step"] for line in _logged(out_dir)) < 9
         resumed = finished(out_dir, "train.resume=true")
         assert resumed["step"] == full["step"] == 9
         for name, value in full["model"].items():
@@ -919,7 +996,7 @@ def test_a_stopped_or_killed_run_resumes_to_the_run_never_stopped(data, tmp_path
         for index, slot in full["optimizer"]["state"].items():
             for key, value in slot.items():
                 torch.testing.assert_close(resumed["optimizer"]["state"][index][key], value, rtol=0, atol=0)
-        assert lines(tmp_path / "full") == lines(out_dir) and len(lines(out_dir)) == 9 + 3, stop.name
+        assert _logged(tmp_path / "full") == _logged(out_dir) and len(_logged(out_dir)) == 9 + 3, stop.name
 
 
 class _Handlers(torch.utils.data.Dataset):
