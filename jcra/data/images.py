@@ -15,15 +15,24 @@ _WIDE_GRAY = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """A new 8-bit RGB image of ``image``: 16-bit grayscale scaled from 0..65535 to 0..255."""
+    """A new 8-bit RGB image of ``image``: 16-bit grayscale scaled from 0..65535 to 0..255. Float
+    pixels (mode "F"), and 32-bit ones beyond 16 bits, have no scale to assume: ValueError."""
+    if image.mode == "F":
+        raise ValueError("float pixels (PIL mode F) have no 8-bit scale to assume; save it as 8 or 16 bits")
     if image.mode in _WIDE_GRAY:
-        values = np.asarray(image, dtype=np.float64) / 257.0
-        image = Image.fromarray(values.round().clip(0, 255).astype(np.uint8))
+        values = np.asarray(image, dtype=np.float64)
+        if values.size and not 0 <= values.min() <= values.max() <= 65535:
+            raise ValueError(
+                f"32-bit pixels from {values.min():.0f} to {values.max():.0f} (PIL mode {image.mode}) are "
+                "not 16-bit grayscale, the one wide format with a known scale; save it as 8 or 16 bits"
+            )
+        image = Image.fromarray((values / 257.0).round().astype(np.uint8))
     return image.convert("RGB")  # convert copies even when the mode is already RGB
 
 
 def read_rgb(path: Path, upright: bool = False) -> Image.Image:
-    """The image file at ``path`` decoded to 8-bit RGB; OSError naming ``path`` if it cannot be read.
+    """The image file at ``path`` decoded to 8-bit RGB; OSError naming ``path`` if it cannot be read
+    (or has pixels :func:`to_rgb` refuses).
 
     The pixels as stored, which is what annotations are labelled on; ``upright`` turns them as the
     file's EXIF orientation says, as photo viewers show them (a phone photo taken upright).
@@ -31,5 +40,5 @@ def read_rgb(path: Path, upright: bool = False) -> Image.Image:
     try:
         with Image.open(path) as image:
             return to_rgb(ImageOps.exif_transpose(image) if upright else image)
-    except UNREADABLE as err:
+    except (*UNREADABLE, ValueError) as err:
         raise OSError(f"cannot read image {path}: {err}") from err

@@ -190,6 +190,25 @@ def test_thirty_two_bit_grayscale_is_scaled_as_sixteen_bit():
     assert np.asarray(to_rgb(image))[0, :, 0].tolist() == [0, 127, 255]
 
 
+@pytest.mark.parametrize(
+    ("pixels", "message"),
+    [
+        (np.array([[0.0, 0.5, 1.0]], dtype=np.float32), "float pixels"),
+        (np.array([[0, 70000]], dtype=np.int32), "from 0 to 70000"),
+        (np.array([[-1, 5]], dtype=np.int32), "from -1 to 5"),
+    ],
+)
+def test_pixels_with_no_known_8_bit_scale_are_refused_naming_the_file(tmp_path, pixels, message):
+    """A float image in [0, 1] came out black and 32-bit values clipped at 255: refused instead."""
+    from PIL import Image
+
+    from jcra.data.images import read_rgb
+
+    Image.fromarray(pixels).save(tmp_path / "wide.tif")
+    with pytest.raises(OSError, match=f"cannot read image .*wide.tif: .*{message}"):
+        read_rgb(tmp_path / "wide.tif")
+
+
 def test_targets_are_the_non_crowd_people_with_corner_boxes_and_unlabelled_points_zeroed(tiny):
     """A crowd region is never a person, even with labelled keypoints; a box is (x0, y0, x1, y1) of the
     file's (x, y, w, h); an unlabelled keypoint's coordinates, whatever the file holds, are 0."""
