@@ -815,7 +815,8 @@ def test_ddp_two_gloo_processes(data, tmp_path):
 def _ddp_kill_worker(rank: int, world: int, port: int, cfg: TrainConfig, out: str) -> None:
     """Train ``cfg`` uninterrupted in ``out/full``; in ``out/cut``, killed in the first evaluation and
     resumed; then resume ``out/cut`` again while rank 1 looks for it in a folder of its own; in
-    ``out/stopped``, SIGTERM rank 1 alone during step 2, and resume."""
+    ``out/stopped``, SIGTERM rank 1 alone during step 2, resume, SIGTERM rank 1 alone while rank 0
+    evaluates, and resume."""
     import train.train as loop
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
@@ -843,10 +844,22 @@ def _ddp_kill_worker(rank: int, world: int, port: int, cfg: TrainConfig, out: st
         monkeypatch.setattr(loop, "accumulate", accumulate)
         stopped = train(stop)
     torch.distributed.barrier()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        evaluation = loop.run_evaluation
+
+        def signalled(*args):
+            if rank == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return evaluation(*args)
+
+        monkeypatch.setattr(loop, "run_evaluation", signalled)
+        in_evaluation = train(dataclasses.replace(stop, resume=True))
+    torch.distributed.barrier()
     stopped_again = train(dataclasses.replace(stop, resume=True))
     torch.save({"full": full["metrics"], "resumed": resumed["metrics"], "apart": str(apart.value),
-                "stopped": (stopped["step"], stopped["stopped"]), "stopped_again": stopped_again["stopped"]},
-               f"{out}/rank{rank}.pt")  # fmt: skip
+                "stopped": (stopped["step"], stopped["stopped"]),
+                "in_evaluation": (in_evaluation["step"], in_evaluation["stopped"], in_evaluation["metrics"]),
+                "stopped_again": stopped_again["stopped"]}, f"{out}/rank{rank}.pt")  # fmt: skip
     # The errors' tracebacks hold train()'s frames, and in them users of the process group: freed after
     # the group is destroyed (at exit), they aborted the process now and then (gloo, one run in ten).
     del apart
@@ -882,7 +895,11 @@ def test_ddp_kill_during_an_evaluation_resumes_on_every_process(data, tmp_path):
         torch.testing.assert_close(cut["model"][name], value, rtol=0, atol=0, msg=name)
     # a signal that reached one process stops both after the same step; the resumed run ends as the full
     assert [(r["stopped"], r["stopped_again"]) for r in ranks] == [((2, "SIGTERM"), None)] * 2
+    # one that reached rank 1 while rank 0 evaluated: rank 0 finishes it (it saw no signal), both stop
+    assert [r["in_evaluation"][:2] for r in ranks] == [(3, "SIGTERM")] * 2
+    assert "AP" in ranks[0]["in_evaluation"][2] and ranks[1]["in_evaluation"][2] == {}
     stopped = load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")
+    assert _logged(tmp_path / "stopped") == _logged(tmp_path / "full")
     for name, value in full["model"].items():
         torch.testing.assert_close(stopped["model"][name], value, rtol=0, atol=0, msg=name)
 
