@@ -1,5 +1,5 @@
 """A graceful stop: SIGINT or SIGTERM (Ctrl-C, a scheduler's preemption) ends training after the step
-in flight, with a checkpoint, so that a resume loses nothing; a second signal stops at once."""
+in flight, with a checkpoint, so that a resume loses nothing; a Ctrl-C after it stops at once."""
 
 import signal
 import sys
@@ -10,9 +10,11 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 class StopRequest:
     """While entered (from the main thread; elsewhere it does nothing), the first SIGINT or SIGTERM is
-    recorded in ``signum`` for the training loop to read at its next step; the second is handled as it
-    would be without this (KeyboardInterrupt, or the end of the process). The previous handlers are
-    restored on exit."""
+    recorded in ``signum`` for the training loop to read at its next step. A SIGINT after it is handled
+    as it would be without this (KeyboardInterrupt): a person pressing Ctrl-C again. A SIGTERM after it
+    changes nothing: under Slurm and torchrun one preemption sends two (scancel signals every process
+    of the job, and torchrun forwards its own), and the scheduler's SIGKILL follows its grace period
+    anyway. The previous handlers are restored on exit."""
 
     def __init__(self):
         self.signum: int | None = None
@@ -36,16 +38,16 @@ class StopRequest:
         return None if self.signum is None else signal.Signals(self.signum).name
 
     def _handle(self, signum: int, frame) -> None:
-        if self.signum is not None:
+        if self.signum is None:
+            self.signum = signum
+            print(
+                f"[jcra] {self.name}: stopping after this step with a checkpoint (Ctrl-C again: at once)",
+                file=sys.stderr,
+                flush=True,
+            )
+        elif signum == signal.SIGINT:
             signal.signal(signum, self._previous[signum])
             signal.raise_signal(signum)
-            return
-        self.signum = signum
-        print(
-            f"[jcra] {self.name}: stopping after this step with a checkpoint (send it again to stop at once)",
-            file=sys.stderr,
-            flush=True,
-        )
 
 
 def exit_status(name: str) -> int:

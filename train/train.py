@@ -208,9 +208,9 @@ def train(cfg: TrainConfig) -> dict:
     out_dir that holds a checkpoint is refused rather than overwritten. The last model is always
     evaluated. SIGINT or SIGTERM stops it after the step in flight, with a checkpoint, or abandons the
     evaluation in flight, which the resumed run redoes (``stopped`` names the signal, else None); a
-    second signal stops it at once. A non-finite loss, or gradient norm (but
-    under fp16, whose scaler skips the step), raises FloatingPointError before the update, leaving the
-    last checkpoint as it was.
+    Ctrl-C after it stops it at once (see :class:`train.stop.StopRequest`). A non-finite loss, or
+    gradient norm (but under fp16, whose scaler skips the step), raises FloatingPointError before the
+    update, leaving the last checkpoint as it was.
     """
     cfg.validate()
     device = resolve_device(cfg.device)
