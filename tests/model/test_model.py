@@ -222,6 +222,26 @@ def test_compiled_encoder_and_decoder_match_eager_without_recompiling(tiny_model
     torch._dynamo.reset()
 
 
+def test_exported_forward_keeps_the_kernel_op_loads_back_and_matches_eager(monkeypatch, tmp_path):
+    """torch.export of the inference forward at one size, for deployment: the deformable attention stays
+    the jcra op (Triton on a GPU), and the saved program, loaded after ``import jcra``, gives eager's
+    outputs for other images and padding of that size."""
+    monkeypatch.setattr("kernels.dispatch.INTERPRET", False)  # the op's reference: the interpreter is slow
+    gen = torch.Generator().manual_seed(4)
+    torch.manual_seed(0)
+    model = build_model("jcra_tiny", dropout=0.0).eval()
+    images, mask = pad_batch([torch.randn(3, 96, 128, generator=gen), torch.randn(3, 71, 90, generator=gen)])
+    program = torch.export.export(model, (images, mask))
+    ops = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert "jcra.ms_deform_attn.default" in ops
+    torch.export.save(program, tmp_path / "jcra.pt2")
+    loaded = torch.export.load(tmp_path / "jcra.pt2").module()
+    images, mask = pad_batch([torch.randn(3, 60, 128, generator=gen), torch.randn(3, 96, 101, generator=gen)])
+    got, want = loaded(images, mask), model(images, mask)
+    for name in ("logits", "keypoints"):
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
 def test_whole_training_forward_is_one_graph(tiny_model):
     """The full model in training mode (aux, proposals and heatmap outputs) traces without a graph
     break, and a second image size reuses the graph; Dynamo's eager backend keeps this cheap. Parameter
