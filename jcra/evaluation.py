@@ -8,8 +8,8 @@ CrowdPose ground truth differs from COCO's in two ways handled here. Its annotat
 ``area``, so a missing one (or null, or 0) is taken as ``0.53 * w * h`` of the box
 (:data:`jcra.data.coco.BOX_AREA_FRACTION`, which the training targets use too), the area
 crowdposetools (and xtcocotools with ``use_area=False``) use in OKS; ``APM``/``APL`` then bin by that
-area too. (A file that does give areas is scored with them, COCO's rule, where crowdposetools would
-still take 0.53 of the box.) Its images
+area too. (A file that does give other areas is scored with them, COCO's rule, where crowdposetools
+would still take 0.53 of the box; a warning says so.) Its images
 carry a crowd index in [0, 1], by which CrowdPose reports AP on easy (< 0.2), medium (0.2 to below 0.8)
 and hard (0.8 and up) images; those three are added when the images have ``crowdIndex``. These are the
 bounds of crowdposetools' evaluation (``get_type_result(first=0.2, second=0.8)``), which published
@@ -23,8 +23,8 @@ nor a labelled keypoint marks no place, to score or to ignore, and is left out.
 
 import contextlib
 import io
-import itertools
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,8 +58,9 @@ _DEFAULT_SIGMAS = {17: COCO_SIGMAS, 14: CROWDPOSE_SIGMAS}
 
 
 def load_ground_truth(ann_file: str | Path) -> tuple[dict, int]:
-    """The checked annotation file, with what COCOeval reads and it lacks filled in (annotation and
-    category ids among them), and its K; a ValueError names the file. Training and ``jcra evaluate``
+    """The checked annotation file, with what COCOeval reads and it lacks filled in, and its K; a
+    ValueError names the file. Annotations are numbered 1, 2, ... and all put in the results' category
+    (:func:`jcra.data.coco.keypoint_category_id`), the file's only one then. Training and ``jcra evaluate``
     call it before any work, so a file that evaluation would refuse stops them first."""
     ann_file = Path(ann_file)
     data = read_annotations(ann_file, image_keys=("id",))
@@ -75,20 +76,26 @@ def load_ground_truth(ann_file: str | Path) -> tuple[dict, int]:
                 f"ann_file {ann_file}: image {image['id']!r} has crowdIndex {crowd_index!r:.100}, expected a "
                 "number in [0, 1]"
             )
-    category_id = keypoint_category_id(data)  # the dataset reads people of any category
-    ann_ids = {ann["id"] for ann in data["annotations"] if "id" in ann}
-    fresh = (i for i in itertools.count(1) if i not in ann_ids)
+    # The dataset trains on people of any category, and the results name one: everyone is scored in
+    # it, where COCOeval would average over the file's categories.
+    category_id = keypoint_category_id(data)
+    category = next((c for c in data["categories"] if c.get("id") == category_id), {"name": "person"})
+    data["categories"] = [{**category, "id": category_id}]
+    # crowdposetools' areas are 0.53 of the box whatever the file says
+    other_areas = any(
+        ann.get("area") and not math.isclose(ann["area"], BOX_AREA_FRACTION * _box_area(ann), rel_tol=1e-6)
+        for ann in data["annotations"]
+    )
     seen, kept = set(), []
     for ann in data["annotations"]:
-        if "id" not in ann:
-            ann["id"] = next(fresh)
-        if ann["id"] in seen:  # COCO indexes annotations by id: the later one would replace the first
-            raise ValueError(f"ann_file {ann_file}: annotation id {ann['id']} is used twice")
-        seen.add(ann["id"])
+        if isinstance(ann.get("id"), int | float | str):
+            if ann["id"] in seen:  # a person listed twice, or two sharing an id: which one is meant?
+                raise ValueError(f"ann_file {ann_file}: annotation id {ann['id']!r:.100} is used twice")
+            seen.add(ann["id"])
         keypoints = np.asarray(ann["keypoints"], dtype=np.float64).reshape(num_keypoints, 3)
         labelled = keypoints[:, 2] > 0
         ann.setdefault("num_keypoints", int(labelled.sum()))
-        ann.setdefault("category_id", category_id)
+        ann["category_id"] = category_id
         ann.setdefault("iscrowd", 0)  # COCOeval indexes it; the dataset reads a missing one as 0 too
         if not ann.get("bbox"):
             if not labelled.any():
@@ -97,8 +104,24 @@ def load_ground_truth(ann_file: str | Path) -> tuple[dict, int]:
         if not ann.get("area"):  # missing, null or 0, as the dataset reads it
             ann["area"] = BOX_AREA_FRACTION * ann["bbox"][2] * ann["bbox"][3]
         kept.append(ann)
+    # COCOeval records a match by the person's id and reads it as a flag: an id of 0 counted as no
+    # match, and a string id failed once a result matched
+    for number, ann in enumerate(kept, 1):
+        ann["id"] = number
     data["annotations"] = kept
+    if other_areas and any("crowdIndex" in image for image in data["images"]):
+        warnings.warn(
+            f"ann_file {ann_file}: CrowdPose images (crowdIndex) whose people carry areas other than 0.53"
+            " of the box are scored with them (COCO's rule), where crowdposetools takes 0.53 of the box:"
+            " AP not comparable with published CrowdPose numbers",
+            stacklevel=2,
+        )
     return data, num_keypoints
+
+
+def _box_area(ann: dict) -> float:
+    box = ann.get("bbox")
+    return box[2] * box[3] if box else 0.0
 
 
 def _resolve_sigmas(sigmas, num_keypoints: int) -> np.ndarray:
@@ -137,11 +160,11 @@ def _load_results(results, num_keypoints: int, data: dict, ann_file: Path) -> li
         missing = {"image_id", "category_id", "keypoints", "score"} - set(record)
         if missing:
             raise ValueError(f"results[{i}]{source} lacks {sorted(missing)}")
-        image_id = record["image_id"]  # 785.0 is 785 to COCOeval's index; [785] or true is no id
-        if not (isinstance(image_id, str) or whole_number(image_id)):
-            raise ValueError(
-                f"results[{i}]{source} has image_id {image_id!r:.100}, not an integer or a string"
-            )
+        for key in ("image_id", "category_id"):  # 785.0 is 785 to COCOeval's index; [785] or true no id
+            if not (isinstance(record[key], str) or whole_number(record[key])):
+                raise ValueError(
+                    f"results[{i}]{source} has {key} {record[key]!r:.100}, not an integer or a string"
+                )
         keypoints = record["keypoints"]  # a list as JSON gives it, or a numpy array
         sequence = isinstance(keypoints, Sequence | np.ndarray) and not isinstance(keypoints, str | bytes)
         if not sequence or len(keypoints) != 3 * num_keypoints:
