@@ -129,6 +129,7 @@ def test_evaluate_scores_under_the_files_person_category(data, checkpoint, tmp_p
     assert {r["category_id"] for r in json.loads((out / "results.json").read_text())} == {2}
 
 
+@pytest.mark.filterwarnings("ignore:.*crowdposetools takes 0.53:UserWarning")  # synthetic areas
 def test_metrics_json_is_strict_with_an_empty_crowd_level(data, checkpoint, tmp_path, capsys):
     """Every image easy: the medium and hard levels have none (nan), written as null, not NaN."""
     gt = json.loads(Path(data["val_ann"]).read_text())
