@@ -131,8 +131,20 @@ def test_a_model_in_another_dtype_trains_and_keeps_at_least_fp32_keypoints(dtype
     model = build_model("jcra_tiny", use_fused_kernels=False).to(dtype).train()
     out = model(torch.randn(1, 3, 64, 96, dtype=dtype))
     assert out["heatmap"].dtype == dtype
-    assert out["keypoints"].dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    wide = torch.float64 if dtype == torch.float64 else torch.float32
+    assert out["keypoints"].dtype == out["logits"].dtype == out["enc_outputs"]["logits"].dtype == wide
     (out["heatmap"].float().sum() + out["keypoints"].float().sum()).backward()
+
+
+def test_scores_under_bf16_autocast_are_fp32_and_keep_people_apart(tiny_model):
+    """Under bf16 autocast the logits are the fp32 dot products of the bf16 features: scores rank
+    people in COCO AP, and logits rounded to bf16 tied many of the 300 (a Linear's output)."""
+    gen = torch.Generator().manual_seed(5)
+    images = torch.randn(2, 3, 96, 128, generator=gen)
+    with torch.autocast("cpu", torch.bfloat16):
+        logits = tiny_model.eval()(images)["logits"]
+    assert logits.dtype == torch.float32
+    assert logits.unique().numel() == logits.numel()
 
 
 def test_heatmap_of_a_padded_image_equals_the_image_alone(tiny_model):
