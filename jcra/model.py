@@ -86,6 +86,8 @@ class JCRA(nn.Module):
         """
         if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
             raise ValueError(f"images must be float [B, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            raise ValueError("images: an empty batch (B = 0), which has no people to find")
         weights = next(self.parameters()).dtype
         if images.dtype != weights:  # autocast takes fp32 images into an fp32 model
             raise ValueError(f"images are {images.dtype} but the model's weights {weights}: cast one of them")

@@ -210,6 +210,8 @@ def test_bad_inputs_raise(tiny_model):
         tiny_model(torch.randn(3, 64, 64))
     with pytest.raises(ValueError, match="padding_mask"):
         tiny_model(torch.randn(1, 3, 64, 64), torch.zeros(1, 64, 63, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"images: an empty batch \(B = 0\)"):  # failed in the decoder's view
+        tiny_model(torch.randn(0, 3, 64, 64))
 
 
 def test_compiled_encoder_and_decoder_match_eager_without_recompiling(tiny_model):
