@@ -47,7 +47,7 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
         # rank unless set, and NCCL refuses two ranks on one GPU
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        # rank 0 evaluates the whole val split while the others wait at a barrier: a COCO evaluation of
+        # rank 0 evaluates the whole val split while the others wait in a collective: a COCO evaluation of
         # a large model can outlast the default 10 minutes
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=EVAL_TIMEOUT)
     return dist.get_rank(), dist.get_world_size()
