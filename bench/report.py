@@ -183,13 +183,13 @@ def _median(groups: dict, group: str, provider: str, source: str) -> float | Non
 
 
 def _ratio(groups: dict, pattern: str, baseline: str, provider: str) -> float | None:
-    """baseline median / provider median in the first group matching ``pattern``, from the first
-    source holding both (None if none does)."""
-    group = next((g for g in sorted(groups) if re.fullmatch(pattern, g)), None)
-    for source in _by_source(groups.get(group, [])):
-        slow, fast = _median(groups, group, baseline, source), _median(groups, group, provider, source)
-        if slow and fast:
-            return slow / fast
+    """baseline median / provider median in the first group matching ``pattern`` and source holding
+    both (None if none does)."""
+    for group in sorted(g for g in groups if re.fullmatch(pattern, g)):
+        for source in _by_source(groups[group]):
+            slow, fast = _median(groups, group, baseline, source), _median(groups, group, provider, source)
+            if slow and fast:
+                return slow / fast
     return None
 
 
@@ -430,8 +430,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(error))
     if not groups:
         parser.error("no benchmark results in " + ", ".join(map(str, args.results)))
-    if len(gpus(groups)) > 1:  # the headline names one GPU: one report per run, per machine
+    # the headline names one GPU: one report per run, per machine
+    if len(gpus(groups)) > 1:
         parser.error(f"the results come from several GPUs {gpus(groups)}; report each machine's files apart")
+    if gpus(groups) and any(r["info"].get("device") == "cpu" for rows in groups.values() for r in rows):
+        parser.error(f"the results mix a CPU run with a GPU run ({gpus(groups)[0]}); report each apart")
     add_speedups(groups)
     args.out.mkdir(parents=True, exist_ok=True)
     headline = summary(groups)

@@ -418,8 +418,10 @@ def test_a_crowd_size_timed_for_one_method_is_left_out_and_sizes_come_in_order(t
 
 def test_rows_without_a_group_the_gpus_name_and_peak_memory(tmp_path):
     """pytest-benchmark's default group is null: the test's name stands in. The GPU is named from
-    the GPU file even when a CPU file comes first. Peak memory in bytes is shown in MiB."""
+    the GPU file even when a file whose rows name no device comes first. Peak memory in bytes is shown
+    in MiB."""
     cpu = [bench_row("g", "reference", 0.002)]
+    del cpu[0]["extra_info"]["device"]
     gpu = [{**bench_row(None, "triton", 0.001), "name": "test_solo[triton]"}]
     gpu[0]["extra_info"].update(device="NVIDIA H100 80GB HBM3", peak_mem_bytes=3 * 2**20)
     paths = [write_run(tmp_path / "cpu.json", cpu), write_run(tmp_path / "gpu.json", gpu)]
@@ -521,3 +523,30 @@ def test_results_of_two_gpus_are_refused(tmp_path, capsys):
         main([str(p) for p in paths] + ["--out", str(tmp_path / "out")])
     assert "several GPUs ['NVIDIA H100 80GB HBM3', 'NVIDIA H200']" in capsys.readouterr().err
     main([str(paths[0]), "--out", str(tmp_path / "out")])  # one machine's files report
+
+
+def test_a_cpu_run_beside_a_gpu_run_is_refused(tmp_path, capsys):
+    """The CPU suites' smaller groups sort first and hold no Triton row: their headline ratios came out
+    null, without a word."""
+    gpu = [
+        bench_row("linear_assignment N=56 Q=300 G=20", p, m)
+        for p, m in (("scipy", 0.002), ("triton", 0.0001))
+    ]
+    for row in gpu:
+        row["extra_info"]["device"] = "NVIDIA H200"
+    cpu = [bench_row("linear_assignment N=14 Q=300 G=20", "scipy", 0.003)]
+    paths = [write_run(tmp_path / "gpu.json", gpu), write_run(tmp_path / "cpu.json", cpu)]
+    with pytest.raises(SystemExit):
+        main([str(p) for p in paths] + ["--out", str(tmp_path / "out")])
+    assert "mix a CPU run with a GPU run (NVIDIA H200)" in capsys.readouterr().err
+
+
+def test_a_ratio_comes_from_the_first_matching_group_that_holds_both_providers(tmp_path):
+    rows = [bench_row("linear_assignment N=14 Q=300 G=20", "scipy", 0.003)]
+    rows += [
+        bench_row("linear_assignment N=56 Q=300 G=20", p, m)
+        for p, m in (("scipy", 0.002), ("triton", 0.0001))
+    ]
+    main([str(write_run(tmp_path / "run.json", rows)), "--out", str(tmp_path / "out")])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["matcher_speedup_vs_scipy"] == pytest.approx(20.0)
