@@ -13,33 +13,9 @@ from pathlib import Path
 import torch
 
 from jcra.data.images import read_rgb
+from jcra.inference import PoseEstimator, load_model
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
-
-
-def load_model(checkpoint: str | Path, device: torch.device):
-    """The model of a training checkpoint in eval mode, and the checkpoint's data settings."""
-    from jcra import build_model
-    from train.checkpoint import load_checkpoint, model_overrides
-    from train.train import keypoint_layout
-
-    state = load_checkpoint(checkpoint, keys=("model", "model_config", "data_config"))
-    model_config = state["model_config"]
-    overrides = {**model_overrides(state), "pretrained": False}  # the weights come from the checkpoint
-    if device.type != "cuda":
-        overrides["use_fused_kernels"] = False  # Triton needs a GPU; the reference ops run anywhere
-    model = build_model(model_config["name"], **overrides)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:  # a checkpoint written by hand or another version
-        raise ValueError(f"checkpoint {checkpoint}: its weights do not fit its model_config: {err}") from err
-    layout = keypoint_layout(state["data_config"]["keypoint_layout"])
-    if len(layout.sigmas) != model.num_keypoints:
-        raise ValueError(
-            f"checkpoint {checkpoint}: its model has {model.num_keypoints} keypoints, its keypoint_layout "
-            f"{layout.name!r} {len(layout.sigmas)}"
-        )
-    return model.to(device).eval(), state["data_config"]
 
 
 def image_paths(inputs: list[str]) -> list[Path]:
@@ -111,19 +87,6 @@ def resolve_cli_device(name: str) -> torch.device:
     return resolve_device(name, "--device")
 
 
-def unlabelled_target(image, num_keypoints: int, image_id: int) -> dict:
-    """A target with no people, so the evaluation transforms can run on an unannotated image."""
-    size = torch.tensor([image.height, image.width])
-    return {
-        "keypoints": torch.zeros(0, num_keypoints, 3),
-        "area": torch.zeros(0),
-        "iscrowd": torch.zeros(0),
-        "image_id": image_id,
-        "orig_size": size,
-        "size": size.clone(),
-    }
-
-
 def predict(
     checkpoint: str | Path,
     images: list[str],
@@ -141,11 +104,9 @@ def predict(
     before any work. Returns the results path."""
     from tqdm import tqdm
 
-    from jcra.data import build_transforms
-    from jcra.postprocess import PostProcess
+    from jcra.postprocess import checked_top_k
     from jcra.visualize import draw_keypoints
     from train.checkpoint import write_atomically, write_text_atomically
-    from train.train import keypoint_layout
 
     if not 0.0 <= score_threshold <= 1.0:
         raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
@@ -163,26 +124,16 @@ def predict(
     if unreadable:
         many = f"{len(unreadable)} of {len(paths)} images cannot be read:\n  " if len(unreadable) > 1 else ""
         raise OSError(many + "\n  ".join(unreadable))
-    postprocess = PostProcess(top_k)
+    checked_top_k(top_k)  # before --out is made
     out = output_folder(out)
-    model, data_config = load_model(checkpoint, dev)
-    layout = keypoint_layout(data_config["keypoint_layout"])
-    transforms = build_transforms(
-        False,
-        flip_pairs=layout.flip_pairs,
-        scales=[data_config["val_scale"]],
-        max_size=data_config["max_size"],
-    )
+    estimator = PoseEstimator(*load_model(checkpoint, dev), top_k)
     results, results_path, done = [], out / "results.json", 0
     pairs = tqdm(list(zip(paths, drawings, strict=True)), "predicting", unit="image", dynamic_ncols=True)
     try:
         for index, (path, drawing) in enumerate(pairs):
             try:
                 image = read_rgb(path, upright=True)
-                tensor, _ = transforms(image, unlabelled_target(image, len(layout.sigmas), index))
-                with torch.no_grad():
-                    outputs = model(tensor[None].to(dev))
-                records = postprocess(outputs, torch.tensor([[image.height, image.width]]), [index])
+                records = estimator.records([image], [index])
             except ValueError as err:  # PostProcess's NaN error names the image by its index only
                 raise ValueError(f"{path}: {err}") from err
             except Exception as err:
@@ -193,7 +144,7 @@ def predict(
             results += records
             done += 1
             shown = [r for r in records if r["score"] >= score_threshold]
-            drawn = draw_keypoints(image, shown, layout.skeleton)
+            drawn = draw_keypoints(image, shown, estimator.layout.skeleton)
             write_atomically(drawing, lambda f, drawn=drawn: drawn.save(f, format="PNG"))
     except KeyboardInterrupt:  # keep what is done, wherever in an image's work it came
         write_text_atomically(results_path, json.dumps(results))

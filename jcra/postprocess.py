@@ -19,9 +19,7 @@ class PostProcess:
     """
 
     def __init__(self, top_k: int = 100, category_id=1):
-        if not (isinstance(top_k, numbers.Integral) and not isinstance(top_k, bool) and top_k >= 1):
-            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
-        self.top_k, self.category_id = top_k, category_id
+        self.top_k, self.category_id = checked_top_k(top_k), category_id
 
     @torch.no_grad()
     def __call__(self, outputs: dict, orig_sizes: Tensor, image_ids) -> list[dict]:
@@ -48,6 +46,13 @@ class PostProcess:
         kpts = kpts - PIXEL_CENTRE
         triples = torch.cat([kpts, torch.ones_like(kpts[..., :1])], -1)  # [B, k, K, 3]
         return coco_records(triples, rows[..., -1], image_ids, self.category_id)
+
+
+def checked_top_k(top_k):
+    """``top_k`` if it is an integer >= 1, else a ValueError naming it."""
+    if not (isinstance(top_k, numbers.Integral) and not isinstance(top_k, bool) and top_k >= 1):
+        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+    return top_k
 
 
 def coco_records(keypoints: Tensor, scores: Tensor, image_ids, category_id=1) -> list[dict]:

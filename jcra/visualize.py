@@ -5,11 +5,9 @@ import numbers
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from jcra.data.images import to_rgb
+from jcra.data.images import as_rgb_image
 
 # One colour per person, cycled; saturated and far apart in hue so neighbours stay distinguishable.
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -26,29 +24,6 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (0, 128, 128),
     (170, 110, 40),
 )
-
-
-def _to_pil(image, name: str = "image") -> Image.Image:
-    """A new RGB PIL image from a PIL image, a numpy [H, W, 3] uint8 array or a torch [3, H, W] uint8
-    tensor; the input is never shared, so drawing cannot modify it."""
-    if isinstance(image, Image.Image):
-        return to_rgb(image)
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise TypeError(
-                f"{name} as a numpy array must be [H, W, 3] uint8, got {image.shape} {image.dtype}"
-            )
-        return Image.fromarray(np.ascontiguousarray(image), "RGB")
-    if isinstance(image, torch.Tensor):
-        if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
-            raise TypeError(
-                f"{name} as a tensor must be [3, H, W] uint8, got {tuple(image.shape)} {image.dtype}"
-            )
-        return Image.fromarray(image.detach().cpu().permute(1, 2, 0).contiguous().numpy(), "RGB")
-    raise TypeError(
-        f"{name} must be a PIL image, a numpy [H, W, 3] uint8 array or a torch [3, H, W] uint8 tensor, "
-        f"got {type(image).__name__}"
-    )
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -77,7 +52,7 @@ def draw_keypoints(
     ends are drawn. radius, width: keypoint radius and limb width in pixels; by default they scale with
     the image's longer side. Person n gets ``PALETTE[n % len(PALETTE)]``.
     """
-    canvas = _to_pil(image)
+    canvas = as_rgb_image(image)
     long_side = max(canvas.size)
     radius = max(2, round(0.006 * long_side)) if radius is None else radius
     width = max(1, round(0.004 * long_side)) if width is None else width
@@ -162,7 +137,7 @@ def save_grid(images: Sequence, path: str | Path, *, columns: int = 4, cell: int
     rows = math.ceil(len(images) / cols)
     grid = Image.new("RGB", (cols * cell, rows * cell))
     for n, image in enumerate(images):
-        tile = _to_pil(image, f"images[{n}]")
+        tile = as_rgb_image(image, f"images[{n}]")
         scale = cell / max(tile.size)
         size = (max(1, round(tile.width * scale)), max(1, round(tile.height * scale)))
         tile = tile.resize(size, Image.BILINEAR)

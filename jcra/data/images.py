@@ -1,8 +1,9 @@
-"""Images as 8-bit RGB, whatever their file's mode, with errors that name the file."""
+"""Images as 8-bit RGB, whatever their file's mode or in-memory form, with errors that name them."""
 
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
 UNREADABLE = (OSError, Image.DecompressionBombError)
@@ -42,3 +43,26 @@ def read_rgb(path: Path, upright: bool = False) -> Image.Image:
             return to_rgb(ImageOps.exif_transpose(image) if upright else image)
     except (*UNREADABLE, ValueError) as err:
         raise OSError(f"cannot read image {path}: {err}") from err
+
+
+def as_rgb_image(image, name: str = "image") -> Image.Image:
+    """A new RGB PIL image from a PIL image, a numpy [H, W, 3] uint8 array or a torch [3, H, W] uint8
+    tensor; the input is never shared, so drawing cannot modify it."""
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise TypeError(
+                f"{name} as a numpy array must be [H, W, 3] uint8, got {image.shape} {image.dtype}"
+            )
+        return Image.fromarray(np.ascontiguousarray(image), "RGB")
+    if isinstance(image, torch.Tensor):
+        if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+            raise TypeError(
+                f"{name} as a tensor must be [3, H, W] uint8, got {tuple(image.shape)} {image.dtype}"
+            )
+        return Image.fromarray(image.detach().cpu().permute(1, 2, 0).contiguous().numpy(), "RGB")
+    raise TypeError(
+        f"{name} must be a PIL image, a numpy [H, W, 3] uint8 array or a torch [3, H, W] uint8 tensor, "
+        f"got {type(image).__name__}"
+    )

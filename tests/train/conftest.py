@@ -34,3 +34,12 @@ def tiny_config(data: dict, out_dir, **changes) -> TrainConfig:
         log_every=1,
     )
     return TrainConfig(**{**values, **changes})
+
+
+@pytest.fixture(scope="module")
+def checkpoint(data, tmp_path_factory):
+    """A checkpoint of 2 training steps of the tiny model."""
+    from train.train import train
+
+    out = tmp_path_factory.mktemp("run")
+    return train(tiny_config(data, out, max_steps=2))["checkpoint"]

@@ -10,16 +10,7 @@ import pytest
 import torch
 
 from jcra.cli import main
-from tests.train.conftest import tiny_config
 from train.checkpoint import load_checkpoint
-from train.train import train
-
-
-@pytest.fixture(scope="module")
-def checkpoint(data, tmp_path_factory):
-    """A checkpoint of 2 training steps of the tiny model."""
-    out = tmp_path_factory.mktemp("run")
-    return train(tiny_config(data, out, max_steps=2))["checkpoint"]
 
 
 @pytest.fixture

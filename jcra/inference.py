@@ -1,0 +1,120 @@
+"""A trained checkpoint as a function: images in, people out (what ``jcra predict`` runs).
+
+estimator = PoseEstimator.from_checkpoint("outputs/demo/run/checkpoint.pt")
+people = estimator(image, score_threshold=0.3)  # a PIL image, numpy [H, W, 3] or torch [3, H, W] uint8
+people["keypoints"]  # [N, K, 2] float: x, y in the image's pixels (COCO's: pixel indices)
+people["scores"]     # [N] in [0, 1], highest first
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from jcra.data.images import as_rgb_image
+
+
+def load_model(checkpoint: str | Path, device: torch.device):
+    """The model of a training checkpoint in eval mode, and the checkpoint's data settings."""
+    from jcra import build_model
+    from train.checkpoint import load_checkpoint, model_overrides
+    from train.train import keypoint_layout
+
+    state = load_checkpoint(checkpoint, keys=("model", "model_config", "data_config"))
+    model_config = state["model_config"]
+    overrides = {**model_overrides(state), "pretrained": False}  # the weights come from the checkpoint
+    if device.type != "cuda":
+        overrides["use_fused_kernels"] = False  # Triton needs a GPU; the reference ops run anywhere
+    model = build_model(model_config["name"], **overrides)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:  # a checkpoint written by hand or another version
+        raise ValueError(f"checkpoint {checkpoint}: its weights do not fit its model_config: {err}") from err
+    layout = keypoint_layout(state["data_config"]["keypoint_layout"])
+    if len(layout.sigmas) != model.num_keypoints:
+        raise ValueError(
+            f"checkpoint {checkpoint}: its model has {model.num_keypoints} keypoints, its keypoint_layout "
+            f"{layout.name!r} {len(layout.sigmas)}"
+        )
+    return model.to(device).eval(), state["data_config"]
+
+
+def unlabelled_target(image, num_keypoints: int, image_id) -> dict:
+    """A target with no people, so the evaluation transforms can run on an unannotated image."""
+    size = torch.tensor([image.height, image.width])
+    return {
+        "keypoints": torch.zeros(0, num_keypoints, 3),
+        "area": torch.zeros(0),
+        "iscrowd": torch.zeros(0),
+        "image_id": image_id,
+        "orig_size": size,
+        "size": size.clone(),
+    }
+
+
+class PoseEstimator:
+    """A model with its checkpoint's evaluation transform (the short side to its ``val_scale``, the long
+    side at most its ``max_size``) and top-k post-processing: no NMS, no grouping. ``layout`` is the
+    keypoint layout (names, skeleton) the model was trained on."""
+
+    def __init__(self, model: torch.nn.Module, data_config: dict, top_k: int = 100):
+        from jcra.data import build_transforms
+        from jcra.postprocess import PostProcess
+        from train.train import keypoint_layout
+
+        self.model = model.eval()
+        self.layout = keypoint_layout(data_config["keypoint_layout"])
+        self.transforms = build_transforms(
+            False,
+            flip_pairs=self.layout.flip_pairs,
+            scales=[data_config["val_scale"]],
+            max_size=data_config["max_size"],
+        )
+        self.postprocess = PostProcess(top_k)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto", top_k: int = 100):
+        """The estimator of a training checkpoint on ``device`` (auto, cpu, cuda, cuda:N)."""
+        from train.distributed import resolve_device
+
+        return cls(*load_model(checkpoint, resolve_device(device, "device")), top_k)
+
+    @torch.no_grad()
+    def records(self, images: Sequence, image_ids: Sequence) -> list[dict]:
+        """COCO keypoint results (:class:`jcra.postprocess.PostProcess`'s records, ``top_k`` an image) of
+        ``images``, run as one batch padded to the largest, each image's under its id."""
+        from jcra.data import collate
+
+        if len(images) != len(image_ids) or not images:
+            raise ValueError(
+                f"images and image_ids must be as many and not none, got {len(images)} and {len(image_ids)}"
+            )
+        pictures = [as_rgb_image(image, f"images[{i}]") for i, image in enumerate(images)]
+        samples = [
+            self.transforms(picture, unlabelled_target(picture, self.model.num_keypoints, i))
+            for i, picture in enumerate(pictures)
+        ]
+        batch, padding_mask, _ = collate(samples)
+        device = next(self.model.parameters()).device
+        outputs = self.model(batch.to(device), padding_mask.to(device))
+        sizes = [[picture.height, picture.width] for picture in pictures]
+        return self.postprocess(outputs, sizes, list(image_ids))
+
+    def __call__(self, images, score_threshold: float = 0.0):
+        """The people of one image, or of each of a list of images (one batch): ``keypoints`` [N, K, 2]
+        (x, y pixels) and ``scores`` [N], highest first, those scoring at least ``score_threshold``."""
+        if not 0.0 <= score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
+        batch = list(images) if isinstance(images, list | tuple) else [images]
+        records = self.records(batch, list(range(len(batch))))
+        people = []
+        for index in range(len(batch)):
+            kept = [r for r in records if r["image_id"] == index and r["score"] >= score_threshold]
+            keypoints = torch.tensor([r["keypoints"] for r in kept], dtype=torch.float32)
+            people.append(
+                {
+                    "keypoints": keypoints.view(len(kept), self.model.num_keypoints, 3)[..., :2],
+                    "scores": torch.tensor([r["score"] for r in kept], dtype=torch.float32),
+                }
+            )
+        return people if isinstance(images, list | tuple) else people[0]

@@ -1,0 +1,64 @@
+"""jcra.PoseEstimator: a checkpoint as a function of images, as ``jcra predict`` runs it."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from jcra import PoseEstimator
+from jcra.cli import main
+
+
+@pytest.fixture(scope="module")
+def estimator(checkpoint):
+    return PoseEstimator.from_checkpoint(checkpoint, device="cpu", top_k=20)
+
+
+def _val_images(data) -> list[Path]:
+    return sorted(Path(data["val_images"]).iterdir())
+
+
+def test_people_are_those_jcra_predict_writes(data, checkpoint, estimator, tmp_path):
+    """The same people, keypoints in the image's pixels, scores highest first; a threshold keeps those
+    scoring at least it."""
+    path = _val_images(data)[0]
+    main(["predict", checkpoint, str(path), "--out", str(tmp_path), "--device", "cpu", "--top-k", "20"])
+    records = json.loads((tmp_path / "results.json").read_text())
+    people = estimator(Image.open(path))
+    assert people["keypoints"].shape == (20, 17, 2) and people["scores"].shape == (20,)
+    want = torch.tensor([r["keypoints"] for r in records]).view(20, 17, 3)[..., :2]
+    torch.testing.assert_close(people["keypoints"], want, rtol=0, atol=1e-4)
+    torch.testing.assert_close(
+        people["scores"], torch.tensor([r["score"] for r in records]), rtol=0, atol=1e-6
+    )
+    assert (people["scores"].diff() <= 0).all()
+    threshold = people["scores"][7].item()
+    kept = estimator(Image.open(path), score_threshold=threshold)
+    assert len(kept["scores"]) == len(kept["keypoints"]) == int((people["scores"] >= threshold).sum()) >= 8
+
+
+def test_any_image_form_and_a_batch_give_each_images_people(data, estimator):
+    """A PIL image, a numpy [H, W, 3] and a torch [3, H, W] uint8 array give the same people; a list is
+    one padded batch, each image's people as alone (an image cut smaller makes the sizes differ)."""
+    first, second = (Image.open(path).convert("RGB") for path in _val_images(data)[:2])
+    second = second.crop((0, 0, 48, 40))
+    alone = [estimator(image) for image in (first, second)]
+    array = np.array(first)
+    for form in (array, torch.from_numpy(array).permute(2, 0, 1)):
+        torch.testing.assert_close(estimator(form)["keypoints"], alone[0]["keypoints"], rtol=0, atol=0)
+    batched = estimator([first, second])
+    for got, want in zip(batched, alone, strict=True):
+        torch.testing.assert_close(got["keypoints"], want["keypoints"], rtol=0, atol=1e-3)
+        torch.testing.assert_close(got["scores"], want["scores"], rtol=0, atol=1e-5)
+
+
+def test_bad_input_is_named(estimator):
+    with pytest.raises(TypeError, match=r"images\[0\] as a tensor must be \[3, H, W\] uint8"):
+        estimator(torch.rand(3, 32, 32))
+    with pytest.raises(ValueError, match="score_threshold"):
+        estimator(Image.new("RGB", (32, 32)), score_threshold=2.0)
+    with pytest.raises(ValueError, match="images and image_ids"):
+        estimator([])
