@@ -14,7 +14,8 @@ class StopRequest:
     as it would be without this (KeyboardInterrupt): a person pressing Ctrl-C again. A SIGTERM after it
     changes nothing: under Slurm and torchrun one preemption sends two (scancel signals every process
     of the job, and torchrun forwards its own), and the scheduler's SIGKILL follows its grace period
-    anyway. The previous handlers are restored on exit."""
+    anyway. A signal the process ignores stays ignored (a shell starts a background job with SIGINT
+    ignored). The previous handlers are restored on exit."""
 
     def __init__(self):
         self.signum: int | None = None
@@ -22,7 +23,8 @@ class StopRequest:
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
-            self._previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
+            handled = [signum for signum in STOP_SIGNALS if signal.getsignal(signum) != signal.SIG_IGN]
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in handled}
         return self
 
     def __exit__(self, *exc) -> None:
@@ -45,9 +47,13 @@ class StopRequest:
                 file=sys.stderr,
                 flush=True,
             )
-        elif signum == signal.SIGINT:
-            signal.signal(signum, self._previous[signum])
-            signal.raise_signal(signum)
+        elif signum == signal.SIGINT:  # as if this handler were not there
+            previous = self._previous[signum]
+            if callable(previous):
+                previous(signum, frame)  # Python's: KeyboardInterrupt
+            else:
+                signal.signal(signum, previous)
+                signal.raise_signal(signum)
 
 
 def exit_status(name: str) -> int:

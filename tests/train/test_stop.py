@@ -8,7 +8,19 @@ import pytest
 from train.stop import StopRequest, exit_status
 
 
-def test_a_second_sigterm_changes_nothing_and_a_ctrl_c_after_it_stops_at_once():
+@pytest.fixture
+def python_handlers():
+    """SIGINT as Python sets it (KeyboardInterrupt) and SIGTERM's default, whatever this process
+    inherited (a shell's background job starts with SIGINT ignored); restored after."""
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for signum, handler in before.items():
+        signal.signal(signum, handler)
+
+
+def test_a_second_sigterm_changes_nothing_and_a_ctrl_c_after_it_stops_at_once(python_handlers):
     """Slurm's scancel and torchrun each send one SIGTERM: the second must not end the step in flight.
     Ctrl-C after a stop request raises KeyboardInterrupt, as it would without one."""
     before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
@@ -25,6 +37,17 @@ def test_a_second_sigterm_changes_nothing_and_a_ctrl_c_after_it_stops_at_once():
         assert stop.name == "SIGINT"
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_an_ignored_signal_stays_ignored(python_handlers):
+    """A background job's SIGINT is ignored by its shell's choice: a stop request leaves it so."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with StopRequest() as stop:
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.name == "SIGTERM"
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
 def test_exit_status_is_the_shells_for_the_signal():

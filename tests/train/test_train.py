@@ -987,8 +987,12 @@ def test_a_stopped_or_killed_run_resumes_to_the_run_never_stopped(data, tmp_path
     for stop in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
         out_dir = tmp_path / stop.name
         log = out_dir / "metrics.jsonl"
-        run = subprocess.Popen(
-            command(out_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        run = subprocess.Popen(  # SIGINT as an interactive shell leaves it, also where pytest runs in the
+            command(out_dir),  # background (its SIGINT ignored, which the run would inherit and keep)
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         deadline = time.monotonic() + 300
         while not (log.is_file() and '{"step": 5, "kind": "train"' in log.read_text()):
