@@ -87,7 +87,7 @@ class PoseEstimator:
 
         if len(images) != len(image_ids) or not images:
             raise ValueError(
-                f"images and image_ids must be as many and not none, got {len(images)} and {len(image_ids)}"
+                f"images and image_ids must be as many, and not empty: got {len(images)} and {len(image_ids)}"
             )
         pictures = [as_rgb_image(image, f"images[{i}]") for i, image in enumerate(images)]
         samples = [
