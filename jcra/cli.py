@@ -104,12 +104,11 @@ def predict(
     before any work. Returns the results path."""
     from tqdm import tqdm
 
-    from jcra.postprocess import checked_top_k
+    from jcra.postprocess import checked_score_threshold, checked_top_k
     from jcra.visualize import draw_keypoints
     from train.checkpoint import write_atomically, write_text_atomically
 
-    if not 0.0 <= score_threshold <= 1.0:
-        raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
+    checked_score_threshold(score_threshold)
     dev = resolve_cli_device(device)
     paths = image_paths(images)
     drawings = drawing_paths(paths, Path(out))

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from jcra.data.images import as_rgb_image
+from jcra.postprocess import checked_score_threshold
 
 
 def load_model(checkpoint: str | Path, device: torch.device):
@@ -83,6 +84,23 @@ class PoseEstimator:
     def records(self, images: Sequence, image_ids: Sequence) -> list[dict]:
         """COCO keypoint results (:class:`jcra.postprocess.PostProcess`'s records, ``top_k`` an image) of
         ``images``, run as one batch padded to the largest, each image's under its id."""
+        return self.postprocess(*self._run(images, image_ids))
+
+    def __call__(self, images, score_threshold: float = 0.0):
+        """The people of one image, or of each of a list of images (one batch): ``keypoints`` [N, K, 2]
+        (x, y pixels) and ``scores`` [N], highest first, those scoring at least ``score_threshold``."""
+        checked_score_threshold(score_threshold)
+        batch = list(images) if isinstance(images, list | tuple) else [images]
+        keypoints, scores = self.postprocess.people(*self._run(batch, list(range(len(batch)))))
+        kept = scores >= score_threshold  # scores sorted: each image's kept people come first
+        people = [
+            {"keypoints": k[m], "scores": s[m]} for k, s, m in zip(keypoints, scores, kept, strict=True)
+        ]
+        return people if isinstance(images, list | tuple) else people[0]
+
+    @torch.no_grad()
+    def _run(self, images: Sequence, image_ids: Sequence) -> tuple[dict, list, list]:
+        """The model's outputs for ``images`` as one padded batch, their (h, w) sizes and ids."""
         from jcra.data import collate
 
         if len(images) != len(image_ids) or not images:
@@ -97,24 +115,4 @@ class PoseEstimator:
         batch, padding_mask, _ = collate(samples)
         device = next(self.model.parameters()).device
         outputs = self.model(batch.to(device), padding_mask.to(device))
-        sizes = [[picture.height, picture.width] for picture in pictures]
-        return self.postprocess(outputs, sizes, list(image_ids))
-
-    def __call__(self, images, score_threshold: float = 0.0):
-        """The people of one image, or of each of a list of images (one batch): ``keypoints`` [N, K, 2]
-        (x, y pixels) and ``scores`` [N], highest first, those scoring at least ``score_threshold``."""
-        if not 0.0 <= score_threshold <= 1.0:
-            raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
-        batch = list(images) if isinstance(images, list | tuple) else [images]
-        records = self.records(batch, list(range(len(batch))))
-        people = []
-        for index in range(len(batch)):
-            kept = [r for r in records if r["image_id"] == index and r["score"] >= score_threshold]
-            keypoints = torch.tensor([r["keypoints"] for r in kept], dtype=torch.float32)
-            people.append(
-                {
-                    "keypoints": keypoints.view(len(kept), self.model.num_keypoints, 3)[..., :2],
-                    "scores": torch.tensor([r["score"] for r in kept], dtype=torch.float32),
-                }
-            )
-        return people if isinstance(images, list | tuple) else people[0]
+        return outputs, [[picture.height, picture.width] for picture in pictures], list(image_ids)

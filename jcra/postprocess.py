@@ -21,11 +21,18 @@ class PostProcess:
     def __init__(self, top_k: int = 100, category_id=1):
         self.top_k, self.category_id = checked_top_k(top_k), category_id
 
-    @torch.no_grad()
     def __call__(self, outputs: dict, orig_sizes: Tensor, image_ids) -> list[dict]:
+        """The records of all images (see :meth:`people` for the arguments)."""
+        keypoints, scores = self.people(outputs, orig_sizes, image_ids)
+        triples = torch.cat([keypoints, torch.ones_like(keypoints[..., :1])], -1)  # [B, k, K, 3]
+        return coco_records(triples, scores, image_ids, self.category_id)
+
+    @torch.no_grad()
+    def people(self, outputs: dict, orig_sizes: Tensor, image_ids) -> tuple[Tensor, Tensor]:
         """outputs: ``logits`` [B, Q], ``keypoints`` [B, Q, K, 2] in [0, 1] of each image;
-        orig_sizes [B, 2] (h, w) pixels (a tensor, array or list); image_ids: B ids. Returns the
-        records of all images; ValueError naming the images whose kept outputs are NaN or inf (a
+        orig_sizes [B, 2] (h, w) pixels (a tensor, array or list); image_ids: B ids. Returns each
+        image's top-k keypoints [B, k, K, 2] (x, y pixels as the records have them) and scores [B, k],
+        highest first, on the host; ValueError naming the images whose kept outputs are NaN or inf (a
         diverged or broken model), which no record can carry."""
         logits, keypoints = outputs["logits"], outputs["keypoints"]
         orig_sizes = torch.as_tensor(orig_sizes)
@@ -43,9 +50,7 @@ class PostProcess:
             ids = [image_ids[i] for i in broken.nonzero()[:, 0].tolist()]
             raise ValueError(f"the model's scores or keypoints for image(s) {ids[:10]} are NaN or inf")
         kpts = rows[..., :-1].unflatten(-1, (-1, 2)) * orig_sizes.cpu().float().flip(-1)[:, None, None]
-        kpts = kpts - PIXEL_CENTRE
-        triples = torch.cat([kpts, torch.ones_like(kpts[..., :1])], -1)  # [B, k, K, 3]
-        return coco_records(triples, rows[..., -1], image_ids, self.category_id)
+        return kpts - PIXEL_CENTRE, rows[..., -1]
 
 
 def checked_top_k(top_k):
@@ -53,6 +58,13 @@ def checked_top_k(top_k):
     if not (isinstance(top_k, numbers.Integral) and not isinstance(top_k, bool) and top_k >= 1):
         raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
     return top_k
+
+
+def checked_score_threshold(score_threshold: float) -> float:
+    """``score_threshold`` if it lies in [0, 1], else a ValueError naming it."""
+    if not 0.0 <= score_threshold <= 1.0:
+        raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
+    return score_threshold
 
 
 def coco_records(keypoints: Tensor, scores: Tensor, image_ids, category_id=1) -> list[dict]:
