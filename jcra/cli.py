@@ -104,9 +104,9 @@ def predict(
     before any work. Returns the results path."""
     from tqdm import tqdm
 
+    from jcra.files import write_atomically, write_text_atomically
     from jcra.postprocess import checked_score_threshold, checked_top_k
     from jcra.visualize import draw_keypoints
-    from train.checkpoint import write_atomically, write_text_atomically
 
     checked_score_threshold(score_threshold)
     dev = resolve_cli_device(device)
@@ -164,7 +164,7 @@ def evaluate(
 ) -> dict:
     """COCO keypoint AP of a checkpoint on a COCO-format set; writes ``out/results.json`` and
     ``out/metrics.json`` (strict JSON: nan is null) when ``out`` is given, created before any work."""
-    from train.checkpoint import write_text_atomically
+    from jcra.files import write_text_atomically
     from train.config import TrainConfig
     from train.train import build_dataset, data_loader, evaluate, keypoint_layout
 

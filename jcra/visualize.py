@@ -8,6 +8,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from jcra.data.images import as_rgb_image
+from jcra.files import write_atomically
 
 # One colour per person, cycled; saturated and far apart in hue so neighbours stay distinguishable.
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -123,7 +124,8 @@ def _clip_segment(p, q, box):
 
 
 def save_grid(images: Sequence, path: str | Path, *, columns: int = 4, cell: int = 256) -> Path:
-    """Tile ``images`` row-major into a PNG at ``path`` (parent folders created); returns the path.
+    """Tile ``images`` row-major into a PNG at ``path`` (parent folders created, written atomically);
+    returns the path.
 
     Each image is scaled, aspect kept, so its longer side is ``cell`` pixels and centred in a black
     ``cell`` x ``cell`` square; the grid is min(columns, N) cells wide and ceil(N / columns) cells tall.
@@ -144,6 +146,5 @@ def save_grid(images: Sequence, path: str | Path, *, columns: int = 4, cell: int
         row, col = divmod(n, cols)
         grid.paste(tile, (col * cell + (cell - size[0]) // 2, row * cell + (cell - size[1]) // 2))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path, format="PNG")
+    write_atomically(path, lambda f: grid.save(f, format="PNG"))
     return path

@@ -169,6 +169,20 @@ def test_save_grid(tmp_path):
         save_grid([], tmp_path / "empty.png")
 
 
+def test_save_grid_failing_midway_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = save_grid([Image.new("RGB", (8, 8), (0, 0, 255))], tmp_path / "grid.png", cell=8)
+    before = path.read_bytes()
+
+    def cut_short(image, f, *args, **kwargs):
+        f.write(b"\x89PNG half")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", cut_short)
+    with pytest.raises(OSError, match="No space"):
+        save_grid([Image.new("RGB", (8, 8))], path, cell=8)
+    assert path.read_bytes() == before and sorted(tmp_path.iterdir()) == [path]
+
+
 def test_the_score_sits_above_the_top_keypoint_and_inside_the_image():
     """Above the top-most of two keypoints, not the lower one; at a corner it is moved in, whole."""
     person = {**_person([(100.0, 40.0, 2), (100.0, 90.0, 2)]), "score": 0.87}

@@ -7,30 +7,33 @@ import json
 import os
 import random
 import socket
-import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
 
+from jcra.files import write_atomically
 from train.config import TrainConfig
 
 
 def rng_state() -> dict:
-    """The Python, NumPy and torch (CPU and CUDA) generator states."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The Python, NumPy and torch (CPU and CUDA) generator states, as Python values and tensors only
+    (what ``torch.load(weights_only=True)`` reads)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore what :func:`rng_state` returned."""
+    """Restore what :func:`rng_state` returned (or, in older checkpoints, NumPy's own state tuple)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -78,54 +81,15 @@ def out_dir_lock(out_dir: Path) -> Iterator[None]:
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write ``state`` to ``path`` atomically (:func:`write_atomically`)."""
+    """Write ``state`` to ``path`` atomically (:func:`jcra.files.write_atomically`)."""
     write_atomically(path, lambda f: torch.save(state, f))
 
 
-def write_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write ``path`` through ``write(file)`` atomically: a temporary file in the same folder, then a
-    rename, so a run killed mid-write leaves the previous file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide it from other users (an eval job)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    # the rename itself survives a power loss only once the folder's entry is on disk
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
-def write_text_atomically(path: str | Path, text: str) -> None:
-    """``path`` holds ``text`` (UTF-8) whole or not at all (:func:`write_atomically`)."""
-    write_atomically(path, lambda f: f.write(text.encode()))
-
-
-def _umask() -> int:
-    """The process's file-creation mask (reading it means setting it: set it straight back)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def remove_partial_writes(path: str | Path) -> list[Path]:
-    """Delete the temporary files that writes of ``path`` killed before their rename left beside it
-    (a SIGKILL skips :func:`write_atomically`'s cleanup); returns them. Call before a run writes."""
-    path = Path(path)
-    stale = sorted(path.parent.glob(f".{path.name}.*.tmp"))
-    for tmp in stale:
-        tmp.unlink(missing_ok=True)
-    return stale
+def _older_rng_globals() -> list:
+    """What checkpoints written before :func:`rng_state` held tensors pickled of NumPy's generator
+    state (a uint32 array): NumPy's array rebuilding, which ``weights_only`` loading must be allowed."""
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    return [multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def load_checkpoint(path: str | Path, map_location="cpu", keys: tuple[str, ...] = ()) -> dict:
@@ -135,8 +99,9 @@ def load_checkpoint(path: str | Path, map_location="cpu", keys: tuple[str, ...] 
     if not path.is_file():
         raise ValueError(f"checkpoint path {str(path)!r} does not exist")
     try:
-        # RNG states are NumPy/Python objects, so the full unpickler is needed; checkpoints are our own.
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        # weights_only: tensors and plain Python values only, so a shared checkpoint runs no code
+        with torch.serialization.safe_globals(_older_rng_globals()):
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # a truncated or foreign file fails anywhere in the unpickler, with any type
         raise ValueError(f"checkpoint {path}: cannot be read ({type(err).__name__}: {err})") from err
     if not isinstance(state, dict):

@@ -22,7 +22,7 @@ SYNTHETIC = dict(num_train=1024, num_val=64, seed=0, image_size=256)
 def ensure_data(data_dir: Path, **synthetic) -> dict:
     """Generate the synthetic splits unless ``data_dir/paths.json`` says they exist; returns their paths."""
     from jcra.data.synthetic import generate
-    from train.checkpoint import write_text_atomically
+    from jcra.files import write_text_atomically
 
     index = data_dir / "paths.json"
     if index.is_file():

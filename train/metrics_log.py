@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from train.checkpoint import remove_partial_writes, write_text_atomically
+from jcra.files import remove_partial_writes, write_text_atomically
 
 
 def _kept(line: str, resume_step: int, evaluated: bool) -> bool:

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from jcra.files import remove_partial_writes, write_text_atomically
 from kernels.dispatch import to_device
 from train.checkpoint import (
     CHECKPOINT_KEYS,
@@ -25,11 +26,9 @@ from train.checkpoint import (
     load_checkpoint,
     model_overrides,
     out_dir_lock,
-    remove_partial_writes,
     rng_state,
     save_checkpoint,
     set_rng_state,
-    write_text_atomically,
 )
 from train.config import TrainConfig, config_from
 from train.distributed import (

@@ -38,7 +38,7 @@ SKIN_TONES = np.array([[255, 220, 190], [234, 192, 160], [198, 144, 110], [141, 
 def generate(out, *, num_train: int = 256, num_val: int = 32, seed: int = 0, image_size: int = 256) -> dict:
     """Write ``out/{train,val}/*.jpg`` and ``out/{train,val}.json``; returns their paths as
     ``{"train_ann", "train_images", "val_ann", "val_images"}``. image_size: the long side (pixels)."""
-    from train.checkpoint import write_text_atomically
+    from jcra.files import write_text_atomically
 
     if num_train < 0 or num_val < 0:
         raise ValueError(f"num_train and num_val must be >= 0, got {num_train}, {num_val}")

@@ -3,12 +3,14 @@ wrong, and the generator states a resume restores."""
 
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from train.checkpoint import load_checkpoint, remove_partial_writes, rng_state, save_checkpoint, set_rng_state
+from jcra.files import remove_partial_writes
+from train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
@@ -63,12 +65,34 @@ def test_a_file_that_is_not_a_dict_of_state_is_named(tmp_path, payload):
         load_checkpoint(path, keys=("model", "step", "epoch"))
 
 
-def test_generator_states_round_trip():
-    """Python's, NumPy's and torch's generators continue where the saved state left them."""
+@pytest.mark.parametrize("written_before_tensor_states", [False, True], ids=["now", "older"])
+def test_generator_states_round_trip_through_a_checkpoint(tmp_path, written_before_tensor_states):
+    """Python's, NumPy's and torch's generators continue where the saved state left them, also from a
+    checkpoint written when NumPy's state was saved as NumPy's own tuple (a uint32 array)."""
     state = rng_state()
+    if written_before_tensor_states:
+        state["numpy"] = np.random.get_state()
+    save_checkpoint(tmp_path / "checkpoint.pt", {"rng": [state]})
+    state = load_checkpoint(tmp_path / "checkpoint.pt")["rng"][0]
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     random.seed(1)  # move every generator elsewhere
     np.random.seed(1)
     torch.manual_seed(1)
     set_rng_state(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (Path.touch, (Path(os.environ["JCRA_TEST_MARKER"]),))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path, monkeypatch):
+    """Checkpoints are shared (``jcra predict`` on somebody's model): reading one must not execute
+    the pickled calls a crafted file holds."""
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("JCRA_TEST_MARKER", str(marker))
+    torch.save({"model": _RunsCode()}, tmp_path / "crafted.pt")
+    with pytest.raises(ValueError, match=r"crafted\.pt: cannot be read"):
+        load_checkpoint(tmp_path / "crafted.pt")
+    assert not marker.exists()
