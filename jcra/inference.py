@@ -1,7 +1,8 @@
 """A trained checkpoint as a function: images in, people out (what ``jcra predict`` runs).
 
 estimator = PoseEstimator.from_checkpoint("outputs/demo/run/checkpoint.pt")
-people = estimator(image, score_threshold=0.3)  # a PIL image, numpy [H, W, 3] or torch [3, H, W] uint8
+people = estimator("photo.jpg", score_threshold=0.3)  # a file, read upright as its EXIF orientation says,
+# or in memory as stored: a PIL image, numpy [H, W, 3] or torch [3, H, W] uint8
 people["keypoints"]  # [N, K, 2] float: x, y in the image's pixels (COCO's: pixel indices)
 people["scores"]     # [N] in [0, 1], highest first
 """
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from jcra.data.images import as_rgb_image
+from jcra.data.images import as_rgb_image, read_rgb
 from jcra.postprocess import checked_score_threshold
 
 
@@ -22,11 +23,19 @@ def load_model(checkpoint: str | Path, device: torch.device):
     from train.train import keypoint_layout
 
     state = load_checkpoint(checkpoint, keys=("model", "model_config", "data_config"))
-    model_config = state["model_config"]
+    needed = {
+        "model_config": ("name", "overrides"),
+        "data_config": ("keypoint_layout", "val_scale", "max_size"),
+    }
+    for part, keys in needed.items():
+        if not isinstance(state[part], dict) or any(key not in state[part] for key in keys):
+            raise ValueError(
+                f"checkpoint {checkpoint}: its {part} must hold {', '.join(keys)} (not from train.train?)"
+            )
     overrides = {**model_overrides(state), "pretrained": False}  # the weights come from the checkpoint
     if device.type != "cuda":
         overrides["use_fused_kernels"] = False  # Triton needs a GPU; the reference ops run anywhere
-    model = build_model(model_config["name"], **overrides)
+    model = build_model(state["model_config"]["name"], **overrides)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:  # a checkpoint written by hand or another version
@@ -74,11 +83,14 @@ class PoseEstimator:
         self.postprocess = PostProcess(top_k)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto", top_k: int = 100):
-        """The estimator of a training checkpoint on ``device`` (auto, cpu, cuda, cuda:N)."""
+    def from_checkpoint(cls, checkpoint: str | Path, device: str | torch.device = "auto", top_k: int = 100):
+        """The estimator of a training checkpoint on ``device``: auto, cpu, cuda, cuda:N, or any
+        ``torch.device`` (off CUDA the model runs the reference ops)."""
         from train.distributed import resolve_device
 
-        return cls(*load_model(checkpoint, resolve_device(device, "device")), top_k)
+        if not isinstance(device, torch.device):
+            device = resolve_device(device, "device")
+        return cls(*load_model(checkpoint, device), top_k)
 
     @torch.no_grad()
     def records(self, images: Sequence, image_ids: Sequence) -> list[dict]:
@@ -88,7 +100,12 @@ class PoseEstimator:
 
     def __call__(self, images, score_threshold: float = 0.0):
         """The people of one image, or of each of a list of images (one batch): ``keypoints`` [N, K, 2]
-        (x, y pixels) and ``scores`` [N], highest first, those scoring at least ``score_threshold``."""
+        (x, y pixels) and ``scores`` [N], highest first, those scoring at least ``score_threshold``.
+
+        An image is a file path, read upright as its EXIF orientation says (as ``jcra predict`` reads
+        it; the keypoints are in that frame), or a PIL image, numpy [H, W, 3] or torch [3, H, W] uint8
+        array used as stored: open a phone photo with ``jcra.data.images.read_rgb(path, upright=True)``
+        to draw on the frame the keypoints are in."""
         checked_score_threshold(score_threshold)
         batch = list(images) if isinstance(images, list | tuple) else [images]
         keypoints, scores = self.postprocess.people(*self._run(batch, list(range(len(batch)))))
@@ -107,12 +124,17 @@ class PoseEstimator:
             raise ValueError(
                 f"images and image_ids must be as many, and not empty: got {len(images)} and {len(image_ids)}"
             )
-        pictures = [as_rgb_image(image, f"images[{i}]") for i, image in enumerate(images)]
+        pictures = [
+            read_rgb(Path(image), upright=True)
+            if isinstance(image, str | Path)
+            else as_rgb_image(image, f"images[{i}]")
+            for i, image in enumerate(images)
+        ]
         samples = [
             self.transforms(picture, unlabelled_target(picture, self.model.num_keypoints, i))
             for i, picture in enumerate(pictures)
         ]
         batch, padding_mask, _ = collate(samples)
-        device = next(self.model.parameters()).device
-        outputs = self.model(batch.to(device), padding_mask.to(device))
+        weights = next(self.model.parameters())  # a half-precision model gets its own precision's pixels
+        outputs = self.model(batch.to(weights.device, weights.dtype), padding_mask.to(weights.device))
         return outputs, [[picture.height, picture.width] for picture in pictures], list(image_ids)

@@ -190,6 +190,20 @@ def test_thirty_two_bit_grayscale_is_scaled_as_sixteen_bit():
     assert np.asarray(to_rgb(image))[0, :, 0].tolist() == [0, 127, 255]
 
 
+def test_thirty_two_bit_pixels_that_fit_in_8_bits_warn_that_they_come_out_dark():
+    """int32 pixels of 0..255 (an 8-bit image kept in a wide array) have no scale to tell them from dark
+    16-bit ones: scaled as 16-bit, with a warning; 16-bit modes are read silently."""
+    from PIL import Image
+
+    from jcra.data.images import to_rgb
+
+    with pytest.warns(UserWarning, match="at most 200 are read as 16-bit grayscale"):
+        assert np.asarray(to_rgb(Image.fromarray(np.full((2, 2), 200, np.int32)))).max() == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        to_rgb(Image.fromarray(np.full((2, 2), 200, np.uint16)))
+
+
 @pytest.mark.parametrize(
     ("pixels", "message"),
     [

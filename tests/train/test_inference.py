@@ -62,3 +62,49 @@ def test_bad_input_is_named(estimator):
         estimator(Image.new("RGB", (32, 32)), score_threshold=2.0)
     with pytest.raises(ValueError, match="images and image_ids"):
         estimator([])
+    with pytest.raises(ValueError, match=r"images\[1\] has no pixels"):
+        estimator([np.zeros((8, 8, 3), np.uint8), np.zeros((0, 4, 3), np.uint8)])
+    with pytest.raises(ValueError, match=r"images\[0\]: the image is 0x5 pixels"):
+        estimator(Image.new("RGB", (0, 5)))
+
+
+def test_a_file_is_read_upright_as_jcra_predict_reads_it(data, estimator, tmp_path):
+    """A phone photo stores its pixels turned and says so in EXIF: given its path, the people are in
+    the upright frame, those of the upright image."""
+    upright = Image.open(_val_images(data)[0]).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: turn the stored pixels 90 degrees clockwise to show them
+    path = tmp_path / "phone.png"
+    upright.transpose(Image.Transpose.ROTATE_90).save(path, exif=exif)
+    want = estimator(upright)
+    for got in (estimator(path), estimator(str(path)), estimator([path])[0]):
+        torch.testing.assert_close(got["keypoints"], want["keypoints"], rtol=0, atol=1e-4)
+        torch.testing.assert_close(got["scores"], want["scores"], rtol=0, atol=1e-6)
+
+
+def test_a_model_in_another_precision_gets_pixels_in_its_precision(checkpoint, data):
+    """The batch is made inside the call, so it takes the model's dtype (it cannot be cast outside)."""
+    from jcra.inference import load_model
+
+    image = Image.open(_val_images(data)[0])
+    model, data_config = load_model(checkpoint, torch.device("cpu"))
+    want = PoseEstimator(model, data_config)(image)
+    wide = PoseEstimator(load_model(checkpoint, torch.device("cpu"))[0].double(), data_config)(image)
+    torch.testing.assert_close(wide["keypoints"].float(), want["keypoints"], rtol=0, atol=1e-3)
+    half = PoseEstimator(load_model(checkpoint, torch.device("cpu"))[0].bfloat16(), data_config)(image)
+    assert half["keypoints"].shape == want["keypoints"].shape and half["keypoints"].isfinite().all()
+
+
+def test_a_torch_device_is_taken_as_it_is(checkpoint):
+    estimator = PoseEstimator.from_checkpoint(checkpoint, device=torch.device("cpu"))
+    assert next(estimator.model.parameters()).device == torch.device("cpu")
+
+
+def test_a_checkpoint_lacking_its_data_settings_is_named(checkpoint, tmp_path):
+    from train.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    del state["data_config"]["val_scale"]
+    save_checkpoint(tmp_path / "cut.pt", state)
+    with pytest.raises(ValueError, match=r"cut\.pt: its data_config must hold keypoint_layout, val_scale"):
+        PoseEstimator.from_checkpoint(tmp_path / "cut.pt", device="cpu")
