@@ -96,8 +96,9 @@ def gaussian_heatmap(
     ys = torch.arange(height, device=keypoints.device, dtype=keypoints.dtype)
     xs = torch.arange(width, device=keypoints.device, dtype=keypoints.dtype)
     labelled = (keypoints[..., 2:] > 0).to(keypoints.dtype)  # [..., G, K, 1]
-    sigma = torch.as_tensor(sigma, dtype=keypoints.dtype, device=keypoints.device)
-    sigma = sigma[..., None, None] if sigma.dim() else sigma  # [..., G, 1, 1] against [..., G, K, H]
+    if isinstance(sigma, Tensor):  # a number stays one: copying it to the GPU would wait on the host
+        sigma = sigma.to(keypoints.dtype)
+        sigma = sigma[..., None, None] if sigma.dim() else sigma  # [..., G, 1, 1] against [..., G, K, H]
     dy, dx = ys - cells[..., 1:], xs - cells[..., :1]  # [..., G, K, H], [..., G, K, W]
     gy = torch.exp(-dy.square() / (2 * sigma**2)) * labelled
     gx = torch.exp(-dx.square() / (2 * sigma**2))
