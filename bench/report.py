@@ -270,13 +270,15 @@ def crowd_markdown(groups: dict) -> str:
 
 
 def plot_crowd(groups: dict, out: Path) -> Path | None:
-    """Per-image latency against people (batch 1 and 8), and batch 1's network / post-processing split."""
+    """Per-image latency against people (batch 1, and 8 where timed), and batch 1's network /
+    post-processing split."""
     tables = {batch: crowd_latency(groups, batch) for batch in (1, 8)}
     if not tables[1]:
         return None
+    tables = {batch: table for batch, table in tables.items() if table}  # a batch 1 run draws no empty plot
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    for ax, (batch, table) in zip(axes[:2], tables.items(), strict=True):
+    fig, axes = plt.subplots(1, len(tables) + 1, figsize=(5 * len(tables) + 5, 4.5))
+    for ax, (batch, table) in zip(axes[:-1], tables.items(), strict=True):
         people = list(table)
         keys = ("jcra", *BOTTOM_UP) + (FLIP_TESTED if _timed_in(table, FLIP_TESTED) else ())
         for i, key in enumerate(keys):
@@ -287,7 +289,7 @@ def plot_crowd(groups: dict, out: Path) -> Path | None:
         ax.set_ylabel("ms per image")
         ax.set_title(f"end to end, batch {batch}")
         ax.legend()
-    table, ax = tables[1], axes[2]
+    table, ax = tables[1], axes[-1]
     people = list(table)
     width = 0.35
     for offset, method in ((-width / 2, "associative_embedding"), (width / 2, "dekr")):
@@ -319,7 +321,8 @@ def plot_stages(groups: dict, out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(10, 1.2 * len(stage_groups) + 1.5))
     names = dict.fromkeys(r["provider"] for rows in stage_groups.values() for r in rows)
     stages = [name for name in names if name != TOTAL]
-    colours = {stage: f"C{i % 10}" for i, stage in enumerate(stages)}  # one colour a stage in every bar
+    # one colour a stage in every bar; tab20, as inference and a training step have 11 stages together
+    colours = {stage: plt.get_cmap("tab20")(i % 20) for i, stage in enumerate(stages)}
     labelled = set()
     for y, rows in enumerate(stage_groups.values()):
         left = 0.0
