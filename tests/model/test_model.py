@@ -401,7 +401,10 @@ class _HostReads(TorchDispatchMode):
         masked = func in self.INDEXING and any(i is not None and i.dtype == torch.bool for i in args[1])
         # x[index] = 2.0: the number arrives as a 0-dim host tensor, a blocking copy to a GPU
         number = func in self.INDEXING[1:] and args[2].dim() == 0
-        if masked or number or str(func).startswith(self.READS):
+        # torch.as_tensor(2.0, device=...): a number made a tensor on the host, a blocking copy to a GPU
+        # (arrays made on the host cross through kernels.dispatch.to_device's copy without a sync)
+        made = func is torch.ops.aten.lift_fresh.default and args[0].dim() == 0
+        if masked or number or made or str(func).startswith(self.READS):
             self.found.append(str(func))
         return func(*args, **(kwargs or {}))
 
@@ -409,8 +412,8 @@ class _HostReads(TorchDispatchMode):
 def test_training_step_reads_no_tensor_value_on_the_host(tiny_model):
     """The CPU stand-in for the CUDA sync test: forward, matching (the Triton solver, interpreted),
     losses and backward with the targets on the model's device never read a value back (no
-    ``.item()``, ``bool(tensor)``, boolean indexing, ``nonzero`` or a number assigned by indexing), so
-    CI catches a new sync."""
+    ``.item()``, ``bool(tensor)``, boolean indexing, ``nonzero``, a number assigned by indexing or made
+    a tensor), so CI catches a new sync."""
     gen = torch.Generator().manual_seed(9)
     randomise_zero_init(tiny_model, gen)
     criterion = SetCriterion(K, COCO_SIGMAS, HungarianMatcher(COCO_SIGMAS, solver="triton"))
