@@ -10,7 +10,8 @@ from typing import BinaryIO
 
 def write_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Write ``path`` through ``write(file)`` atomically: a temporary file in the same folder, then a
-    rename, so a run killed mid-write leaves the previous file intact."""
+    rename, so a run killed mid-write leaves the previous file intact. A write that fails for the
+    file system's reason (a full disk) raises an OSError naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -21,8 +22,11 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> N
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        cause = _os_error(err)
+        if cause is not None and cause is not err:  # torch.save reports a full disk as a RuntimeError
+            raise OSError(cause.errno, f"cannot write {path}: {cause.strerror or cause}") from err
         raise
     # the rename itself survives a power loss only once the folder's entry is on disk
     folder = os.open(path.parent, os.O_RDONLY)
@@ -30,6 +34,17 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> N
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The OSError behind ``err`` (itself, or one it was raised from or during), if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def write_text_atomically(path: str | Path, text: str) -> None:

@@ -3,6 +3,7 @@
 import inspect
 import math
 import os
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -21,7 +22,8 @@ class TrainConfig:
     ``val_scale`` capped at ``max_size``. ``crop_scale`` (default the largest train scale) sizes the
     crop branch (:func:`jcra.data.build_transforms`). ``batch_size`` is per process and per
     micro-batch, so the effective batch is ``batch_size * grad_accum * world_size``. ``lr_drop_epochs``
-    are epochs after which the learning rate is multiplied by ``lr_gamma``. ``max_steps`` (optimizer
+    are epochs after which the learning rate is multiplied by ``lr_gamma`` (each once; those at or
+    past ``epochs`` warn, as the run ends first). ``max_steps`` (optimizer
     steps, for tests and smoke runs) stops early and checkpoints. ``eval_every`` epochs (0: only after
     the last).
     """
@@ -114,6 +116,15 @@ class TrainConfig:
                 _check_int(f"{name} entry", value, 1)
         if not self.train_scales:
             raise ValueError("train_scales must be a non-empty list of sizes >= 1, got []")
+        if len(set(self.lr_drop_epochs)) != len(self.lr_drop_epochs):  # MultiStepLR would drop twice
+            raise ValueError(f"lr_drop_epochs must not repeat an epoch, got {self.lr_drop_epochs!r}")
+        late = [epoch for epoch in self.lr_drop_epochs if epoch >= self.epochs]
+        if late:  # epochs may grow on a resume, so a warning, not an error
+            warnings.warn(
+                f"lr_drop_epochs {late} are not before epochs={self.epochs}: the run ends before they drop "
+                "the learning rate",
+                stacklevel=2,
+            )
         if self.train_scale_mode == "range" and not (
             len(self.train_scales) == 2 and self.train_scales[0] <= self.train_scales[1]
         ):

@@ -257,6 +257,11 @@ def _train(
     val_set = build_dataset(cfg.val_ann, cfg.val_images, False, cfg, layout)
     if not any(len(train_set.targets[image_id][0]) for image_id in train_set.ids):
         raise ValueError(f"train_ann: {cfg.train_ann} has no image with a labelled, non-crowd person")
+    if state is not None and state.get("train_set_size", len(train_set)) != len(train_set):
+        raise ValueError(  # the same path, another file: the schedule and data order would shift
+            f"resume: {ckpt_path} trained on {state['train_set_size']} images of train_ann {cfg.train_ann}, "
+            f"which now gives {len(train_set)}; restore that file or train into a new out_dir"
+        )
     sampler = ResumableSampler(len(train_set), seed=cfg.seed, rank=rank, world_size=world)
     loader = data_loader(SeededSamples(train_set), cfg, sampler=sampler)
     val_loader = data_loader(val_set, cfg)
@@ -325,6 +330,7 @@ def _train(
                     "step": step,
                     "epoch": epoch,
                     "batch_in_epoch": batch_in_epoch,
+                    "train_set_size": len(train_set),
                     "model_config": {"name": cfg.model, "overrides": overrides},
                     "data_config": {
                         "keypoint_layout": cfg.keypoint_layout,

@@ -1,6 +1,7 @@
 """train.checkpoint: atomic writes readable by others, cleanup of killed writes, reads that name what is
 wrong, and the generator states a resume restores."""
 
+import errno
 import os
 import random
 from pathlib import Path
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from jcra.files import remove_partial_writes
+from jcra.files import remove_partial_writes, write_atomically
 from train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 
@@ -27,6 +28,23 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
     with pytest.raises(ValueError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_a_full_disk_is_named_with_the_file_however_the_writer_reports_it(tmp_path):
+    """torch.save reports ENOSPC as "RuntimeError: unexpected pos ...", the cause only in its chain."""
+    (tmp_path / "checkpoint.pt").write_bytes(b"before")
+
+    def torch_save_on_a_full_disk(f):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1536 vs 1432")  # noqa: B904
+
+    with pytest.raises(OSError, match=r"cannot write .*checkpoint\.pt: No space left on device") as info:
+        write_atomically(tmp_path / "checkpoint.pt", torch_save_on_a_full_disk)
+    assert info.value.errno == errno.ENOSPC
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    assert (tmp_path / "checkpoint.pt").read_bytes() == b"before"
 
 
 def test_checkpoints_are_as_readable_as_any_new_file(tmp_path):

@@ -250,12 +250,19 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch):
             r"model_overrides.num_keypoints \(14\) must be .*'coco'",
         ),
         ({"model_overrides": {"pretrained": "no"}}, "pretrained must be true or false"),
+        ({"lr_drop_epochs": [1, 1]}, r"lr_drop_epochs must not repeat an epoch, got \[1, 1\]"),  # gamma**2
     ],
 )
 def test_bad_input_fails_before_training(data, tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
         train(tiny_config(data, tmp_path, **change))
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_a_learning_rate_drop_the_run_never_reaches_warns(data, tmp_path):
+    """COCO's [80] kept with epochs=50 never dropped the rate, without a word."""
+    with pytest.warns(UserWarning, match=r"lr_drop_epochs \[2, 5\] are not before epochs=2"):
+        tiny_config(data, tmp_path, lr_drop_epochs=[1, 2, 5]).validate()
 
 
 def test_an_empty_out_dir_is_refused_and_a_path_object_taken(data, tmp_path, monkeypatch):
@@ -327,6 +334,25 @@ def test_resume_with_other_settings_is_refused(data, tmp_path, monkeypatch, chan
     with pytest.raises(ValueError, match=f"resume: .*{message}"):
         train(tiny_config(data, tmp_path, max_steps=4, resume=True, **change))
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
+
+
+def test_resume_on_a_training_file_of_another_size_under_the_same_path_is_refused(data, tmp_path):
+    """An edited or regenerated train_ann: the checkpoint's lr milestones and sampler position are
+    counted in steps of the old set, so the schedule would drop mid-epoch and samples repeat."""
+    coco = json.loads(open(data["train_ann"]).read())
+    train_ann = tmp_path / "train.json"
+    train_ann.write_text(json.dumps(coco))
+    cfg = tiny_config({**data, "train_ann": str(train_ann)}, tmp_path / "run", max_steps=2)
+    train(cfg)
+    kept = coco["images"][: len(coco["images"]) // 2]
+    ids = {image["id"] for image in kept}
+    coco.update(images=kept, annotations=[a for a in coco["annotations"] if a["image_id"] in ids])
+    train_ann.write_text(json.dumps(coco))
+    with pytest.raises(
+        ValueError, match=r"resume: .*trained on \d+ images of train_ann .*train\.json, which now"
+    ):
+        train(dataclasses.replace(cfg, max_steps=3, resume=True))
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 2
 
 
 def test_a_checkpoint_from_before_the_loss_settings_resumes_with_the_losses_it_had(data, tmp_path):
