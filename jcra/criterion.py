@@ -19,6 +19,7 @@ from jcra.matcher import BatchMatch, HungarianMatcher
 from jcra.oks_loss import OKS_MODES, checked_sigmas, oks_loss
 from jcra.targets import PaddedTargets, pad_targets
 from kernels.dispatch import to_device
+from kernels.oks import labelled_coordinates
 
 DEFAULT_WEIGHTS = {"cls": 2.0, "kpt": 70.0, "oks": 2.0, "hm": 4.0}
 HEATMAP_TARGETS = ("box", "fixed")
@@ -92,10 +93,11 @@ def gaussian_heatmap(
     *batch, g, k, _ = keypoints.shape
     if g == 0:
         return keypoints.new_zeros(*batch, k, height, width)
-    cells = (keypoints[..., :2] / stride).floor()  # [..., G, K, 2]
+    labelled, xy = labelled_coordinates(keypoints)
+    cells = (xy / stride).floor()  # [..., G, K, 2]
     ys = torch.arange(height, device=keypoints.device, dtype=keypoints.dtype)
     xs = torch.arange(width, device=keypoints.device, dtype=keypoints.dtype)
-    labelled = (keypoints[..., 2:] > 0).to(keypoints.dtype)  # [..., G, K, 1]
+    labelled = labelled[..., None].to(keypoints.dtype)  # [..., G, K, 1]
     if isinstance(sigma, Tensor):  # a number stays one: copying it to the GPU would wait on the host
         sigma = sigma.to(keypoints.dtype)
         sigma = sigma[..., None, None] if sigma.dim() else sigma  # [..., G, 1, 1] against [..., G, K, H]
@@ -271,8 +273,9 @@ class SetCriterion(nn.Module):
 
         gt, area = targets.keypoints[batch, column], targets.area[batch, column]  # [S, P, K, 3], [S, P]
         pred = keypoints[stage, batch, query].float()  # [S, P, K, 2]
-        labelled = (gt[..., 2:] > 0).float()
-        loss_kpt = ((pred - gt[..., :2]).abs() * labelled).sum((1, 2, 3)) / num_coords
+        labelled, gt_xy = labelled_coordinates(gt)
+        labelled = labelled[..., None].float()
+        loss_kpt = ((pred - gt_xy).abs() * labelled).sum((1, 2, 3)) / num_coords
         usable = (labelled.sum((2, 3)) > 0) & (area > 0)  # OKS of people without keypoints is undefined
         oks = oks_loss(
             pred.flatten(0, 1),

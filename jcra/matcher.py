@@ -5,12 +5,11 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from jcra.data.coco import finite_numbers
 from jcra.oks_loss import checked_sigmas
 from jcra.targets import PaddedTargets, pad_targets
 from kernels.dispatch import to_device
 from kernels.linear_assignment import linear_assignment
-from kernels.oks import pose_matching_cost
+from kernels.oks import checked_cost_weights, pose_matching_cost
 
 Match = tuple[Tensor, Tensor]
 BatchMatch = tuple[Tensor, Tensor, Tensor]
@@ -39,12 +38,8 @@ class HungarianMatcher:
         solver: str = "auto",
     ):
         self.sigmas = checked_sigmas(sigmas)
-        numbers = {"w_class": w_class, "w_kpt": w_kpt, "w_oks": w_oks, "alpha": alpha, "gamma": gamma}
-        for name, value in numbers.items():
-            if not (finite_numbers([value]) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        self.w_class, self.w_kpt, self.w_oks = float(w_class), float(w_kpt), float(w_oks)
-        self.alpha, self.gamma = float(alpha), float(gamma)
+        weights = checked_cost_weights(w_class=w_class, w_kpt=w_kpt, w_oks=w_oks, alpha=alpha, gamma=gamma)
+        self.w_class, self.w_kpt, self.w_oks, self.alpha, self.gamma = weights.values()
         if solver not in ("auto", "triton", "scipy"):
             raise ValueError(f"solver must be 'auto', 'triton' or 'scipy', got {solver!r}")
         self.solver = solver

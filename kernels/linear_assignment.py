@@ -385,6 +385,10 @@ def linear_assignment(
     Callers that must not synchronise (the matcher inside a training step) pass ``check_finite=False``:
     non-finite images then come back all-invalid, and out-of-range CUDA ``num_gt`` is clamped to
     ``[0, G]``. Validating inside the solver rather than before it keeps that path free of syncs.
+
+    Under ``torch.compile(fullgraph=True)`` call the custom op ``torch.ops.jcra.linear_assignment``
+    (a tensor ``num_gt`` on the cost's device): this function reads a host ``num_gt``'s values to
+    check them, which a graph cannot hold.
     """
     if not isinstance(cost, torch.Tensor) or not cost.is_floating_point():
         raise ValueError("cost must be a floating-point tensor")

@@ -17,6 +17,9 @@ Nothing here needs a gradient: the differentiable OKS loss is :mod:`jcra.oks_los
 :func:`keypoint_oks`.
 """
 
+import math
+import numbers
+
 import numpy as np
 import torch
 import triton
@@ -54,6 +57,14 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+def labelled_coordinates(gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``gt`` [..., K, 3] (x, y, v): which keypoints are labelled [..., K] (v > 0), and their (x, y)
+    [..., K, 2] with the unlabelled ones 0, so that whatever a file stores there (NaN too) reaches no
+    value and no gradient (a masked NaN still gives 0 * NaN in the backward)."""
+    labelled = gt[..., 2] > 0
+    return labelled, torch.where(labelled[..., None], gt[..., :2], 0.0)
+
+
 def keypoint_oks(
     pred: torch.Tensor,
     gt: torch.Tensor,
@@ -70,8 +81,8 @@ def keypoint_oks(
     """
     dtype = _compute_dtype(pred, gt, area, sigmas)
     pred, gt, area, sigmas = pred.to(dtype), gt.to(dtype), area.to(dtype), sigmas.to(dtype)
-    labelled = gt[..., 2] > 0  # [..., K]
-    diff = pred - gt[..., :2]  # [..., K, 2]
+    labelled, gt_xy = labelled_coordinates(gt)  # [..., K], [..., K, 2]
+    diff = pred - gt_xy
     if image_size is not None:
         image_size = image_size.to(dtype)
         diff = diff * image_size.unsqueeze(-2)
@@ -135,8 +146,8 @@ def keypoint_l1_reference(pred_kpts: torch.Tensor, gt_kpts: torch.Tensor) -> tor
     (gt_kpts,) = _each_image(pred_kpts.shape[0], gt_kpts)
     dtype = _compute_dtype(pred_kpts, gt_kpts)
     pred, gt = pred_kpts.to(dtype)[:, :, None], gt_kpts.to(dtype)[:, None]  # [B,Q,1,K,2], [B,1,G,K,3]
-    labelled = gt[..., 2] > 0  # [B, 1, G, K]
-    l1 = (pred - gt[..., :2]).abs().sum(-1)  # [B, Q, G, K]
+    labelled, gt_xy = labelled_coordinates(gt)  # [B, 1, G, K], [B, 1, G, K, 2]
+    l1 = (pred - gt_xy).abs().sum(-1)  # [B, Q, G, K]
     count = labelled.sum(-1)  # [B, 1, G]
     return torch.where(labelled, l1, 0.0).sum(-1) / (2 * count).clamp(min=1)
 
@@ -512,6 +523,16 @@ def pairwise_oks(
     return eager_or_op(_pairwise_oks, _pairwise_oks_op, pred_kpts, gt_kpts, gt_areas, sigmas, image_size)
 
 
+def checked_cost_weights(**weights) -> dict[str, float]:
+    """The matching cost's weights, focal alpha and gamma as floats, in the order given; a ValueError
+    naming any that is not a finite real number >= 0 (NaN would make every cost NaN)."""
+    for name, value in weights.items():
+        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not (real and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return {name: float(value) for name, value in weights.items()}
+
+
 def pose_matching_cost(
     logits: torch.Tensor,
     pred_kpts: torch.Tensor,
@@ -536,6 +557,7 @@ def pose_matching_cost(
     with ``image_size``, which scales only the OKS term to pixels). No gradient.
     """
     _check_inputs(pred_kpts, gt_kpts, gt_areas, sigmas, logits, image_size)
+    weights = checked_cost_weights(w_class=w_class, w_kpt=w_kpt, w_oks=w_oks, alpha=alpha, gamma=gamma)
     return eager_or_op(
         _pose_matching_cost,
         _pose_matching_cost_op,
@@ -545,9 +567,5 @@ def pose_matching_cost(
         gt_areas,
         sigmas,
         image_size,
-        float(w_class),
-        float(w_kpt),
-        float(w_oks),
-        float(alpha),
-        float(gamma),
+        *weights.values(),
     )

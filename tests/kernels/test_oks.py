@@ -395,6 +395,16 @@ def test_focal_class_cost_equals_detr_form():
 
 
 @pytest.mark.parametrize(
+    ("name", "value"), [("w_kpt", float("nan")), ("w_class", "a"), ("gamma", -1.0), ("w_oks", True)]
+)
+def test_bad_cost_weights_are_named(name, value):
+    """A NaN weight made every cost NaN; a string failed in float() naming nothing."""
+    logits, pred, gt, area = _random_batch(2, 4, 3, 17, torch.float32, seed=5)
+    with pytest.raises(ValueError, match=f"{name} must be a finite number >= 0"):
+        pose_matching_cost(logits, pred, gt, area, _sigmas(17), **{**WEIGHTS, name: value})
+
+
+@pytest.mark.parametrize(
     "name,mutate",
     [
         ("pred_kpts", lambda a: {**a, "pred_kpts": a["pred_kpts"][..., :1]}),

@@ -222,6 +222,29 @@ def test_losses_are_normalised_by_the_batchs_people():
         torch.testing.assert_close(losses[key], value, rtol=1e-5, atol=1e-6)
 
 
+def test_unlabelled_coordinates_reach_no_loss_and_no_gradient_whatever_they_hold():
+    """A file may store NaN (or anything) at an unlabelled keypoint: the losses, their gradients and
+    the heatmap targets are those of zeros there (a masked NaN still gave 0 * NaN = NaN gradients)."""
+    outputs, targets, _ = _batch_with_a_crowd(torch.Generator().manual_seed(6))
+    results = []
+    for fill in (0.0, float("nan"), 1e30):
+        filled = [dict(t, keypoints=t["keypoints"].clone()) for t in targets]
+        for target in filled:
+            kpts = target["keypoints"]
+            kpts[..., :2] = torch.where(kpts[..., 2:] > 0, kpts[..., :2], fill)
+        keypoints = outputs["keypoints"].clone().requires_grad_()
+        losses = _criterion()({**outputs, "keypoints": keypoints}, filled)
+        losses["loss"].backward()
+        heat = gaussian_heatmap(filled[0]["keypoints"], 10, 15, 8, 2.0)
+        results.append((losses, keypoints.grad, heat))
+    for losses, grad, heat in results[1:]:
+        assert grad.isfinite().all()
+        for key, value in results[0][0].items():
+            torch.testing.assert_close(losses[key], value, rtol=0, atol=0, msg=key)
+        torch.testing.assert_close(grad, results[0][1], rtol=0, atol=0)
+        torch.testing.assert_close(heat, results[0][2], rtol=0, atol=0)
+
+
 def test_heatmap_loss_against_its_targets_and_the_valid_cells():
     """Padded batch: the Gaussian targets of each image's non-crowd people at stride 8 (sigma 2 cells),
     scored only on the cells inside each image (ceil of its size over the stride)."""
