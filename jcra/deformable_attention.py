@@ -69,6 +69,12 @@ class MSDeformAttn(nn.Module):
         M, L, P = self.num_heads, self.num_levels, self.num_points
         if len(spatial_shapes) != L:
             raise ValueError(f"spatial_shapes has {len(spatial_shapes)} levels, the module {L}")
+        expected = [(N, Lq, L, 2), (N, Lq, L, P, 2)]  # [N, Lq, 2] would broadcast Lq against L
+        if tuple(reference_points.shape) not in expected:
+            raise ValueError(
+                f"reference_points must be [N, Lq, L, 2] or [N, Lq, L, P, 2] = {expected[0]} or "
+                f"{expected[1]}, got {tuple(reference_points.shape)}"
+            )
         v = self.value_proj(value)
         if value_padding_mask is not None:
             v = v.masked_fill(value_padding_mask[..., None], 0.0)

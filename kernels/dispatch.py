@@ -15,20 +15,11 @@ import os
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-try:
-    import triton  # noqa: F401
-
-    HAS_TRITON = True
-except ImportError:
-    HAS_TRITON = False
-
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def use_triton(tensor: torch.Tensor) -> bool:
     """True when ``tensor``'s op should run the Triton kernels rather than the reference."""
-    if not HAS_TRITON:
-        return False
     return tensor.is_cuda or (INTERPRET and tensor.device.type == "cpu")
 
 

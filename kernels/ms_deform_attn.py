@@ -18,6 +18,7 @@ The file reads top to bottom: reference, Triton kernels, launchers, custom-op re
 function.
 """
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -46,32 +47,84 @@ def ms_deform_attn_reference(
     whole).
     """
     shapes = _as_shapes(spatial_shapes)
-    out_dtype = value.dtype
-    compute = torch.float64 if value.dtype == torch.float64 else torch.float32
     N, _, M, D = value.shape
     _, Lq, _, L, P, _ = sampling_locations.shape
-    levels = value.to(compute).split([h * w for h, w in shapes], dim=1)
-    grids = 2 * sampling_locations.to(compute) - 1  # grid_sample wants [-1, 1]
-    sampled = []
-    for lvl, (h, w) in enumerate(shapes):
-        # [N, H*W, M, D] -> [N*M, D, H, W]
-        v = levels[lvl].permute(0, 2, 3, 1).reshape(N * M, D, h, w)
-        # [N, Lq, M, P, 2] -> [N*M, Lq, P, 2]
-        g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)
-        sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
+    compute = _reference_dtype(value)
+    sampled = [
+        F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)
+        for v, g in _levels_and_grids(value, shapes, sampling_locations)
+    ]
     # [N*M, D, Lq, L*P] weighted by [N*M, 1, Lq, L*P], summed over levels and points
     stacked = torch.stack(sampled, dim=-2).flatten(-2)
     weights = attention_weights.to(compute).transpose(1, 2).reshape(N * M, 1, Lq, L * P)
     out = (stacked * weights).sum(-1).view(N, M * D, Lq)
-    return out.transpose(1, 2).contiguous().to(out_dtype)
+    return out.transpose(1, 2).contiguous().to(value.dtype)
+
+
+def ms_deform_attn_reference_backward(
+    grad_output: torch.Tensor,
+    value: torch.Tensor,
+    spatial_shapes: Sequence[Sequence[int]] | torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of :func:`ms_deform_attn_reference` wrt value, locations and weights (each in its
+    input's dtype, contiguous), in closed form: aten's ``grid_sampler_2d_backward`` per level, no
+    autograd, so it runs where the custom op's backward does (below the autograd key in compiled
+    graphs) and under any dispatch mode (FLOP counters, loggers)."""
+    shapes = _as_shapes(spatial_shapes)
+    N, _, M, D = value.shape
+    _, Lq, _, L, P, _ = sampling_locations.shape
+    compute = _reference_dtype(value)
+    upstream = grad_output.to(compute).view(N, Lq, M, D).permute(0, 2, 3, 1).reshape(N * M, D, Lq, 1)
+    weights = attention_weights.to(compute).transpose(1, 2).reshape(N * M, 1, Lq, L, P)
+    grad_value, grad_grid, grad_weights = [], [], []
+    for lvl, (v, g) in enumerate(_levels_and_grids(value, shapes, sampling_locations)):
+        sampled = F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)
+        grad_weights.append((sampled * upstream).sum(1))  # [N*M, Lq, P]
+        # bilinear (0), zero padding (0), align_corners False: grid_sample's arguments above
+        gv, gg = torch.ops.aten.grid_sampler_2d_backward(
+            upstream * weights[..., lvl, :], v, g, 0, 0, False, [True, True]
+        )
+        grad_value.append(gv.flatten(2).view(N, M, D, -1).permute(0, 3, 1, 2))  # [N, H*W, M, D]
+        grad_grid.append(gg.view(N, M, Lq, P, 2).transpose(1, 2))  # [N, Lq, M, P, 2]
+    grad_loc = 2 * torch.stack(grad_grid, 3)  # grid = 2 * location - 1
+    grad_attn = torch.stack(grad_weights, 2).view(N, M, Lq, L, P).transpose(1, 2)
+    return (
+        torch.cat(grad_value, 1).to(value.dtype).contiguous(),
+        grad_loc.to(sampling_locations.dtype).contiguous(),
+        grad_attn.to(attention_weights.dtype).contiguous(),
+    )
+
+
+def _reference_dtype(value: torch.Tensor) -> torch.dtype:
+    return torch.float64 if value.dtype == torch.float64 else torch.float32
+
+
+def _levels_and_grids(value: torch.Tensor, shapes: Shapes, sampling_locations: torch.Tensor):
+    """Per level, its value map [N*M, D, H, W] and its sampling grid [N*M, Lq, P, 2] in grid_sample's
+    [-1, 1], both in the reference's compute dtype."""
+    N, _, M, D = value.shape
+    compute = _reference_dtype(value)
+    levels = value.to(compute).split([h * w for h, w in shapes], dim=1)
+    grids = 2 * sampling_locations.to(compute) - 1
+    for lvl, (h, w) in enumerate(shapes):
+        yield (
+            levels[lvl].permute(0, 2, 3, 1).reshape(N * M, D, h, w),
+            grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1),
+        )
 
 
 def _as_shapes(spatial_shapes: Sequence[Sequence[int]] | torch.Tensor) -> Shapes:
     if isinstance(spatial_shapes, torch.Tensor):
         spatial_shapes = spatial_shapes.tolist()
     shapes = tuple((h, w) for h, w in spatial_shapes)
-    # ints (symbolic ones under torch.compile too), never 2.5 silently truncated, nor True
-    if not all(isinstance(n, int | torch.SymInt) and not isinstance(n, bool) for hw in shapes for n in hw):
+    # integers (numpy's, symbolic ones under torch.compile), never 2.5 silently truncated, nor True
+    if not all(
+        isinstance(n, numbers.Integral | torch.SymInt) and not isinstance(n, bool)
+        for hw in shapes
+        for n in hw
+    ):
         raise ValueError(f"sizes must be integers, got {shapes}")
     return tuple((int(h), int(w)) for h, w in shapes)
 
@@ -321,8 +374,9 @@ def _bench_config(kernel_call, quantiles):
     return triton.testing.do_bench(kernel_call, warmup=10, rep=40, quantiles=quantiles)
 
 
-def _autotuned(kernel, direction: str, **options):
-    """``kernel`` wrapped by triton.autotune over the candidates that fit its BLOCK_D."""
+def _autotuned(kernel, direction: str, key: tuple[str, ...] = (), **options):
+    """``kernel`` wrapped by triton.autotune over the candidates that fit its BLOCK_D, tuned once per
+    (L, P, D, dtypes) and ``key``."""
 
     def prune(configs, named_args, **kwargs):
         fits = _candidates(kwargs["BLOCK_D"], direction)
@@ -330,7 +384,7 @@ def _autotuned(kernel, direction: str, **options):
 
     return triton.autotune(
         [triton.Config({"BLOCK_Q": block_q}, num_warps=warps) for block_q, warps in _CANDIDATES],
-        key=["L", "P", "D"],
+        key=["L", "P", "D", *key],
         prune_configs_by={"early_config_prune": prune},
         do_bench=_bench_config,
         **options,
@@ -338,7 +392,10 @@ def _autotuned(kernel, direction: str, **options):
 
 
 _fwd_tuned = _autotuned(_ms_deform_attn_fwd_kernel, "forward")
-_bwd_tuned = _autotuned(_ms_deform_attn_bwd_kernel, "backward", reset_to_zero=["grad_value_ptr"])
+# the deterministic backward writes its value gradient another way (no atomics): a tuning of its own
+_bwd_tuned = _autotuned(
+    _ms_deform_attn_bwd_kernel, "backward", key=("DETERMINISTIC",), reset_to_zero=["grad_value_ptr"]
+)
 
 
 MAX_BATCH_HEADS = 65535
@@ -472,15 +529,9 @@ def _ms_deform_attn_backward_op(
             sampling_locations.contiguous(), attention_weights.contiguous(), deterministic,
         )  # fmt: skip
         return grad_value, grad_loc.to(sampling_locations.dtype), grad_attn.to(attention_weights.dtype)
-    # torch.func rather than torch.autograd: compiled backward graphs call this below the autograd key.
-    shapes = _unflatten(spatial_shapes)
-    _, vjp = torch.func.vjp(
-        lambda v, loc, a: ms_deform_attn_reference(v, shapes, loc, a),
-        value,
-        sampling_locations,
-        attention_weights,
+    return ms_deform_attn_reference_backward(
+        grad_output, value, _unflatten(spatial_shapes), sampling_locations, attention_weights
     )
-    return tuple(grad.contiguous() for grad in vjp(grad_output))
 
 
 @_ms_deform_attn_backward_op.register_fake

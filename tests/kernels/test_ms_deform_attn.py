@@ -3,6 +3,7 @@
 import importlib
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -220,6 +221,8 @@ def test_spatial_shapes_as_tensors():
     starts_t = torch.tensor([0, 30], dtype=torch.int64, device=DEVICE)
     out = ms_deform_attn(value, shapes_t, starts_t, loc, attn)
     torch.testing.assert_close(out.double(), reference64(value, shapes, loc, attn), atol=1e-5, rtol=1e-5)
+    # numpy sizes were refused as "sizes must be integers, got ((np.int64(6), ...)"
+    torch.testing.assert_close(ms_deform_attn(value, np.array(shapes), None, loc, attn), out, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("far", [1e9, float("inf"), float("nan")], ids=["huge", "inf", "nan"])
@@ -339,6 +342,48 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.jcra.ms_deform_attn.default, args)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_reference_backward_in_closed_form_equals_autograd_of_the_reference(dtype):
+    """grid_sampler_2d_backward per level against autograd through grid_sample, one level of 1 x 7
+    and one of 3 x 1 among them, locations off the maps included, in each input's dtype."""
+    shapes = ((4, 5), (1, 7), (3, 1))
+    value, loc, attn = make_inputs(2, 5, 3, 6, shapes, 2, dtype, seed=11, outside=0.3)
+    value, loc, attn = (t.cpu() for t in (value, loc, attn))
+    grad = torch.randn(2, 5, 18, generator=torch.Generator().manual_seed(12)).to(dtype)
+    inputs = [t.detach().requires_grad_() for t in (value, loc, attn)]
+    want = torch.autograd.grad(ms_deform_attn_reference(*inputs[:1], shapes, *inputs[1:]), inputs, grad)
+    got = msda.ms_deform_attn_reference_backward(grad, value, shapes, loc, attn)
+    for g, w, name in zip(got, want, ("value", "locations", "weights"), strict=True):
+        assert g.dtype == w.dtype and g.is_contiguous(), name
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-12 if dtype == torch.float64 else 1e-5, msg=name)
+
+
+@pytest.mark.parametrize("path", ["triton", "reference"])
+def test_opcheck_backward(path, monkeypatch):
+    if path == "reference":
+        monkeypatch.setattr(msda, "use_triton", lambda t: False)
+    shapes = [5, 4, 2, 3]
+    value, loc, attn = make_inputs(2, 3, 2, 8, ((5, 4), (2, 3)), 2, torch.float32, seed=4)
+    levels = torch.tensor([[5, 4, 0], [2, 3, 20]], device=DEVICE)
+    grad = torch.randn(2, 3, 16, device=DEVICE)
+    for deterministic in (False, True):
+        args = (grad, value, shapes, levels, loc, attn, deterministic)
+        torch.library.opcheck(torch.ops.jcra.ms_deform_attn_backward.default, args)
+
+
+def test_a_training_step_counts_its_flops_on_the_reference_path(monkeypatch):
+    """A dispatch mode (FlopCounterMode, an MFU measurement) saw the reference backward's functorch
+    wrappers and failed: "Cannot access storage of TensorWrapper"."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    monkeypatch.setattr(msda, "use_triton", lambda t: False)
+    shapes = ((4, 5), (3, 2))
+    value, loc, attn = (t.requires_grad_() for t in make_inputs(1, 3, 2, 8, shapes, 2, torch.float32, 5))
+    with FlopCounterMode(display=False):
+        fused(value, shapes, loc, attn).sum().backward()
+    assert value.grad.isfinite().all() and loc.grad.isfinite().all() and attn.grad.isfinite().all()
+
+
 def test_compiled_module_fullgraph_matches_eager():
     torch.manual_seed(0)
     module = MSDeformAttn(embed_dim=32, num_heads=4, num_levels=2, num_points=3).to(DEVICE)
@@ -373,6 +418,15 @@ def test_compiled_backward_matches_eager(path, monkeypatch):
         module.zero_grad(set_to_none=True)
     for eager, comp in zip(*grads, strict=True):
         torch.testing.assert_close(comp, eager)
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 2), (1, 2, 2, 3), (1, 2, 3, 2), (1, 2, 2, 4, 2)])
+def test_module_names_reference_points_of_another_shape(shape):
+    """[N, Lq, 2] with Lq == L broadcast query q's reference to level q, without an error."""
+    module = MSDeformAttn(embed_dim=32, num_heads=4, num_levels=2, num_points=3)
+    shapes = ((3, 4), (2, 2))
+    with pytest.raises(ValueError, match=r"reference_points must be \[N, Lq, L, 2\] or \[N, Lq, L, P, 2\]"):
+        module(torch.randn(1, 2, 32), torch.rand(shape), torch.randn(1, 16, 32), shapes)
 
 
 def test_module_fused_equals_reference_and_respects_padding():
