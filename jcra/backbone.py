@@ -216,7 +216,8 @@ class ResNet(nn.Module):
 def resnet(
     depth: int = 50, base_width: int = 64, pretrained: bool = False, frozen: bool | None = None
 ) -> ResNet:
-    """A :class:`ResNet`; ``pretrained`` loads torchvision's ImageNet weights (needs torchvision).
+    """A :class:`ResNet`; ``pretrained`` loads torchvision's ImageNet weights, V1 as PETR does (needs
+    torchvision).
 
     frozen: the layout for ImageNet weights (FrozenBatchNorm2d, stem and stage 1 frozen) or, False,
     the from-scratch one (GroupNorm, everything trained); None follows ``pretrained``. The ImageNet
@@ -234,7 +235,9 @@ def resnet(
             from torchvision import models
         except ImportError as err:
             raise ImportError("pretrained=True needs torchvision (pip install torchvision)") from err
-        weights = getattr(models, f"ResNet{depth}_Weights").DEFAULT
+        # V1, the original recipe's weights (R-50 top-1 76.1): what PETR's torchvision://resnet50 loads
+        # (DEFAULT is V2 for R-50 and R-101, another training recipe)
+        weights = getattr(models, f"ResNet{depth}_Weights").IMAGENET1K_V1
         state = {k: v for k, v in weights.get_state_dict(progress=True).items() if not k.startswith("fc.")}
         model.load_state_dict(state)
     return model
@@ -251,14 +254,24 @@ class SwinBackbone(nn.Module):
 
     strides = (4, 8, 16, 32)
 
-    def __init__(self, name: str = "swin_large_patch4_window12_384", pretrained: bool = False):
+    def __init__(
+        self,
+        name: str = "swin_large_patch4_window12_384",
+        pretrained: bool = False,
+        drop_path_rate: float = 0.3,
+    ):
         super().__init__()
         try:
             import timm
         except ImportError as err:
             raise ImportError("Swin backbones need timm (pip install timm)") from err
         self.body = timm.create_model(
-            name, pretrained=pretrained, features_only=True, out_indices=(0, 1, 2, 3), strict_img_size=False
+            name,
+            pretrained=pretrained,
+            features_only=True,
+            out_indices=(0, 1, 2, 3),
+            strict_img_size=False,
+            drop_path_rate=drop_path_rate,  # stochastic depth, PETR's Swin-L rate (timm's default is 0)
         )
         self.out_channels = tuple(self.body.feature_info.channels())
         # timm's feature wrappers say their layout (Swin's hooks give NHWC); a map's shape cannot, since

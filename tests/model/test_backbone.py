@@ -130,3 +130,36 @@ def test_swin_maps_come_channels_first_even_when_height_equals_channels(monkeypa
         expected = body.projections[i](nn.functional.avg_pool2d(images, 4 * 2**i))
         assert f.shape == (2, c, 8 // 2**i, 16 // 2**i)
         torch.testing.assert_close(f, expected)
+
+
+def test_swin_trains_with_petrs_stochastic_depth(monkeypatch):
+    """PETR's Swin-L drops paths at rate 0.3; timm's default is none."""
+    asked = {}
+
+    def create_model(name, **kwargs):
+        asked.update(kwargs, name=name)
+        return _FakeSwinFeatures("NCHW")
+
+    monkeypatch.setitem(sys.modules, "timm", SimpleNamespace(create_model=create_model))
+    SwinBackbone()
+    assert asked["drop_path_rate"] == 0.3 and asked["features_only"] and not asked["strict_img_size"]
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_pretrained_resnet_loads_torchvisions_v1_weights_as_petr(monkeypatch, depth):
+    """PETR's torchvision://resnet50 is the original (V1) weights; torchvision's DEFAULT is V2 for
+    R-50, another recipe. A stand-in torchvision serves V1 as a state dict with the classifier."""
+    reference = resnet(depth, frozen=True).state_dict()
+    served = {key: torch.randn_like(value) for key, value in reference.items()}
+
+    class Weights:
+        IMAGENET1K_V1 = SimpleNamespace(
+            get_state_dict=lambda progress: {**served, "fc.weight": torch.zeros(1)}
+        )
+        DEFAULT = None  # V2 for R-50: reading it fails the test
+
+    models = SimpleNamespace(**{f"ResNet{depth}_Weights": Weights})
+    monkeypatch.setitem(sys.modules, "torchvision", SimpleNamespace(models=models))
+    model = resnet(depth, pretrained=True)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, served[key], rtol=0, atol=0, msg=key)
