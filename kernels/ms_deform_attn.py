@@ -573,7 +573,8 @@ def ms_deform_attn(
     """Multi-scale deformable attention; returns [N, Lq, M * D] in the value's dtype.
 
     Shapes and the sampling convention are in the module docstring. Differentiable in value,
-    sampling_locations and attention_weights. Accumulates in fp32; locations are used in fp32 whatever
+    sampling_locations and attention_weights, once: no second derivatives (``create_graph``,
+    ``gradgradcheck`` and ``torch.func.grad`` raise). Accumulates in fp32; locations are used in fp32 whatever
     their dtype, except with fp64 values, which run the fp64 reference on fp64 locations.
     ``spatial_shapes`` and ``level_start_index`` may be tensors (Deformable-DETR's interface: read once
     to the host, a sync on CUDA) or Python ints (no sync, and what keeps
