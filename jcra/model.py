@@ -35,7 +35,8 @@ class JCRA(nn.Module):
     Efficient DETR and RT-DETR, not detached here: the README's demo A/B) and its position an MLP of its
     current keypoints, every layer (:class:`jcra.decoder.PoseDecoder`); PETR learns 300 content and
     position embeddings and takes only the proposals' keypoints. The decoder's keypoint heads read the
-    memory at each keypoint: our addition too (:mod:`jcra.decoder`).
+    memory at each keypoint: our addition too (:mod:`jcra.decoder`). The transformer's linear layers keep
+    PyTorch's default initialisation, where PETR redraws them Xavier-uniform (the README's demo A/B).
 
     use_fused_kernels: run deformable attention through the fused op (``kernels.ms_deform_attn``);
     False runs the plain-PyTorch reference (fast CPU tests, debugging).
