@@ -24,8 +24,11 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> N
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        cause = _os_error(err)
-        if cause is not None and cause is not err:  # torch.save reports a full disk as a RuntimeError
+        # torch.save reports a full disk as a RuntimeError; a Ctrl-C stays a KeyboardInterrupt
+        cause = _os_error(err) if isinstance(err, Exception) else None
+        if cause is not None and cause is not err:
+            if cause.errno is None:
+                raise OSError(f"cannot write {path}: {cause}") from err
             raise OSError(cause.errno, f"cannot write {path}: {cause.strerror or cause}") from err
         raise
     # the rename itself survives a power loss only once the folder's entry is on disk

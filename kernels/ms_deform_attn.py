@@ -86,7 +86,8 @@ def ms_deform_attn_reference_backward(
         gv, gg = torch.ops.aten.grid_sampler_2d_backward(
             upstream * weights[..., lvl, :], v, g, 0, 0, False, [True, True]
         )
-        grad_value.append(gv.flatten(2).view(N, M, D, -1).permute(0, 3, 1, 2))  # [N, H*W, M, D]
+        h, w = shapes[lvl]  # not -1 in the view: N = 0 leaves no size to infer
+        grad_value.append(gv.view(N, M, D, h * w).permute(0, 3, 1, 2))  # [N, H*W, M, D]
         grad_grid.append(gg.view(N, M, Lq, P, 2).transpose(1, 2))  # [N, Lq, M, P, 2]
     grad_loc = 2 * torch.stack(grad_grid, 3)  # grid = 2 * location - 1
     grad_attn = torch.stack(grad_weights, 2).view(N, M, Lq, L, P).transpose(1, 2)

@@ -80,6 +80,21 @@ def out_dir_lock(out_dir: Path) -> Iterator[None]:
         os.close(fd)  # closing the last descriptor releases the lock
 
 
+def plain(value):
+    """``value`` with paths as strings and NumPy numbers as Python ones, through dicts, lists and
+    tuples: a configuration as ``torch.load(weights_only=True)`` reads it back (a ``Path`` or a
+    ``numpy.float64`` setting, which the configuration accepts, is a global it refuses)."""
+    if isinstance(value, dict):
+        return {plain(key): plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(plain(item) for item in value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Write ``state`` to ``path`` atomically (:func:`jcra.files.write_atomically`)."""
     write_atomically(path, lambda f: torch.save(state, f))
@@ -89,7 +104,10 @@ def _older_rng_globals() -> list:
     """What checkpoints written before :func:`rng_state` held tensors pickled of NumPy's generator
     state (a uint32 array): NumPy's array rebuilding, which ``weights_only`` loading must be allowed."""
     multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
-    return [multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    rebuild = multiarray._reconstruct
+    # under both of its names: NumPy 1 pickled numpy.core's, NumPy 2 pickles numpy._core's
+    names = [(rebuild, f"numpy.{core}.multiarray._reconstruct") for core in ("core", "_core")]
+    return [*names, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def load_checkpoint(path: str | Path, map_location="cpu", keys: tuple[str, ...] = ()) -> dict:

@@ -3,7 +3,6 @@
 import inspect
 import math
 import os
-import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -118,13 +117,6 @@ class TrainConfig:
             raise ValueError("train_scales must be a non-empty list of sizes >= 1, got []")
         if len(set(self.lr_drop_epochs)) != len(self.lr_drop_epochs):  # MultiStepLR would drop twice
             raise ValueError(f"lr_drop_epochs must not repeat an epoch, got {self.lr_drop_epochs!r}")
-        late = [epoch for epoch in self.lr_drop_epochs if epoch >= self.epochs]
-        if late:  # epochs may grow on a resume, so a warning, not an error
-            warnings.warn(
-                f"lr_drop_epochs {late} are not before epochs={self.epochs}: the run ends before they drop "
-                "the learning rate",
-                stacklevel=2,
-            )
         if self.train_scale_mode == "range" and not (
             len(self.train_scales) == 2 and self.train_scales[0] <= self.train_scales[1]
         ):

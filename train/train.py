@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from train.checkpoint import (
     load_checkpoint,
     model_overrides,
     out_dir_lock,
+    plain,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -212,8 +214,16 @@ def train(cfg: TrainConfig) -> dict:
     update, leaving the last checkpoint as it was.
     """
     cfg.validate()
+    cfg = TrainConfig(**plain(dataclasses.asdict(cfg)))  # what the checkpoint records, as it reads back
     device = resolve_device(cfg.device)
     rank, world = init_distributed(device)
+    late = [epoch for epoch in cfg.lr_drop_epochs if epoch >= cfg.epochs]
+    if late and rank == 0:  # epochs may grow on a resume: a warning, not an error, once a run
+        warnings.warn(
+            f"lr_drop_epochs {late} are not before epochs={cfg.epochs}: the run ends before they drop the "
+            "learning rate",
+            stacklevel=2,
+        )
     out_dir = Path(cfg.out_dir)
     with StopRequest() as stop:
         if rank != 0:

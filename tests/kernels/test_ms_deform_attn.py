@@ -127,8 +127,11 @@ def test_locations_on_the_grid_lines_match_reference(deterministic, poisoned):
     assert_matches(got, run(reference64, value, shapes, loc, attn, grad.double()), *DTYPES[0][1:])
 
 
+@pytest.mark.parametrize("path", ["triton", "reference"])
 @pytest.mark.parametrize(("N", "Lq"), [(0, 5), (2, 0)], ids=["no-images", "no-queries"])
-def test_empty_batches_and_query_sets(N, Lq):
+def test_empty_batches_and_query_sets(N, Lq, path, monkeypatch):
+    if path == "reference":
+        monkeypatch.setattr(msda, "use_triton", lambda t: False)
     shapes = ((4, 5), (3, 2))
     value, loc, attn = make_inputs(N, Lq, 2, 8, shapes, 3, torch.float32, seed=23)
     got = run(fused, value, shapes, loc, attn, torch.randn(N, Lq, 16, device=DEVICE))

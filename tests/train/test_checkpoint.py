@@ -46,6 +46,15 @@ def test_a_full_disk_is_named_with_the_file_however_the_writer_reports_it(tmp_pa
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
     assert (tmp_path / "checkpoint.pt").read_bytes() == b"before"
 
+    def interrupted_while_handling_an_os_error(f):
+        try:
+            raise OSError(errno.EIO, "Input/output error")
+        except OSError:
+            raise KeyboardInterrupt  # noqa: B904
+
+    with pytest.raises(KeyboardInterrupt):  # a Ctrl-C must stay one (the run's exit status says so)
+        write_atomically(tmp_path / "checkpoint.pt", interrupted_while_handling_an_os_error)
+
 
 def test_checkpoints_are_as_readable_as_any_new_file(tmp_path):
     """Not mkstemp's 0600: an evaluation job run by another user must read them."""
@@ -98,6 +107,19 @@ def test_generator_states_round_trip_through_a_checkpoint(tmp_path, written_befo
     torch.manual_seed(1)
     set_rng_state(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_a_checkpoint_numpy_1_pickled_loads_under_numpy_2(tmp_path):
+    """NumPy 1 pickled its array rebuild as numpy.core's, NumPy 2 as numpy._core's: older checkpoints
+    from either resume."""
+    state = {**rng_state(), "numpy": np.random.get_state()}  # the older format: NumPy's own array
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"rng": [state]}, path, _use_new_zipfile_serialization=False)  # one plain pickle stream
+    # the pickle names globals as "module\nname\n": rename NumPy 2's module to NumPy 1's
+    path.write_bytes(path.read_bytes().replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n"))
+    assert b"numpy.core.multiarray\n_reconstruct" in path.read_bytes()
+    set_rng_state(load_checkpoint(path)["rng"][0])
+    assert np.random.get_state()[1].tolist() == state["numpy"][1].tolist()
 
 
 class _RunsCode:

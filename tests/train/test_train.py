@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from jcra import PoseEstimator
 from tests.train.conftest import IMAGE_SIZE, tiny_config
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.config import TrainConfig, config_from
@@ -262,7 +264,18 @@ def test_bad_input_fails_before_training(data, tmp_path, change, message):
 def test_a_learning_rate_drop_the_run_never_reaches_warns(data, tmp_path):
     """COCO's [80] kept with epochs=50 never dropped the rate, without a word."""
     with pytest.warns(UserWarning, match=r"lr_drop_epochs \[2, 5\] are not before epochs=2"):
-        tiny_config(data, tmp_path, lr_drop_epochs=[1, 2, 5]).validate()
+        train(tiny_config(data, tmp_path, lr_drop_epochs=[1, 2, 5], max_steps=1))
+
+
+def test_a_run_configured_with_paths_and_numpy_numbers_reads_its_own_checkpoint(data, tmp_path):
+    """TrainConfig takes Path and numpy settings; pickled into the checkpoint they were globals that
+    weights_only loading refuses, so the run could neither resume nor be evaluated."""
+    paths = {key: Path(value) for key, value in data.items()}
+    cfg = tiny_config(paths, tmp_path / "run", max_steps=1, lr=np.float64(1e-3))
+    cfg = dataclasses.replace(cfg, out_dir=tmp_path / "run")
+    train(cfg)
+    assert train(dataclasses.replace(cfg, max_steps=2, resume=True))["step"] == 2
+    PoseEstimator.from_checkpoint(tmp_path / "run" / "checkpoint.pt", device="cpu")
 
 
 def test_an_empty_out_dir_is_refused_and_a_path_object_taken(data, tmp_path, monkeypatch):
