@@ -380,8 +380,9 @@ def _train(
     def epoch_goes_on() -> bool:
         return batch_in_epoch + cfg.grad_accum <= steps_per_epoch * cfg.grad_accum and step < total_steps
 
-    stopping = False
-    if batch_in_epoch == 0 and epoch > 0 and metrics_step != step and evaluation_due():
+    # a signal while the model and data were built (minutes on COCO): no step, nothing new to write
+    stopping = any_process(stop=stop.requested())["stop"]
+    if not stopping and batch_in_epoch == 0 and epoch > 0 and metrics_step != step and evaluation_due():
         stopping = evaluate_and_checkpoint()  # stopped in the evaluation ending the epoch it resumes after
     progress = progress_bar(total_steps, step, enabled=rank == 0)
     model.train()

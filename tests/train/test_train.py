@@ -632,6 +632,29 @@ def test_each_state_is_checkpointed_once_and_a_stop_on_a_checkpoint_step_writes_
     assert (stopped["step"], stopped["stopped"], writes) == (1, "SIGTERM", [(1, None)])
 
 
+@pytest.mark.parametrize("resumed", [False, True], ids=["fresh", "resumed"])
+def test_a_stop_while_the_run_is_built_stops_it_before_any_step(data, tmp_path, monkeypatch, resumed):
+    """SIGTERM while the model and data are built (minutes on COCO) was acted on after a first step,
+    which was then checkpointed: now no step runs and nothing is written."""
+    import train.train as loop
+
+    cfg = tiny_config(data, tmp_path, max_steps=2)
+    if resumed:
+        train(cfg)
+        cfg = dataclasses.replace(cfg, max_steps=4, resume=True)
+    build_dataset, steps = loop.build_dataset, []
+
+    def signalled(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return build_dataset(*args)
+
+    monkeypatch.setattr(loop, "build_dataset", signalled)
+    monkeypatch.setattr(loop, "accumulate", lambda *args: steps.append(1))
+    writes = _record_writes(monkeypatch)
+    stopped = train(cfg)
+    assert (stopped["step"], stopped["stopped"], steps, writes) == (2 if resumed else 0, "SIGTERM", [], [])
+
+
 @pytest.mark.parametrize("evaluation", [1, 2], ids=["epoch-1", "last"])
 def test_a_stop_during_an_evaluation_abandons_it_and_the_resumed_run_redoes_it(
     data, tmp_path, monkeypatch, evaluation
