@@ -575,8 +575,8 @@ def ms_deform_attn(
 
     Shapes and the sampling convention are in the module docstring. Differentiable in value,
     sampling_locations and attention_weights, once: no second derivatives (``create_graph``,
-    ``gradgradcheck`` and ``torch.func.grad`` raise). Accumulates in fp32; locations are used in fp32 whatever
-    their dtype, except with fp64 values, which run the fp64 reference on fp64 locations.
+    ``gradgradcheck`` and ``torch.func.grad`` raise). Accumulates in fp32; locations are used in fp32
+    whatever their dtype, except with fp64 values, which run the fp64 reference on fp64 locations.
     ``spatial_shapes`` and ``level_start_index`` may be tensors (Deformable-DETR's interface: read once
     to the host, a sync on CUDA) or Python ints (no sync, and what keeps
     ``torch.compile(fullgraph=True)`` graphs whole); ``level_start_index=None`` derives it.
