@@ -37,8 +37,8 @@ def test_a_full_disk_is_named_with_the_file_however_the_writer_reports_it(tmp_pa
     def torch_save_on_a_full_disk(f):
         try:
             raise OSError(errno.ENOSPC, "No space left on device")
-        except OSError:
-            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos 1536 vs 1432")  # noqa: B904
+        except OSError:  # torch's message, the OSError only its context
+            raise RuntimeError("[enforce fail] unexpected pos 1536 vs 1432")  # noqa: B904
 
     with pytest.raises(OSError, match=r"cannot write .*checkpoint\.pt: No space left on device") as info:
         write_atomically(tmp_path / "checkpoint.pt", torch_save_on_a_full_disk)
