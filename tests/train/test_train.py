@@ -17,13 +17,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from jcra import PoseEstimator
+from jcra import PoseEstimator, build_model
 from tests.train.conftest import IMAGE_SIZE, tiny_config
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.config import TrainConfig, config_from
 from train.distributed import ResumableSampler, SeededSamples
 from train.metrics_log import MetricsLog
-from train.train import accumulate, train
+from train.train import accumulate, build_optimizer, train
 
 
 def test_short_run_end_to_end(data, tmp_path):
@@ -1278,3 +1278,28 @@ def test_auto_and_cuda_are_each_processes_local_gpu(monkeypatch):
     ] * 3
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert processes.resolve_device("auto") == torch.device("cpu")
+
+
+def test_optimizer_groups_are_petrs():
+    """The backbone and every sampling offset at lr x0.1, the rest at lr, each trainable parameter in one
+    group, frozen ones in none, weight decay on all; fused on the CPU."""
+    model = build_model("jcra_tiny", use_fused_kernels=False)
+    model.backbone.conv1.weight.requires_grad_(False)
+    optimizer = build_optimizer(model, lr=1e-3, lr_backbone_mult=0.5, lr_offsets_mult=0.25, weight_decay=0.01)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(lr_of)
+    for name, param in model.named_parameters():
+        expected = (
+            None
+            if not param.requires_grad
+            else 5e-4
+            if name.startswith("backbone.")
+            else 2.5e-4
+            if "sampling_offsets" in name
+            else 1e-3
+        )
+        assert lr_of.get(id(param)) == expected, name
+    assert {g["name"] for g in optimizer.param_groups} == {"backbone", "offsets", "rest"}
+    assert all(g["weight_decay"] == 0.01 and g["fused"] for g in optimizer.param_groups)
+    default = build_optimizer(model)
+    assert [g["lr"] for g in default.param_groups] == pytest.approx([2e-5, 2e-5, 2e-4])
