@@ -72,14 +72,17 @@ class CocoKeypoints(Dataset):
         self.keypoint_names = tuple((_keypoint_category(data) or {}).get("keypoints", ()))
         self.category_id = keypoint_category_id(data)
         self.images = {image["id"]: image for image in data["images"]}
-        self.annotations: dict = {image_id: [] for image_id in self.images}
+        annotations: dict = {image_id: [] for image_id in self.images}
         for ann in data["annotations"]:
-            self.annotations[ann["image_id"]].append(ann)
-        self.targets = {image_id: self._people(image_id) for image_id in sorted(self.images)}
+            annotations[ann["image_id"]].append(ann)
+        # the parsed file (COCO train's polygons: ~1 GB of Python objects, which each forked loader
+        # worker would come to copy) is not kept: only the targets and which images have annotations
+        self.targets = {image_id: self._people(annotations[image_id]) for image_id in sorted(self.images)}
+        self.annotated = frozenset(image_id for image_id, anns in annotations.items() if anns)
         self.ids = [
             i
             for i, (kpts, *_) in self.targets.items()
-            if not skip_empty or len(kpts) or (negatives and self.annotations[i])
+            if not skip_empty or len(kpts) or (negatives and i in self.annotated)
         ]
         if check_images:
             self._check_images()
@@ -126,10 +129,11 @@ class CocoKeypoints(Dataset):
     def image_path(self, image_id: int) -> Path:
         return self.image_dir / self.images[image_id]["file_name"]
 
-    def _people(self, image_id: int):
-        """Non-crowd people with a labelled keypoint: keypoints [G, K, 3], boxes [G, 4], area [G]."""
+    def _people(self, annotations: list[dict]):
+        """Non-crowd people with a labelled keypoint among one image's annotations: keypoints [G, K, 3],
+        boxes [G, 4], area [G]."""
         kpts, boxes, areas = [], [], []
-        for ann in self.annotations[image_id]:
+        for ann in annotations:
             k = np.asarray(ann["keypoints"], dtype=np.float32).reshape(self.num_keypoints, 3)
             if ann.get("iscrowd", 0) or not (k[:, 2] > 0).any():
                 continue

@@ -113,6 +113,27 @@ def test_tiny_is_valid(tiny):
     assert target["keypoints"].shape == (1, 17, 3) and target["boxes"].shape == (1, 4)
 
 
+def test_the_parsed_file_is_not_kept(tiny):
+    """The dataset keeps its targets, not the parsed annotations (COCO train's polygons are about 1 GB of
+    Python objects, which every forked loader worker would come to copy)."""
+    import gc
+    import tracemalloc
+
+    tmp_path, data = tiny
+    data["annotations"][0]["segmentation"] = [[float(i) for i in range(200_000)]]  # ~6 MB parsed
+    path = write(tmp_path, data)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        dataset = CocoKeypoints(path, tmp_path, skip_empty=True, negatives=True)
+        gc.collect()
+        kept, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert kept < 1_000_000, f"the dataset holds {kept / 1e6:.1f} MB after reading a 2-annotation file"
+    assert dataset.ids == [1] and dataset.annotated == {1}
+
+
 def test_missing_annotation_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="ann_file.*nope.json"):
         CocoKeypoints(tmp_path / "nope.json", tmp_path)

@@ -430,7 +430,7 @@ def test_the_training_set_keeps_images_of_unlabelled_people_as_petr_does(data, t
     val_set = build_dataset(cfg.train_ann, cfg.train_images, False, cfg, keypoint_layout("coco"))
     assert (image_id in train_set.ids) == negatives and image_id in val_set.ids
     assert len(train_set) == len(val_set) - (not negatives) - sum(
-        1 for i in val_set.ids if not len(val_set.targets[i][0]) and not val_set.annotations[i]
+        1 for i in val_set.ids if not len(val_set.targets[i][0]) and i not in val_set.annotated
     )
 
 
