@@ -168,6 +168,23 @@ def test_a_person_without_area_gets_the_share_of_its_box_evaluation_takes(tiny):
     assert BOX_AREA_FRACTION == 0.53
 
 
+def test_a_person_without_bbox_gets_the_box_of_its_labelled_keypoints_pixels(tiny):
+    """Labels are pixel indices, so the box runs from the first keypoint's pixel to past the last one's:
+    one labelled keypoint is a 1 x 1 box, not an empty one (whose area would leave OKS undefined)."""
+    tmp_path, data = tiny
+    kpts = np.zeros((17, 3))
+    kpts[[0, 5, 9]] = [(10, 8, 2), (15, 2, 1), (1, 1, 0)]  # the unlabelled one is outside (20 x 10 image)
+    single = np.zeros((17, 3))
+    single[3] = (4, 6, 2)
+    data["annotations"] = [
+        {"id": 1, "image_id": 1, "keypoints": kpts.ravel().tolist()},
+        {"id": 2, "image_id": 1, "keypoints": single.ravel().tolist()},
+    ]
+    _, target = CocoKeypoints(write(tmp_path, data), tmp_path, check_images=False)[0]
+    assert target["boxes"].tolist() == [[10, 2, 16, 9], [4, 6, 5, 7]]
+    torch.testing.assert_close(target["area"], torch.tensor([6.0 * 7, 1.0]) * BOX_AREA_FRACTION)
+
+
 def test_labels_outside_the_image_are_unlabelled_with_a_warning(tiny):
     """A label off the 20 x 10 image would be a target the model cannot reach: it goes, as in a crop,
     and a person left without any goes too."""

@@ -18,6 +18,7 @@ from jcra.data.transforms import (
     RandomHorizontalFlip,
     Resize,
     ToTensor,
+    keep_inside,
     resized_shape,
 )
 from tests.data.test_coco import coco_mini
@@ -145,6 +146,20 @@ def test_flip_swaps_left_and_right():
             torch.testing.assert_close(dst[labelled, 0], 101 - src[labelled, 0])
             torch.testing.assert_close(dst[:, 1:], src[:, 1:])
     torch.testing.assert_close(flipped["keypoints"][:, 0, 0], 101 - target["keypoints"][:, 0, 0])  # nose
+    x0, y0, x1, y1 = target["boxes"].unbind(-1)  # a box's right edge becomes its left edge
+    torch.testing.assert_close(flipped["boxes"], torch.stack([101 - x1, y0, 101 - x0, y1], -1))
+
+
+def test_keep_inside_takes_column_c_as_c_to_c_plus_1():
+    """A keypoint at x = w (or y = h) lies past the last pixel: unlabelled; one just before it stays."""
+    h, w = 10, 20
+    kpts = torch.tensor(
+        [[[w - 1e-3, 5, 2], [w, 5, 2]], [[3, h - 1e-3, 1], [3, h, 2]], [[0, 0, 2], [-1e-3, 0, 2]]]
+    )
+    target = {"keypoints": kpts, "boxes": torch.zeros(3, 4), "area": torch.ones(3)}
+    kept = keep_inside(target, h, w)
+    assert kept["keypoints"][..., 2].tolist() == [[2, 0], [1, 0], [2, 0]]
+    assert kept["keypoints"][:, 1].abs().sum() == 0  # the unlabelled ones zeroed
 
 
 def test_flip_twice_is_identity_on_a_real_photo():

@@ -222,6 +222,36 @@ def test_losses_are_normalised_by_the_batchs_people():
         torch.testing.assert_close(losses[key], value, rtol=1e-5, atol=1e-6)
 
 
+def test_a_person_of_area_zero_takes_no_oks_loss():
+    """OKS is undefined without an area: such a person's matched query gets the L1 loss only (the clamped
+    -log OKS would add about 13.8 a person to the logged loss)."""
+    gen = torch.Generator().manual_seed(4)
+    h, w = 80, 120
+    gt = torch.rand(2, K, 3, generator=gen) * torch.tensor([w, h, 1.0])
+    gt[..., 2] = 2.0
+    target = {"keypoints": gt, "area": torch.tensor([900.0, 0.0]), "size": torch.tensor([h, w])}
+    keypoints = torch.rand(1, 5, K, 2, generator=gen) * 0.1 + 0.9
+    near = gt[..., :2] / torch.tensor([w, h]) + 0.01 * torch.randn(2, K, 2, generator=gen)
+    keypoints[0, 3], keypoints[0, 1] = near[0], near[1]
+    keypoints.requires_grad_()
+    losses = _criterion()({"logits": torch.randn(1, 5, generator=gen), "keypoints": keypoints}, [target])
+    alone = oks_loss(near[:1] * torch.tensor([w, h]), gt[:1], torch.tensor([900.0]), COCO_SIGMAS)[0].float()
+    torch.testing.assert_close(losses["loss_oks"], alone / 2, rtol=1e-5, atol=1e-6)  # two people
+    losses["loss_oks"].backward()
+    assert keypoints.grad[0, 1].abs().sum() == 0 and keypoints.grad[0, 3].abs().sum() > 0
+
+
+def test_count_takes_one_heatmap_peak_a_cell_joint_and_image():
+    """People, labelled coordinates, and peaks: labelled keypoints of one type in one stride-8 cell of one
+    image make one peak (they are one target there)."""
+    kpts = torch.zeros(3, K, 3)
+    kpts[:, 0] = torch.tensor([[3.0, 3.0, 2], [5.0, 6.0, 1], [9.0, 3.0, 2]])  # cells (0, 0), (0, 0), (1, 0)
+    kpts[0, 1] = torch.tensor([3.0, 3.0, 2])  # another joint in cell (0, 0)
+    image = {"keypoints": kpts, "area": torch.ones(3), "size": torch.tensor([40, 50])}
+    other = {"keypoints": kpts[:1].clone(), "area": torch.ones(1), "size": torch.tensor([40, 50])}
+    assert _criterion().count([image, other]).tolist() == [4.0, 2.0 * 6, 3.0 + 2.0]
+
+
 def test_unlabelled_coordinates_reach_no_loss_and_no_gradient_whatever_they_hold():
     """A file may store NaN (or anything) at an unlabelled keypoint: the losses, their gradients and
     the heatmap targets are those of zeros there (a masked NaN still gave 0 * NaN = NaN gradients)."""

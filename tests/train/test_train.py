@@ -792,6 +792,13 @@ def test_sampler_splits_and_resumes():
     assert list(samplers[0]) == orders[0][3:]
     samplers[0].set_epoch(2)
     assert list(samplers[0]) != orders[0]
+    # process r takes every world_size-th pair of the one-process order, from r (which samples a
+    # resumed multi-process run trains on depends on it)
+    whole = ResumableSampler(8, seed=3)
+    halves = [ResumableSampler(8, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    for s in (whole, *halves):
+        s.set_epoch(1)
+    assert [list(h) for h in halves] == [list(whole)[0::2], list(whole)[1::2]]
     with pytest.raises(ValueError, match="rank"):
         ResumableSampler(7, rank=2, world_size=2)
     with pytest.raises(ValueError, match="rank"):
