@@ -107,6 +107,7 @@ def predict(
     from jcra.files import write_atomically, write_text_atomically
     from jcra.postprocess import checked_score_threshold, checked_top_k
     from jcra.visualize import draw_keypoints
+    from train.checkpoint import existing_checkpoint
 
     checked_score_threshold(score_threshold)
     dev = resolve_cli_device(device)
@@ -124,6 +125,7 @@ def predict(
         many = f"{len(unreadable)} of {len(paths)} images cannot be read:\n  " if len(unreadable) > 1 else ""
         raise OSError(many + "\n  ".join(unreadable))
     checked_top_k(top_k)  # before --out is made
+    existing_checkpoint(checkpoint)
     out = output_folder(out)
     estimator = PoseEstimator(*load_model(checkpoint, dev), top_k)
     results, results_path, done = [], out / "results.json", 0
@@ -165,12 +167,14 @@ def evaluate(
     """COCO keypoint AP of a checkpoint on a COCO-format set; writes ``out/results.json`` and
     ``out/metrics.json`` (strict JSON: nan is null) when ``out`` is given, created before any work."""
     from jcra.files import write_text_atomically
+    from train.checkpoint import existing_checkpoint
     from train.config import TrainConfig
     from train.train import build_dataset, data_loader, evaluate, keypoint_layout
 
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
     dev = resolve_cli_device(device)
+    existing_checkpoint(checkpoint)
     if out is not None:
         out = output_folder(out)
     model, data_config = load_model(checkpoint, dev)

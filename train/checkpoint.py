@@ -110,18 +110,39 @@ def _older_rng_globals() -> list:
     return [*names, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
-def load_checkpoint(path: str | Path, map_location="cpu", keys: tuple[str, ...] = ()) -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint`; ValueError naming ``path`` if it is missing,
-    unreadable, or not a dict holding every one of ``keys``."""
+def existing_checkpoint(path: str | Path) -> Path:
+    """``path`` if it is a file, else a ValueError naming it (checked before anything is written)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint path {str(path)!r} does not exist")
+    return path
+
+
+def _reason(err: Exception) -> str:
+    """What went wrong, without the advice of torch's weights-only refusal to load the file with
+    ``weights_only=False`` or to allow what it holds: either would run whatever code the file holds, and
+    checkpoints of ours never need it."""
+    text = str(err)
+    if not text.startswith("Weights only load failed"):
+        return text
+    marker = "WeightsUnpickler error:"
+    detail = text.split(marker, 1)[1] if marker in text else text.split("\n", 1)[-1]
+    detail = detail.split("Check the documentation")[0].split(" Please use")[0]
+    lines = [line.strip() for line in detail.splitlines() if line.strip()]
+    told = " ".join(line for line in lines if not line.startswith("Please file"))
+    return f"not a file train.train writes: {told or 'weights-only loading refused it'}"
+
+
+def load_checkpoint(path: str | Path, map_location="cpu", keys: tuple[str, ...] = ()) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`; ValueError naming ``path`` if it is missing,
+    unreadable, or not a dict holding every one of ``keys``."""
+    path = existing_checkpoint(path)
     try:
         # weights_only: tensors and plain Python values only, so a shared checkpoint runs no code
         with torch.serialization.safe_globals(_older_rng_globals()):
             state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # a truncated or foreign file fails anywhere in the unpickler, with any type
-        raise ValueError(f"checkpoint {path}: cannot be read ({type(err).__name__}: {err})") from err
+        raise ValueError(f"checkpoint {path}: cannot be read ({type(err).__name__}: {_reason(err)})") from err
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {path}: holds a {type(state).__name__}, not a dict of training state")
     missing = [key for key in keys if key not in state]

@@ -133,6 +133,13 @@ def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path
     marker = tmp_path / "ran"
     monkeypatch.setenv("JCRA_TEST_MARKER", str(marker))
     torch.save({"model": _RunsCode()}, tmp_path / "crafted.pt")
-    with pytest.raises(ValueError, match=r"crafted\.pt: cannot be read"):
+    with pytest.raises(ValueError, match=r"crafted\.pt: cannot be read .*not a file train.train") as err:
         load_checkpoint(tmp_path / "crafted.pt")
     assert not marker.exists()
+    assert "GLOBAL" in str(err.value)  # what it would have called
+    # and no advice to load it with weights_only=False, which would run that code
+    assert "weights_only" not in str(err.value) and "Weights only" not in str(err.value)
+    (tmp_path / "text.pt").write_text("x\n")  # not a pickle at all: the same kind of message
+    with pytest.raises(ValueError, match=r"text\.pt: cannot be read") as err:
+        load_checkpoint(tmp_path / "text.pt")
+    assert "weights_only" not in str(err.value)

@@ -248,6 +248,12 @@ def test_predict_reads_tiff_and_gif_names_other_files_and_turns_photos_upright(d
             ["predict", "{ckpt}", "{images}", "--out", "{out}/fresh", "--top-k", "0"],
             "top_k must be an integer >= 1",
         ),
+        (["predict", "{out}/typo.pt", "{images}", "--out", "{out}/fresh"], r"typo\.pt' does not exist"),
+        (
+            ["evaluate", "{out}/typo.pt", "--ann-file", "{ann}", "--image-dir", "{images}"]
+            + ["--out", "{out}/fresh"],
+            r"typo\.pt' does not exist",
+        ),
     ],
 )
 def test_bad_input_exits_with_message(data, checkpoint, bad_files, capsys, args, message):
@@ -264,7 +270,7 @@ def test_bad_input_exits_with_message(data, checkpoint, bad_files, capsys, args,
     assert re.search(message, capsys.readouterr().err)
     # nothing written: every image is decoded before the model runs and draws
     assert not (bad_files / "results.json").exists() and not list(bad_files.glob("*.png"))
-    assert not (bad_files / "fresh").exists()  # nor --out made for a bad --top-k
+    assert not (bad_files / "fresh").exists()  # nor --out made for a bad --top-k or checkpoint path
 
 
 @pytest.mark.parametrize("during", ["reading", "drawing"])
