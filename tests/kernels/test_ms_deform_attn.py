@@ -336,6 +336,19 @@ def test_more_batch_heads_than_the_grid_holds_are_refused_by_the_kernels():
     assert fused(many[0].double(), shapes, many[1], many[2]).shape == (n, 3, 8)
 
 
+def test_the_grid_limit_itself_is_launched():
+    """N * M = 65535 fills the grid's second axis and is legal (a stub kernel: 65535 programs would take
+    minutes under the interpreter)."""
+    grids = []
+
+    class Stub:
+        def __getitem__(self, grid):
+            return lambda *args, **meta: grids.append(grid)
+
+    msda._launch(Stub(), Stub(), "forward", 3, msda.MAX_BATCH_HEADS, torch.zeros(1), BLOCK_D=8)
+    assert len(grids) == 1 and grids[0][1] == 65535
+
+
 def test_opcheck():
     shapes = [5, 4, 2, 3]  # flattened (H, W) pairs, as the op takes them
     value, loc, attn = make_inputs(2, 3, 2, 8, ((5, 4), (2, 3)), 2, torch.float32, seed=4)
