@@ -34,7 +34,8 @@ bench: setup
 # What a lent GPU machine (Python 3.12, no network, no ../shared) needs beside the tree, for the
 # device tool's carry [".whl", ".gpu_shared"] (bench/gpu_session.py says how a call installs them):
 # wheels of the dependencies it lacks, and the shared data the suites read.
-GPU_WHEELS := pycocotools==2.0.11 hydra-core==1.3.2 omegaconf==2.3.0 torch-linear-assignment==0.1.0
+GPU_WHEELS := pycocotools==2.0.11 hydra-core==1.3.2 omegaconf==2.3.0 torch-linear-assignment==0.1.0 \
+	pytest-timeout==2.4.0
 gpu-carry: setup
 	rm -rf .whl .gpu_shared
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \

@@ -468,6 +468,22 @@ def test_rendered_maps_have_their_gaussians_and_centres():
     assert pose_areas(poses).tolist() == [(40.0 - 20.0) * (40.0 - 12.0)]
 
 
+@pytest.mark.parametrize("shift", [3.0, 5.5, 9.0])
+def test_oks_ap_of_one_shifted_person_counts_the_thresholds_its_oks_passes(shift):
+    """One person, one pose shifted ``shift`` px: AP is the share of the thresholds 0.50:0.05:0.95 its
+    OKS reaches, the OKS at COCO's sigmas on the scale of the keypoint box's area."""
+    from kernels.oks import COCO_SIGMAS
+
+    gt = random_poses(1, 200, 300, seed=4)
+    pose = gt.clone()
+    pose[..., 0] += shift
+    area = float(pose_areas(gt)[0])
+    oks = np.exp(-(shift**2) / (2 * area * (2 * COCO_SIGMAS.double().numpy()) ** 2)).mean()
+    thresholds = np.linspace(0.5, 0.95, 10)
+    assert np.abs(thresholds - oks).min() > 0.005  # not on a threshold, where rounding would decide
+    assert oks_ap(gt, pose, torch.ones(1)) == pytest.approx(float((oks >= thresholds).mean()))
+
+
 def test_tags_and_offsets_are_the_nearest_persons_far_from_every_joint_too():
     """Person 0 at the map's left edge, person 1 at x = 600 px: at the right edge, some 200 px from
     every joint, all Gaussians underflow to zero, and the tag and DEKR's offsets are still person

@@ -1,5 +1,6 @@
 """Training loop on CPU: a short run end to end, bitwise resume, DDP on gloo, NaN stop, bad input."""
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -61,6 +62,13 @@ def test_resume_after_interruption_is_bitwise(data, tmp_path, num_workers):
     torch.testing.assert_close(a["rng"][0]["torch"], b["rng"][0]["torch"], rtol=0, atol=0)
 
 
+def test_evaluation_every_eval_every_th_epoch_and_after_the_last(data, tmp_path):
+    """eval_every=2 over 3 epochs of 3 steps: after epoch 2 (step 6) and the last (step 9)."""
+    train(tiny_config(data, tmp_path, epochs=3, eval_every=2))
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if line["kind"] == "val"] == [6, 9]
+
+
 def test_gradient_accumulation_steps_once_per_grad_accum_micro_batches(data, tmp_path):
     """6 images at batch 1: 3 optimizer steps (how the micro-batches average is the next test's)."""
     result = train(tiny_config(data, tmp_path, batch_size=1, grad_accum=2, epochs=1))
@@ -111,6 +119,44 @@ def test_accumulate_divides_every_micro_batch_by_the_whole_batchs_counts():
     torch.testing.assert_close(model.weight.grad, sum(grads))
     torch.testing.assert_close(totals["loss"], torch.tensor(sum(losses)))
     torch.testing.assert_close(totals["loss_part"], torch.tensor(2 * sum(losses)))
+
+
+def test_accumulate_synchronises_processes_on_the_last_micro_batch_alone():
+    """DDP's gradient all-reduce runs on a backward outside ``no_sync``: the last micro-batch's, once the
+    others have accumulated (a sync on any other leaves the later ones unreduced, the processes'
+    weights drifting apart)."""
+
+    class Distributed(_Affine):
+        def __init__(self):
+            super().__init__()
+            self.synced, self.in_no_sync = [], False
+
+        @contextlib.contextmanager
+        def no_sync(self):
+            self.in_no_sync = True
+            yield
+            self.in_no_sync = False
+
+        def forward(self, images, padding_mask):
+            self.synced.append(not self.in_no_sync)
+            return super().forward(images, padding_mask)
+
+    class Criterion:
+        @staticmethod
+        def count(targets):
+            return torch.ones(3)
+
+        def __call__(self, outputs, targets, counts):
+            return {"loss": outputs["out"].sum()}
+
+    model = Distributed()
+    for accum in (1, 3):
+        model.synced.clear()
+        batches = iter([(torch.ones(1, 3), torch.zeros(1, dtype=torch.bool), None)] * accum)
+        cfg = SimpleNamespace(grad_accum=accum, precision="fp32")
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        accumulate(model, Criterion(), batches, cfg, torch.device("cpu"), scaler)
+        assert model.synced == [False] * (accum - 1) + [True]
 
 
 def test_accumulated_micro_batches_give_the_gradient_of_one_batch(data):
