@@ -11,7 +11,9 @@ from jcra.targets import pad_targets
 from kernels.oks import COCO_SIGMAS, pose_matching_cost_reference
 
 K = 17
-WEIGHTS = {"w_class": 2.0, "w_kpt": 70.0, "w_oks": 2.0, "alpha": 0.25, "gamma": 2.0}
+# all different, and focal parameters other than the defaults: a weight passed as another, or a default
+# used for a given one, changes the cost
+WEIGHTS = {"w_class": 2.0, "w_kpt": 70.0, "w_oks": 7.0, "alpha": 0.3, "gamma": 1.5}
 
 
 def _targets(counts, gen, crowd_every=0):
@@ -55,6 +57,17 @@ def _brute_force_min(cost):
             sum(cost[r][c] for c, r in enumerate(rows)) for rows in itertools.permutations(range(q), g)
         )
     return min(sum(cost[r][c] for r, c in enumerate(cols)) for cols in itertools.permutations(range(g), q))
+
+
+def test_cost_of_every_stage_and_image_is_the_reference_cost_with_the_matchers_weights():
+    gen = torch.Generator().manual_seed(11)
+    logits, keypoints = _predictions(2, 3, 6, gen)
+    targets = _targets([2, 4, 1], gen)
+    cost = HungarianMatcher(COCO_SIGMAS, **WEIGHTS)._cost(logits, keypoints, pad_targets(targets, K, "cpu"))
+    for stage, image in itertools.product(range(2), range(3)):
+        g = len(targets[image]["area"])
+        expected = _image_cost(logits[stage, image], keypoints[stage, image], targets[image])
+        torch.testing.assert_close(cost[stage * 3 + image, :, :g].double(), expected, rtol=1e-5, atol=1e-4)
 
 
 def test_assignment_is_optimal_against_brute_force():

@@ -349,9 +349,10 @@ def test_the_grid_limit_itself_is_launched():
     assert len(grids) == 1 and grids[0][1] == 65535
 
 
-def test_opcheck():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # fakes' dtypes are checked too
+def test_opcheck(dtype):
     shapes = [5, 4, 2, 3]  # flattened (H, W) pairs, as the op takes them
-    value, loc, attn = make_inputs(2, 3, 2, 8, ((5, 4), (2, 3)), 2, torch.float32, seed=4)
+    value, loc, attn = make_inputs(2, 3, 2, 8, ((5, 4), (2, 3)), 2, dtype, seed=4)
     value.requires_grad_()
     levels = torch.tensor([[5, 4, 0], [2, 3, 20]], device=DEVICE)  # (H, W, start) per level
     args = (value, shapes, levels, loc.requires_grad_(), attn.requires_grad_(), False)
@@ -374,14 +375,15 @@ def test_reference_backward_in_closed_form_equals_autograd_of_the_reference(dtyp
         torch.testing.assert_close(g, w, rtol=0, atol=1e-12 if dtype == torch.float64 else 1e-5, msg=name)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("path", ["triton", "reference"])
-def test_opcheck_backward(path, monkeypatch):
+def test_opcheck_backward(path, dtype, monkeypatch):
     if path == "reference":
         monkeypatch.setattr(msda, "use_triton", lambda t: False)
     shapes = [5, 4, 2, 3]
-    value, loc, attn = make_inputs(2, 3, 2, 8, ((5, 4), (2, 3)), 2, torch.float32, seed=4)
+    value, loc, attn = make_inputs(2, 3, 2, 8, ((5, 4), (2, 3)), 2, dtype, seed=4)
     levels = torch.tensor([[5, 4, 0], [2, 3, 20]], device=DEVICE)
-    grad = torch.randn(2, 3, 16, device=DEVICE)
+    grad = torch.randn(2, 3, 16, device=DEVICE).to(dtype)
     for deterministic in (False, True):
         args = (grad, value, shapes, levels, loc, attn, deterministic)
         torch.library.opcheck(torch.ops.jcra.ms_deform_attn_backward.default, args)

@@ -523,24 +523,39 @@ def test_oks_loss_is_one_minus_pairwise_oks_on_the_diagonal():
 
 @pytest.mark.parametrize("mode", ["linear", "log"])
 def test_oks_loss_gradcheck(mode):
-    _, pred, gt, area = _random_batch(1, 4, 4, 5, torch.float64, seed=9, device="cpu")
-    pred, gt, area = pred[0], gt[0], area[0] + 0.05
-    gt[..., 2] = 2  # every keypoint labelled, so OKS > eps and the log branch is smooth
-    pred.requires_grad_(True)
+    """Near their ground truth (OKS 0.3-0.9), where both modes are smooth and the gradient large enough
+    for gradcheck to see a wrong one; far off, below the log's clamp, the log's gradient is zero."""
+    f64 = torch.float64
+    gen = torch.Generator().manual_seed(9)
+    gt = torch.cat([torch.rand(4, 5, 2, generator=gen, dtype=f64), torch.full((4, 5, 1), 2.0, dtype=f64)], -1)
+    area = 0.05 + 0.1 * torch.rand(4, generator=gen, dtype=f64)
+    pred = gt[..., :2] + 0.05 * area.sqrt()[:, None, None] * torch.randn(4, 5, 2, generator=gen, dtype=f64)
     sigmas = COCO_SIGMAS[:5]
+    oks_values = 1 - oks_loss(pred, gt, area, sigmas, mode="linear")
+    assert (oks_values > 0.3).all() and (oks_values < 0.9).all()
+    pred.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda p: oks_loss(p, gt, area, sigmas, mode=mode), (pred,))
+    far = (gt[..., :2] + 1.0).requires_grad_()
+    assert (1 - oks_loss(far, gt, area, sigmas, mode="linear") < 1e-6).all()
+    oks_loss(far, gt, area, sigmas, mode="log").sum().backward()
+    assert not far.grad.any()
 
 
 def test_oks_loss_gradient_is_finite_and_zero_for_padding():
     gen = torch.Generator().manual_seed(10)
     gt = torch.cat([torch.rand(3, 17, 2, generator=gen), torch.full((3, 17, 1), 2.0)], dim=-1)
     area = torch.full((3,), 0.1)
-    pred = (gt[..., :2] + 0.01 * torch.randn(3, 17, 2, generator=gen)).requires_grad_()
+    pred = gt[..., :2] + 0.01 * torch.randn(3, 17, 2, generator=gen)
+    pred[0] += 10.0  # a padding row's prediction is anything: far off, exp(-e) overflows at area < 0
+    pred.requires_grad_()
     area[0] = 0  # padding
     gt[1, :, 2] = 0  # nothing labelled
-    oks_loss(pred, gt, area, COCO_SIGMAS, mode="log").sum().backward()
-    assert torch.isfinite(pred.grad).all()
-    assert torch.all(pred.grad[:2] == 0) and pred.grad[2].abs().sum() > 0
+    for padding_area in (0.0, -1.0):  # a negative one too: exp(-e) of its e is inf, masked
+        area[0] = padding_area
+        pred.grad = None
+        oks_loss(pred, gt, area, COCO_SIGMAS, mode="log").sum().backward()
+        assert torch.isfinite(pred.grad).all()
+        assert torch.all(pred.grad[:2] == 0) and pred.grad[2].abs().sum() > 0
 
 
 def test_oks_loss_rejects_bad_mode_and_shapes():
