@@ -435,8 +435,9 @@ def test_bad_inputs_raise_value_error_naming_the_argument(name, mutate):
             )
 
 
-def test_opcheck():
-    logits, pred, gt, area = _random_batch(2, 5, 3, 17, torch.float32, seed=6)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # the fakes' fp32 cost is checked too
+def test_opcheck(dtype):
+    logits, pred, gt, area = _random_batch(2, 5, 3, 17, dtype, seed=6)
     sigmas = _sigmas(17)
     for size in (None, _image_size(2, True)):
         torch.library.opcheck(torch.ops.jcra.pairwise_oks.default, (pred, gt, area, sigmas, size))
