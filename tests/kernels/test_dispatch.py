@@ -5,6 +5,8 @@ import os
 import pytest
 import torch
 
+from torch.utils._python_dispatch import TorchDispatchMode
+
 from kernels import dispatch
 from kernels.dispatch import device_table, eager_or_op, to_device, use_triton
 
@@ -15,6 +17,11 @@ def test_cpu_tensors_run_the_kernels_under_the_interpreter():
     code. Were CPU tensors sent to the reference, the Triton-only tests would skip, not fail."""
     assert os.environ["TRITON_INTERPRET"] == "1" and dispatch.INTERPRET
     assert use_triton(torch.empty(0))
+
+
+def test_cpu_tensors_run_the_reference_without_the_interpreter(monkeypatch):
+    monkeypatch.setattr(dispatch, "INTERPRET", False)
+    assert not use_triton(torch.ones(3))
 
 
 def test_a_table_is_built_once_and_serves_backward_after_inference_mode():
@@ -81,3 +88,10 @@ def test_eager_calls_run_the_body_and_interceptors_see_the_op():
     assert seen == ["op"]
     with torch.profiler.profile():
         assert _route(x) == "op"
+    with _PassThrough():  # a dispatch mode on real tensors (a logger, a FLOP counter)
+        assert _route(x) == "op"
+
+
+class _PassThrough(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))

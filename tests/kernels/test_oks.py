@@ -542,6 +542,41 @@ def test_oks_loss_gradcheck(mode):
     assert not far.grad.any()
 
 
+def _near_pairs(seed):
+    """fp64 predictions near their ground truth (some keypoints unlabelled), areas in image units."""
+    gen = torch.Generator().manual_seed(seed)
+    gt = torch.rand(4, 17, 3, generator=gen, dtype=torch.float64)
+    gt[..., 2] = torch.randint(0, 3, (4, 17), generator=gen).double()
+    pred = gt[..., :2] + 0.01 * torch.randn(4, 17, 2, generator=gen, dtype=torch.float64)
+    return pred, gt, 0.05 + 0.2 * torch.rand(4, generator=gen, dtype=torch.float64)
+
+
+def test_nan_at_unlabelled_keypoints_reaches_no_oks_and_no_gradient():
+    pred, gt, area = _near_pairs(0)
+    results = []
+    for fill in (0.0, float("nan")):
+        filled = torch.cat([torch.where(gt[..., 2:] > 0, gt[..., :2], fill), gt[..., 2:]], -1)
+        p = pred.clone().requires_grad_()
+        loss = oks_loss(p, filled, area, COCO_SIGMAS, mode="linear")
+        loss.sum().backward()
+        results.append((loss.detach(), p.grad))
+    (loss, grad), (nan_loss, nan_grad) = results
+    assert nan_loss.isfinite().all() and nan_grad.isfinite().all()
+    torch.testing.assert_close(nan_loss, loss, rtol=0, atol=0)
+    torch.testing.assert_close(nan_grad, grad, rtol=0, atol=0)
+
+
+def test_oks_loss_in_image_units_takes_the_image_size():
+    """With ``image_size`` (w, h), OKS is taken in pixels: the same as pixel coordinates and areas."""
+    pred, gt, area = _near_pairs(1)
+    size = torch.tensor([[1333, 300], [240, 960], [900, 400], [500, 700]], dtype=torch.float64)
+    pixel_gt = torch.cat([gt[..., :2] * size[:, None], gt[..., 2:]], -1)
+    pixels = oks_loss(pred * size[:, None], pixel_gt, area * size.prod(-1), COCO_SIGMAS, mode="linear")
+    got = oks_loss(pred, gt, area, COCO_SIGMAS, mode="linear", image_size=size)
+    torch.testing.assert_close(got, pixels)
+    assert (got - oks_loss(pred, gt, area, COCO_SIGMAS, mode="linear")).abs().max() > 1e-3
+
+
 def test_oks_loss_gradient_is_finite_and_zero_for_padding():
     gen = torch.Generator().manual_seed(10)
     gt = torch.cat([torch.rand(3, 17, 2, generator=gen), torch.full((3, 17, 1), 2.0)], dim=-1)
