@@ -4,7 +4,6 @@ import os
 
 import pytest
 import torch
-
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from kernels import dispatch
