@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from jcra import cli
 from jcra.cli import main
 from train.checkpoint import load_checkpoint
 
@@ -84,6 +85,24 @@ def test_evaluate_command_prints_ap(data, checkpoint, tmp_path, capsys):
     metrics = json.loads(capsys.readouterr().out)
     assert 0.0 <= metrics["AP"] <= 1.0
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+
+
+def test_evaluate_takes_the_checkpoints_sizes(data, checkpoint, tmp_path, monkeypatch):
+    """Images are read at the checkpoint's val_scale and max_size (the test checkpoints have both at
+    the images' size, where taking one for the other would not show)."""
+    state = torch.load(checkpoint, weights_only=True)
+    state["data_config"] = {**state["data_config"], "val_scale": 32, "max_size": 48}
+    torch.save(state, tmp_path / "sized.pt")
+    seen = []
+
+    def stop_at_the_dataset(ann_file, image_dir, train, cfg, layout):
+        seen.append((cfg.val_scale, cfg.max_size))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("train.train.build_dataset", stop_at_the_dataset)
+    with pytest.raises(KeyboardInterrupt):
+        cli.evaluate(tmp_path / "sized.pt", data["val_ann"], data["val_images"], device="cpu")
+    assert seen == [(32, 48)]
 
 
 def test_evaluate_writes_the_results_before_scoring_them(data, checkpoint, tmp_path, monkeypatch):

@@ -108,3 +108,29 @@ def test_a_checkpoint_lacking_its_data_settings_is_named(checkpoint, tmp_path):
     save_checkpoint(tmp_path / "cut.pt", state)
     with pytest.raises(ValueError, match=r"cut\.pt: its data_config must hold keypoint_layout, val_scale"):
         PoseEstimator.from_checkpoint(tmp_path / "cut.pt", device="cpu")
+
+
+def test_images_are_resized_to_the_checkpoints_scale_and_people_come_back_in_their_pixels():
+    """Every test checkpoint evaluates at the size its images have, where a wrong scale or people left in
+    the resized frame would not show: a model that puts every keypoint at (0.75, 0.5) of what it sees,
+    asked about a 64 x 48 image at val_scale 32 (short side 32: 43 x 32 pixels go in)."""
+    seen = []
+
+    class Fixed(torch.nn.Module):
+        num_keypoints = 17
+
+        def __init__(self):
+            super().__init__()
+            self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, images, padding_mask):
+            valid = ~padding_mask
+            seen.append((int(valid.any(2).sum(1).max()), int(valid.any(1).sum(1).max())))
+            keypoints = torch.tensor([0.75, 0.5]).expand(images.shape[0], 2, 17, 2)
+            return {"logits": torch.zeros(images.shape[0], 2), "keypoints": keypoints}
+
+    settings = {"keypoint_layout": "coco", "val_scale": 32, "max_size": 64}
+    people = PoseEstimator(Fixed(), settings, top_k=2)(Image.new("RGB", (64, 48)))
+    assert seen == [(32, 43)]
+    expected = torch.tensor([0.75 * 64, 0.5 * 48]) - 0.5  # the labels' pixel indices
+    torch.testing.assert_close(people["keypoints"], expected.expand(2, 17, 2))
