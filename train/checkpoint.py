@@ -205,7 +205,8 @@ def check_resumable(state: dict, cfg: TrainConfig, world: int, path: Path) -> No
 
 
 def _comparable(name: str, value):
-    """Paths resolved, sequences as lists, numbers as floats: equal settings compare equal."""
+    """Paths resolved, sequences as lists (numbers compare by value, 30 == 30.0): equal settings compare
+    equal."""
     if name in ("train_ann", "train_images"):
         return Path(value).resolve()
-    return json.loads(json.dumps(value), parse_int=float)
+    return json.loads(json.dumps(value))

@@ -1,6 +1,7 @@
 """train.checkpoint: atomic writes readable by others, cleanup of killed writes, reads that name what is
 wrong, and the generator states a resume restores."""
 
+import dataclasses
 import errno
 import os
 import random
@@ -11,7 +12,15 @@ import pytest
 import torch
 
 from jcra.files import remove_partial_writes, write_atomically
-from train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from train.checkpoint import (
+    RESUME_FIELDS,
+    check_resumable,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from train.config import TrainConfig
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
@@ -143,3 +152,54 @@ def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path
     with pytest.raises(ValueError, match=r"text\.pt: cannot be read") as err:
         load_checkpoint(tmp_path / "text.pt")
     assert "weights_only" not in str(err.value)
+
+
+FREE_TO_CHANGE = {"out_dir", "resume", "epochs", "max_steps", "precision", "compile", "device",
+                  "num_workers", "val_ann", "val_images", "val_scale", "top_k", "eval_every", "log_every",
+                  "checkpoint_every"}  # fmt: skip
+"""What a resumed run may set anew (its length, speed, evaluation and logging): every other setting
+changes what the checkpoint's step, sampler position and optimizer state mean."""
+
+
+def _resume_config() -> TrainConfig:
+    return TrainConfig(out_dir="run", train_ann="a.json", train_images="images", val_ann="v.json",
+                       val_images="v", lr_drop_epochs=[3], model_overrides={"dropout": 0.0})  # fmt: skip
+
+
+def _changed(value):
+    """Another value of the setting's kind."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value * 2 + 1
+    if isinstance(value, str):
+        return value + "2"
+    if isinstance(value, list):
+        return [*value, 7]
+    if isinstance(value, dict):
+        return {**value, "other": 1}
+    return 7  # None
+
+
+def test_every_setting_is_checked_on_resume_or_free_to_change():
+    checked, free = set(RESUME_FIELDS), FREE_TO_CHANGE
+    assert checked | free == {f.name for f in dataclasses.fields(TrainConfig)} and not checked & free
+
+
+@pytest.mark.parametrize("name", RESUME_FIELDS)
+def test_a_resume_with_a_checked_setting_changed_is_refused_naming_it(name):
+    cfg = _resume_config()
+    state = {"train_config": dataclasses.asdict(cfg), "rng": [None]}
+    check_resumable(state, cfg, 1, Path("ckpt.pt"))
+    changed = dataclasses.replace(cfg, **{name: _changed(getattr(cfg, name))})
+    with pytest.raises(ValueError, match=rf"ckpt\.pt was written with other settings \({name} "):
+        check_resumable(state, changed, 1, Path("ckpt.pt"))
+
+
+def test_a_resume_compares_numbers_by_value_and_counts_processes():
+    """A hydra override gives 30 where the file held 30.0; a checkpoint holds one RNG state a process."""
+    cfg = _resume_config()
+    saved = {**dataclasses.asdict(cfg), "rotation": 30, "train_scales": [256.0], "lr_drop_epochs": [3.0]}
+    check_resumable({"train_config": saved, "rng": [None]}, cfg, 1, Path("ckpt.pt"))
+    with pytest.raises(ValueError, match=r"ckpt\.pt was written by 2 processes, this run has 1"):
+        check_resumable({"train_config": saved, "rng": [None, None]}, cfg, 1, Path("ckpt.pt"))
