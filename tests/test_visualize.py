@@ -156,13 +156,17 @@ def test_real_coco_photo():
 
 
 def test_save_grid(tmp_path):
-    red = Image.new("RGB", (100, 50), (255, 0, 0))
-    images = [red, Image.new("RGB", (30, 60)), Image.new("RGB", (64, 64))]
+    red, green, blue = ((255, 0, 0), (0, 255, 0), (0, 0, 255))
+    sizes = ((100, 50), (30, 60), (64, 64))
+    images = [Image.new("RGB", size, colour) for size, colour in zip(sizes, (red, green, blue), strict=True)]
     path = save_grid(images, tmp_path / "sub" / "grid.png", columns=2, cell=32)
     with Image.open(path) as grid:
         assert grid.format == "PNG" and grid.size == (64, 64)
         # The 100x50 red image becomes 32x16, centred vertically in the first cell.
-        assert grid.getpixel((16, 16)) == (255, 0, 0) and grid.getpixel((16, 2)) == BLACK
+        assert grid.getpixel((16, 16)) == red and grid.getpixel((16, 2)) == BLACK
+        # row-major: the second to the first row's right, the third below the first; the last cell empty
+        assert grid.getpixel((48, 16)) == green and grid.getpixel((16, 48)) == blue
+        assert grid.getpixel((48, 48)) == BLACK
     with Image.open(save_grid(images, tmp_path / "row.png", cell=32)) as row:
         assert row.size == (96, 32)  # fewer images than columns: one row as wide as the images
     with pytest.raises(ValueError, match="images"):
