@@ -52,3 +52,21 @@ def test_an_ignored_signal_stays_ignored(python_handlers):
 
 def test_exit_status_is_the_shells_for_the_signal():
     assert (exit_status("SIGINT"), exit_status("SIGTERM")) == (130, 143)
+
+
+def test_the_first_signal_names_the_stop_and_a_ctrl_c_after_it_reaches_the_handler_before(python_handlers):
+    """A SIGTERM after a Ctrl-C leaves the stop a SIGINT (exit status 130, not 143); a Ctrl-C after a stop
+    request goes to whatever handler the program had installed, not only to Python's."""
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.name == "SIGINT"
+    seen = []
+    signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            pytest.fail("the Ctrl-C skipped the program's own handler")
+        assert stop.name == "SIGTERM" and seen == [signal.SIGINT]
