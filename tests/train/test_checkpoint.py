@@ -131,6 +131,29 @@ def test_a_checkpoint_numpy_1_pickled_loads_under_numpy_2(tmp_path):
     assert np.random.get_state()[1].tolist() == state["numpy"][1].tolist()
 
 
+def test_a_write_is_on_disk_before_its_rename_and_the_rename_after_it(tmp_path, monkeypatch):
+    """The whole file is flushed and synced before it replaces the old one, from a temporary file beside
+    it (a rename across file systems fails), and the folder is synced after: a power loss leaves the
+    old file or the new one."""
+    import stat
+
+    path, synced, fsync = tmp_path / "out.bin", [], os.fsync
+
+    def recording_fsync(fd):
+        mode, size = os.fstat(fd).st_mode, os.fstat(fd).st_size
+        synced.append(("folder" if stat.S_ISDIR(mode) else size, path.read_bytes()))
+        fsync(fd)
+
+    def write(f):
+        assert sum(p.name.startswith(".out.bin.") for p in tmp_path.iterdir()) == 1
+        f.write(b"x" * 1000)
+
+    path.write_bytes(b"old")
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    write_atomically(path, write)
+    assert synced == [(1000, b"old"), ("folder", b"x" * 1000)]
+
+
 class _RunsCode:
     def __reduce__(self):
         return (Path.touch, (Path(os.environ["JCRA_TEST_MARKER"]),))
