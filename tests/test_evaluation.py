@@ -421,6 +421,22 @@ def test_missing_num_keypoints_and_bbox_are_filled(tmp_path):
     assert evaluate_keypoints(results, _write(tmp_path, "gt.json", gt)) == expected
 
 
+def test_a_person_without_bbox_or_area_is_scored_on_its_keypoints_box(tmp_path):
+    """Neither bbox nor area: OKS takes 0.53 of the box around the labelled keypoints' pixels, as the
+    dataset trains with (keypoints from x 10 to 90, y 20 to 68: a box of 81 x 49 pixels)."""
+    gt = _tiny_gt(17, crowd_indices=[None, None])
+    results = _perfect_results(gt)
+    for record, shift in zip(results, (2.0, 5.0), strict=True):  # OKS neither 0 nor 1
+        record["keypoints"] = [v + shift if i % 3 < 2 else v for i, v in enumerate(record["keypoints"])]
+    for ann in gt["annotations"]:
+        ann["bbox"], ann["area"] = [10.0, 20.0, 81.0, 49.0], 0.53 * 81 * 49
+    expected = evaluate_keypoints(results, _write(tmp_path, "full.json", gt))
+    for ann in gt["annotations"]:
+        del ann["bbox"], ann["area"]
+    assert evaluate_keypoints(results, _write(tmp_path, "gt.json", gt)) == expected
+    assert 0.0 < expected["AP"] < 1.0
+
+
 def test_missing_annotation_and_category_ids_are_filled(tmp_path):
     """Annotations without an id or a category are numbered and put in the keypoint category as the
     others are."""
