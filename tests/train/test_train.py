@@ -5,6 +5,7 @@ import dataclasses
 import gc
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -550,12 +551,13 @@ def test_a_run_is_refused_while_another_process_writes_its_out_dir(data, tmp_pat
     write the same folder; once they are gone (the lock goes with its process), it runs."""
     hold = "import sys, time; from pathlib import Path; from train.checkpoint import out_dir_lock\n"
     hold += "with out_dir_lock(Path(sys.argv[1])):\n    print('locked', flush=True)\n    time.sleep(300)"
+    # an earlier run's longer text in the lock file: the holder's replaces it whole
+    (tmp_path / ".lock").write_text("pid 999999999 on a-host-with-a-much-longer-name-than-this-one")
     holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "locked\n"
-        with pytest.raises(
-            RuntimeError, match=rf"out_dir: .* is in use by another run \(pid {holder.pid} on "
-        ):
+        held_by = re.escape(f"(pid {holder.pid} on {socket.gethostname()})")
+        with pytest.raises(RuntimeError, match=rf"out_dir: .* is in use by another run {held_by}; "):
             train(tiny_config(data, tmp_path, max_steps=1))
         assert not (tmp_path / "checkpoint.pt").exists()
     finally:
