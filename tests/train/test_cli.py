@@ -69,6 +69,46 @@ def test_predict_folder_writes_results_and_drawings(data, checkpoint, tmp_path, 
     assert "results.json" in capsys.readouterr().out
 
 
+def test_predict_draws_the_people_scoring_at_least_the_threshold_on_the_layouts_skeleton(
+    data, checkpoint, tmp_path, monkeypatch
+):
+    """At a threshold equal to the third best score, the drawing is exactly the image with the three
+    best people on COCO's skeleton (and differs from the two best alone, so a > for >= shows; the
+    test checkpoint's poses are too small for their limbs to show, so the skeleton is also checked as
+    it is passed)."""
+    from PIL import Image
+
+    import jcra.visualize
+    from jcra.data.images import read_rgb
+    from jcra.data.keypoint_layouts import COCO
+    from jcra.visualize import draw_keypoints
+
+    skeletons = []
+
+    def recorded(image, people, skeleton, **kwargs):
+        skeletons.append(skeleton)
+        return draw_keypoints(image, people, skeleton, **kwargs)
+
+    monkeypatch.setattr(jcra.visualize, "draw_keypoints", recorded)
+    path = sorted(Path(data["val_images"]).iterdir())[0]
+    main(["predict", checkpoint, str(path), "--out", str(tmp_path / "all"), "--device", "cpu"])
+    records = json.loads((tmp_path / "all" / "results.json").read_text())
+    threshold = sorted((r["score"] for r in records), reverse=True)[2]
+    out = tmp_path / "three"
+    main(["predict", checkpoint, str(path), "--out", str(out), "--device", "cpu"]
+         + ["--score-threshold", repr(threshold)])  # fmt: skip
+    assert skeletons == [COCO.skeleton] * 2
+
+    def drawn(people):
+        return np.asarray(draw_keypoints(read_rgb(path, upright=True), people, COCO.skeleton))
+
+    best = sorted(records, key=lambda r: -r["score"])
+    expected = drawn([r for r in records if r["score"] >= threshold])
+    assert not np.array_equal(expected, drawn(best[:2]))
+    with Image.open(out / f"{path.name}.png") as drawing:
+        np.testing.assert_array_equal(np.asarray(drawing), expected)
+
+
 def test_predict_into_input_folder_keeps_inputs_and_same_stems_apart(data, checkpoint, tmp_path):
     image = sorted(Path(data["val_images"]).iterdir())[0]
     inputs = {name: tmp_path / name for name in ("photo.jpg", "photo.png")}
