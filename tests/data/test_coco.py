@@ -114,8 +114,8 @@ def test_tiny_is_valid(tiny):
 
 
 def test_the_parsed_file_is_not_kept(tiny):
-    """The dataset keeps its targets, not the parsed annotations (COCO train's polygons are about 1 GB of
-    Python objects, which every forked loader worker would come to copy)."""
+    """The dataset keeps its targets, not the parsed annotations (COCO train's polygons, an estimated
+    0.8 GB of Python objects, which every forked loader worker would come to copy)."""
     import gc
     import tracemalloc
 
