@@ -316,6 +316,12 @@ def test_bad_input_fails_before_training(data, tmp_path, change, message):
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
+def test_a_range_of_one_size_is_accepted(data, tmp_path):
+    cfg = tiny_config(data, tmp_path, train_scales=[48, 48], train_scale_mode="range")
+    cfg.validate()
+    assert cfg.training_scales() == range(48, 49)
+
+
 def test_a_learning_rate_drop_the_run_never_reaches_warns(data, tmp_path):
     """COCO's [80] kept with epochs=50 never dropped the rate, without a word."""
     with pytest.warns(UserWarning, match=r"lr_drop_epochs \[2, 5\] are not before epochs=2"):
