@@ -160,6 +160,18 @@ def test_accumulate_synchronises_processes_on_the_last_micro_batch_alone():
         assert model.synced == [False] * (accum - 1) + [True]
 
 
+def test_images_per_second_count_every_micro_batch(data, tmp_path, monkeypatch):
+    """A step of grad_accum 2 at batch 1 trains 2 images; on a clock that moves 1 s between a step's
+    start and end, the log says 2 images/s."""
+    import train.train as loop
+
+    clock = iter(range(1000))
+    monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    train(tiny_config(data, tmp_path, batch_size=1, grad_accum=2, epochs=1, eval_every=0))
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["images_per_s"] for line in lines if line["kind"] == "train"] == [2.0] * 3
+
+
 def test_accumulated_micro_batches_give_the_gradient_of_one_batch(data):
     """Batch 1 x grad_accum 2 against batch 2: the same losses and gradients (the images hold other
     numbers of people, which a mean of per-micro-batch losses weighs unequally: 0.5 of the norm off)."""
