@@ -119,16 +119,19 @@ def existing_checkpoint(path: str | Path) -> Path:
 
 
 def _reason(err: Exception) -> str:
-    """What went wrong, without the advice of torch's weights-only refusal to load the file with
+    """What went wrong, without torch's advice (on a weights-only refusal) to load the file with
     ``weights_only=False`` or to allow what it holds: either would run whatever code the file holds, and
     checkpoints of ours never need it."""
     text = str(err)
-    if not text.startswith("Weights only load failed"):
+    advice = getattr(torch.serialization, "UNSAFE_MESSAGE", "In PyTorch 2.6, we changed the default")
+    refused = text.startswith("Weights only load failed") or advice in text
+    if not refused:
         return text
+    text = text.replace(advice, "").split("Check the documentation of torch.load")[0]
     marker = "WeightsUnpickler error:"
-    detail = text.split(marker, 1)[1] if marker in text else text.split("\n", 1)[-1]
-    detail = detail.split("Check the documentation")[0].split(" Please use")[0]
-    lines = [line.strip() for line in detail.splitlines() if line.strip()]
+    text = text.split(marker, 1)[1] if marker in text else text.replace("Weights only load failed.", "")
+    text = text.split(" Please use")[0]  # how to allow a global
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     told = " ".join(line for line in lines if not line.startswith("Please file"))
     return f"not a file train.train writes: {told or 'weights-only loading refused it'}"
 

@@ -3,6 +3,7 @@ wrong, and the generator states a resume restores."""
 
 import dataclasses
 import errno
+import io
 import os
 import random
 from pathlib import Path
@@ -154,6 +155,10 @@ def test_a_write_is_on_disk_before_its_rename_and_the_rename_after_it(tmp_path, 
     assert synced == [(1000, b"old"), ("folder", b"x" * 1000)]
 
 
+class _Opaque:
+    pass
+
+
 class _RunsCode:
     def __reduce__(self):
         return (Path.touch, (Path(os.environ["JCRA_TEST_MARKER"]),))
@@ -175,6 +180,18 @@ def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path
     with pytest.raises(ValueError, match=r"text\.pt: cannot be read") as err:
         load_checkpoint(tmp_path / "text.pt")
     assert "weights_only" not in str(err.value)
+    # torch's other refusals keep their reason and lose the advice: an exported TorchScript model, and
+    # a file naming a global torch loads only once its module is imported (a DTensor's)
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), tmp_path / "scripted.pt")
+    buffer = io.BytesIO()
+    torch.save({"model": _Opaque()}, buffer, _use_new_zipfile_serialization=False)
+    ours, dtensor = b"tests.train.test_checkpoint\n_Opaque", b"torch.distributed.tensor\nDTensor"
+    (tmp_path / "dtensor.pt").write_bytes(buffer.getvalue().replace(ours, dtensor))
+    refusals = {"scripted": "with TorchScript archives", "dtensor": "must be imported to load DTensors"}
+    for name, reason in refusals.items():
+        with pytest.raises(ValueError, match=rf"{name}\.pt: cannot be read .*not a file train.train") as err:
+            load_checkpoint(tmp_path / f"{name}.pt")
+        assert reason in str(err.value) and "arbitrary code execution" not in str(err.value)
 
 
 FREE_TO_CHANGE = {"out_dir", "resume", "epochs", "max_steps", "precision", "compile", "device",
