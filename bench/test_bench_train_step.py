@@ -15,8 +15,10 @@ network, with random weights). Providers:
 
 CPU: the tiny configuration at batch 2 of 128x160, fp32 (the fused op then runs its reference path,
 so the CPU numbers only keep the suite working). Reported: median step time, images/s, peak CUDA
-memory above what was allocated before the provider's model was built. The targets stay on the host,
-as the data loader gives them (the criterion moves them in one copy).
+memory above what was allocated before the provider's model was built. The batch starts on the host,
+as the data loader gives it: images copied each step, targets moved by the criterion in one copy. As in
+the trainer, the step reads the logged losses and the gradient norm on the host (two waits for the
+device) before the optimizer steps.
 """
 
 from collections.abc import Callable
@@ -29,8 +31,10 @@ from bench.profiling import device_name
 from jcra import build_model
 from jcra.criterion import SetCriterion
 from jcra.matcher import HungarianMatcher
+from kernels.dispatch import to_device
 from kernels.oks import COCO_SIGMAS
 from train.config import TrainConfig
+from train.distributed import reduce_means
 from train.train import build_optimizer
 
 CUDA = torch.cuda.is_available()
@@ -91,20 +95,24 @@ def make_step(provider: str, mark: Callable[[str], None] = _no_mark) -> Callable
     criterion = SetCriterion(17, COCO_SIGMAS, MarkedMatcher(COCO_SIGMAS), heatmap_target="box")
     optimizer = build_optimizer(model)
     gen = torch.Generator().manual_seed(1)
-    images = torch.randn(BATCH, 3, *IMAGE, generator=gen).to(DEVICE)
-    mask = torch.zeros(BATCH, *IMAGE, dtype=torch.bool, device=DEVICE)
+    # the batch on the host, as the loader gives it, copied each step as the trainer copies it
+    images = torch.randn(BATCH, 3, *IMAGE, generator=gen)
+    mask = torch.zeros(BATCH, *IMAGE, dtype=torch.bool)
     targets = random_targets(gen)
+    device = torch.device(DEVICE)
 
     def step():
         with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=CUDA):
-            outputs = model(images, mask)
+            outputs = model(to_device(images, device), to_device(mask, device))
             mark("forward")
             losses = criterion(outputs, targets)
             mark("losses")
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         mark("backward")
-        torch.nn.utils.clip_grad_norm_(model.parameters(), TrainConfig.clip_grad)
+        # the trainer's two reads on the host: the logged losses (checked finite) and the gradient norm
+        reduce_means({k: v for k, v in losses.items() if not k.endswith(tuple("0123456789"))}, world=1)
+        float(torch.nn.utils.clip_grad_norm_(model.parameters(), TrainConfig.clip_grad))
         optimizer.step()
         mark("optimizer")
         if CUDA:
