@@ -57,7 +57,7 @@ class CocoKeypoints(Dataset):
     find nobody in: PETR's (mmdet keeps every image an annotation lists); check_images: open the header
     of every image kept now (catches missing, empty and non-image files early). ``category_id``: the id
     results on it are scored under (:func:`keypoint_category_id`); ``keypoint_names``: the file's, in
-    its order (empty when it names none).
+    its order (empty when it names none); ``annotated``: the ids of the images with any annotation.
     """
 
     def __init__(
@@ -71,7 +71,11 @@ class CocoKeypoints(Dataset):
         self.num_keypoints = num_keypoints(data, self.ann_file)
         self.keypoint_names = tuple((_keypoint_category(data) or {}).get("keypoints", ()))
         self.category_id = keypoint_category_id(data)
-        self.images = {image["id"]: image for image in data["images"]}
+        # each image's file and listed size only (COCO lists licences, URLs and dates as well)
+        self.images = {
+            image["id"]: {key: image[key] for key in ("file_name", "width", "height") if key in image}
+            for image in data["images"]
+        }
         annotations: dict = {image_id: [] for image_id in self.images}
         for ann in data["annotations"]:
             annotations[ann["image_id"]].append(ann)
