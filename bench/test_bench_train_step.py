@@ -35,7 +35,7 @@ from kernels.dispatch import to_device
 from kernels.oks import COCO_SIGMAS
 from train.config import TrainConfig
 from train.distributed import reduce_means
-from train.train import build_optimizer
+from train.train import build_optimizer, logged
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -111,7 +111,7 @@ def make_step(provider: str, mark: Callable[[str], None] = _no_mark) -> Callable
         losses["loss"].backward()
         mark("backward")
         # the trainer's two reads on the host: the logged losses (checked finite) and the gradient norm
-        reduce_means({k: v for k, v in losses.items() if not k.endswith(tuple("0123456789"))}, world=1)
+        reduce_means(logged(losses), world=1)
         float(torch.nn.utils.clip_grad_norm_(model.parameters(), TrainConfig.clip_grad))
         optimizer.step()
         mark("optimizer")

@@ -400,8 +400,8 @@ def _train(
             losses = accumulate(forward_model, criterion, batches, cfg, device, scaler)
             # the logged terms (not each decoder layer's) averaged over processes, as the gradients
             # are, with whether a process was asked to stop: all stop after the same step
-            logged = {k: v for k, v in losses.items() if not k.endswith(tuple("0123456789"))}
-            terms = reduce_means({**logged, "stop": torch.tensor(stop.requested(), device=device)}, world)
+            asked = torch.tensor(stop.requested(), device=device)
+            terms = reduce_means({**logged(losses), "stop": asked}, world)
             stopping = terms.pop("stop") > 0
             loss = terms["loss"]
             if not math.isfinite(loss):
@@ -445,6 +445,11 @@ def _train(
         "checkpoint": str(ckpt_path),
         "stopped": stopped,
     }
+
+
+def logged(losses: dict) -> dict:
+    """The loss terms a step logs: the total and its parts, not each decoder layer's."""
+    return {k: v for k, v in losses.items() if not k.endswith(tuple("0123456789"))}
 
 
 def accumulate(model, criterion, batches, cfg: TrainConfig, device, scaler) -> dict:
