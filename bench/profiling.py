@@ -16,6 +16,10 @@ from bench.report import STAGE_GROUP
 
 CUDA = torch.cuda.is_available()
 
+# the crowd suites' timed rounds on a GPU: enough for a median past the first rounds' drift (10 rounds
+# of JCRA at batch 1 fell from 6.9 to 6.2 ms, f8d2247), and little time beside a section's compiles
+CROWD_GPU_ROUNDS = 50
+
 
 def device_name() -> str:
     """What benchmark rows record as their ``device``: the GPU's name, or ``"cpu"``, by which

@@ -23,7 +23,7 @@ import torch
 import triton
 from PIL import Image
 
-from bench.profiling import device_name
+from bench.profiling import CROWD_GPU_ROUNDS, device_name
 from jcra import build_model
 from jcra.postprocess import PostProcess
 
@@ -99,7 +99,7 @@ def test_end_to_end(benchmark, provider, batch):
     for _ in range(2):  # compile, then record the CUDA graph, outside the timed rounds
         records = infer()
     assert len(records) == 100 * batch
-    benchmark.pedantic(infer, rounds=10 if CUDA else 3, warmup_rounds=1)
+    benchmark.pedantic(infer, rounds=CROWD_GPU_ROUNDS if CUDA else 3, warmup_rounds=1)
     benchmark.extra_info.update(
         provider=provider,
         model=MODEL,
