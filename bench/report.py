@@ -121,7 +121,7 @@ def add_speedups(groups: dict[str, list[dict]]) -> None:
 
 def markdown_table(groups: dict[str, list[dict]]) -> str:
     lines = [
-        "| group | provider | median (ms) | speedup vs baseline | GB/s (minimal / gather) | peak MB |",
+        "| group | provider | median (ms) | speedup vs baseline | GB/s (minimal / gather) | peak MiB |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for group, rows in sorted(groups.items()):
