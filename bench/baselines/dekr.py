@@ -35,14 +35,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.baselines.associative_embedding import StrideFourHead, peak_nms, up_interpolate
+from bench.baselines.associative_embedding import StrideFourHead, fp32_conv, peak_nms, up_interpolate
 
 
 class DEKRHead(StrideFourHead):
     """``forward(images) -> (heatmaps [B, K + 1, H/4, W/4], offsets [B, 2K, H/4, W/4])``.
 
     Offsets are in map pixels, channels ``2k, 2k + 1`` the x, y of joint k; ``per_joint`` channels per
-    keypoint in the regression branch (DEKR uses 15).
+    keypoint in the regression branch (DEKR uses 15). Both maps in fp32 (:func:`fp32_conv`).
     """
 
     def __init__(
@@ -68,7 +68,8 @@ class DEKRHead(StrideFourHead):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.features(images)
-        return self.out(feats).sigmoid(), self.offset_branch(feats)
+        offsets = fp32_conv(self.offset_branch[-1], self.offset_branch[:-1](feats))
+        return fp32_conv(self.out, feats).sigmoid(), offsets
 
 
 def pose_nms(poses: torch.Tensor, heat_scores: torch.Tensor, distance: float, more_than: int) -> torch.Tensor:
