@@ -76,10 +76,17 @@ def load_groups(paths: list[Path]) -> tuple[dict, dict[str, list[dict]]]:
                     "source": path.name.removesuffix(".json"),
                     "provider": _provider(bench),
                     "median_ms": bench["stats"]["median"] * 1e3,
+                    "iqr_ms": _iqr_ms(bench["stats"]),
                     "info": bench.get("extra_info", {}),
                 }
             )
     return machine, dict(groups)
+
+
+def _iqr_ms(stats: dict) -> float | None:
+    """The rounds' interquartile range in ms (pytest-benchmark's ``iqr``), None when not recorded."""
+    iqr = stats.get("iqr")
+    return iqr * 1e3 if isinstance(iqr, int | float) else None
 
 
 def _check_row(bench, where: str) -> None:
@@ -195,7 +202,8 @@ def _ratio(groups: dict, pattern: str, baseline: str, provider: str) -> float | 
 
 def crowd_latency(groups: dict, batch: int) -> dict[int, dict[str, float]]:
     """{people: {"jcra": ms, method: ms, method + " network": ms}} per image at ``batch``, for the
-    methods of :data:`BOTTOM_UP` and those of :data:`FLIP_TESTED` the source timed.
+    methods of :data:`BOTTOM_UP` and those of :data:`FLIP_TESTED` the source timed, and ``"jcra iqr"``
+    (JCRA's rounds' interquartile range, ms an image) where the source recorded it.
 
     A bottom-up image costs its share of the batch's network time plus its own post-processing (run
     per image); JCRA's share of the batch's end-to-end time covers everything and does not depend on
@@ -229,6 +237,8 @@ def _crowd_table(groups: dict, batch: int, jcra: dict) -> dict[int, dict[str, fl
         crowd = re.fullmatch(r"bottom-up postprocess, (\d+) people", group)
         if crowd:
             row = {"jcra": jcra["median_ms"] / batch}
+            if jcra["iqr_ms"] is not None:
+                row["jcra iqr"] = jcra["iqr_ms"] / batch
             post = {method: _median(groups, group, method, source) for method in ALL_BOTTOM_UP}
             if None in (post[m] for m in BOTTOM_UP):
                 continue
@@ -266,6 +276,13 @@ def crowd_markdown(groups: dict) -> str:
             cells = [str(people)] + [f"{row[key]:.2f}" for key in ("jcra", *columns)]
             cells += [f"{min(row[m] for m in methods) / row['jcra']:.2f}x" for methods, _ in comparisons]
             lines.append("| " + " | ".join(cells) + " |")
+        first = next(iter(table.values()))
+        if "jcra iqr" in first:
+            spread = first["jcra iqr"] / first["jcra"]
+            lines.append(
+                f"\nJCRA's rounds spread over {first['jcra iqr']:.2f} ms an image (interquartile range, "
+                f"{spread:.0%} of its median): a speedup within {spread:.0%} of 1.00x is no clear difference."
+            )
     return "\n".join(lines) + ("\n" if lines else "")
 
 

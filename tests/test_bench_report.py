@@ -82,6 +82,24 @@ def test_batch_eight_takes_each_images_share_of_the_batch(tmp_path):
     assert "latency at batch 8" in table and "| 20 | 5.00 | 14.00 | 10.00 | 2.00x |" in table
 
 
+def test_the_crowd_table_names_jcras_spread(tmp_path):
+    """Below each crowd table, JCRA's interquartile range an image and as a share of its median: a
+    speedup that close to 1.00x is no clear difference."""
+    rows = crowd_rows(
+        10.0,
+        {"associative_embedding": 12.0, "dekr": 14.0},
+        {"associative_embedding": {1: 1.0}, "dekr": {1: 2.0}},
+    )
+    rows += crowd_rows(40.0, {"associative_embedding": 48.0, "dekr": 56.0}, {}, batch=8)
+    jcra = {row["name"]: row for row in rows if row["name"].startswith("test_end_to_end[jcra-")}
+    jcra["test_end_to_end[jcra-1]"]["stats"]["iqr"] = 0.0005  # batch 1: 0.5 ms of 10
+    jcra["test_end_to_end[jcra-8]"]["stats"]["iqr"] = 0.0016  # batch 8: 1.6 ms of 40, 0.2 ms an image
+    main([str(write_run(tmp_path / "crowd.json", rows)), "--out", str(tmp_path / "out")])
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "spread over 0.50 ms an image (interquartile range, 5% of its median)" in table
+    assert "spread over 0.20 ms an image (interquartile range, 4% of its median)" in table
+
+
 FLIP_NETWORKS = {
     "associative_embedding": 12.0,
     "dekr": 14.0,
