@@ -11,11 +11,16 @@ post-processing and of the whole; ``--json`` writes them as a pytest-benchmark-s
 ``bench.report`` tabulates and plots (``stages.png``). Then the profiler's device total per batch
 (well under the wall time means the GPU waits on the host: launch overhead or syncs) and the ops with
 the most device and host time.
+
+``--whole`` profiles the inference the crowd suite times instead (the forward compiled whole and, on a
+GPU, replayed as a CUDA graph): no stage times, which hooks cannot take inside one graph, only its
+device total against its wall time and its top ops.
 """
 
 import argparse
 import json
 import statistics
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -54,6 +59,16 @@ def stage_times(model: torch.nn.Module, infer, steps: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in ms.items()}
 
 
+def wall_ms(infer, steps: int) -> float:
+    """Median ms of ``steps`` calls of ``infer`` (each ends in a host copy, so synchronised)."""
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        infer()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -63,7 +78,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rows", type=int, default=25, help="ops listed per table")
     parser.add_argument("--json", type=Path, help="write the stage medians here")
+    parser.add_argument("--whole", action="store_true", help="profile the inference the crowd suite times")
     args = parser.parse_args(argv)
+    if args.whole:
+        if args.json:
+            parser.error("--json takes stage times, which --whole does not")
+        infer = inference(args.provider, args.batch)
+        for _ in range(3):  # compile, record the CUDA graph, warm up
+            infer()
+        print(f"{args.provider} batch {args.batch} {IMAGE}, the forward compiled whole:")
+        print_profile(infer, args.steps, args.rows, wall_ms(infer, args.steps))
+        return
     model = build(args.provider, compile_stages_apart=True)
     infer = inference(args.provider, args.batch, model)
     for _ in range(3):  # compile and warm up

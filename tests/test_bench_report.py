@@ -334,6 +334,19 @@ def test_other_json_files_are_skipped(tmp_path, capsys):
     assert "| g | triton | 1.000 |" in (tmp_path / "table.md").read_text()
 
 
+def test_the_whole_forward_is_profiled_without_stage_times(capsys):
+    """bench.profile_end_to_end --whole: the inference the crowd suite times, profiled as one (no
+    hooks, no stage rows); --json, which writes stage rows, is refused beside it."""
+    from bench.profile_end_to_end import main as profile_main
+
+    profile_main(["--provider", "jcra-reference", "--whole", "--steps", "1", "--rows", "3"])
+    out = capsys.readouterr().out
+    assert "the forward compiled whole" in out and "Self CPU time total" in out and "other" not in out
+    with pytest.raises(SystemExit):
+        profile_main(["--whole", "--json", "stages.json"])
+    assert "--json takes stage times" in capsys.readouterr().err
+
+
 def test_stage_times_of_a_model_become_a_table_and_a_plot(tmp_path):
     """bench.profile_end_to_end: hooks time each stage of a real (tiny) forward; the stages, the glue
     and the post-processing add up to the whole, and the report draws stages.png from the JSON."""
