@@ -49,6 +49,7 @@ batch: faster).
 """
 
 import math
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -65,7 +66,10 @@ def fp32_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     and keypoints do. In bf16 (8 bits of mantissa) neighbouring heat values tie, and each tie that
     upsampling spreads into a plateau is a peak: associative embedding found 130 people in a crowd of
     50 from bf16 maps, 59 from fp32 ones."""
-    with torch.autocast(x.device.type, enabled=False):
+    device = x.device.type
+    # meta tensors (bench.model_size counts FLOPs on them) have no autocast to leave
+    available = torch.amp.is_autocast_available(device)
+    with torch.autocast(device, enabled=False) if available else nullcontext():
         return conv(x.float())
 
 
