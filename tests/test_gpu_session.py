@@ -62,6 +62,8 @@ def test_train_run_points_at_the_shared_coco_mini():
         overrides["train.out_dir"]
         != dict(item.split("=", 1) for item in gpu_session.train_run_overrides())["train.out_dir"]
     )  # a new folder each call: a second call on a warm machine is not refused for the first's run
+    # the learning-rate drop falls inside the run (the recipe's epoch 80 would only warn)
+    assert 0 < int(overrides["train.lr_drop_epochs"].strip("[]")) < int(overrides["train.epochs"])
 
 
 def test_train_run_has_data_for_its_steps():
