@@ -397,7 +397,9 @@ def _train(
         batches = iter(loader)
         while epoch_goes_on():
             tic = time.perf_counter()
-            losses = accumulate(forward_model, criterion, batches, cfg, device, scaler)
+            micro = [next(batches) for _ in range(cfg.grad_accum)]
+            data_s = time.perf_counter() - tic  # waiting for the loader: a step's share it cannot overlap
+            losses = accumulate(forward_model, criterion, iter(micro), cfg, device, scaler)
             # the logged terms (not each decoder layer's) averaged over processes, as the gradients
             # are, with whether a process was asked to stop: all stop after the same step
             asked = torch.tensor(stop.requested(), device=device)
@@ -419,10 +421,10 @@ def _train(
             batch_in_epoch += cfg.grad_accum
             speed = cfg.batch_size * cfg.grad_accum * world / (time.perf_counter() - tic)
             progress.update(1)
-            progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{speed:.1f}")
+            progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{speed:.1f}", data_s=f"{data_s:.2f}")
             if step % cfg.log_every == 0 or step == total_steps:
-                log.log(step, "train", {**terms, "grad_norm": grad_norm, "images_per_s": speed, "lr": lr,
-                                        "epoch": epoch})  # fmt: skip
+                log.log(step, "train", {**terms, "grad_norm": grad_norm, "images_per_s": speed,
+                                        "data_s": data_s, "lr": lr, "epoch": epoch})  # fmt: skip
             if stopping or not epoch_goes_on():
                 break  # the checkpoint below saves this step, once
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
