@@ -399,7 +399,7 @@ def _train(
             tic = time.perf_counter()
             micro = [next(batches) for _ in range(cfg.grad_accum)]
             data_s = time.perf_counter() - tic  # waiting for the loader: a step's share it cannot overlap
-            losses = accumulate(forward_model, criterion, iter(micro), cfg, device, scaler)
+            losses = accumulate(forward_model, criterion, micro, cfg, device, scaler)
             # the logged terms (not each decoder layer's) averaged over processes, as the gradients
             # are, with whether a process was asked to stop: all stop after the same step
             asked = torch.tensor(stop.requested(), device=device)
@@ -454,12 +454,11 @@ def logged(losses: dict) -> dict:
     return {k: v for k, v in losses.items() if not k.endswith(tuple("0123456789"))}
 
 
-def accumulate(model, criterion, batches, cfg: TrainConfig, device, scaler) -> dict:
-    """Forward and backward ``grad_accum`` micro-batches; returns the losses of the batch they make
-    (detached). Each micro-batch's losses are divided by the whole batch's people, coordinates and
-    heatmap peaks (``criterion.count``), so the gradient is the one batch ``grad_accum`` times as large
-    would give, as DDP's processes together give theirs."""
-    micro = [next(batches) for _ in range(cfg.grad_accum)]
+def accumulate(model, criterion, micro: list, cfg: TrainConfig, device, scaler) -> dict:
+    """Forward and backward the ``grad_accum`` micro-batches ``micro`` (as the loop fetched them);
+    returns the losses of the batch they make (detached). Each micro-batch's losses are divided by the
+    whole batch's people, coordinates and heatmap peaks (``criterion.count``), so the gradient is the
+    one batch ``grad_accum`` times as large would give, as DDP's processes together give theirs."""
     counts = sum(criterion.count(targets) for *_, targets in micro) if cfg.grad_accum > 1 else None
     totals: dict = {}
     for i, (images, padding_mask, targets) in enumerate(micro):

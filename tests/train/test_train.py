@@ -106,9 +106,9 @@ def test_accumulate_divides_every_micro_batch_by_the_whole_batchs_counts():
             loss = (outputs["out"] * targets).sum() ** 2 / counts[0]
             return {"loss": loss, "loss_part": 2 * loss}
 
-    batches = iter(
-        [(x, torch.zeros(1, dtype=torch.bool), torch.tensor([float(i + 1)])) for i, x in enumerate(micro)]
-    )
+    batches = [
+        (x, torch.zeros(1, dtype=torch.bool), torch.tensor([float(i + 1)])) for i, x in enumerate(micro)
+    ]
     cfg = SimpleNamespace(grad_accum=3, precision="fp32")
     totals = accumulate(
         model, Criterion(), batches, cfg, torch.device("cpu"), torch.amp.GradScaler("cpu", enabled=False)
@@ -153,7 +153,7 @@ def test_accumulate_synchronises_processes_on_the_last_micro_batch_alone():
     model = Distributed()
     for accum in (1, 3):
         model.synced.clear()
-        batches = iter([(torch.ones(1, 3), torch.zeros(1, dtype=torch.bool), None)] * accum)
+        batches = [(torch.ones(1, 3), torch.zeros(1, dtype=torch.bool), None)] * accum
         cfg = SimpleNamespace(grad_accum=accum, precision="fp32")
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         accumulate(model, Criterion(), batches, cfg, torch.device("cpu"), scaler)
@@ -192,7 +192,7 @@ def test_accumulated_micro_batches_give_the_gradient_of_one_batch(data):
         torch.manual_seed(0)
         model = build_model_from(cfg.model, {"num_keypoints": 17, **cfg.model_overrides}).train()
         step = SimpleNamespace(grad_accum=accum, precision="fp32")
-        losses = accumulate(model, criterion, iter(map(collate, batches)), step, torch.device("cpu"), scaler)
+        losses = accumulate(model, criterion, list(map(collate, batches)), step, torch.device("cpu"), scaler)
         grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         runs.append((losses, grads))
     (one, grad_one), (two, grad_two) = runs
