@@ -67,9 +67,9 @@ def fp32_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     upsampling spreads into a plateau is a peak: associative embedding found 130 people in a crowd of
     50 from bf16 maps, 59 from fp32 ones."""
     device = x.device.type
-    # meta tensors (bench.model_size counts FLOPs on them) have no autocast to leave
-    available = torch.amp.is_autocast_available(device)
-    with torch.autocast(device, enabled=False) if available else nullcontext():
+    # meta tensors (bench.model_size counts FLOPs on them) have no autocast to leave. A string test,
+    # since torch.compile cannot trace torch.amp.is_autocast_available (the crowd suite compiles this)
+    with torch.autocast(device, enabled=False) if device != "meta" else nullcontext():
         return conv(x.float())
 
 

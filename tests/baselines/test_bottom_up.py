@@ -168,15 +168,20 @@ def test_heads_give_stride_four_maps(head_cls):
     assert first.shape == (2, k1, 16, 24) and second.shape[0] == 2 and second.shape[2:] == (16, 24)
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("flip", [False, True])
 @pytest.mark.parametrize("method", HEADS)
-def test_heads_emit_fp32_maps_under_bf16_autocast(method, flip):
+def test_heads_emit_fp32_maps_under_bf16_autocast(method, flip, compiled):
     """The crowd suite times the networks under bf16 autocast and the decoders on fp32 maps: the heads'
     last convs run in fp32, so the maps a timed network gives are the maps its decoder is timed on
-    (bf16 maps tie neighbouring heat values, and associative embedding finds a peak in each tie)."""
+    (bf16 maps tie neighbouring heat values, and associative embedding finds a peak in each tie).
+    ``compiled``: traced whole by torch.compile, as the suite runs them on a GPU (the eager backend:
+    a graph break fails here as it does there, without inductor's compile time)."""
     head = _small_head(HEADS[method])
     if flip:
         head = FlipTest(head, *FLIP_TESTS[method])
+    if compiled:
+        head = torch.compile(head, fullgraph=True, backend="eager")
     with torch.autocast("cpu", torch.bfloat16):
         maps = head(torch.randn(1, 3, 64, 96))
     assert all(m.dtype == torch.float32 for m in maps), [m.dtype for m in maps]
