@@ -126,19 +126,24 @@ def add_speedups(groups: dict[str, list[dict]]) -> None:
                 row["speedup"] = baseline["median_ms"] / row["median_ms"] if baseline else None
 
 
+def _natural(text: str) -> list:
+    """Sort key that orders the numbers in ``text`` by value: "5 people" before "10 people"."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
 def markdown_table(groups: dict[str, list[dict]]) -> str:
     lines = [
         "| group | provider | median (ms) | speedup vs baseline | GB/s (minimal / gather) | peak MiB |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    for group, rows in sorted(groups.items()):
+    for group, rows in sorted(groups.items(), key=lambda item: _natural(item[0])):
         for row in sorted(rows, key=lambda r: (r["source"], r["median_ms"])):
             info = row["info"]
             gbps = f"{info['gbps_minimal']:.3g} / {info['gbps_gather']:.3g}" if "gbps_minimal" in info else ""
             peak = info.get("peak_memory_mb")
             if peak is None and info.get("peak_mem_bytes") is not None:
                 peak = info["peak_mem_bytes"] / 2**20
-            peak = f"{peak:.3g}" if peak is not None else ""
+            peak = f"{peak:.0f}" if peak is not None else ""
             speedup = f"{row['speedup']:.2f}x vs {row['baseline']}" if row["speedup"] else ""
             cells = [
                 _label(group, row, rows),

@@ -458,11 +458,11 @@ def test_rows_without_a_group_the_gpus_name_and_peak_memory(tmp_path):
     cpu = [bench_row("g", "reference", 0.002)]
     del cpu[0]["extra_info"]["device"]
     gpu = [{**bench_row(None, "triton", 0.001), "name": "test_solo[triton]"}]
-    gpu[0]["extra_info"].update(device="NVIDIA H100 80GB HBM3", peak_mem_bytes=3 * 2**20)
+    gpu[0]["extra_info"].update(device="NVIDIA H100 80GB HBM3", peak_mem_bytes=4913 * 2**20)
     paths = [write_run(tmp_path / "cpu.json", cpu), write_run(tmp_path / "gpu.json", gpu)]
     main([str(p) for p in paths] + ["--out", str(tmp_path / "out")])
     table = (tmp_path / "out" / "table.md").read_text()
-    assert "| test_solo[triton] | triton | 1.000 |  |  | 3 |" in table
+    assert "| test_solo[triton] | triton | 1.000 |  |  | 4913 |" in table
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["gpu"] == "NVIDIA H100 80GB HBM3"
 
 
@@ -585,3 +585,12 @@ def test_a_ratio_comes_from_the_first_matching_group_that_holds_both_providers(t
     main([str(write_run(tmp_path / "run.json", rows)), "--out", str(tmp_path / "out")])
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["matcher_speedup_vs_scipy"] == pytest.approx(20.0)
+
+
+def test_table_orders_groups_by_their_numbers(tmp_path):
+    """"5 people" comes before "10 people", as a reader scans the crowd sizes."""
+    rows = [bench_row(f"postprocess, {n} people", "dekr", 0.001) for n in (10, 5, 50, 1, 20)]
+    main([str(write_run(tmp_path / "r.json", rows)), "--out", str(tmp_path / "out")])
+    table = (tmp_path / "out" / "table.md").read_text()
+    order = [int(n) for n in re.findall(r"\| postprocess, (\d+) people \|", table)]
+    assert order == [1, 5, 10, 20, 50]
