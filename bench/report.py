@@ -128,7 +128,7 @@ def add_speedups(groups: dict[str, list[dict]]) -> None:
 
 def _natural(text: str) -> list:
     """Sort key that orders the numbers in ``text`` by value: "5 people" before "10 people"."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", text))]
 
 
 def markdown_table(groups: dict[str, list[dict]]) -> str:
@@ -143,7 +143,10 @@ def markdown_table(groups: dict[str, list[dict]]) -> str:
             peak = info.get("peak_memory_mb")
             if peak is None and info.get("peak_mem_bytes") is not None:
                 peak = info["peak_mem_bytes"] / 2**20
-            peak = f"{peak:.0f}" if peak is not None else ""
+            if peak is not None:  # whole MiB, but a kernel's few KiB keep their digits
+                peak = f"{peak:.0f}" if peak >= 100 else f"{peak:.3g}"
+            else:
+                peak = ""
             speedup = f"{row['speedup']:.2f}x vs {row['baseline']}" if row["speedup"] else ""
             cells = [
                 _label(group, row, rows),

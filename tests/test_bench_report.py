@@ -454,15 +454,19 @@ def test_a_crowd_size_timed_for_one_method_is_left_out_and_sizes_come_in_order(t
 def test_rows_without_a_group_the_gpus_name_and_peak_memory(tmp_path):
     """pytest-benchmark's default group is null: the test's name stands in. The GPU is named from
     the GPU file even when a file whose rows name no device comes first. Peak memory in bytes is shown
-    in MiB."""
+    in MiB: whole above 100, else to three digits."""
     cpu = [bench_row("g", "reference", 0.002)]
     del cpu[0]["extra_info"]["device"]
-    gpu = [{**bench_row(None, "triton", 0.001), "name": "test_solo[triton]"}]
+    solo = {**bench_row(None, "triton", 0.001), "name": "test_solo[triton]"}
+    gpu = [solo, bench_row("tiny", "triton", 0.001)]
     gpu[0]["extra_info"].update(device="NVIDIA H100 80GB HBM3", peak_mem_bytes=4913 * 2**20)
+    # a kernel's few KiB keep their digits
+    gpu[1]["extra_info"].update(device="NVIDIA H100 80GB HBM3", peak_mem_bytes=0.0093 * 2**20)
     paths = [write_run(tmp_path / "cpu.json", cpu), write_run(tmp_path / "gpu.json", gpu)]
     main([str(p) for p in paths] + ["--out", str(tmp_path / "out")])
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| test_solo[triton] | triton | 1.000 |  |  | 4913 |" in table
+    assert "| tiny | triton | 1.000 |  |  | 0.0093 |" in table
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["gpu"] == "NVIDIA H100 80GB HBM3"
 
 
