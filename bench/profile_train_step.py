@@ -1,7 +1,7 @@
 """Where a JCRA training step's time goes: phase by phase for each provider, then torch.profiler's
 top ops.
 
-    python -m bench.profile_train_step --providers reference fused+compile --steps 10 --json phases.json
+    python -m bench.profile_train_step --providers reference fused+compile-transformer --json phases.json
 
 The step of ``bench/test_bench_train_step.py`` (same model, batch, targets and optimizer), stamped as
 each phase ends (CUDA events on a GPU, the host clock on a CPU): forward, matching (both matcher
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench.profiling import Stamp, benchmark_json, print_profile
 from bench.report import TOTAL
-from bench.test_bench_train_step import BATCH, IMAGE, MODEL, PROVIDERS, make_step
+from bench.test_bench_train_step import BATCH, IMAGE, MODEL, PROVIDERS, forget_earlier_providers, make_step
 
 PHASES = ("forward", "matching", "losses", "backward", "optimizer")
 
@@ -56,6 +56,7 @@ class PhaseClock:
 def phase_times(provider: str, steps: int):
     """(median ms per phase over ``steps`` steps after two of warm-up and compilation, the step)."""
     clock = PhaseClock()
+    forget_earlier_providers()
     step = make_step(provider, mark=clock)
     for _ in range(2):
         step()
@@ -71,7 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--providers", nargs="+", choices=list(PROVIDERS), default=list(PROVIDERS)[:2])
+    parser.add_argument(
+        "--providers", nargs="+", choices=list(PROVIDERS), default=["reference", "fused+compile-transformer"]
+    )
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rows", type=int, default=25, help="ops listed per table")
     parser.add_argument("--json", type=Path, help="write the phase medians here")
