@@ -47,7 +47,11 @@ def test_killed_run_keeps_the_finished_benchmarks(tmp_path, capsys):
     partial = json.loads((tmp_path / "out.partial.json").read_text())
     assert [b["extra_info"]["provider"] for b in partial["benchmarks"]] == ["first", "second"]
     assert all(b["stats"]["rounds"] == 3 for b in partial["benchmarks"])
-    _, groups = load_groups([tmp_path / "out.json", tmp_path / "out.partial.json"])
+    out = tmp_path / "out.json"
+    # pytest-benchmark 5.2 leaves a killed run's JSON empty; 5.3 writes none
+    assert not out.exists() or out.read_text() == ""
+    out.write_text("")
+    _, groups = load_groups([out, tmp_path / "out.partial.json"])
     assert [row["provider"] for row in groups["g"]] == ["first", "second"]
     assert "empty or not JSON" in capsys.readouterr().out
 
