@@ -123,11 +123,13 @@ def sections(out: Path) -> dict[str, tuple[list[str], int]]:
         "matcher": (suite("bench/test_bench_oks.py", name="matcher", select="matcher"), 90),
         "assignment": (suite("bench/test_bench_linear_assignment.py", name="assignment"), 90),
         "crowd": (
-            suite(*crowd, name="crowd"),
+            suite(*crowd, name="crowd", select="not freezing"),
             480,  # ten whole-network compiles: JCRA, the baselines and their flip tests, batch 1 and 8
         ),
         # batch 1 alone, for a short session: five compiles, the methods still side by side
-        "crowd_b1": (suite(*crowd, name="crowd_b1", select="postprocess or b1"), 300),
+        "crowd_b1": (suite(*crowd, name="crowd_b1", select="(postprocess or b1) and not freezing"), 300),
+        # JCRA compiled with and without Inductor's freezing, side by side (four compiles)
+        "freezing": (suite(crowd[0], name="freezing", select="jcra and not reference"), 300),
         "train_step": (suite("bench/test_bench_train_step.py", name="train_step"), 360),
         "train_run": (["-m", "train.train", *train_run_overrides()], 150),
         "profile": (

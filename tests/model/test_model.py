@@ -350,12 +350,14 @@ def test_whole_forward_training_compile_turns_off_inductor_coalescing_analysis(
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_graph_forward_matches_eager():
+@pytest.mark.parametrize("freezing", [False, True], ids=["unfrozen", "frozen"])
+def test_cuda_graph_forward_matches_eager(freezing):
     """``compile_model(mode="reduce-overhead")``: the whole inference forward, fused kernels included,
     is captured as a CUDA graph (Inductor counts no skip) and its replays on new images give eager's
     outputs (each call's images are copied into the graph's input buffer). The graph runs first, at
     a size no other test uses: whatever the fused ops allocate and keep from a first call must not
-    land in the graph's memory (Inductor raises on such a tensor)."""
+    land in the graph's memory (Inductor raises on such a tensor). ``freezing``: compiled with
+    Inductor's freezing (the weights as constants), as the end-to-end suite's ``jcra+freezing``."""
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     gen = torch.Generator().manual_seed(8)
@@ -365,7 +367,8 @@ def test_cuda_graph_forward_matches_eager():
     with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         model.compile_model(mode="reduce-overhead")
         # warm-up, recording, then replays; outputs live in the graph's pool until the next call
-        graphed = [{k: v.clone() for k, v in model(x).items()} for x in batches * 3]
+        with torch._inductor.config.patch(freezing=freezing):  # read when the first call compiles
+            graphed = [{k: v.clone() for k, v in model(x).items()} for x in batches * 3]
         eager = [model.forward(x) for x in batches]  # forward itself is not the compiled call
     assert torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] == 0
     for e, g in zip(eager * 3, graphed, strict=True):
