@@ -110,7 +110,7 @@ COLLECT_AS_ON_A_GPU = (
     "import sys, pytest, torch; torch.cuda.is_available = lambda: True; "
     "sys.exit(pytest.main([*sys.argv[1:], '--collect-only']))"
 )
-SELECTED = ("msda", "msda_more", "matcher", "crowd_b1")
+SELECTED = ("msda", "msda_more", "matcher", "crowd", "crowd_b1", "freezing")
 """The sections that pick tests with ``-k``, each checked below."""
 
 
@@ -158,6 +158,20 @@ def test_crowd_b1_selects_batch_one_and_every_postprocessing(selections):
     assert tests["test_end_to_end"] == {"jcra-b1", "jcra-reference-b1"}
     assert {params.rsplit("-", 1)[0] for params in tests["test_bench_postprocess"]} == methods
     assert {params.rsplit("-", 1)[1] for params in tests["test_bench_postprocess"]} >= {"1", "50"}
+
+
+def test_crowd_runs_everything_but_the_freezing_experiment(selections):
+    """Every method's network at batch 1 and 8 and JCRA with its reference; freezing has its own section."""
+    tests = selections["crowd"]
+    assert set(tests) == {"test_bench_postprocess", "test_bench_network", "test_end_to_end"}
+    assert tests["test_end_to_end"] == {f"{p}-b{b}" for p in ("jcra", "jcra-reference") for b in (1, 8)}
+    assert len(tests["test_bench_network"]) == 8
+
+
+def test_freezing_times_jcra_with_and_without_it(selections):
+    assert selections["freezing"] == {
+        "test_end_to_end": {f"{p}-b{b}" for p in ("jcra", "jcra+freezing") for b in (1, 8)}
+    }
 
 
 def test_msda_sections_select_their_groups_once(selections):
