@@ -138,7 +138,7 @@ def sections(out: Path) -> dict[str, tuple[list[str], int]]:
         ),
         # the inference the crowd suite times (one CUDA graph): its device total against its wall time
         "profile_whole": (["-m", "bench.profile_end_to_end", "--provider", "jcra", "--whole"], 120),
-        # the reference and fused+compile steps phase by phase, then their top kernels
+        # the reference and the trainer's compile (transformer) phase by phase, then their top kernels
         "train_profile": (["-m", "bench.profile_train_step", "--json", str(out / "train_phases.json")], 240),
         # the whole matcher's wall time against its device time, and its top ops
         "matcher_profile": (["-m", "bench.profile_matcher"], 60),
