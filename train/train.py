@@ -554,13 +554,23 @@ def checked_out_dir(out_dir) -> str:
     return out_dir
 
 
+def _out_dir_or_exit(out_dir) -> str:
+    """:func:`checked_out_dir` for hydra's run folder, resolved before the app runs: there an exception
+    prints some 60 lines of hydra's and omegaconf's stack above the message, so it exits with the message
+    alone (SystemExit passes both, which catch only ``Exception``)."""
+    try:
+        return checked_out_dir(out_dir)
+    except ValueError as err:
+        raise SystemExit(f"Error: {err}") from None
+
+
 def main() -> None:
     """The hydra entry point: compose ``train/conf/config.yaml`` with the command line, then train."""
     import hydra
     from omegaconf import OmegaConf
 
     # config.yaml's run folder goes through it: hydra makes that folder before train() checks the config
-    OmegaConf.register_new_resolver("folder", checked_out_dir, replace=True)
+    OmegaConf.register_new_resolver("folder", _out_dir_or_exit, replace=True)
 
     @hydra.main(version_base=None, config_path="conf", config_name="config")
     def run(cfg) -> None:

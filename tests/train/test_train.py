@@ -1083,9 +1083,17 @@ def test_hydra_command_line(data, tmp_path):
     launches = sorted((tmp_path / "hydra").iterdir())
     overrides = [(launch / ".hydra" / "overrides.yaml").read_text() for launch in launches]
     assert len(launches) == 2 and "train.max_steps=1" in overrides[0] and "batch_size=0" in overrides[1]
-    # an empty out_dir is refused before hydra makes its run folder (it was /hydra/<time>)
-    empty = subprocess.run([*common, "train.out_dir="], capture_output=True, text=True, timeout=120)
-    assert empty.returncode != 0 and "train.out_dir must be a folder path, got ''" in empty.stderr
+    # an out_dir that is empty (its run folder was /hydra/<time>) or under a file is refused before hydra
+    # makes its run folder, in one line: no traceback of hydra's above it
+    (tmp_path / "file").touch()
+    for out_dir, message in [
+        ("", "train.out_dir must be a folder path, got ''"),
+        (tmp_path / "file" / "run", f"train.out_dir: {tmp_path / 'file' / 'run'} cannot be made a folder"),
+    ]:
+        command = [*common, f"train.out_dir={out_dir}"]
+        refused = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        lines = refused.stderr.splitlines()
+        assert refused.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"Error: {message}"), lines
 
 
 def test_an_out_dir_that_cannot_be_a_folder_is_named(data, tmp_path):
