@@ -1,7 +1,7 @@
 """The ``jcra`` console command: ``predict`` (results JSON and drawn skeletons) and ``evaluate`` (COCO AP).
 
-jcra predict CHECKPOINT IMAGES... --out DIR [--score-threshold 0.3] [--device cpu]
-jcra evaluate CHECKPOINT --ann-file F --image-dir D [--out DIR]
+jcra predict CHECKPOINT IMAGES... --out DIR [--score-threshold 0.3] [--device cpu] [--precision bf16]
+jcra evaluate CHECKPOINT --ann-file F --image-dir D [--out DIR] [--precision bf16]
 """
 
 import argparse
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from jcra.data.images import read_rgb
-from jcra.inference import PoseEstimator, load_model
+from jcra.inference import PoseEstimator, checked_precision, load_model
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
@@ -94,6 +94,7 @@ def predict(
     score_threshold: float = 0.3,
     device: str = "auto",
     top_k: int = 100,
+    precision: str = "fp32",
 ) -> Path:
     """Run the model on each image; write ``out/results.json`` (COCO records, ``image_id`` the image's
     index in :func:`image_paths`' list: the arguments in order, a folder's images sorted by name;
@@ -125,9 +126,10 @@ def predict(
         many = f"{len(unreadable)} of {len(paths)} images cannot be read:\n  " if len(unreadable) > 1 else ""
         raise OSError(many + "\n  ".join(unreadable))
     checked_top_k(top_k)  # before --out is made
+    checked_precision(precision, "--precision")
     existing_checkpoint(checkpoint)
     out = output_folder(out)
-    estimator = PoseEstimator(*load_model(checkpoint, dev), top_k)
+    estimator = PoseEstimator(*load_model(checkpoint, dev), top_k, precision)
     results, results_path, done = [], out / "results.json", 0
     pairs = tqdm(list(zip(paths, drawings, strict=True)), "predicting", unit="image", dynamic_ncols=True)
     try:
@@ -163,6 +165,7 @@ def evaluate(
     out: str | Path | None = None,
     device: str = "auto",
     batch_size: int = 4,
+    precision: str = "fp32",
 ) -> dict:
     """COCO keypoint AP of a checkpoint on a COCO-format set; writes ``out/results.json`` and
     ``out/metrics.json`` (strict JSON: nan is null) when ``out`` is given, created before any work."""
@@ -173,6 +176,7 @@ def evaluate(
 
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
+    checked_precision(precision, "--precision")
     dev = resolve_cli_device(device)
     existing_checkpoint(checkpoint)
     if out is not None:
@@ -190,10 +194,15 @@ def evaluate(
     )
     layout = keypoint_layout(data_config["keypoint_layout"])
     loader = data_loader(build_dataset(ann_file, image_dir, False, cfg, layout), cfg)
-    metrics = evaluate(model, loader, ann_file, dev, results_path=out and out / "results.json")
+    metrics = evaluate(
+        model, loader, ann_file, dev, precision=precision, results_path=out and out / "results.json"
+    )
     if out is not None:
         write_text_atomically(out / "metrics.json", metrics_json(metrics))
     return metrics
+
+
+PRECISION_HELP = "fp32, or bf16 / fp16 autocast around the model (bf16 is what the benchmarks time on a GPU)"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -210,6 +219,7 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--score-threshold", type=float, default=0.3, help="draw people scoring at least this")
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     pr.add_argument("--top-k", type=int, default=100)
+    pr.add_argument("--precision", default="fp32", help=PRECISION_HELP)
     ev = sub.add_parser("evaluate", help="COCO keypoint AP of a checkpoint")
     ev.add_argument("checkpoint")
     ev.add_argument("--ann-file", required=True)
@@ -217,6 +227,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default=None, help="folder for results.json and metrics.json")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     ev.add_argument("--batch-size", type=int, default=4)
+    ev.add_argument("--precision", default="fp32", help=PRECISION_HELP)
     return p
 
 
@@ -226,12 +237,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "predict":
             path = predict(
-                args.checkpoint, args.images, args.out, args.score_threshold, args.device, args.top_k
+                args.checkpoint,
+                args.images,
+                args.out,
+                args.score_threshold,
+                args.device,
+                args.top_k,
+                args.precision,
             )
             print(f"[jcra] results: {path}\n[jcra] drawings: {path.parent}/*.png")
         else:
             metrics = evaluate(
-                args.checkpoint, args.ann_file, args.image_dir, args.out, args.device, args.batch_size
+                args.checkpoint,
+                args.ann_file,
+                args.image_dir,
+                args.out,
+                args.device,
+                args.batch_size,
+                args.precision,
             )
             print(metrics_json(metrics))
     except (ValueError, OSError) as error:  # bad arguments, missing or unreadable files

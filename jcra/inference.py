@@ -5,6 +5,7 @@ people = estimator("photo.jpg", score_threshold=0.3)  # a file, read upright as 
 # or in memory as stored: a PIL image, numpy [H, W, 3] or torch [3, H, W] uint8
 people["keypoints"]  # [N, K, 2] float: x, y in the image's pixels (COCO's: pixel indices)
 people["scores"]     # [N] in [0, 1], highest first
+fast = PoseEstimator.from_checkpoint(path, device="cuda", precision="bf16")  # under bf16 autocast
 """
 
 from collections.abc import Sequence
@@ -49,6 +50,15 @@ def load_model(checkpoint: str | Path, device: torch.device):
     return model.to(device).eval(), state["data_config"]
 
 
+def checked_precision(precision: str, name: str = "precision") -> str:
+    """``precision`` if it is fp32, bf16 or fp16, else a ValueError naming the argument ``name``."""
+    from train.config import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"{name} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
 def unlabelled_target(image, num_keypoints: int, image_id) -> dict:
     """A target with no people, so the evaluation transforms can run on an unannotated image."""
     size = torch.tensor([image.height, image.width])
@@ -65,14 +75,16 @@ def unlabelled_target(image, num_keypoints: int, image_id) -> dict:
 class PoseEstimator:
     """A model with its checkpoint's evaluation transform (the short side to its ``val_scale``, the long
     side at most its ``max_size``) and top-k post-processing: no NMS, no grouping. ``layout`` is the
-    keypoint layout (names, skeleton) the model was trained on."""
+    keypoint layout (names, skeleton) the model was trained on. ``precision``: ``fp32``, or ``bf16`` /
+    ``fp16`` autocast around the model (the weights stay as they are; bf16 is what the end-to-end
+    benchmark times on a GPU)."""
 
-    def __init__(self, model: torch.nn.Module, data_config: dict, top_k: int = 100):
+    def __init__(self, model: torch.nn.Module, data_config: dict, top_k: int = 100, precision: str = "fp32"):
         from jcra.data import build_transforms
         from jcra.postprocess import PostProcess
         from train.train import keypoint_layout
 
-        self.model = model.eval()
+        self.model, self.precision = model.eval(), checked_precision(precision)
         self.layout = keypoint_layout(data_config["keypoint_layout"])
         self.transforms = build_transforms(
             False,
@@ -83,14 +95,20 @@ class PoseEstimator:
         self.postprocess = PostProcess(top_k)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, device: str | torch.device = "auto", top_k: int = 100):
+    def from_checkpoint(
+        cls,
+        checkpoint: str | Path,
+        device: str | torch.device = "auto",
+        top_k: int = 100,
+        precision: str = "fp32",
+    ):
         """The estimator of a training checkpoint on ``device``: auto, cpu, cuda, cuda:N, or any
         ``torch.device`` (off CUDA the model runs the reference ops)."""
         from train.distributed import resolve_device
 
         if not isinstance(device, torch.device):
             device = resolve_device(device, "device")
-        return cls(*load_model(checkpoint, device), top_k)
+        return cls(*load_model(checkpoint, device), top_k, precision)
 
     @torch.no_grad()
     def records(self, images: Sequence, image_ids: Sequence) -> list[dict]:
@@ -119,6 +137,7 @@ class PoseEstimator:
     def _run(self, images: Sequence, image_ids: Sequence) -> tuple[dict, list, list]:
         """The model's outputs for ``images`` as one padded batch, their (h, w) sizes and ids."""
         from jcra.data import collate
+        from train.train import autocast
 
         if len(images) != len(image_ids) or not images:
             raise ValueError(
@@ -136,5 +155,6 @@ class PoseEstimator:
         ]
         batch, padding_mask, _ = collate(samples)
         weights = next(self.model.parameters())  # a half-precision model gets its own precision's pixels
-        outputs = self.model(batch.to(weights.device, weights.dtype), padding_mask.to(weights.device))
+        with autocast(weights.device, self.precision):
+            outputs = self.model(batch.to(weights.device, weights.dtype), padding_mask.to(weights.device))
         return outputs, [[picture.height, picture.width] for picture in pictures], list(image_ids)

@@ -6,6 +6,7 @@ processes and their data order in :mod:`train.distributed`, checkpoints and what
 :mod:`train.checkpoint`, the metrics log in :mod:`train.metrics_log`.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -200,9 +201,11 @@ def evaluate(
 
 
 def autocast(device: torch.device, precision: str):
-    """Mixed precision context: bf16 or fp16 autocast, or a disabled one for fp32."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    return torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32")
+    """Mixed precision context: bf16 or fp16 autocast; for fp32 none of its own (a disabled one would
+    also turn off an autocast the caller runs it under)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
 
 
 # ---------------------------------------------------------------------------------------------- train

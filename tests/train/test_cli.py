@@ -127,6 +127,23 @@ def test_evaluate_command_prints_ap(data, checkpoint, tmp_path, capsys):
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
 
 
+def test_evaluate_and_predict_run_the_model_in_the_precision_asked(data, checkpoint, tmp_path, monkeypatch):
+    import train.train
+
+    asked, autocast = [], train.train.autocast
+
+    def spy(device, precision):
+        asked.append(precision)
+        return autocast(device, precision)
+
+    monkeypatch.setattr(train.train, "autocast", spy)
+    args = ["evaluate", checkpoint, "--ann-file", data["val_ann"], "--image-dir", data["val_images"]]
+    assert main([*args, "--device", "cpu", "--precision", "bf16"]) == 0
+    images = [str(path) for path in sorted(Path(data["val_images"]).iterdir())]
+    assert main(["predict", checkpoint, *images, "--out", str(tmp_path), "--precision", "fp16"]) == 0
+    assert asked == ["bf16"] + ["fp16"] * len(images)  # evaluate: one batch of the two images
+
+
 def test_evaluate_takes_the_checkpoints_sizes(data, checkpoint, tmp_path, monkeypatch):
     """Images are read at the checkpoint's val_scale and max_size (the test checkpoints have both at
     the images' size, where taking one for the other would not show)."""
@@ -306,6 +323,15 @@ def test_predict_reads_tiff_and_gif_names_other_files_and_turns_photos_upright(d
         (
             ["predict", "{ckpt}", "{images}", "--out", "{out}/fresh", "--top-k", "0"],
             "top_k must be an integer >= 1",
+        ),
+        (
+            ["predict", "{ckpt}", "{images}", "--out", "{out}/fresh", "--precision", "fp64"],
+            "--precision must be one of fp32, bf16, fp16, got 'fp64'",
+        ),
+        (
+            ["evaluate", "{ckpt}", "--ann-file", "{ann}", "--image-dir", "{images}", "--out", "{out}/fresh"]
+            + ["--precision", "int8"],
+            "--precision must be one of fp32, bf16, fp16, got 'int8'",
         ),
         (["predict", "{out}/typo.pt", "{images}", "--out", "{out}/fresh"], r"typo\.pt' does not exist"),
         (
