@@ -1,6 +1,7 @@
 """The ``jcra`` console command: ``predict`` (results JSON and drawn skeletons) and ``evaluate`` (COCO AP).
 
-jcra predict CHECKPOINT IMAGES... --out DIR [--score-threshold 0.3] [--device cpu] [--precision bf16]
+jcra predict CHECKPOINT IMAGES... --out DIR [--score-threshold 0.3] [--device cuda] [--precision bf16]
+             [--compile]
 jcra evaluate CHECKPOINT --ann-file F --image-dir D [--out DIR] [--precision bf16]
 """
 
@@ -95,6 +96,7 @@ def predict(
     device: str = "auto",
     top_k: int = 100,
     precision: str = "fp32",
+    compile: bool = False,
 ) -> Path:
     """Run the model on each image; write ``out/results.json`` (COCO records, ``image_id`` the image's
     index in :func:`image_paths`' list: the arguments in order, a folder's images sorted by name;
@@ -102,7 +104,8 @@ def predict(
     with skeletons scoring at least ``score_threshold`` drawn. Images are read upright as their EXIF
     orientation says (a phone photo as it is shown), and coordinates are in that frame. Every image is
     decoded and ``out`` created before the model runs, so a bad file or folder stops the command
-    before any work. Returns the results path."""
+    before any work. ``precision`` and ``compile`` as :class:`jcra.PoseEstimator` takes them. Returns
+    the results path."""
     from tqdm import tqdm
 
     from jcra.files import write_atomically, write_text_atomically
@@ -129,7 +132,7 @@ def predict(
     checked_precision(precision, "--precision")
     existing_checkpoint(checkpoint)
     out = output_folder(out)
-    estimator = PoseEstimator(*load_model(checkpoint, dev), top_k, precision)
+    estimator = PoseEstimator(*load_model(checkpoint, dev), top_k, precision, compile)
     results, results_path, done = [], out / "results.json", 0
     pairs = tqdm(list(zip(paths, drawings, strict=True)), "predicting", unit="image", dynamic_ncols=True)
     try:
@@ -220,6 +223,12 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     pr.add_argument("--top-k", type=int, default=100)
     pr.add_argument("--precision", default="fp32", help=PRECISION_HELP)
+    pr.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model, images padded to at most four canvases: each first image of one "
+        "compiles (minutes on a GPU), the others run faster; for many images",
+    )
     ev = sub.add_parser("evaluate", help="COCO keypoint AP of a checkpoint")
     ev.add_argument("checkpoint")
     ev.add_argument("--ann-file", required=True)
@@ -244,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.device,
                 args.top_k,
                 args.precision,
+                args.compile,
             )
             print(f"[jcra] results: {path}\n[jcra] drawings: {path.parent}/*.png")
         else:

@@ -7,9 +7,12 @@ SIZE_DIVISOR = 32
 """Padded sides are multiples of the backbone's largest stride, so every level's map covers the image."""
 
 
-def collate(batch: list[tuple[Tensor, dict]], size_divisor: int = SIZE_DIVISOR):
+def collate(
+    batch: list[tuple[Tensor, dict]], size_divisor: int = SIZE_DIVISOR, min_hw: tuple[int, int] = (0, 0)
+):
     """(image [3, h, w], target) pairs -> (images [B, 3, H, W], padding_mask [B, H, W] bool, True on
-    padding, targets list); H and W are the largest h and w rounded up to ``size_divisor``."""
+    padding, targets list); H and W are the largest h and w, or ``min_hw`` if larger, rounded up to
+    ``size_divisor``."""
     if not batch:
         raise ValueError("collate: batch is empty")
     images, targets = zip(*batch, strict=True)
@@ -22,8 +25,8 @@ def collate(batch: list[tuple[Tensor, dict]], size_divisor: int = SIZE_DIVISOR):
     empty = [i for i, im in enumerate(images) if im.shape[-2] == 0 or im.shape[-1] == 0]
     if empty:
         raise ValueError(f"collate: image(s) {empty} of the batch have no pixels")
-    height = -(-max(im.shape[-2] for im in images) // size_divisor) * size_divisor
-    width = -(-max(im.shape[-1] for im in images) // size_divisor) * size_divisor
+    height = -(-max(min_hw[0], *(im.shape[-2] for im in images)) // size_divisor) * size_divisor
+    width = -(-max(min_hw[1], *(im.shape[-1] for im in images)) // size_divisor) * size_divisor
     out = images[0].new_zeros(len(images), 3, height, width)
     padding_mask = torch.ones(len(images), height, width, dtype=torch.bool)
     for i, image in enumerate(images):

@@ -24,6 +24,16 @@ def test_sides_already_multiples_are_not_padded():
     assert batch.shape == (1, 3, 64, 96) and not mask.any()
 
 
+def test_a_minimum_size_pads_further_and_rounds_up_too():
+    """``min_hw``: a fixed canvas for a compiled model, each side still a multiple of 32; a larger image
+    widens it."""
+    image = torch.rand(3, 40, 50)
+    batch, mask, _ = collate([(image, {})], min_hw=(70, 30))
+    assert batch.shape == (1, 3, 96, 64) and mask.sum() == 96 * 64 - 40 * 50
+    torch.testing.assert_close(batch[0, :, :40, :50], image)
+    assert (batch[0][:, mask[0]] == 0).all()
+
+
 def test_empty_batch():
     with pytest.raises(ValueError, match="empty"):
         collate([])

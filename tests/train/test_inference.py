@@ -121,6 +121,77 @@ def test_a_precision_runs_the_model_under_its_autocast(checkpoint, data, dtype):
         PoseEstimator(plain.model, {"keypoint_layout": "coco", "val_scale": 64, "max_size": 64}, 20, "fp8")
 
 
+def _images_of_three_canvases(data) -> list[np.ndarray]:
+    """Landscape, portrait, landscape at another aspect and square: at ``val_scale`` 48 and ``max_size``
+    80 on canvases (48, 80), (80, 48), (48, 80) again and (48, 48), padded to multiples of 32 (64, 96),
+    (96, 64), (64, 96), (64, 64); the third alone would be padded to (64, 64)."""
+    base = np.array(Image.open(_val_images(data)[0]).convert("RGB"))
+    return [np.resize(base, (h, w, 3)) for h, w in [(64, 96), (96, 64), (64, 80), (64, 64)]]
+
+
+CANVAS_SETTINGS = {"keypoint_layout": "coco", "val_scale": 48, "max_size": 80}
+
+
+def test_a_compiled_estimator_pads_to_a_few_canvases_and_finds_the_same_people(checkpoint, data, monkeypatch):
+    """``compile=True``: images of four sizes go in on three canvases, one graph each, and give the people
+    found without compiling, where each batch is padded only to its own size. Dynamo's tracing is what
+    is checked here (its eager backend: Inductor's code generation costs a minute a graph on a CI CPU);
+    the Inductor graphs run in the CUDA test below."""
+    import jcra.data
+    from jcra.inference import load_model
+    from jcra.model import JCRA
+
+    compile_model, asked, padded, collate = JCRA.compile_model, [], [], jcra.data.collate
+
+    def traced(model, **options):
+        asked.append(options)
+        compile_model(model, backend="eager", **options)
+
+    def recorded(*args, **kwargs):
+        batch = collate(*args, **kwargs)
+        padded.append(tuple(batch[0].shape[-2:]))
+        return batch
+
+    monkeypatch.setattr(JCRA, "compile_model", traced)
+    monkeypatch.setattr(jcra.data, "collate", recorded)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    cpu = torch.device("cpu")
+    compiled = PoseEstimator(load_model(checkpoint, cpu)[0], CANVAS_SETTINGS, 20, compile=True)
+    plain = PoseEstimator(load_model(checkpoint, cpu)[0], CANVAS_SETTINGS, 20)
+    assert asked == [{"mode": None}]  # on a GPU "reduce-overhead": one CUDA graph a canvas
+    for image in _images_of_three_canvases(data):
+        got, want = compiled(image), plain(image)
+        torch.testing.assert_close(got["keypoints"], want["keypoints"], rtol=0, atol=1e-3)
+        torch.testing.assert_close(got["scores"], want["scores"], rtol=0, atol=1e-5)
+    assert padded[0::2] == [(64, 96), (96, 64), (64, 96), (64, 64)]
+    assert padded[1::2] == [(64, 96), (96, 64), (64, 64), (64, 64)]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 3
+    mixed = [(torch.zeros(3, 48, 60), {}), (torch.zeros(3, 50, 48), {})]  # one wide, one tall
+    assert compiled._canvas(mixed) == (80, 80)
+    torch._dynamo.reset()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_compiled_estimator_on_a_gpu_finds_eagers_people(checkpoint, data):
+    """The whole forward through Inductor, replayed as CUDA graphs, fused kernels included: the people
+    of the eager estimator (fp32, no TF32 for either) on images of three canvases."""
+    from jcra.inference import load_model
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    device = torch.device("cuda")
+    compiled = PoseEstimator(load_model(checkpoint, device)[0], CANVAS_SETTINGS, 20, compile=True)
+    plain = PoseEstimator(load_model(checkpoint, device)[0], CANVAS_SETTINGS, 20)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        for image in _images_of_three_canvases(data) * 2:  # a graph's first call records it
+            got, want = compiled(image), plain(image)
+            torch.testing.assert_close(got["keypoints"], want["keypoints"], rtol=0, atol=1e-2)
+            torch.testing.assert_close(got["scores"], want["scores"], rtol=0, atol=1e-4)
+    assert torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] == 0
+    torch._dynamo.reset()
+
+
 def test_a_torch_device_is_taken_as_it_is(checkpoint):
     estimator = PoseEstimator.from_checkpoint(checkpoint, device=torch.device("cpu"))
     assert next(estimator.model.parameters()).device == torch.device("cpu")
