@@ -162,7 +162,8 @@ def test_accumulate_synchronises_processes_on_the_last_micro_batch_alone():
 
 def test_images_per_second_count_every_micro_batch(data, tmp_path, monkeypatch):
     """A step of grad_accum 2 at batch 1 trains 2 images; on a clock that moves 1 s a reading (the
-    step's start, its batches loaded, its end), the log says 1 image/s and 1 s waiting for data."""
+    step's start, its batches loaded, its end), the log says 1 image/s and 1 s waiting for data, and
+    the pixels of both micro-batches as padded."""
     import train.train as loop
 
     clock = iter(range(1000))
@@ -171,6 +172,7 @@ def test_images_per_second_count_every_micro_batch(data, tmp_path, monkeypatch):
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [line["images_per_s"] for line in lines if line["kind"] == "train"] == [1.0] * 3
     assert [line["data_s"] for line in lines if line["kind"] == "train"] == [1.0] * 3
+    assert [line["megapixels"] for line in lines if line["kind"] == "train"] == [2 * IMAGE_SIZE**2 / 1e6] * 3
 
 
 def test_accumulated_micro_batches_give_the_gradient_of_one_batch(data):
@@ -671,7 +673,7 @@ def test_a_kill_during_an_evaluation_keeps_the_epoch_and_the_resumed_run_evaluat
 def _logged(out_dir) -> list[dict]:
     """The lines of ``out_dir``'s metrics.jsonl without their timings, which differ from run to run."""
     logged = (Path(out_dir) / "metrics.jsonl").read_text().splitlines()
-    timings = ("images_per_s", "data_s")
+    timings = ("images_per_s", "data_s")  # megapixels stay: the sizes follow the run's seeds
     return [{k: v for k, v in json.loads(line).items() if k not in timings} for line in logged]
 
 
