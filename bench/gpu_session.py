@@ -51,9 +51,9 @@ def train_run_overrides() -> list[str]:
     """A short GPU training run of the COCO R-50 recipe (bf16, fused kernels, PETR's multi-scale 400-1400) on
     ``../shared/data/coco-mini`` (80 images, evaluated on the same), random weights in the ImageNet
     layout (no network there). Eager, since the ``train_step`` section times the compiled step. 40
-    steps: 28 of the images hold a labelled person, 14 steps an epoch at batch 2, so 3 epochs, the
-    learning rate dropped for the last. The checkpoint goes to a new folder under /tmp (a run refuses
-    an out_dir that holds one), not back with the results."""
+    steps: 36 of the images hold a person, 18 steps an epoch at batch 2, so 3 epochs (the third 4
+    steps long), the learning rate dropped for the last. The checkpoint goes to a new folder under
+    /tmp (a run refuses an out_dir that holds one), not back with the results."""
     mini = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-mini"
     ann, images = mini / "annotations" / "person_keypoints_train2017.json", mini / "train2017"
     return [

@@ -402,8 +402,10 @@ def _train(
             tic = time.perf_counter()
             micro = [next(batches) for _ in range(cfg.grad_accum)]
             data_s = time.perf_counter() - tic  # waiting for the loader: a step's share it cannot overlap
-            # padded pixels of this process's step: with multi-scale sizes the work, and so images/s,
-            # varies with them (PETR's 400-1400 short sides span some 12x in pixels)
+            # the padded sizes of this process's step: eager PyTorch sets work up once per shape, so a
+            # step at a size not met before runs slower (two H200 runs: a median 5.7-6.1 images/s at
+            # first-met sizes, 12.9-13.7 at sizes met before; bench/train_run_sizes.py)
+            sizes = [tuple(images.shape[-2:]) for images, _, _ in micro]
             megapixels = sum(images[:, 0].numel() for images, _, _ in micro) / 1e6
             losses = accumulate(forward_model, criterion, micro, cfg, device, scaler)
             # the logged terms (not each decoder layer's) averaged over processes, as the gradients
@@ -427,13 +429,12 @@ def _train(
             batch_in_epoch += cfg.grad_accum
             speed = cfg.batch_size * cfg.grad_accum * world / (time.perf_counter() - tic)
             progress.update(1)
-            progress.set_postfix(
-                loss=f"{loss:.4f}", img_s=f"{speed:.1f}", mpx=f"{megapixels:.2f}", data_s=f"{data_s:.2f}"
-            )
+            hw = "+".join(f"{h}x{w}" for h, w in sizes)
+            progress.set_postfix(loss=f"{loss:.4f}", img_s=f"{speed:.1f}", hw=hw, data_s=f"{data_s:.2f}")
             if step % cfg.log_every == 0 or step == total_steps:
                 log.log(step, "train", {**terms, "grad_norm": grad_norm, "images_per_s": speed,
-                                        "megapixels": megapixels, "data_s": data_s, "lr": lr,
-                                        "epoch": epoch})  # fmt: skip
+                                        "padded_hw": sizes, "megapixels": megapixels, "data_s": data_s,
+                                        "lr": lr, "epoch": epoch})  # fmt: skip
             if stopping or not epoch_goes_on():
                 break  # the checkpoint below saves this step, once
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:

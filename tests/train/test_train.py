@@ -173,6 +173,7 @@ def test_images_per_second_count_every_micro_batch(data, tmp_path, monkeypatch):
     assert [line["images_per_s"] for line in lines if line["kind"] == "train"] == [1.0] * 3
     assert [line["data_s"] for line in lines if line["kind"] == "train"] == [1.0] * 3
     assert [line["megapixels"] for line in lines if line["kind"] == "train"] == [2 * IMAGE_SIZE**2 / 1e6] * 3
+    assert [line["padded_hw"] for line in lines if line["kind"] == "train"] == [[[IMAGE_SIZE] * 2] * 2] * 3
 
 
 def test_accumulated_micro_batches_give_the_gradient_of_one_batch(data):

@@ -1,0 +1,47 @@
+"""bench.train_run_sizes: a run's batch sizes replayed without training, and its log's images/s."""
+
+import json
+
+import pytest
+
+from bench.train_run_sizes import first_met, logged_speeds, replayed_sizes, train_run_config
+from tests.shared_data import SHARED_DATA
+from train.train import train
+
+from .conftest import tiny_config
+
+
+def test_replayed_sizes_are_those_the_run_trained_on(data, tmp_path):
+    """Random short sides from three (each image its own), five steps over two epochs: the replay, its
+    loader in two processes, gives the padded sizes the run logged, loaded in the training process."""
+    cfg = tiny_config(data, tmp_path, train_scales=[32, 48, 64], max_size=96, max_steps=5, eval_every=0)
+    train(cfg)
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    trained = [(2, *line["padded_hw"][0]) for line in logged if line["kind"] == "train"]
+    cfg.num_workers = 2
+    assert replayed_sizes(cfg, 5) == trained
+    assert len({size for size in trained}) > 1  # else any constant would pass
+
+
+def test_logged_speeds_take_each_steps_own_postfix():
+    """tqdm draws step n first with step n - 1's postfix, then with its own."""
+    bar = (
+        "  2%| | 1/3 [00:10<06:32, 10.07s/step, data_s=0.27, img_s=0.2, loss=134.6]"
+        "  5%| | 2/3 [00:10<02:45,  4.36s/step, data_s=0.27, img_s=0.2, loss=134.6]"
+        "  5%| | 2/3 [00:10<02:45,  4.36s/step, data_s=0.00, img_s=5.4, loss=139.2]"
+        " 10%| | 3/3 [00:11<00:00,  2.74s/step, data_s=0.00, img_s=5.4, loss=139.2]"
+        " 10%| | 3/3 [00:11<00:00,  2.74s/step, data_s=0.00, img_s=2.5, hw=64x96, loss=163.3]"
+    )
+    assert logged_speeds(bar) == [0.2, 5.4, 2.5]
+
+
+def test_first_met_marks_each_padded_size_once():
+    sizes = [(2, 64, 96), (2, 96, 64), (2, 64, 96), (1, 64, 96), (2, 32, 32)]
+    assert first_met(sizes) == [True, True, False, False, True]
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "coco-mini").exists(), reason="needs ../shared/data/coco-mini")
+def test_train_run_config_is_the_gpu_sessions_run():
+    cfg = train_run_config(num_workers=1)
+    assert (cfg.model, cfg.batch_size, cfg.max_steps, cfg.num_workers) == ("jcra_r50", 2, 40, 1)
+    assert cfg.train_scale_mode == "range" and cfg.train_ann.endswith("person_keypoints_train2017.json")
