@@ -114,6 +114,8 @@ def predict(
     from train.checkpoint import existing_checkpoint
 
     checked_score_threshold(score_threshold)
+    checked_top_k(top_k)
+    checked_precision(precision, "--precision")
     dev = resolve_cli_device(device)
     paths = image_paths(images)
     drawings = drawing_paths(paths, Path(out))
@@ -128,8 +130,6 @@ def predict(
     if unreadable:
         many = f"{len(unreadable)} of {len(paths)} images cannot be read:\n  " if len(unreadable) > 1 else ""
         raise OSError(many + "\n  ".join(unreadable))
-    checked_top_k(top_k)  # before --out is made
-    checked_precision(precision, "--precision")
     existing_checkpoint(checkpoint)
     out = output_folder(out)
     estimator = PoseEstimator(*load_model(checkpoint, dev), top_k, precision, compile)

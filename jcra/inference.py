@@ -81,7 +81,8 @@ class PoseEstimator:
     ``compile``: compile ``model`` in place (a :class:`jcra.model.JCRA`; ``compile_model``: the whole
     forward, on a GPU replayed as one CUDA graph) and pad each batch to one of at most four canvases,
     each side ``val_scale`` where every image's fits, else ``max_size``: one graph a canvas and batch
-    size. Each first call of those compiles (minutes for R-50 on a GPU); every later one runs faster.
+    size (past Dynamo's recompile limit, 8 by default, a new one runs eager: keep to a few batch
+    sizes). Each first call of those compiles (minutes for R-50 on a GPU); every later one runs faster.
     With ``precision="bf16"`` on a GPU this is the inference the end-to-end benchmark times."""
 
     def __init__(

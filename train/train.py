@@ -402,9 +402,9 @@ def _train(
             tic = time.perf_counter()
             micro = [next(batches) for _ in range(cfg.grad_accum)]
             data_s = time.perf_counter() - tic  # waiting for the loader: a step's share it cannot overlap
-            # the padded sizes of this process's step: eager PyTorch sets work up once per shape, so a
-            # step at a size not met before runs slower (two H200 runs: a median 5.7-6.1 images/s at
-            # first-met sizes, 12.9-13.7 at sizes met before; bench/train_run_sizes.py)
+            # the padded sizes of this process's step: in train_run's two H200 logs, steps at a size
+            # met before ran about twice as fast as steps at a new one (medians 12.9-13.7 against
+            # 5.7-6.1 images/s; bench/train_run_sizes.py), likely eager PyTorch's per-shape setup
             sizes = [tuple(images.shape[-2:]) for images, _, _ in micro]
             megapixels = sum(images[:, 0].numel() for images, _, _ in micro) / 1e6
             losses = accumulate(forward_model, criterion, micro, cfg, device, scaler)

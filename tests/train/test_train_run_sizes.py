@@ -12,15 +12,17 @@ from .conftest import tiny_config
 
 
 def test_replayed_sizes_are_those_the_run_trained_on(data, tmp_path):
-    """Random short sides from three (each image its own), five steps over two epochs: the replay, its
-    loader in two processes, gives the padded sizes the run logged, loaded in the training process."""
-    cfg = tiny_config(data, tmp_path, train_scales=[32, 48, 64], max_size=96, max_steps=5, eval_every=0)
+    """Random short sides from 32 to 160 (each image its own), two epochs of three steps: the replay,
+    its loader in two processes, gives the padded sizes the run logged, loaded in the training process.
+    The epochs' sizes differ, so a replay of the wrong epoch or seed fails."""
+    scales = list(range(32, 161))
+    cfg = tiny_config(data, tmp_path, train_scales=scales, max_size=160, max_steps=6, eval_every=0)
     train(cfg)
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     trained = [(2, *line["padded_hw"][0]) for line in logged if line["kind"] == "train"]
     cfg.num_workers = 2
-    assert replayed_sizes(cfg, 5) == trained
-    assert len({size for size in trained}) > 1  # else any constant would pass
+    assert len(trained) == 6 and trained[:3] != trained[3:]
+    assert replayed_sizes(cfg, 6) == trained
 
 
 def test_logged_speeds_take_each_steps_own_postfix():
