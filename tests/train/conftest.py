@@ -43,3 +43,20 @@ def checkpoint(data, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("run")
     return train(tiny_config(data, out, max_steps=2))["checkpoint"]
+
+
+@pytest.fixture
+def eager_compile(monkeypatch) -> list[dict]:
+    """``JCRA.compile_model`` through Dynamo's eager backend (Inductor's code generation costs about a
+    minute a graph on a CI CPU): Dynamo's tracing and guards as compiled, the ops run eager. Returns the
+    list of the options each call was given."""
+    from jcra.model import JCRA
+
+    compile_model, asked = JCRA.compile_model, []
+
+    def traced(model, **options):
+        asked.append(options)
+        compile_model(model, backend="eager", **options)
+
+    monkeypatch.setattr(JCRA, "compile_model", traced)
+    return asked

@@ -144,17 +144,8 @@ def test_evaluate_and_predict_run_the_model_in_the_precision_asked(data, checkpo
     assert asked == ["bf16"] + ["fp16"] * len(images)  # evaluate: one batch of the two images
 
 
-def test_predict_compiled_writes_the_records_of_predict(data, checkpoint, tmp_path, monkeypatch):
-    """--compile: the same records (Dynamo's eager backend, as in tests/train/test_inference.py)."""
-    from jcra.model import JCRA
-
-    compile_model, asked = JCRA.compile_model, []
-
-    def traced(model, **options):
-        asked.append(options)
-        compile_model(model, backend="eager", **options)
-
-    monkeypatch.setattr(JCRA, "compile_model", traced)
+def test_predict_compiled_writes_the_records_of_predict(data, checkpoint, tmp_path, eager_compile):
+    """--compile: the same records (traced by Dynamo, run eager: ``eager_compile``)."""
     images = [str(path) for path in sorted(Path(data["val_images"]).iterdir())]
     records = {}
     for flags in ([], ["--compile"]):
@@ -162,7 +153,7 @@ def test_predict_compiled_writes_the_records_of_predict(data, checkpoint, tmp_pa
         assert main(["predict", checkpoint, *images, "--out", str(out), "--device", "cpu", *flags]) == 0
         records[tuple(flags)] = json.loads((out / "results.json").read_text())
     torch._dynamo.reset()
-    assert len(asked) == 1 and records[()]  # top_k 100 of each image's queries
+    assert len(eager_compile) == 1 and records[()]  # top_k 100 of each image's queries
     for got, want in zip(records[("--compile",)], records[()], strict=True):
         assert got["image_id"] == want["image_id"] and got["file_name"] == want["file_name"]
         np.testing.assert_allclose(got["keypoints"], want["keypoints"], rtol=0, atol=1e-3)

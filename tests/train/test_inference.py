@@ -132,34 +132,29 @@ def _images_of_three_canvases(data) -> list[np.ndarray]:
 CANVAS_SETTINGS = {"keypoint_layout": "coco", "val_scale": 48, "max_size": 80}
 
 
-def test_a_compiled_estimator_pads_to_a_few_canvases_and_finds_the_same_people(checkpoint, data, monkeypatch):
+def test_a_compiled_estimator_pads_to_a_few_canvases_and_finds_the_same_people(
+    checkpoint, data, monkeypatch, eager_compile
+):
     """``compile=True``: images of four sizes go in on three canvases, one graph each, and give the people
     found without compiling, where each batch is padded only to its own size. Dynamo's tracing is what
-    is checked here (its eager backend: Inductor's code generation costs a minute a graph on a CI CPU);
-    the Inductor graphs run in the CUDA test below."""
+    is checked here (``eager_compile``); the Inductor graphs run in the CUDA test below."""
     import jcra.data
     from jcra.inference import load_model
-    from jcra.model import JCRA
 
-    compile_model, asked, padded, collate = JCRA.compile_model, [], [], jcra.data.collate
-
-    def traced(model, **options):
-        asked.append(options)
-        compile_model(model, backend="eager", **options)
+    padded, collate = [], jcra.data.collate
 
     def recorded(*args, **kwargs):
         batch = collate(*args, **kwargs)
         padded.append(tuple(batch[0].shape[-2:]))
         return batch
 
-    monkeypatch.setattr(JCRA, "compile_model", traced)
     monkeypatch.setattr(jcra.data, "collate", recorded)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     cpu = torch.device("cpu")
     compiled = PoseEstimator(load_model(checkpoint, cpu)[0], CANVAS_SETTINGS, 20, compile=True)
     plain = PoseEstimator(load_model(checkpoint, cpu)[0], CANVAS_SETTINGS, 20)
-    assert asked == [{"mode": None}]  # on a GPU "reduce-overhead": one CUDA graph a canvas
+    assert eager_compile == [{"mode": None}]  # on a GPU "reduce-overhead": one CUDA graph a canvas
     for image in _images_of_three_canvases(data):
         got, want = compiled(image), plain(image)
         torch.testing.assert_close(got["keypoints"], want["keypoints"], rtol=0, atol=1e-3)
