@@ -566,7 +566,7 @@ def checked_out_dir(out_dir) -> str:
 
 def _out_dir_or_exit(out_dir) -> str:
     """:func:`checked_out_dir` for hydra's run folder, resolved before the app runs: there an exception
-    prints some 60 lines of hydra's and omegaconf's stack above the message, so it exits with the message
+    prints some 100 lines of hydra's and omegaconf's stack above the message, so it exits with the message
     alone (SystemExit passes both, which catch only ``Exception``)."""
     try:
         return checked_out_dir(out_dir)
