@@ -674,7 +674,7 @@ def test_a_kill_during_an_evaluation_keeps_the_epoch_and_the_resumed_run_evaluat
 def _logged(out_dir) -> list[dict]:
     """The lines of ``out_dir``'s metrics.jsonl without their timings, which differ from run to run."""
     logged = (Path(out_dir) / "metrics.jsonl").read_text().splitlines()
-    timings = ("images_per_s", "data_s")  # megapixels stay: the sizes follow the run's seeds
+    timings = ("images_per_s", "data_s")  # padded_hw and megapixels stay: they follow the run's seeds
     return [{k: v for k, v in json.loads(line).items() if k not in timings} for line in logged]
 
 
