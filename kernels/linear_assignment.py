@@ -99,7 +99,9 @@ def _min(vec):
 _FINITE_ROWS = tl.constexpr(4)
 
 
-@triton.jit
+# Sizes and strides are not specialised: Triton would compile anew for each of their patterns (== 1,
+# divisible by 16), mid-training, where a batch brings a new number of people.
+@triton.jit(do_not_specialize=["Q", "G", "N", "stride_cb", "stride_cq", "stride_cg", "stride_ob"])
 def _linear_assignment_kernel(
     # pointers
     cost_ptr,
@@ -235,10 +237,13 @@ def _linear_assignment_kernel(
 # _MAX_BLOCK columns registers would spill, and scipy runs instead.
 _MAX_BLOCK = 4096
 _COLS_PER_WARP = 512
+# Each block is a compile of its own. The encoder's proposals are solved on G * G of them, which would
+# bring a new block with each power of two up to G = 11; one warp searches 128 columns at 4 a thread.
+_MIN_BLOCK = 128
 
 
 def _block(q: int, g: int) -> int:
-    return triton.next_power_of_2(max(q, g, 2))
+    return triton.next_power_of_2(max(q, g, _MIN_BLOCK))
 
 
 def _num_warps(block: int) -> int:

@@ -135,8 +135,10 @@ def _as_shapes(spatial_shapes: Sequence[Sequence[int]] | torch.Tensor) -> Shapes
 # One program gathers BLOCK_Q queries of one (image n, head m): for every level and point it loads the
 # four bilinear corners as [BLOCK_Q, BLOCK_D] tiles (D channels contiguous in `value`, so each corner
 # is one coalesced row read) and accumulates in fp32. Level tables (H, W, start) are read from a tiny
-# device tensor, so one compiled kernel serves every image size. Offsets are int64: N*S*M*D passes 2^31
-# at batch 8 of 1333x800 images with 256 channels.
+# device tensor, and the token counts Lq and S are not specialised (Triton would compile anew whenever
+# one turned divisible by 16 or 1; for sm_90 the code is the same either way), so one compiled kernel
+# serves every image size. Offsets are int64: N*S*M*D passes 2^31 at batch 8 of 1333x800 images with
+# 256 channels.
 # ----------------------------------------------------------------------------------------------------
 @triton.jit
 def _program_tile(Lq, S, M, D, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -197,7 +199,7 @@ def _load_corner(value_ptr, offset, inside, d, d_mask):
     return tl.load(ptrs, mask=inside[:, None] & d_mask[None, :], other=0.0).to(tl.float32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Lq", "S"])
 def _ms_deform_attn_fwd_kernel(
     # pointers
     value_ptr,  # [N, S, M, D]
@@ -252,7 +254,7 @@ def _scatter_corner(scatter, entry, offset, inside, coef, g, d, d_mask, q_mask, 
         tl.atomic_add(ptrs, coef[:, None] * g, mask=inside[:, None] & d_mask[None, :], sem="relaxed")
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Lq", "S"])
 def _ms_deform_attn_bwd_kernel(
     # pointers
     grad_out_ptr,  # [N, Lq, M, D]

@@ -179,7 +179,14 @@ def pose_matching_cost_reference(
 # ---------------------------------------------------------------------------------------------------
 
 
-@triton.jit
+# The sizes that follow the data (queries: one a token for the encoder's proposals; people) and the
+# strides they set are not specialised: Triton would compile anew for each of their patterns (== 1,
+# divisible by 16), mid-training, where a batch brings a new one.
+@triton.jit(
+    do_not_specialize=[
+        "Q", "G", "GT_BATCH", "stride_lb", "stride_pb", "stride_gb", "stride_ab", "stride_ob", "stride_og"
+    ]
+)  # fmt: skip
 def _pose_cost_kernel(
     # pointers
     logits_ptr,

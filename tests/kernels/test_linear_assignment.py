@@ -211,22 +211,27 @@ def test_wide_problems_fall_back_to_scipy(monkeypatch):
     _check(cost, num_gt, linear_assignment(cost, num_gt), atol=1e-5)
 
 
+@pytest.fixture
+def narrow_solver(monkeypatch):
+    """A solver 2 to 16 columns wide, so that small problems are tall ones."""
+    monkeypatch.setattr(la_module, "_MAX_BLOCK", 16)
+    monkeypatch.setattr(la_module, "_MIN_BLOCK", 2)
+
+
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize(("q", "g"), [(40, 3), (40, 4), (30, 1), (20, 0)])
-def test_tall_problems_solve_on_the_cheapest_rows(monkeypatch, q, g, ties):
+def test_tall_problems_solve_on_the_cheapest_rows(monkeypatch, narrow_solver, q, g, ties):
     """Past the solver's width with G * G rows within it (the encoder's proposals), the solver runs on
     each column's G cheapest rows: still the optimum, without scipy."""
-    monkeypatch.setattr(la_module, "_MAX_BLOCK", 16)
     monkeypatch.setattr(la_module, "linear_assignment_reference", None)  # would raise if called
     cost, num_gt = _random_problem(5, q, g, seed=q + g, ties=ties)
     _check(cost, num_gt, linear_assignment(cost, num_gt), atol=1e-5)
 
 
-def test_tall_problems_reach_each_columns_gth_cheapest_row(monkeypatch):
+def test_tall_problems_reach_each_columns_gth_cheapest_row(narrow_solver):
     """Three ground truths whose three cheapest rows are the same, at the end of 40 queries: the
     optimum needs each column's third cheapest row (a solver on fewer rows per column pays 1 for the
     third); the other rows tie at 1."""
-    monkeypatch.setattr(la_module, "_MAX_BLOCK", 16)
     cost = torch.ones(2, 40, 3, device=DEVICE)
     cost[0, 37:] = torch.tensor([0.0, 0.1, 0.2], device=DEVICE)[:, None]
     cost[1, :3] = torch.tensor([0.2, 0.1, 0.0], device=DEVICE)[:, None]
@@ -236,10 +241,9 @@ def test_tall_problems_reach_each_columns_gth_cheapest_row(monkeypatch):
     assert sorted(result[0][0].tolist()) == [37, 38, 39] and sorted(result[0][1].tolist()) == [0, 1, 2]
 
 
-def test_tall_problems_keep_every_candidate_row(monkeypatch):
+def test_tall_problems_keep_every_candidate_row(narrow_solver):
     """G = 2 with four distinct candidate rows (30 to 33), two of which the optimum (0) needs: the
     first two in one image, the last two in the other, so dropping any candidate costs an image 0.5."""
-    monkeypatch.setattr(la_module, "_MAX_BLOCK", 16)
     cost = torch.ones(2, 40, 2, device=DEVICE)
     for image, (x, z, y, w) in enumerate([(30, 31, 32, 33), (32, 33, 30, 31)]):
         cost[image, [x, y], 0] = torch.tensor([0.0, 0.5], device=DEVICE)
@@ -248,9 +252,8 @@ def test_tall_problems_keep_every_candidate_row(monkeypatch):
     _check(cost, num_gt, linear_assignment(cost, num_gt), atol=1e-6)
 
 
-def test_tall_problems_keep_non_finite_images_unsolved(monkeypatch):
+def test_tall_problems_keep_non_finite_images_unsolved(narrow_solver):
     """A NaN outside the cheapest rows still fails its image; NaN in padding columns still does not."""
-    monkeypatch.setattr(la_module, "_MAX_BLOCK", 16)
     cost, _ = _random_problem(3, 40, 3, seed=21)
     num_gt = torch.tensor([3, 2, 3])
     cost[0, 7, 1] = float("nan")

@@ -3,8 +3,10 @@
 import json
 
 import pytest
+import torch
 
-from bench.train_run_sizes import first_met, logged_speeds, replayed_sizes, train_run_config
+from bench.train_run_sizes import first_met, logged_speeds, new_compiles, replayed_sizes, train_run_config
+from kernels.dispatch import INTERPRET
 from tests.shared_data import SHARED_DATA
 from train.train import train
 
@@ -23,6 +25,37 @@ def test_replayed_sizes_are_those_the_run_trained_on(data, tmp_path):
     cfg.num_workers = 2
     assert len(trained) == 6 and trained[:3] != trained[3:]
     assert replayed_sizes(cfg, 6) == trained
+
+
+@pytest.mark.skipif(not INTERPRET, reason="counts launches through Triton's interpreter")
+def test_new_compiles_come_with_new_blocks_of_people_not_new_sizes(data, tmp_path):
+    """The tiny model's first step compiles; its sizes later do not (64 x 96 and 96 x 64 give 128 tokens,
+    64 x 64 gives 85), a third person does (the cost's tile of people grows from 2 to 4)."""
+    gen = torch.Generator().manual_seed(0)
+
+    def batch(h, w, people):
+        targets = []
+        for g in people:
+            keypoints = torch.rand(g, 17, 3, generator=gen) * torch.tensor([w, h, 2.0])
+            targets.append(
+                {
+                    "keypoints": keypoints.round(),
+                    "area": torch.full((g,), 100.0),
+                    "size": torch.tensor([w, h]),
+                }
+            )
+        return (2, 3, h, w), targets
+
+    cfg = tiny_config(data, tmp_path, model_overrides={"use_fused_kernels": True})
+    batches = [
+        batch(64, 96, [1, 0]),
+        batch(64, 96, [0, 2]),
+        batch(96, 64, [1, 1]),
+        batch(64, 64, [2, 2]),
+        batch(64, 64, [3, 1]),
+    ]
+    compiled = new_compiles(cfg, batches)
+    assert compiled[0] > 0 and compiled[1:] == [0, 0, 0, 1]
 
 
 def test_logged_speeds_take_each_steps_own_postfix():
