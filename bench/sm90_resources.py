@@ -3,13 +3,16 @@
     python -m bench.sm90_resources [--only PREFIX ...]
 
 No GPU needed: Triton compiles for an explicit target (H100/H200, sm_90) with the ptxas it ships,
-and its cuobjdump reads the resource usage and the SASS. This is where the numbers in the
-launchers' comments come from (the ms_deform_attn tile candidates, the pose cost's rolled keypoint
-loop, the assignment solver's warps). Rows: every ms_deform_attn tile candidate for D = 32 at 4
-levels (encoder: 4 points; decoder: 17), fp32 and bf16; the pose cost at the tiles the launcher picks
-for G in {1, 5, 20, 100}; the solver at Q = 300 and at its widest block, fp32 and fp64, its columns
-contiguous (Q >= G, as the launcher lays them out) or strided. A row with spill stores (STL in the
-SASS) is marked; ``--sass DIR`` writes each row's SASS.
+and its cuobjdump reads the resource usage and the SASS. Each row is a launch the kernels' own
+launchers make on example tensors at the model's shapes, caught before it runs and compiled as
+``JITFunction.run`` would compile it on the GPU: with the same specialisation of its arguments (16-byte
+aligned pointers, sizes divisible by 16, strides of 1), which decides what the compiler can vectorise.
+This is where the numbers in the launchers' comments come from (the ms_deform_attn tile candidates, the
+pose cost's rolled keypoint loop, the assignment solver's warps). Rows: every ms_deform_attn tile
+candidate for D = 32, 8 heads, 4 levels (encoder: 4 points; decoder: 17), fp32 and bf16; the pose cost
+at the tiles the launcher picks for G in {1, 5, 20, 100}; the solver at Q = 300 and at its widest
+block, fp32 and fp64, its columns contiguous (Q >= G, as the launcher lays them out) or strided. A row
+with spill stores (STL in the SASS) is marked; ``--sass DIR`` writes each row's SASS.
 Run it without TRITON_INTERPRET: the interpreter replaces the kernels it compiles.
 """
 
@@ -19,88 +22,100 @@ import re
 import subprocess
 import tempfile
 from pathlib import Path
+from unittest import mock
 
+import torch
 import triton
-import triton.language as tl
 from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from triton.compiler import ASTSource, make_backend
+from triton.runtime.jit import JITFunction, create_function_from_signature
 
 TARGET = GPUTarget("cuda", 90, 32)
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 
 
-def _signature(kernel, constexprs: dict, pointers: dict[str, str], floats: tuple[str, ...] = ()) -> dict:
-    """Triton signature: constexprs as given, ``*_ptr`` args typed by ``pointers`` (default fp32),
-    ``floats`` fp32 and every other argument i32."""
-    signature = {}
-    for param in kernel.params:
-        name = param.name
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            signature[name] = pointers.get(name, "*fp32")
-        else:
-            signature[name] = "fp32" if name in floats else "i32"
-    return signature
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float64: "fp64"}
+
+
+def _launch_of(launcher, *args) -> tuple[JITFunction, tuple, dict]:
+    """The one Triton launch ``launcher(*args)`` makes, as (kernel, args, kwargs), caught before it
+    runs (no GPU needed)."""
+    caught = []
+
+    def catch(kernel, *launch_args, grid, warmup, **kwargs):
+        caught.append((kernel, launch_args, kwargs))
+
+    with mock.patch.object(JITFunction, "run", catch):
+        launcher(*args)
+    (launch,) = caught
+    return launch
 
 
 def specs():
-    """(label, kernel, constexprs, pointer types, float args, num_warps) for every row."""
+    """(label, kernel, args, kwargs) for every row: a launch, its tile (and warps) in kwargs."""
     msda = importlib.import_module("kernels.ms_deform_attn")
     oks = importlib.import_module("kernels.oks")
     assignment = importlib.import_module("kernels.linear_assignment")
-    for dtype in ("fp32", "bf16"):
-        io = {name: f"*{dtype}" for name in ("value_ptr", "attn_ptr", "out_ptr", "grad_out_ptr")}
-        io.update(levels_ptr="*i64", dst_ptr="*i64")
+    heads, channels, levels = 8, 32, 4
+    level_table = torch.zeros(levels, 3, dtype=torch.int64)
+    for dtype in (torch.float32, torch.bfloat16):
+        name = _DTYPE_NAMES[dtype]
         for points in (4, 17):
-            for direction, kernel in (
-                ("forward", msda._ms_deform_attn_fwd_kernel),
-                ("backward", msda._ms_deform_attn_bwd_kernel),
+            value = torch.empty(1, 100, heads, channels, dtype=dtype)
+            loc = torch.empty(1, 100, heads, levels, points, 2)
+            attn = torch.empty(1, 100, heads, levels, points, dtype=dtype)
+            grad_out = torch.empty(1, 100, heads * channels, dtype=dtype)
+            for direction, launch in (
+                ("forward", _launch_of(msda._ms_deform_attn_forward_triton, value, level_table, loc, attn)),
+                (
+                    "backward",
+                    _launch_of(
+                        msda._ms_deform_attn_backward_triton, grad_out, value, level_table, loc, attn, False
+                    ),
+                ),
             ):
-                extra = {"DETERMINISTIC": False} if direction == "backward" else {}
-                for block_q, warps in msda._candidates(32, direction):
-                    consts = dict(L=4, P=points, BLOCK_Q=block_q, BLOCK_D=32, **extra)
-                    label = f"ms_deform_attn {direction} {dtype} P={points} BLOCK_Q={block_q}"
-                    yield label, kernel, consts, io, (), warps
-    floats = ("w_class", "w_kpt", "w_oks", "alpha", "gamma", "area_eps")
+                kernel, args, kwargs = launch
+                for block_q, warps in msda._candidates(channels, direction):
+                    label = f"ms_deform_attn {direction} {name} P={points} BLOCK_Q={block_q}"
+                    yield label, kernel, args, {**kwargs, "BLOCK_Q": block_q, "num_warps": warps}
+    b, q, k = 8, 300, 17
     for g in (1, 5, 20, 100):
-        block_q, block_g = oks._blocks(g)
         # the matcher passes image sizes (OKS in pixels)
-        consts = dict(
-            K=17, COORD_DTYPE=tl.float32, WITH_COST=True, HAS_SIZE=True, BLOCK_Q=block_q, BLOCK_G=block_g
+        kernel, args, kwargs = _launch_of(
+            oks._launch,
+            torch.empty(b, q),
+            torch.empty(b, q, k, 2),
+            torch.empty(b, g, k, 3),
+            torch.empty(b, g),
+            torch.empty(k),
+            torch.empty(b, 2),
+            (2.0, 70.0, 7.0, 0.25, 2.0),
         )
-        label = f"pose_cost G={g} BLOCK_Q={block_q} BLOCK_G={block_g}"
-        yield label, oks._pose_cost_kernel, consts, {"num_gt_ptr": "*i64"}, floats, 4
-    for dtype in ("fp32", "fp64"):
-        pointers = {
-            "cost_ptr": f"*{dtype}",
-            "num_gt_ptr": "*i64",
-            "query_out_ptr": "*i64",
-            "gt_out_ptr": "*i64",
-            "valid_out_ptr": "*i1",
-        }
-        # Q = 300 (any G <= Q: the columns are the queries, made contiguous), and the widest block
-        for block in (assignment._block(300, 20), assignment._MAX_BLOCK):
+        label = f"pose_cost G={g} BLOCK_Q={kwargs['BLOCK_Q']} BLOCK_G={kwargs['BLOCK_G']}"
+        yield label, kernel, args, kwargs
+    for dtype in (torch.float32, torch.float64):
+        # Q = 300 (any G <= Q: the columns are the queries, made contiguous), and the widest block;
+        # columns are strided where the ground truths are (G > Q)
+        for wide in (300, assignment._MAX_BLOCK):
             for contiguous in (True, False):
-                consts = dict(
-                    DTYPE=getattr(tl, f"float{dtype[2:]}"), BLOCK=block, COLUMNS_CONTIGUOUS=contiguous
-                )
+                q, g = (wide, 20) if contiguous else (20, wide)
+                cost = torch.empty(2, g, q, dtype=dtype).transpose(1, 2)
+                kernel, args, kwargs = _launch_of(assignment._launch, cost, torch.empty(2, dtype=torch.int64))
                 layout = "contiguous" if contiguous else "strided"
-                label = f"linear_assignment {dtype} BLOCK={block} {layout} columns"
-                yield (
-                    label,
-                    assignment._linear_assignment_kernel,
-                    consts,
-                    pointers,
-                    (),
-                    assignment._num_warps(block),
-                )
+                label = f"linear_assignment {_DTYPE_NAMES[dtype]} BLOCK={kwargs['BLOCK']} {layout} columns"
+                yield label, kernel, args, kwargs
 
 
-def resources(kernel, consts, pointers, floats, warps) -> tuple[dict[str, int], str]:
-    """REG, STACK and SHARED from cuobjdump, and the SASS's spill stores (STL); and the SASS."""
-    source = ASTSource(kernel, _signature(kernel, consts, pointers, floats), consts)
-    compiled = triton.compile(source, target=TARGET, options={"num_warps": warps})
+def resources(kernel: JITFunction, args: tuple, kwargs: dict) -> tuple[dict[str, int], str]:
+    """REG, STACK and SHARED from cuobjdump, and the SASS's spill stores (STL); and the SASS, of the
+    launch compiled for sm_90 as ``JITFunction.run`` would compile it."""
+    backend = make_backend(TARGET)
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, specialisation, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialisation, options)
+    compiled = triton.compile(
+        ASTSource(kernel, signature, constexprs, attrs), target=TARGET, options=options.__dict__
+    )
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(compiled.asm["cubin"])
         cubin.flush()
@@ -127,8 +142,9 @@ def main(argv: list[str] | None = None) -> None:
         labels = sorted({spec[0].split(" ")[0] for spec in specs()})
         parser.error(f"--only {' '.join(args.only)} matches no row; labels start with {labels}")
     print(f"{'kernel and tile':60s} {'warps':>5s} {'regs':>5s} {'stack':>6s} {'shared':>7s} {'STL':>5s}")
-    for label, kernel, consts, pointers, floats, warps in rows:
-        r, sass = resources(kernel, consts, pointers, floats, warps)
+    for label, kernel, launch_args, kwargs in rows:
+        r, sass = resources(kernel, launch_args, kwargs)
+        warps = kwargs.get("num_warps", 4)
         if args.sass:
             args.sass.mkdir(parents=True, exist_ok=True)
             (args.sass / f"{re.sub(r'[^A-Za-z0-9=]+', '_', label)}.sass").write_text(sass)

