@@ -22,7 +22,7 @@ import torch
 import triton
 
 from bench.profiling import device_name, static_compile
-from kernels.ms_deform_attn import ms_deform_attn, ms_deform_attn_reference
+from kernels.ms_deform_attn import ms_deform_attn, ms_deform_attn_reference, tuned_tiles
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -163,4 +163,5 @@ def test_ms_deform_attn(benchmark, provider, shape, mode, dtype):
         gbps_minimal=bytes_moved["minimal"] / seconds / 1e9,
         gbps_gather=bytes_moved["gather"] / seconds / 1e9,
         peak_memory_mb=torch.cuda.max_memory_allocated() / 2**20 if CUDA else None,
+        tiles=tuned_tiles() if provider == "triton" else None,
     )

@@ -404,6 +404,18 @@ _bwd_tuned = _autotuned(
 )
 
 
+def tuned_tiles() -> dict[str, dict[str, str]]:
+    """The tiles the autotuner picked in this process, per direction: {tuning key (L, P, D, dtypes...):
+    "BLOCK_Q=.. warps=.."}; empty before a large CUDA launch (benchmarks record it)."""
+    return {
+        direction: {
+            str(key): f"BLOCK_Q={config.kwargs['BLOCK_Q']} warps={config.num_warps}"
+            for key, config in tuned.cache.items()
+        }
+        for direction, tuned in (("forward", _fwd_tuned), ("backward", _bwd_tuned))
+    }
+
+
 MAX_BATCH_HEADS = 65535
 """CUDA's limit on a grid's second axis, which runs over N * M."""
 

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import triton
 
 from jcra.deformable_attention import MSDeformAttn
 from kernels.dispatch import use_triton
@@ -569,3 +570,15 @@ def test_module_forward_never_synchronises_with_the_host(use_fused):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.testing.assert_close(out, expected)
+
+
+def test_tuned_tiles_name_each_directions_picks(monkeypatch):
+    """What the benchmarks record of the autotuner: its pick per tuning key and direction."""
+    monkeypatch.setattr(
+        msda._fwd_tuned, "cache", {(4, 4, 32, "torch.bfloat16"): triton.Config({"BLOCK_Q": 64}, num_warps=4)}
+    )
+    monkeypatch.setattr(msda._bwd_tuned, "cache", {})
+    assert msda.tuned_tiles() == {
+        "forward": {"(4, 4, 32, 'torch.bfloat16')": "BLOCK_Q=64 warps=4"},
+        "backward": {},
+    }
