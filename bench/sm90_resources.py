@@ -9,7 +9,8 @@ launchers make on example tensors at the model's shapes, caught before it runs a
 aligned pointers, sizes divisible by 16, strides of 1), which decides what the compiler can vectorise.
 This is where the numbers in the launchers' comments come from (the ms_deform_attn tile candidates, the
 pose cost's rolled keypoint loop, the assignment solver's warps). Rows: every ms_deform_attn tile
-candidate for D = 32, 8 heads, 4 levels (encoder: 4 points; decoder: 17), fp32 and bf16; the pose cost
+candidate for D = 32, 8 heads, 4 levels (encoder: 4 points; decoder: 17), fp32 and bf16, and the
+backward at the forward's tiles it leaves out (marked "not a candidate"); the pose cost
 at the tiles the launcher picks for G in {1, 5, 20, 100}; the solver at Q = 300 and at its widest
 block, fp32 and fp64, its columns contiguous (Q >= G, as the launcher lays them out) or strided. A row
 with spill stores (STL in the SASS) is marked; ``--sass DIR`` writes each row's SASS.
@@ -75,8 +76,12 @@ def specs():
                 ),
             ):
                 kernel, args, kwargs = launch
-                for block_q, warps in msda._candidates(channels, direction):
+                tiles = msda._candidates(channels, direction)
+                # and the forward's tiles that the backward leaves out (more elements a thread)
+                held_out = [t for t in msda._candidates(channels, "forward") if t not in tiles]
+                for block_q, warps in tiles + held_out:
                     label = f"ms_deform_attn {direction} {name} P={points} BLOCK_Q={block_q}"
+                    label += " (not a candidate)" if (block_q, warps) in held_out else ""
                     yield label, kernel, args, {**kwargs, "BLOCK_Q": block_q, "num_warps": warps}
     b, q, k = 8, 300, 17
     for g in (1, 5, 20, 100):
@@ -141,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     if not rows:
         labels = sorted({spec[0].split(" ")[0] for spec in specs()})
         parser.error(f"--only {' '.join(args.only)} matches no row; labels start with {labels}")
-    print(f"{'kernel and tile':60s} {'warps':>5s} {'regs':>5s} {'stack':>6s} {'shared':>7s} {'STL':>5s}")
+    print(f"{'kernel and tile':64s} {'warps':>5s} {'regs':>5s} {'stack':>6s} {'shared':>7s} {'STL':>5s}")
     for label, kernel, launch_args, kwargs in rows:
         r, sass = resources(kernel, launch_args, kwargs)
         warps = kwargs.get("num_warps", 4)
@@ -149,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
             args.sass.mkdir(parents=True, exist_ok=True)
             (args.sass / f"{re.sub(r'[^A-Za-z0-9=]+', '_', label)}.sass").write_text(sass)
         mark = "  spills" if r["STL"] else ""
-        print(f"{label:60s} {warps:5d} {r['REG']:5d} {r['STACK']:6d} {r['SHARED']:7d} {r['STL']:5d}{mark}")
+        print(f"{label:64s} {warps:5d} {r['REG']:5d} {r['STACK']:6d} {r['SHARED']:7d} {r['STL']:5d}{mark}")
 
 
 if __name__ == "__main__":

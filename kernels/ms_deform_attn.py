@@ -350,11 +350,11 @@ def _gather_grad_value_kernel(
 # a [BLOCK_Q, BLOCK_D] corner tile a thread holds. The level and point loops are unrolled, so several
 # corner tiles are in flight at once and registers grow with that count. For L = 4, D = 32, 8 heads
 # on sm_90, compiled as the runtime specialises the launch (ptxas of Triton 3.6; `python -m
-# bench.sm90_resources` prints them), the forward takes ~55 registers at 4 elements a thread, 64-80 at
-# 8 and 104 (bf16) to 168 (fp32) at 16; in fp32 its tiles of 8 and 16 elements spill 2 to 13 values.
-# The backward, which also holds grad_out and two derivative tiles, takes 72-80 at 4 and 128-158 at 8
-# (2 spill stores in fp32 with 8 warps) and 210-239 at 16, without spills; it was held to 8 when a
-# compile without the runtime's specialisation spilled at 16, and has not been retimed since. So a
+# bench.sm90_resources` prints them), the forward takes ~55 registers at 4 elements a thread, 64-80
+# at 8 and 104 (bf16) to 168 (fp32) at 16; in fp32 its tiles of 8 and 16 elements spill 2 to 13
+# values. The backward, which also holds grad_out and two derivative tiles, takes 72-80 at 4 and
+# 128-158 at 8 (2 spill stores in fp32 with 8 warps), and 210-239 without spills at 16, where it was
+# held out when a compile without the runtime's specialisation spilled; not retimed since. So a
 # config is a candidate for a given BLOCK_D when a thread holds 4 to 16 elements (4 to 8 backward). Fewer
 # registers leave room for more resident warps to hide gather latency; more elements put more loads in
 # flight per warp. Which wins is the GPU's call: on CUDA a launch of at least _TUNE_MIN_ROWS

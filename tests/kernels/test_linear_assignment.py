@@ -206,6 +206,7 @@ def test_cpu_path_runs_scipy(monkeypatch):
 
 def test_wide_problems_fall_back_to_scipy(monkeypatch):
     monkeypatch.setattr(la_module, "_MAX_BLOCK", 4)
+    monkeypatch.setattr(la_module, "_MIN_BLOCK", 2)  # too wide for its 7 columns, not for any block
     monkeypatch.setattr(la_module, "_launch", None)  # would raise if called
     cost, num_gt = _random_problem(3, 7, 3, seed=12)
     _check(cost, num_gt, linear_assignment(cost, num_gt), atol=1e-5)

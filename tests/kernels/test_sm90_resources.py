@@ -41,8 +41,9 @@ def test_pose_cost_bf16_msda_and_solver_tiles_do_not_spill():
     )
     assert run.returncode == 0, run.stderr[-3000:]
     rows = run.stdout.splitlines()[1:]
-    # four G tiles; 5 forward and 4 backward candidates x 2 point counts; 2 dtypes x 2 blocks x 2 layouts
-    assert len(rows) == 4 + 10 + 8 + 8
+    # four G tiles; 5 forward and 4 + 1 (held out) backward tiles x 2 point counts; 2 dtypes x 2 blocks
+    # x 2 layouts
+    assert len(rows) == 4 + 10 + 10 + 8
     assert not [row for row in rows if "spills" in row], run.stdout
 
 

@@ -443,9 +443,10 @@ def test_training_step_reads_no_tensor_value_on_the_host(tiny_model):
 def test_encoder_proposals_are_matched_on_the_device_past_the_solver_width(tiny_model, monkeypatch):
     """The encoder's proposals are one query per token (22k at 800 x 1333, past the Triton solver's
     4096 columns): they must still be matched by the solver, not by scipy after a blocking copy.
-    Scaled down: a solver 64 wide against the tiny model's 30 queries and ~270 tokens."""
+    Scaled down: a solver 2 to 64 wide against the tiny model's 30 queries and ~270 tokens."""
     assignment = importlib.import_module("kernels.linear_assignment")
     monkeypatch.setattr(assignment, "_MAX_BLOCK", 64)
+    monkeypatch.setattr(assignment, "_MIN_BLOCK", 2)
 
     def host_fallback(cost, num_gt):
         raise AssertionError(f"cost {tuple(cost.shape)} went to scipy on the host")
