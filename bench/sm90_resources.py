@@ -10,10 +10,10 @@ aligned pointers, sizes divisible by 16, strides of 1), which decides what the c
 This is where the numbers in the launchers' comments come from (the ms_deform_attn tile candidates, the
 pose cost's rolled keypoint loop, the assignment solver's warps). Rows: every ms_deform_attn tile
 candidate for D = 32, 8 heads, 4 levels (encoder: 4 points; decoder: 17), fp32 and bf16, and the
-backward at the forward's tiles it leaves out (marked "not a candidate"); the pose cost
-at the tiles the launcher picks for G in {1, 5, 20, 100}; the solver at Q = 300 and at its widest
-block, fp32 and fp64, its columns contiguous (Q >= G, as the launcher lays them out) or strided. A row
-with spill stores (STL in the SASS) is marked; ``--sass DIR`` writes each row's SASS.
+backward at the forward's tiles it leaves out (marked "not a candidate"); the pose cost at the tiles
+the launcher picks for G in {1, 5, 20, 100}; the solver at Q = 300 and at its widest block, fp32 and
+fp64, its columns contiguous (Q >= G, as the launcher lays them out) or strided. A row with spill
+stores (STL in the SASS) is marked; ``--sass DIR`` writes each row's SASS.
 Run it without TRITON_INTERPRET: the interpreter replaces the kernels it compiles.
 """
 

@@ -77,7 +77,11 @@ def replayed_batches(cfg, steps: int) -> list[tuple[tuple[int, ...], list[dict]]
 def replayed_sizes(cfg, steps: int) -> list[tuple[int, int, int]]:
     """(batch, H, W) of the first ``steps`` batches that ``train.train.train(cfg)`` trains on, as
     padded."""
-    return [(b, h, w) for (b, _, h, w), _ in replayed_batches(cfg, steps)]
+    return _sizes(replayed_batches(cfg, steps))
+
+
+def _sizes(batches: list[tuple[tuple[int, ...], list[dict]]]) -> list[tuple[int, int, int]]:
+    return [(b, h, w) for (b, _, h, w), _ in batches]
 
 
 def new_compiles(cfg, batches: list[tuple[tuple[int, ...], list[dict]]]) -> list[int]:
@@ -88,7 +92,8 @@ def new_compiles(cfg, batches: list[tuple[tuple[int, ...], list[dict]]]) -> list
     launches whose arguments follow the batch: deformable attention forward and backward, a query a
     token in the encoder and ``num_queries`` in the decoder, at the level sizes the model's backbone and
     neck give (on the meta device); and the matcher's cost and assignment for the decoder layers and
-    for the proposals (one a token).
+    for the proposals (one a token). The attention's inputs are fp32 whatever the run's precision: a
+    run's dtypes are fixed, so they change which kernels its first step compiles, not how many.
     """
     from bench.triton_specialisations import recorded_launches
     from jcra.model import build_model
@@ -161,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"no train_run progress bar in {[str(log) for log in args.logs]}")
     cfg = train_run_config(args.num_workers)
     batches = replayed_batches(cfg, steps)
-    sizes = [(b, h, w) for (b, _, h, w), _ in batches]
+    sizes = _sizes(batches)
     compiled = new_compiles(cfg, batches)
     megapixels = [b * h * w / 1e6 for b, h, w in sizes]
     print("step  padded size    Mpx  compiles  " + "  ".join(f"{run[:24]:>24}" for run in speeds))
