@@ -52,33 +52,37 @@ def _launch_of(launcher, *args) -> tuple[JITFunction, tuple, dict]:
     return launch
 
 
+def msda_launches(dtype: torch.dtype, points: int, tokens: int = 100) -> dict[str, tuple]:
+    """The deformable attention's forward and backward launches at the model's 8 heads of 32 channels
+    and 4 levels, ``points`` a level, ``tokens`` queries and values: {direction: (kernel, args,
+    kwargs)}."""
+    msda = importlib.import_module("kernels.ms_deform_attn")
+    heads, channels, levels = 8, 32, 4
+    level_table = torch.zeros(levels, 3, dtype=torch.int64)
+    value = torch.empty(1, tokens, heads, channels, dtype=dtype)
+    loc = torch.empty(1, tokens, heads, levels, points, 2)
+    attn = torch.empty(1, tokens, heads, levels, points, dtype=dtype)
+    grad_out = torch.empty(1, tokens, heads * channels, dtype=dtype)
+    return {
+        "forward": _launch_of(msda._ms_deform_attn_forward_triton, value, level_table, loc, attn),
+        "backward": _launch_of(
+            msda._ms_deform_attn_backward_triton, grad_out, value, level_table, loc, attn, False
+        ),
+    }
+
+
 def specs():
     """(label, kernel, args, kwargs) for every row: a launch, its tile (and warps) in kwargs."""
     msda = importlib.import_module("kernels.ms_deform_attn")
     oks = importlib.import_module("kernels.oks")
     assignment = importlib.import_module("kernels.linear_assignment")
-    heads, channels, levels = 8, 32, 4
-    level_table = torch.zeros(levels, 3, dtype=torch.int64)
     for dtype in (torch.float32, torch.bfloat16):
         name = _DTYPE_NAMES[dtype]
         for points in (4, 17):
-            value = torch.empty(1, 100, heads, channels, dtype=dtype)
-            loc = torch.empty(1, 100, heads, levels, points, 2)
-            attn = torch.empty(1, 100, heads, levels, points, dtype=dtype)
-            grad_out = torch.empty(1, 100, heads * channels, dtype=dtype)
-            for direction, launch in (
-                ("forward", _launch_of(msda._ms_deform_attn_forward_triton, value, level_table, loc, attn)),
-                (
-                    "backward",
-                    _launch_of(
-                        msda._ms_deform_attn_backward_triton, grad_out, value, level_table, loc, attn, False
-                    ),
-                ),
-            ):
-                kernel, args, kwargs = launch
-                tiles = msda._candidates(channels, direction)
+            for direction, (kernel, args, kwargs) in msda_launches(dtype, points).items():
+                tiles = msda._candidates(kwargs["BLOCK_D"], direction)
                 # and the forward's tiles that the backward leaves out (more elements a thread)
-                held_out = [t for t in msda._candidates(channels, "forward") if t not in tiles]
+                held_out = [t for t in msda._candidates(kwargs["BLOCK_D"], "forward") if t not in tiles]
                 for block_q, warps in tiles + held_out:
                     label = f"ms_deform_attn {direction} {name} P={points} BLOCK_Q={block_q}"
                     label += " (not a candidate)" if (block_q, warps) in held_out else ""

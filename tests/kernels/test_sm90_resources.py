@@ -51,19 +51,11 @@ def test_pose_cost_bf16_msda_and_solver_tiles_do_not_spill():
 # Compiles one deformable attention launch twice, as launched and specialised by Triton's default
 # (JITFunction without do_not_specialize), and prints both instruction counts and whether they match.
 _SAME_SASS = """
-import importlib, re, sys
+import re, sys
 import torch
 from triton.runtime.jit import JITFunction
-from bench.sm90_resources import _launch_of, resources
-msda = importlib.import_module("kernels.ms_deform_attn")
-value, loc = torch.empty(1, 112, 8, 32, dtype=torch.bfloat16), torch.empty(1, 112, 8, 4, 4, 2)
-attn, levels = torch.empty(1, 112, 8, 4, 4, dtype=torch.bfloat16), torch.zeros(4, 3, dtype=torch.int64)
-if sys.argv[1] == "forward":
-    launch = _launch_of(msda._ms_deform_attn_forward_triton, value, levels, loc, attn)
-else:
-    grad_out = torch.empty(1, 112, 256, dtype=torch.bfloat16)
-    launch = _launch_of(msda._ms_deform_attn_backward_triton, grad_out, value, levels, loc, attn, False)
-kernel, args, kwargs = launch
+from bench.sm90_resources import msda_launches, resources
+kernel, args, kwargs = msda_launches(torch.bfloat16, 4, tokens=112)[sys.argv[1]]
 code = [re.findall(r"/\\*[0-9a-f]{4}\\*/\\s+([^;]+);", resources(k, args, kwargs)[1])
         for k in (kernel, JITFunction(kernel.fn))]
 print(len(code[0]), len(code[1]), code[0] == code[1])
