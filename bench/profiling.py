@@ -20,6 +20,11 @@ CUDA = torch.cuda.is_available()
 # of JCRA at batch 1 fell from 6.9 to 6.2 ms, f8d2247), and little time beside a section's compiles
 CROWD_GPU_ROUNDS = 50
 
+# the people each method keeps an image: JCRA's top-k and the bottom-up decoders' cap, one fixed setting
+# as a deployment would set it, never a crowd's true size (the decoders' published COCO cap, 30, would
+# cut the crowd of 50)
+PEOPLE_KEPT = 100
+
 
 def device_name() -> str:
     """What benchmark rows record as their ``device``: the GPU's name, or ``"cpu"``, by which

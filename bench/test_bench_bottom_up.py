@@ -43,7 +43,7 @@ from bench.baselines.render import (
     synthesize_crowd,
 )
 from bench.baselines.scoring import oks_ap
-from bench.profiling import CROWD_GPU_ROUNDS, device_name
+from bench.profiling import CROWD_GPU_ROUNDS, PEOPLE_KEPT, device_name
 from jcra.backbone import resnet
 from jcra.postprocess import coco_records
 from tests.shared_data import SHARED_DATA
@@ -141,10 +141,9 @@ def test_bench_postprocess(benchmark, method, people):
     render, decode = METHODS[method]
     gt, source = _crowd(people)
     maps = [m.to(DEVICE) for m in render(gt)]
-    max_people = max(30, 2 * people)
 
     def target():
-        poses, scores = decode(*maps, STRIDE, max_people=max_people)
+        poses, scores = decode(*maps, STRIDE, max_people=PEOPLE_KEPT)
         return coco_records(poses[None], scores[None], [0])
 
     _info(
@@ -157,7 +156,7 @@ def test_bench_postprocess(benchmark, method, people):
         noise=NOISE,
     )
     # checked before it is timed: a row stays in the JSON once timed, whatever fails after
-    poses, scores = decode(*maps, STRIDE, max_people=max_people)
+    poses, scores = decode(*maps, STRIDE, max_people=PEOPLE_KEPT)
     ap = oks_ap(gt, poses, scores)
     assert ap > 0.9, f"{method} found {len(poses)} of {people} people, AP {ap:.3f}: timing a broken decoder"
     rounds, warmup_rounds = (CROWD_GPU_ROUNDS, 3) if CUDA else (3, 1)

@@ -28,7 +28,7 @@ import torch
 import triton
 from PIL import Image
 
-from bench.profiling import CROWD_GPU_ROUNDS, device_name
+from bench.profiling import CROWD_GPU_ROUNDS, PEOPLE_KEPT, device_name
 from jcra import build_model
 from jcra.postprocess import PostProcess
 
@@ -85,7 +85,7 @@ def inference(provider: str, batch: int, model=None):
     """A no-argument function: one batch of photos through the model (``build(provider)`` unless
     given) and post-processing to COCO records (ends in a host copy, so it is synchronised)."""
     model = build(provider) if model is None else model
-    postprocess = PostProcess(top_k=100)
+    postprocess = PostProcess(top_k=PEOPLE_KEPT)
     images = load_batch(batch)
     orig_sizes = torch.tensor([IMAGE] * batch)
     autocast = provider in COMPILED and CUDA
