@@ -30,8 +30,8 @@ with the way it moves this baseline's time against the published one's:
   (``det[0].cpu().numpy()``) once per person before ``refine`` loops over its joints.
 - slower, slightly: each joint's peaks are matched against every person found so far, where
   HigherHRNet matches against the first ``max_num_people`` (30) only; it shows past 30 people.
-- slower from 16 people: the crowd suite keeps ``max(30, 2N)`` peaks per joint for N people where
-  HigherHRNet's COCO setting keeps 30, so that a crowd of 50 can be found at all.
+- slower, slightly: the crowd suites keep up to 100 peaks per joint (``bench.profiling.PEOPLE_KEPT``,
+  JCRA's top-k) where HigherHRNet's COCO setting keeps 30, so that a crowd of 50 can be found at all.
 - no direction claimed: the suite's network is a ResNet-50 (JCRA's backbone), HigherHRNet's an HRNet.
 
 On maps with per-pixel noise, NMS over 5 image pixels (a map pixel and a quarter) keeps two

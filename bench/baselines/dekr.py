@@ -26,8 +26,8 @@ COCO W32 settings), each with the way it moves this baseline's time against the 
   scores to the host once each for the walk, where DEKR's ``nms_core`` copies each pose's cluster
   (``.nonzero().cpu()``) and picks its best heat on the device inside the walk: syncs at every pose.
 - faster: no rescoring net (it needs training), which DEKR's COCO setting (``RESCORE.VALID``) runs.
-- slower from 16 people: the crowd suite keeps ``max(30, 2N)`` centres for N people where DEKR's COCO
-  setting keeps 30, so that a crowd of 50 can be found at all.
+- slower, slightly: the crowd suites keep up to 100 centres (``bench.profiling.PEOPLE_KEPT``, JCRA's top-k)
+  where DEKR's COCO setting keeps 30, so that a crowd of 50 can be found at all.
 - no direction claimed: the suite's network is a ResNet-50 (JCRA's backbone), DEKR's an HRNet-W32.
 """
 
