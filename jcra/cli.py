@@ -2,7 +2,7 @@
 
 jcra predict CHECKPOINT IMAGES... --out DIR [--score-threshold 0.3] [--device cuda] [--precision bf16]
              [--compile]
-jcra evaluate CHECKPOINT --ann-file F --image-dir D [--out DIR] [--precision bf16]
+jcra evaluate CHECKPOINT --ann-file F --image-dir D [--out DIR] [--precision bf16] [--compile]
 """
 
 import argparse
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from jcra.data.images import read_rgb
-from jcra.inference import PoseEstimator, checked_precision, load_model
+from jcra.inference import PoseEstimator, checked_precision, compile_for_inference, load_model
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
@@ -169,9 +169,12 @@ def evaluate(
     device: str = "auto",
     batch_size: int = 4,
     precision: str = "fp32",
+    compile: bool = False,
 ) -> dict:
     """COCO keypoint AP of a checkpoint on a COCO-format set; writes ``out/results.json`` and
-    ``out/metrics.json`` (strict JSON: nan is null) when ``out`` is given, created before any work."""
+    ``out/metrics.json`` (strict JSON: nan is null) when ``out`` is given, created before any work.
+    ``precision`` and ``compile`` as :class:`jcra.PoseEstimator` takes them: compiled, each batch is
+    padded to one of at most four canvases (:func:`jcra.data.canvas`)."""
     from jcra.files import write_text_atomically
     from train.checkpoint import existing_checkpoint
     from train.config import TrainConfig
@@ -185,6 +188,8 @@ def evaluate(
     if out is not None:
         out = output_folder(out)
     model, data_config = load_model(checkpoint, dev)
+    if compile:
+        compile_for_inference(model)
     cfg = TrainConfig(
         out_dir=str(out or "."),
         train_ann=ann_file,
@@ -196,7 +201,7 @@ def evaluate(
         batch_size=batch_size,
     )
     layout = keypoint_layout(data_config["keypoint_layout"])
-    loader = data_loader(build_dataset(ann_file, image_dir, False, cfg, layout), cfg)
+    loader = data_loader(build_dataset(ann_file, image_dir, False, cfg, layout), cfg, on_canvas=compile)
     metrics = evaluate(
         model, loader, ann_file, dev, precision=precision, results_path=out and out / "results.json"
     )
@@ -206,6 +211,10 @@ def evaluate(
 
 
 PRECISION_HELP = "fp32, or bf16 / fp16 autocast around the model (bf16 is what the benchmarks time on a GPU)"
+COMPILE_HELP = (
+    "torch.compile the model, batches padded to at most four canvases: the first batch of each canvas "
+    "and batch size compiles (minutes on a GPU), the others run faster; for many images"
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -223,12 +232,7 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     pr.add_argument("--top-k", type=int, default=100)
     pr.add_argument("--precision", default="fp32", help=PRECISION_HELP)
-    pr.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the model, images padded to at most four canvases: each first image of one "
-        "compiles (minutes on a GPU), the others run faster; for many images",
-    )
+    pr.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     ev = sub.add_parser("evaluate", help="COCO keypoint AP of a checkpoint")
     ev.add_argument("checkpoint")
     ev.add_argument("--ann-file", required=True)
@@ -237,6 +241,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     ev.add_argument("--batch-size", type=int, default=4)
     ev.add_argument("--precision", default="fp32", help=PRECISION_HELP)
+    ev.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     return p
 
 
@@ -265,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.device,
                 args.batch_size,
                 args.precision,
+                args.compile,
             )
             print(metrics_json(metrics))
     except (ValueError, OSError) as error:  # bad arguments, missing or unreadable files

@@ -59,6 +59,14 @@ def checked_precision(precision: str, name: str = "precision") -> str:
     return precision
 
 
+def compile_for_inference(model: torch.nn.Module) -> None:
+    """Compile ``model`` (a :class:`jcra.model.JCRA`) in place for inference on batches padded to
+    :func:`jcra.data.canvas`: the whole forward, on a GPU replayed as one CUDA graph a canvas and batch
+    size (past Dynamo's recompile limit, 8 by default, a new one runs eager)."""
+    on_gpu = next(model.parameters()).is_cuda
+    model.compile_model(mode="reduce-overhead" if on_gpu else None)
+
+
 def unlabelled_target(image, num_keypoints: int, image_id) -> dict:
     """A target with no people, so the evaluation transforms can run on an unannotated image."""
     size = torch.tensor([image.height, image.width])
@@ -101,8 +109,7 @@ class PoseEstimator:
         self.sides = (data_config["val_scale"], data_config["max_size"])  # short side, long side's cap
         self.compiled = compile
         if compile:
-            on_gpu = next(model.parameters()).is_cuda
-            model.compile_model(mode="reduce-overhead" if on_gpu else None)
+            compile_for_inference(model)
         self.layout = keypoint_layout(data_config["keypoint_layout"])
         self.transforms = build_transforms(
             False,
@@ -155,7 +162,7 @@ class PoseEstimator:
     @torch.no_grad()
     def _run(self, images: Sequence, image_ids: Sequence) -> tuple[dict, list, list]:
         """The model's outputs for ``images`` as one padded batch, their (h, w) sizes and ids."""
-        from jcra.data import collate
+        from jcra.data import collate, collate_on_canvas
         from train.train import autocast
 
         if len(images) != len(image_ids) or not images:
@@ -172,15 +179,8 @@ class PoseEstimator:
             self.transforms(picture, unlabelled_target(picture, self.model.num_keypoints, i))
             for i, picture in enumerate(pictures)
         ]
-        batch, padding_mask, _ = collate(samples, min_hw=self._canvas(samples) if self.compiled else (0, 0))
+        batch, padding_mask, _ = collate_on_canvas(samples, self.sides) if self.compiled else collate(samples)
         weights = next(self.model.parameters())  # a half-precision model gets its own precision's pixels
         with autocast(weights.device, self.precision):
             outputs = self.model(batch.to(weights.device, weights.dtype), padding_mask.to(weights.device))
         return outputs, [[picture.height, picture.width] for picture in pictures], list(image_ids)
-
-    def _canvas(self, samples: list) -> tuple[int, int]:
-        """The compiled model's padded (H, W) for transformed ``samples`` (image [3, h, w], target): each
-        side ``val_scale`` if every image's fits in it, else ``max_size``."""
-        short, cap = self.sides
-        sizes = [image.shape[-2:] for image, _ in samples]
-        return tuple(short if all(size[d] <= short for size in sizes) else cap for d in (0, 1))

@@ -13,6 +13,7 @@ import math
 import os
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -517,13 +518,15 @@ def run_evaluation(
     return metrics
 
 
-def data_loader(dataset, cfg: TrainConfig, sampler=None) -> DataLoader:
-    """Training loader (``sampler`` given: full batches in the sampler's order) or evaluation loader.
+def data_loader(dataset, cfg: TrainConfig, sampler=None, on_canvas: bool = False) -> DataLoader:
+    """Training loader (``sampler`` given: full batches in the sampler's order) or evaluation loader;
+    ``on_canvas``: batches padded to :func:`jcra.data.canvas` of ``cfg``'s val_scale and max_size, for a
+    model compiled at a few sizes.
 
     The loader owns a seeded generator, so creating an iterator never draws from the global RNG (that
     would make a resumed run's random stream differ from an uninterrupted one).
     """
-    from jcra.data import collate
+    from jcra.data import collate, collate_on_canvas
 
     generator = torch.Generator().manual_seed(cfg.seed)
     return DataLoader(
@@ -532,7 +535,7 @@ def data_loader(dataset, cfg: TrainConfig, sampler=None) -> DataLoader:
         sampler=sampler,
         shuffle=False,
         drop_last=sampler is not None,
-        collate_fn=collate,
+        collate_fn=partial(collate_on_canvas, sides=(cfg.val_scale, cfg.max_size)) if on_canvas else collate,
         num_workers=cfg.num_workers,
         worker_init_fn=ignore_stop_signals,
         pin_memory=torch.cuda.is_available(),  # pinned batches reach the GPU without a host sync

@@ -34,3 +34,16 @@ def collate(
         out[i, :, :h, :w] = image
         padding_mask[i, :h, :w] = False
     return out, padding_mask, list(targets)
+
+
+def canvas(sizes, short: int, cap: int) -> tuple[int, int]:
+    """The padded (H, W) a compiled model gets for images of ``sizes`` [(h, w), ...], resized to a
+    ``short`` short side with the long side at most ``cap``: each side ``short`` where every image's
+    fits in it, else ``cap``. At most four canvases, so few graphs (one a canvas and batch size)."""
+    return tuple(short if all(size[d] <= short for size in sizes) else cap for d in (0, 1))
+
+
+def collate_on_canvas(batch: list[tuple[Tensor, dict]], sides: tuple[int, int]):
+    """:func:`collate` padded at least to the :func:`canvas` of the batch's images, ``sides`` its
+    (short, cap); a ``DataLoader``'s ``collate_fn`` as ``functools.partial(collate_on_canvas, sides=...)``."""
+    return collate(batch, min_hw=canvas([image.shape[-2:] for image, _ in batch], *sides))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from jcra.data import collate
+from jcra.data import canvas, collate, collate_on_canvas
 
 
 def test_padding_and_mask():
@@ -32,6 +32,32 @@ def test_a_minimum_size_pads_further_and_rounds_up_too():
     assert batch.shape == (1, 3, 96, 64) and mask.sum() == 96 * 64 - 40 * 50
     torch.testing.assert_close(batch[0, :, :40, :50], image)
     assert (batch[0][:, mask[0]] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "sizes, expected",
+    [
+        ([(48, 80)], (48, 80)),  # landscape
+        ([(80, 48), (60, 48)], (80, 48)),  # portraits
+        ([(48, 48), (40, 48)], (48, 48)),  # squares, or smaller than the short side
+        ([(48, 60), (50, 48)], (80, 80)),  # one wide and one tall: the cap both ways
+    ],
+)
+def test_canvas_is_the_short_side_where_every_image_fits_else_the_cap(sizes, expected):
+    assert canvas(sizes, 48, 80) == expected
+
+
+def test_collate_on_canvas_pads_to_the_batchs_canvas():
+    """Each side the short side (48, padded to 64) or the cap (80, padded to 96): images of other sizes
+    on one canvas give one batch shape."""
+    shapes = []
+    for h, w in [(48, 70), (48, 80), (40, 66)]:
+        batch, mask, _ = collate_on_canvas([(torch.rand(3, h, w), {})], sides=(48, 80))
+        shapes.append(tuple(batch.shape[-2:]))
+        assert mask.sum() == 64 * 96 - h * w
+    assert shapes == [(64, 96)] * 3
+    assert collate([(torch.rand(3, 40, 60), {})])[0].shape[-2:] == (64, 64)  # by itself: its own size
+    assert collate_on_canvas([(torch.rand(3, 40, 60), {})], sides=(48, 80))[0].shape[-2:] == (64, 96)
 
 
 def test_empty_batch():

@@ -60,3 +60,24 @@ def eager_compile(monkeypatch) -> list[dict]:
 
     monkeypatch.setattr(JCRA, "compile_model", traced)
     return asked
+
+
+@pytest.fixture
+def padded_sizes(monkeypatch) -> list[tuple[int, int]]:
+    """The padded (H, W) of every batch ``collate`` makes from now on (``collate_on_canvas``'s too), in
+    order."""
+    import importlib
+
+    import jcra.data
+
+    module = importlib.import_module("jcra.data.collate")  # ``jcra.data.collate`` is the function
+    padded, collate = [], module.collate
+
+    def recorded(*args, **kwargs):
+        batch = collate(*args, **kwargs)
+        padded.append(tuple(batch[0].shape[-2:]))
+        return batch
+
+    for namespace in (module, jcra.data):
+        monkeypatch.setattr(namespace, "collate", recorded)
+    return padded

@@ -160,6 +160,39 @@ def test_predict_compiled_writes_the_records_of_predict(data, checkpoint, tmp_pa
         np.testing.assert_allclose(got["score"], want["score"], rtol=0, atol=1e-5)
 
 
+def test_evaluate_compiled_pads_to_canvases_and_writes_the_records_of_evaluate(
+    data, checkpoint, tmp_path, eager_compile, padded_sizes
+):
+    """--compile: batches on canvases of the checkpoint's val_scale (48) and max_size (80), and the same
+    records and AP (traced by Dynamo, run eager: ``eager_compile``). The 62 x 64 and 64 x 62 images,
+    48 pixels on the short side, go on the 48 x 80 canvases; eager, each batch is padded to its own."""
+    state = torch.load(checkpoint, weights_only=True)
+    state["data_config"] = {**state["data_config"], "val_scale": 48, "max_size": 80}
+    torch.save(state, tmp_path / "sized.pt")
+    args = [
+        "evaluate",
+        str(tmp_path / "sized.pt"),
+        "--ann-file",
+        data["val_ann"],
+        "--image-dir",
+        data["val_images"],
+    ]
+    records, metrics = {}, {}
+    for flags in ([], ["--compile"]):
+        out = tmp_path / "-".join(["run", *flags])
+        assert main([*args, "--out", str(out), "--device", "cpu", "--batch-size", "1", *flags]) == 0
+        records[tuple(flags)] = json.loads((out / "results.json").read_text())
+        metrics[tuple(flags)] = json.loads((out / "metrics.json").read_text())
+    torch._dynamo.reset()
+    assert padded_sizes == [(64, 64), (64, 64), (96, 64), (64, 96)]
+    assert eager_compile == [{"mode": None}] and records[()]  # on a GPU "reduce-overhead"
+    for got, want in zip(records[("--compile",)], records[()], strict=True):
+        assert got["image_id"] == want["image_id"]
+        np.testing.assert_allclose(got["keypoints"], want["keypoints"], rtol=0, atol=1e-3)
+        np.testing.assert_allclose(got["score"], want["score"], rtol=0, atol=1e-5)
+    assert metrics[("--compile",)]["AP"] == pytest.approx(metrics[()]["AP"], abs=1e-3)
+
+
 def test_evaluate_takes_the_checkpoints_sizes(data, checkpoint, tmp_path, monkeypatch):
     """Images are read at the checkpoint's val_scale and max_size (the test checkpoints have both at
     the images' size, where taking one for the other would not show)."""

@@ -1197,6 +1197,22 @@ def test_loader_workers_ignore_the_stop_signals():
     assert list(loader) == [[True, True]] * 2
 
 
+def test_an_evaluation_loader_on_canvas_gives_one_batch_shape_a_canvas():
+    """``on_canvas`` (``jcra evaluate --compile``): images of three sizes that fit a 48 x 80 canvas in
+    one batch shape, a portrait on the 80 x 48; padded each to its own size, three shapes. A worker
+    process builds the batches, as a real evaluation's do."""
+    from train.train import data_loader
+
+    images = [(torch.rand(3, h, w), {}) for h, w in [(48, 80), (40, 60), (30, 80), (80, 48)]]
+    cfg = SimpleNamespace(batch_size=1, num_workers=1, seed=0, val_scale=48, max_size=80)
+    shapes = {
+        on_canvas: [tuple(batch[0].shape[-2:]) for batch in data_loader(images, cfg, on_canvas=on_canvas)]
+        for on_canvas in (True, False)
+    }
+    assert shapes[True] == [(64, 96)] * 3 + [(96, 64)]
+    assert shapes[False] == [(64, 96), (64, 64), (32, 96), (96, 64)]
+
+
 def test_a_forked_child_does_not_keep_the_out_dir_lock(tmp_path):
     """A data loader worker is a fork: its copy of the lock's descriptor would hold the lock after the
     run ended (a resume started then was refused) until it noticed its parent gone."""
