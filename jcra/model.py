@@ -188,6 +188,8 @@ class JCRA(nn.Module):
           forward is also captured as one CUDA graph and replayed, so a call costs one launch instead
           of hundreds (the fixed query set keeps every shape static, and no op waits for the host).
           Each call's outputs live in the graph's memory until the next call: consume or clone them.
+          In training the backward is replayed as a graph too (the train-step suite's
+          ``fused+compile+cudagraphs``); mark each step with ``torch.compiler.cudagraph_mark_step_begin()``.
 
         Spatial shapes are Python ints, so nothing breaks the graph. The matcher stays outside.
 

@@ -377,6 +377,48 @@ def test_cuda_graph_forward_matches_eager(freezing):
     torch._dynamo.reset()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_training_steps_match_eager(monkeypatch):
+    """``compile_model(mode="reduce-overhead")`` in training, as the train-step suite's
+    ``fused+compile+cudagraphs`` runs it: the whole forward and its backward are captured as CUDA graphs
+    (Inductor counts no skip), the criterion and its matcher eager between them, and three steps
+    (warm-up, recording, replay) on new images and people give eager's losses and gradients. The graphs
+    run first, at a size no other test uses, as in the inference test above."""
+    monkeypatch.setattr("jcra.matcher.pose_matching_cost", pose_matching_cost)  # the kernel
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    gen = torch.Generator().manual_seed(9)
+    model = _cuda_model(gen).train()
+    criterion = SetCriterion(K, COCO_SIGMAS, HungarianMatcher(COCO_SIGMAS)).cuda()
+    size = (96, 192)
+    batches = [(torch.randn(2, 3, *size, generator=gen).cuda(), _targets([size] * 2, gen)) for _ in range(3)]
+    mask = torch.zeros(2, *size, dtype=torch.bool, device="cuda")
+
+    def step(forward, images, targets):
+        model.zero_grad(set_to_none=True)
+        torch.compiler.cudagraph_mark_step_begin()
+        loss = criterion(forward(images, mask), targets)["loss"]
+        loss.backward()  # the backward graph's outputs live in its pool until the next replay: cloned
+        return loss.detach().clone(), {
+            n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
+        }
+
+    # no TF32: Inductor's channels-last convolutions may take other cuDNN algorithms than eager's
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        model.compile_model(mode="reduce-overhead")
+        graphed = [step(model, *batch) for batch in batches]
+        eager = [step(model.forward, *batch) for batch in batches]  # forward itself is not compiled
+    assert torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] == 0
+    for (loss, grads), (eager_loss, eager_grads) in zip(graphed, eager, strict=True):
+        torch.testing.assert_close(loss, eager_loss, rtol=1e-3, atol=1e-4)
+        assert grads.keys() == eager_grads.keys()
+        for name, grad in grads.items():
+            want = eager_grads[name]
+            close = torch.isclose(grad, want, rtol=1e-2, atol=1e-3 * want.abs().max().item() + 1e-7)
+            assert close.all(), f"{name}: {(~close).sum().item()} of {close.numel()} gradients differ"
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("training", [False, True])
 def test_compiled_forward_holds_no_tensor_made_on_the_host(tiny_model, training):
     """Every tensor of the compiled graphs (forward, and backward in training) is an input or made on
