@@ -196,4 +196,8 @@ def test_bench_network(benchmark, method, batch):
     maps = benchmark.pedantic(target, rounds=CROWD_GPU_ROUNDS if CUDA else 2, warmup_rounds=2 if CUDA else 1)
     # the post-processing suite's maps are of this size and dtype (the heads' last convs run in fp32)
     assert tuple(maps[0].shape[-2:]) == MAP_HW and maps[0].dtype == torch.float32, maps[0].dtype
-    benchmark.extra_info["cuda_graph_skips"] = torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]
+    counters = torch._dynamo.utils.counters["inductor"]
+    # partitions: Inductor split the graph around ops it left eager, each piece its own CUDA graph
+    benchmark.extra_info.update(
+        cuda_graph_skips=counters["cudagraph_skips"], cuda_graph_partitions=counters["cudagraph_partitions"]
+    )

@@ -122,6 +122,8 @@ def test_end_to_end(benchmark, provider, batch):
         source="unlabelled-coco-photos" if photos_at_hand(batch) else "random pixels",
         dtype="bf16 autocast" if provider in COMPILED and CUDA else "fp32",
         cuda_graph_skips=torch._dynamo.utils.counters["inductor"]["cudagraph_skips"],
+        # Inductor split the graph around ops it left eager, each piece its own CUDA graph
+        cuda_graph_partitions=torch._dynamo.utils.counters["inductor"]["cudagraph_partitions"],
         device=device_name(),
         torch=torch.__version__,
         triton=triton.__version__,

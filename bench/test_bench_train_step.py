@@ -144,6 +144,7 @@ def test_train_step(benchmark, provider):
     if provider.endswith("cudagraphs") and not CUDA:
         pytest.skip("CUDA graphs need a GPU; on the CPU this provider is fused+compile")
     forget_earlier_providers()
+    torch._dynamo.utils.counters.clear()
     before = torch.cuda.memory_allocated() if CUDA else 0  # what earlier providers may still have left
     step = make_step(provider)
     for _ in range(2):  # compile and warm up outside the timed rounds
@@ -163,4 +164,7 @@ def test_train_step(benchmark, provider):
         triton=triton.__version__,
         images_per_second=BATCH / benchmark.stats.stats.median,
         peak_memory_mb=(torch.cuda.max_memory_allocated() - before) / 2**20 if CUDA else None,
+        # fused+compile+cudagraphs: graphs run outside CUDA graphs, or split around ops left eager
+        cuda_graph_skips=torch._dynamo.utils.counters["inductor"]["cudagraph_skips"],
+        cuda_graph_partitions=torch._dynamo.utils.counters["inductor"]["cudagraph_partitions"],
     )

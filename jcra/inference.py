@@ -8,6 +8,7 @@ people["scores"]     # [N] in [0, 1], highest first
 fast = PoseEstimator.from_checkpoint(path, device="cuda", precision="bf16")  # under bf16 autocast
 """
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,7 +63,8 @@ def checked_precision(precision: str, name: str = "precision") -> str:
 def compile_for_inference(model: torch.nn.Module) -> None:
     """Compile ``model`` (a :class:`jcra.model.JCRA`) in place for inference on batches padded to
     :func:`jcra.data.canvas`: the whole forward, on a GPU replayed as one CUDA graph a canvas and batch
-    size (past Dynamo's recompile limit, 8 by default, a new one runs eager)."""
+    size. The compile is ``fullgraph=True``: past Dynamo's recompile limit (8 graphs by default) a
+    new canvas or batch size raises Dynamo's ``FailOnRecompileLimitHit``."""
     on_gpu = next(model.parameters()).is_cuda
     model.compile_model(mode="reduce-overhead" if on_gpu else None)
 
@@ -89,9 +91,10 @@ class PoseEstimator:
     ``compile``: compile ``model`` in place (a :class:`jcra.model.JCRA`; ``compile_model``: the whole
     forward, on a GPU replayed as one CUDA graph) and pad each batch to one of at most four canvases,
     each side ``val_scale`` where every image's fits, else ``max_size``: one graph a canvas and batch
-    size (past Dynamo's recompile limit, 8 by default, a new one runs eager: keep to a few batch
-    sizes). Each first call of those compiles (minutes for R-50 on a GPU); every later one runs faster.
-    With ``precision="bf16"`` on a GPU this is the inference the end-to-end benchmark times."""
+    size; past Dynamo's recompile limit (8 graphs by default) a batch of a new shape runs uncompiled,
+    with a warning: keep to a few batch sizes. Each first call of those compiles (minutes for R-50 on
+    a GPU); every later one runs faster. With ``precision="bf16"`` on a GPU this is the inference the
+    end-to-end benchmark times."""
 
     def __init__(
         self,
@@ -107,7 +110,7 @@ class PoseEstimator:
 
         self.model, self.precision = model.eval(), checked_precision(precision)
         self.sides = (data_config["val_scale"], data_config["max_size"])  # short side, long side's cap
-        self.compiled = compile
+        self.compiled, self.graph_shapes = compile, set()  # the batch shapes compiled so far
         if compile:
             compile_for_inference(model)
         self.layout = keypoint_layout(data_config["keypoint_layout"])
@@ -182,5 +185,22 @@ class PoseEstimator:
         batch, padding_mask, _ = collate_on_canvas(samples, self.sides) if self.compiled else collate(samples)
         weights = next(self.model.parameters())  # a half-precision model gets its own precision's pixels
         with autocast(weights.device, self.precision):
-            outputs = self.model(batch.to(weights.device, weights.dtype), padding_mask.to(weights.device))
+            outputs = self._forward(batch.shape)(
+                batch.to(weights.device, weights.dtype), padding_mask.to(weights.device)
+            )
         return outputs, [[picture.height, picture.width] for picture in pictures], list(image_ids)
+
+    def _forward(self, shape: torch.Size):
+        """The model's compiled call for a batch of ``shape``, or its uncompiled forward where that shape
+        would be one graph past Dynamo's recompile limit (which raises under ``fullgraph=True``)."""
+        if not self.compiled or shape in self.graph_shapes:
+            return self.model
+        if len(self.graph_shapes) < torch._dynamo.config.recompile_limit:
+            self.graph_shapes.add(shape)
+            return self.model
+        warnings.warn(
+            f"PoseEstimator: {len(self.graph_shapes)} batch shapes compiled, Dynamo's recompile limit; a "
+            f"batch of shape {tuple(shape)} runs uncompiled (keep to a few batch sizes)",
+            stacklevel=3,
+        )
+        return self.model.forward

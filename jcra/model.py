@@ -189,7 +189,10 @@ class JCRA(nn.Module):
           of hundreds (the fixed query set keeps every shape static, and no op waits for the host).
           Each call's outputs live in the graph's memory until the next call: consume or clone them.
           In training the backward is replayed as a graph too (the train-step suite's
-          ``fused+compile+cudagraphs``); mark each step with ``torch.compiler.cudagraph_mark_step_begin()``.
+          ``fused+compile+cudagraphs``), and the parameters' gradients may be the graph's own outputs:
+          use them before the next step, ``zero_grad(set_to_none=True)`` every step, and do not
+          accumulate them over several micro-batches (a replay rewrites the memory ``.grad`` holds,
+          then adds it to itself).
 
         Spatial shapes are Python ints, so nothing breaks the graph. The matcher stays outside.
 

@@ -370,7 +370,9 @@ def test_cuda_graph_forward_matches_eager(freezing):
         with torch._inductor.config.patch(freezing=freezing):  # read when the first call compiles
             graphed = [{k: v.clone() for k, v in model(x).items()} for x in batches * 3]
         eager = [model.forward(x) for x in batches]  # forward itself is not the compiled call
+    # no skip, and no partition: the graph is captured whole, not split around ops left eager
     assert torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] == 0
+    assert torch._dynamo.utils.counters["inductor"]["cudagraph_partitions"] == 0
     for e, g in zip(eager * 3, graphed, strict=True):
         torch.testing.assert_close(g["logits"], e["logits"], rtol=1e-3, atol=1e-3)
         torch.testing.assert_close(g["keypoints"], e["keypoints"], rtol=1e-3, atol=1e-4)
@@ -408,14 +410,16 @@ def test_cuda_graph_training_steps_match_eager(monkeypatch):
         model.compile_model(mode="reduce-overhead")
         graphed = [step(model, *batch) for batch in batches]
         eager = [step(model.forward, *batch) for batch in batches]  # forward itself is not compiled
+    # no skip, and no partition: each graph is captured whole, not split around ops left eager
     assert torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] == 0
+    assert torch._dynamo.utils.counters["inductor"]["cudagraph_partitions"] == 0
     for (loss, grads), (eager_loss, eager_grads) in zip(graphed, eager, strict=True):
         torch.testing.assert_close(loss, eager_loss, rtol=1e-3, atol=1e-4)
         assert grads.keys() == eager_grads.keys()
-        for name, grad in grads.items():
+        for name, grad in grads.items():  # a stale or misplaced replay is off by about the gradient itself
             want = eager_grads[name]
-            close = torch.isclose(grad, want, rtol=1e-2, atol=1e-3 * want.abs().max().item() + 1e-7)
-            assert close.all(), f"{name}: {(~close).sum().item()} of {close.numel()} gradients differ"
+            error = ((grad - want).norm() / want.norm().clamp_min(1e-12)).item()
+            assert error < 1e-2, f"{name}: relative error {error:.2e}"
     torch._dynamo.reset()
 
 

@@ -156,6 +156,31 @@ def test_a_compiled_estimator_pads_to_a_few_canvases_and_finds_the_same_people(
     torch._dynamo.reset()
 
 
+def test_a_compiled_estimator_runs_a_shape_past_the_recompile_limit_uncompiled(
+    checkpoint, data, eager_compile
+):
+    """Under ``fullgraph=True`` Dynamo raises on a graph past its recompile limit: the estimator runs such
+    a batch uncompiled, with a warning, and finds the same people."""
+    from jcra.inference import load_model
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    cpu = torch.device("cpu")
+    compiled = PoseEstimator(load_model(checkpoint, cpu)[0], CANVAS_SETTINGS, 20, compile=True)
+    plain = PoseEstimator(load_model(checkpoint, cpu)[0], CANVAS_SETTINGS, 20)
+    landscape, portrait, _, square = _images_of_three_canvases(data)
+    with torch._dynamo.config.patch(recompile_limit=2):
+        compiled(landscape), compiled(portrait)
+        with pytest.warns(UserWarning, match=r"2 batch shapes compiled.*\(1, 3, 64, 64\) runs uncompiled"):
+            got = compiled(square)
+        assert compiled(landscape)["scores"].shape == (20,)  # a compiled shape stays compiled
+    want = plain(square)
+    torch.testing.assert_close(got["keypoints"], want["keypoints"], rtol=0, atol=1e-3)
+    torch.testing.assert_close(got["scores"], want["scores"], rtol=0, atol=1e-5)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+    torch._dynamo.reset()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_a_compiled_estimator_on_a_gpu_finds_eagers_people(checkpoint, data):
     """The whole forward through Inductor, replayed as CUDA graphs, fused kernels included: the people
