@@ -38,6 +38,10 @@ from torch import nn
 from bench.baselines.associative_embedding import StrideFourHead, fp32_conv, peak_nms, up_interpolate
 
 
+CENTRE_THRESHOLD = 0.01
+"""DEKR's COCO test threshold on the centre heatmap: a peak above it is a person's centre."""
+
+
 class DEKRHead(StrideFourHead):
     """``forward(images) -> (heatmaps [B, K + 1, H/4, W/4], offsets [B, 2K, H/4, W/4])``.
 
@@ -99,20 +103,32 @@ def pose_nms(poses: torch.Tensor, heat_scores: torch.Tensor, distance: float, mo
     return torch.tensor(keep, dtype=torch.int64, device=poses.device)
 
 
+def centre_peaks(centre: torch.Tensor, max_people: int, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The centres DEKR decodes from a centre heatmap [1, h, w]: values [P] and flat indices [P] of its
+    top ``max_people`` peaks above ``threshold``, peaks by a max pool of 3, 5 or 7 as the map's mean side
+    passes 200 and 300 (DEKR's COCO test)."""
+    h, w = centre.shape[-2:]
+    side = (h + w) / 2
+    kernel = 7 if side > 300 else 5 if side > 200 else 3
+    vals, idx = peak_nms(centre, kernel).flatten().topk(min(max_people, h * w))
+    keep = vals > threshold
+    return vals[keep], idx[keep]
+
+
 def decode_dekr(
     heatmaps: torch.Tensor,
     offsets: torch.Tensor,
     stride: int = 4,
     max_people: int = 30,
-    centre_threshold: float = 0.01,
+    centre_threshold: float = CENTRE_THRESHOLD,
     nms_distance: float = 0.05,
     nms_joints: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """People from one image: heatmaps [K + 1, h, w], offsets [2K, h, w] -> poses [P, K, 3], scores [P].
 
     Poses are ``(x, y, score)`` in image pixels, a joint's score its centre's times the keypoint heat
-    there. DEKR's COCO test settings: centre peaks by a max pool of 3, 5 or 7 as the map's mean side
-    passes 200 and 300, the top ``max_people`` above 0.01; keypoint heat read on the heatmaps upsampled
+    there. DEKR's COCO test settings: the centres of :func:`centre_peaks` (above 0.01); keypoint heat
+    read on the heatmaps upsampled
     to the image (the pixel below each joint); pose NMS at 0.05 of the pose's diagonal when more than
     ``nms_joints`` joints agree (DEKR's 8 for K = 17, scaled with K otherwise), so at most
     ``max_people`` poses. A pose's score is the mean of its joints'.
@@ -125,11 +141,7 @@ def decode_dekr(
     _, h, w = heatmaps.shape
     heatmaps, offsets = heatmaps.float(), offsets.float()
     centre = heatmaps[k_joints:]
-    side = (h + w) / 2
-    kernel = 7 if side > 300 else 5 if side > 200 else 3
-    vals, idx = peak_nms(centre, kernel).flatten().topk(min(max_people, h * w))
-    keep = vals > centre_threshold
-    vals, idx = vals[keep], idx[keep]
+    vals, idx = centre_peaks(centre, max_people, centre_threshold)
     cx, cy = (idx % w).float(), (idx // w).float()
     displacement = offsets.flatten(1)[:, idx].T.view(-1, k_joints, 2)  # [P, K, 2]
     xy = (displacement + torch.stack([cx, cy], -1)[:, None]) * stride  # image pixels

@@ -155,6 +155,32 @@ def render_dekr(poses: torch.Tensor, out_hw: tuple[int, int], stride: int = 4, s
     return heatmaps, offsets.contiguous()
 
 
+def add_false_centres(
+    heatmaps: torch.Tensor,
+    count: int,
+    stride: int = 4,
+    sigma: float = 2.0,
+    peak: tuple[float, float] = (0.03, 0.1),
+    seed: int = 0,
+) -> torch.Tensor:
+    """DEKR heatmaps [K + 1, h, w] with ``count`` weak centres added to the centre map (the last): Gaussians
+    of ``sigma`` map pixels, peaks drawn uniformly from ``peak``, at seeded random places. A trained
+    network's centre map also peaks weakly where nobody is centred, and DEKR decodes every such peak above
+    its 0.01 threshold, up to its cap, into a pose that its pose NMS must then merge or keep. ``peak`` lies
+    above that threshold even halved, as averaging with a flip-tested mirror's maps halves it."""
+    if count < 0 or not 0 < peak[0] <= peak[1]:
+        raise ValueError(f"count must be >= 0 and 0 < peak[0] <= peak[1], got count={count}, peak={peak}")
+    gen = torch.Generator().manual_seed(seed)
+    h, w = heatmaps.shape[-2:]
+    places = torch.rand(count, 2, generator=gen) * torch.tensor([w - 1.0, h - 1.0]) * stride
+    heights = peak[0] + (peak[1] - peak[0]) * torch.rand(count, 1, 1, generator=gen)
+    points = torch.cat([places, torch.ones(count, 1)], 1).to(heatmaps.device)
+    bumps = (heights.to(heatmaps.device) * _gaussians(_squared_distances(points, (h, w), stride), stride, sigma))
+    out = heatmaps.clone()
+    out[-1] = torch.cat([out[-1:], bumps]).amax(0)
+    return out
+
+
 def mirror_poses(poses: torch.Tensor, map_width: int, stride: int = 4) -> torch.Tensor:
     """The poses [P, K, 3] as a mirrored image shows them: x reflected so that a joint on map column j
     lands on column ``map_width - 1 - j`` (mirroring the maps back then aligns them exactly), left and
@@ -188,6 +214,7 @@ def pose_areas(poses: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
+    "add_false_centres",
     "add_noise",
     "add_peak_noise",
     "load_people",

@@ -13,10 +13,11 @@ from bench.baselines.associative_embedding import (
     decode_associative_embedding,
     peak_nms,
 )
-from bench.baselines.dekr import decode_dekr, pose_nms
+from bench.baselines.dekr import CENTRE_THRESHOLD, centre_peaks, decode_dekr, pose_nms
 from bench.baselines.flip_test import FLIP_TESTS, FlipTest, merge_associative_embedding, merge_dekr
 from bench.baselines.render import (
     _grid,
+    add_false_centres,
     add_noise,
     add_peak_noise,
     load_people,
@@ -253,6 +254,32 @@ def test_dekr_pose_nms_removes_a_second_centre_of_the_same_person():
     poses, scores = decode_dekr(heat, offsets, STRIDE)
     assert poses.shape[0] == scores.shape[0] == 1
     torch.testing.assert_close(poses[0, :, :2], gt[0, :, :2], atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("n", [1, 20])
+def test_false_centres_fill_dekrs_cap_and_merge_into_the_people(n):
+    hw, map_hw, cap = (512, 768), (128, 192), 100
+    gt = random_poses(n, *hw, seed=n)
+    heat, offsets = render_dekr(gt, map_hw, STRIDE)
+    false = add_false_centres(heat, cap, STRIDE, seed=n)
+    assert torch.equal(false[:-1], heat[:-1]) and (false[-1] >= heat[-1]).all()  # the keypoints' maps untouched
+    assert len(centre_peaks(heat[-1:], cap, CENTRE_THRESHOLD)[0]) == n
+    # most of them are peaks above DEKR's threshold, even halved by a flip test's average
+    assert len(centre_peaks(false[-1:] / 2, cap, CENTRE_THRESHOLD)[0]) >= 0.9 * cap
+    true_centres = centre_peaks(heat[-1:], cap, CENTRE_THRESHOLD)[1]
+    assert (centre_peaks(false[-1:], n, CENTRE_THRESHOLD)[1].sort().values == true_centres.sort().values).all()
+    poses, scores = decode_dekr(false, offsets, STRIDE, max_people=cap)
+    assert len(poses) == n and oks_ap(gt, poses, scores) > 0.99
+
+
+def test_false_centres_follow_their_seed_and_check_their_arguments():
+    heat = render_dekr(random_poses(3, 256, 256), (64, 64), STRIDE)[0]
+    one, again, other = (add_false_centres(heat, 10, STRIDE, seed=s) for s in (0, 0, 1))
+    assert torch.equal(one, again) and not torch.equal(one, other)
+    assert torch.equal(add_false_centres(heat, 0, STRIDE), heat)
+    for bad in ({"count": -1}, {"count": 5, "peak": (0.0, 0.1)}, {"count": 5, "peak": (0.2, 0.1)}):
+        with pytest.raises(ValueError, match="count must be"):
+            add_false_centres(heat, stride=STRIDE, **bad)
 
 
 def test_dekr_keeps_centres_above_its_threshold_only():
