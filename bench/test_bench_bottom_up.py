@@ -6,9 +6,9 @@ random plausible poses when it is absent), with noise on the people's peaks and 
 proportional to the heat, ``add_peak_noise``: a trained network's tails stay below the decoders'
 thresholds), in fp32 as the networks emit them. DEKR's centre maps also peak weakly where nobody is
 centred (``add_false_centres``, ``PEOPLE_KEPT`` of them), so that it decodes as many centres as a
-trained network's map gives it (recorded as ``centres_decoded``), not the true ones alone. Each method must find the crowd (OKS AP above 0.9,
-kept as ``oks_ap``). GPU: maps at stride 4 of an 800x1333 input, N in {1, 5, 10, 20, 50};
-CPU: a 512x768 input and N in {1, 5, 20}.
+trained network's map gives it (recorded as ``centres_decoded``), not the true ones alone. Each method
+must find the crowd (OKS AP above 0.9, kept as ``oks_ap``). GPU: maps at stride 4 of an 800x1333
+input, N in {1, 5, 10, 20, 50}; CPU: a 512x768 input and N in {1, 5, 20}.
 The networks (ResNet-50 C5 upsampled to stride 4, then the heads) are timed separately on random
 inputs of the same size, batch 1 and 8 on GPU, treated as JCRA is in ``test_bench_end_to_end.py``:
 the ResNet in its ImageNet-weights layout (frozen batch norm) with random weights, bf16 autocast
@@ -164,7 +164,9 @@ def test_bench_postprocess(benchmark, method, people):
     ap = oks_ap(gt, poses, scores)
     assert ap > 0.9, f"{method} found {len(poses)} of {people} people, AP {ap:.3f}: timing a broken decoder"
     if method.startswith("dekr"):  # the false centres fill the cap: DEKR decodes a pose for each
-        benchmark.extra_info["centres_decoded"] = len(centre_peaks(maps[0][-1:], PEOPLE_KEPT, CENTRE_THRESHOLD)[0])
+        benchmark.extra_info["centres_decoded"] = len(
+            centre_peaks(maps[0][-1:], PEOPLE_KEPT, CENTRE_THRESHOLD)[0]
+        )
     rounds, warmup_rounds = (CROWD_GPU_ROUNDS, 3) if CUDA else (3, 1)
     records = benchmark.pedantic(target, rounds=rounds, warmup_rounds=warmup_rounds)
     benchmark.extra_info.update(people_found=len(records), oks_ap=ap)

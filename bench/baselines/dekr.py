@@ -37,7 +37,6 @@ from torch import nn
 
 from bench.baselines.associative_embedding import StrideFourHead, fp32_conv, peak_nms, up_interpolate
 
-
 CENTRE_THRESHOLD = 0.01
 """DEKR's COCO test threshold on the centre heatmap: a peak above it is a person's centre."""
 
@@ -103,7 +102,7 @@ def pose_nms(poses: torch.Tensor, heat_scores: torch.Tensor, distance: float, mo
     return torch.tensor(keep, dtype=torch.int64, device=poses.device)
 
 
-def centre_peaks(centre: torch.Tensor, max_people: int, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+def centre_peaks(centre: torch.Tensor, max_people: int, threshold: float) -> tuple[torch.Tensor, ...]:
     """The centres DEKR decodes from a centre heatmap [1, h, w]: values [P] and flat indices [P] of its
     top ``max_people`` peaks above ``threshold``, peaks by a max pool of 3, 5 or 7 as the map's mean side
     passes 200 and 300 (DEKR's COCO test)."""

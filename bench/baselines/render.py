@@ -175,7 +175,9 @@ def add_false_centres(
     places = torch.rand(count, 2, generator=gen) * torch.tensor([w - 1.0, h - 1.0]) * stride
     heights = peak[0] + (peak[1] - peak[0]) * torch.rand(count, 1, 1, generator=gen)
     points = torch.cat([places, torch.ones(count, 1)], 1).to(heatmaps.device)
-    bumps = (heights.to(heatmaps.device) * _gaussians(_squared_distances(points, (h, w), stride), stride, sigma))
+    bumps = heights.to(heatmaps.device) * _gaussians(
+        _squared_distances(points, (h, w), stride), stride, sigma
+    )
     out = heatmaps.clone()
     out[-1] = torch.cat([out[-1:], bumps]).amax(0)
     return out

@@ -262,12 +262,16 @@ def test_false_centres_fill_dekrs_cap_and_merge_into_the_people(n):
     gt = random_poses(n, *hw, seed=n)
     heat, offsets = render_dekr(gt, map_hw, STRIDE)
     false = add_false_centres(heat, cap, STRIDE, seed=n)
-    assert torch.equal(false[:-1], heat[:-1]) and (false[-1] >= heat[-1]).all()  # the keypoints' maps untouched
+    assert (
+        torch.equal(false[:-1], heat[:-1]) and (false[-1] >= heat[-1]).all()
+    )  # the keypoints' maps untouched
     assert len(centre_peaks(heat[-1:], cap, CENTRE_THRESHOLD)[0]) == n
     # most of them are peaks above DEKR's threshold, even halved by a flip test's average
     assert len(centre_peaks(false[-1:] / 2, cap, CENTRE_THRESHOLD)[0]) >= 0.9 * cap
     true_centres = centre_peaks(heat[-1:], cap, CENTRE_THRESHOLD)[1]
-    assert (centre_peaks(false[-1:], n, CENTRE_THRESHOLD)[1].sort().values == true_centres.sort().values).all()
+    assert (
+        centre_peaks(false[-1:], n, CENTRE_THRESHOLD)[1].sort().values == true_centres.sort().values
+    ).all()
     poses, scores = decode_dekr(false, offsets, STRIDE, max_people=cap)
     assert len(poses) == n and oks_ap(gt, poses, scores) > 0.99
 
