@@ -125,6 +125,8 @@ def sections(out: Path) -> dict[str, tuple[list[str], int]]:
         "oks": (suite("bench/test_bench_oks.py", name="oks"), 120),
         "matcher": (suite("bench/test_bench_oks.py", name="matcher", select="matcher"), 90),
         "assignment": (suite("bench/test_bench_linear_assignment.py", name="assignment"), 90),
+        # Dynamo's host time a call, with and without its module guards (two traces of JCRA-R50)
+        "guards": (suite("bench/test_bench_guards.py", name="guards"), 90),
         "crowd": (
             suite(*crowd, name="crowd", select="not freezing"),
             480,  # ten whole-network compiles: JCRA, the baselines and their flip tests, batch 1 and 8

@@ -12,7 +12,8 @@ input, N in {1, 5, 10, 20, 50}; CPU: a 512x768 input and N in {1, 5, 20}.
 The networks (ResNet-50 C5 upsampled to stride 4, then the heads) are timed separately on random
 inputs of the same size, batch 1 and 8 on GPU, treated as JCRA is in ``test_bench_end_to_end.py``:
 the ResNet in its ImageNet-weights layout (frozen batch norm) with random weights, bf16 autocast
-and, on GPU, torch.compile at a fixed size replayed as a CUDA graph (``mode="reduce-overhead"``).
+and, on GPU, torch.compile at a fixed size replayed as a CUDA graph (``mode="reduce-overhead"``),
+Dynamo checking the inputs only (``module_guards=False``).
 Their post-processing cannot be a graph: peak and candidate counts, and so shapes, depend on the
 image. It ends, as JCRA's does, in COCO records (:func:`jcra.postprocess.coco_records`: one copy to
 the host, Python numbers), so both sides of a comparison stop at the same point.
@@ -48,6 +49,7 @@ from bench.baselines.render import (
 from bench.baselines.scoring import oks_ap
 from bench.profiling import CROWD_GPU_ROUNDS, PEOPLE_KEPT, device_name
 from jcra.backbone import resnet
+from jcra.model import compile_arguments
 from jcra.postprocess import coco_records
 from tests.shared_data import SHARED_DATA
 
@@ -179,7 +181,9 @@ def test_bench_network(benchmark, method, batch):
     head = build_network(method).to(DEVICE).eval()
     if CUDA:
         torch._dynamo.utils.counters.clear()
-        head.compile(fullgraph=True, dynamic=False, mode="reduce-overhead")
+        head.compile(
+            fullgraph=True, dynamic=False, **compile_arguments(mode="reduce-overhead", module_guards=False)
+        )
     dtype = torch.bfloat16 if CUDA else torch.float32
     images = torch.randn(batch, 3, *IMAGE_HW, device=DEVICE)
 

@@ -6,17 +6,18 @@ does not depend on how many people an image holds (a fixed query set, top-k, no 
 the bottom-up baselines' post-processing does, so their end-to-end time is measured per crowd size
 in ``test_bench_bottom_up.py`` and the report combines both against the number of people.
 
-Providers: ``jcra`` (fused kernels + torch.compile of the whole forward at a fixed size, replayed as
-one CUDA graph (``mode="reduce-overhead"``: a fixed query set makes every shape static, so nothing of
-the forward needs the host) + bf16 autocast; on CPU plain eager fp32, since the fused op then runs
-its reference), ``jcra+freezing`` (GPU only: ``jcra`` compiled with Inductor's freezing, which makes
-the weights constants, so their casts to bf16 fold at compile time instead of running every call; the
-timed graph ran at least 183 cast kernels a call on the H200 of 49d74a0, and on the CPU freezing cut
-the tiny model's compiled inference from 115 kernel calls to 44; an experiment beside ``jcra``, since
-the bottom-up networks are not frozen: the crowd comparison takes ``jcra``) and ``jcra-reference``
-(reference ops, eager, fp32). All use the ResNet in its ImageNet-weights layout (frozen batch norm)
-with random weights, the network the bottom-up baselines time too: what a model trained from ImageNet
-weights deploys. (The from-scratch layout's GroupNorm is
+Providers: ``jcra`` (fused kernels + torch.compile of the whole forward at a fixed size, replayed as one
+CUDA graph (``mode="reduce-overhead"``: a fixed query set makes every shape static, so nothing of the
+forward needs the host), Dynamo checking the inputs only (``module_guards=False``, as
+:class:`jcra.PoseEstimator` compiles and the baselines' networks are compiled) + bf16 autocast; on CPU
+plain eager fp32, since the fused op then runs its reference), ``jcra+freezing`` (GPU only: ``jcra``
+compiled with Inductor's freezing, which makes the weights constants, so their casts to bf16 fold at
+compile time instead of running every call; the timed graph ran at least 183 cast kernels a call on the
+H200 of 49d74a0, and on the CPU freezing cut the tiny model's compiled inference from 115 kernel calls
+to 44; an experiment beside ``jcra``, since the bottom-up networks are not frozen: the crowd comparison
+takes ``jcra``) and ``jcra-reference`` (reference ops, eager, fp32). All use the ResNet in its
+ImageNet-weights layout (frozen batch norm) with random weights, the network the bottom-up baselines
+time too: what a model trained from ImageNet weights deploys. (The from-scratch layout's GroupNorm is
 the demo's, not a deployed model's.)
 """
 
@@ -77,7 +78,7 @@ def build(provider: str, compile_stages_apart: bool = False):
                 module = getattr(model, name)
                 module.forward = torch.compile(module.forward, fullgraph=True)
         else:
-            model.compile_model(mode="reduce-overhead")
+            model.compile_model(mode="reduce-overhead", module_guards=False)
     return model
 
 

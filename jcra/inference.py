@@ -64,9 +64,10 @@ def compile_for_inference(model: torch.nn.Module) -> None:
     """Compile ``model`` (a :class:`jcra.model.JCRA`) in place for inference on batches padded to
     :func:`jcra.data.canvas`: the whole forward, on a GPU replayed as one CUDA graph a canvas and batch
     size. The compile is ``fullgraph=True``: past Dynamo's recompile limit (8 graphs by default) a
-    new canvas or batch size raises Dynamo's ``FailOnRecompileLimitHit``."""
+    new canvas or batch size raises Dynamo's ``FailOnRecompileLimitHit``. Dynamo checks the inputs
+    only (``module_guards=False``): the model must stay as it is, in eval mode."""
     on_gpu = next(model.parameters()).is_cuda
-    model.compile_model(mode="reduce-overhead" if on_gpu else None)
+    model.compile_model(mode="reduce-overhead" if on_gpu else None, module_guards=False)
 
 
 def unlabelled_target(image, num_keypoints: int, image_id) -> dict:
@@ -193,7 +194,13 @@ class PoseEstimator:
     def _forward(self, shape: torch.Size):
         """The model's compiled call for a batch of ``shape``, or its uncompiled forward where that shape
         would be one graph past Dynamo's recompile limit (which raises under ``fullgraph=True``)."""
-        if not self.compiled or shape in self.graph_shapes:
+        if not self.compiled:
+            return self.model
+        if self.model.training:  # its graphs, compiled in eval mode, do not guard the mode
+            raise RuntimeError(
+                "PoseEstimator(compile=True): its model was put in training mode; call .eval()"
+            )
+        if shape in self.graph_shapes:
             return self.model
         if len(self.graph_shapes) < torch._dynamo.config.recompile_limit:
             self.graph_shapes.add(shape)

@@ -21,6 +21,27 @@ MASKED_LOGIT = -1e4
 """Encoder logit of padded tokens: never selected, never matched, zero loss, finite in fp16."""
 
 
+def compile_arguments(
+    backend: str | Callable = "inductor",
+    mode: str | None = None,
+    module_guards: bool = True,
+    inductor_options: dict | None = None,
+) -> dict:
+    """``torch.compile``'s ``backend``, ``mode`` and ``options`` for a compile in ``mode`` with
+    ``inductor_options``, without Dynamo's guards on the modules where ``module_guards`` is False (see
+    :meth:`JCRA.compile_model`). A new dict each call: torch.compile pops the guard filter from it."""
+    options = dict(inductor_options or {})
+    if not module_guards:
+        options["guard_filter_fn"] = torch.compiler.skip_guard_on_all_nn_modules_unsafe
+    if options and mode:  # torch.compile takes a mode or options: the options then hold the mode's
+        if backend != "inductor":
+            raise ValueError(f"mode={mode!r} is Inductor's; backend {backend!r} takes none")
+        from torch._inductor import list_mode_options
+
+        options, mode = {**list_mode_options(mode), **options}, None
+    return {"backend": backend, "mode": mode, "options": options or None}
+
+
 class JCRA(nn.Module):
     """One-stage multi-person pose estimator (arXiv 2307.01004).
 
@@ -169,6 +190,7 @@ class JCRA(nn.Module):
         dynamic: bool = False,
         backend: str | Callable = "inductor",
         mode: str | None = None,
+        module_guards: bool = True,
     ) -> None:
         """Compile in place with ``torch.compile(fullgraph=True)``: the whole forward, or with
         ``transformer_only`` the encoder and decoder alone (the backbone, neck and the glue between
@@ -194,6 +216,14 @@ class JCRA(nn.Module):
           accumulate them over several micro-batches (a replay rewrites the memory ``.grad`` holds,
           then adds it to itself).
 
+        - ``module_guards=False`` (inference): before each call Dynamo checks the inputs only, not the
+          modules' attributes and parameters (``torch.compiler.skip_guard_on_all_nn_modules_unsafe``).
+          On our CPU that cut Dynamo's host time a call of R-50 from 0.19 ms to 0.05 ms
+          (``bench/test_bench_guards.py``), time that a GPU at batch 1 waits through. Unsafe by
+          design: a later change to a module (``.train()``, a replaced submodule or parameter, an
+          attribute the forward reads) goes unseen and the old graph runs. :class:`jcra.PoseEstimator`
+          compiles so and checks eval mode itself.
+
         Spatial shapes are Python ints, so nothing breaks the graph. The matcher stays outside.
 
         Compiling the whole forward with Inductor while the model is in training mode turns off
@@ -201,15 +231,14 @@ class JCRA(nn.Module):
         (torch 2.11) it asserted on a nested ``ModularIndexing`` in the training graph and killed the
         compile (pytorch#191603, still in torch 2.13). Inference graphs compiled with it on.
         """
-        options = None
-        if backend == "inductor" and not transformer_only and self.training:
-            from torch._inductor import list_mode_options
-
-            options = {**(list_mode_options(mode) if mode else {}), "triton.coalesce_tiling_analysis": False}
-            mode = None  # torch.compile takes a mode or options, and the options now hold the mode's
+        training_graph = backend == "inductor" and not transformer_only and self.training
+        inductor_options = {"triton.coalesce_tiling_analysis": False} if training_graph else {}
         for module in (self.encoder, self.decoder) if transformer_only else (self,):
             nn.Module.compile(
-                module, fullgraph=True, dynamic=dynamic, backend=backend, mode=mode, options=options
+                module,
+                fullgraph=True,
+                dynamic=dynamic,
+                **compile_arguments(backend, mode, module_guards, inductor_options),
             )
 
     def _local_maps(self, memory, finest_hw, padding_mask, c2, valid_hw) -> list:

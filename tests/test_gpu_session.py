@@ -36,6 +36,7 @@ def test_every_section_names_existing_paths_and_tests(tmp_path):
         "train_profile",
         "train_run",
         "matcher_profile",
+        "guards",
     } <= set(table)
     for name, (command, limit) in table.items():
         assert limit > 0, name

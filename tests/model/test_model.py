@@ -287,6 +287,58 @@ def test_whole_training_forward_is_one_graph(tiny_model):
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("transformer_only", [False, True], ids=["whole", "transformer"])
+@pytest.mark.parametrize("module_guards", [True, False], ids=["module_guards", "input_guards"])
+def test_without_module_guards_a_changed_module_goes_unseen_and_a_new_input_does_not(
+    tiny_model, transformer_only, module_guards
+):
+    """``module_guards=False``: the model put in training mode runs the graph compiled in eval mode (no
+    recompile), where with Dynamo's module guards it compiles anew; a new input size compiles anew
+    either way. ``transformer_only`` compiles two modules: each must get the guard filter."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    tiny_model.eval().compile_model(
+        transformer_only=transformer_only, backend=counter, module_guards=module_guards
+    )
+    modules = 2 if transformer_only else 1
+    with torch.no_grad():
+        tiny_model(torch.randn(1, 3, 96, 128))
+        assert counter.frame_count == modules
+        tiny_model.train()(torch.randn(1, 3, 96, 128))
+        assert counter.frame_count == modules * (2 if module_guards else 1)
+        tiny_model.eval()(torch.randn(1, 3, 64, 128))
+        assert counter.frame_count == modules * (3 if module_guards else 2)
+    torch._dynamo.reset()
+
+
+def test_compile_arguments_merge_a_mode_into_the_options_and_give_a_new_dict_each_call():
+    from torch._inductor import list_mode_options
+
+    from jcra.model import compile_arguments
+
+    skip = torch.compiler.skip_guard_on_all_nn_modules_unsafe
+    assert compile_arguments(mode="reduce-overhead") == {
+        "backend": "inductor",
+        "mode": "reduce-overhead",
+        "options": None,
+    }
+    first = compile_arguments(mode="reduce-overhead", module_guards=False)
+    assert first == {
+        "backend": "inductor",
+        "mode": None,
+        "options": {**list_mode_options("reduce-overhead"), "guard_filter_fn": skip},
+    }
+    first["options"].pop("guard_filter_fn")  # as torch.compile does
+    assert (
+        compile_arguments(mode="reduce-overhead", module_guards=False)["options"]["guard_filter_fn"] is skip
+    )
+    with pytest.raises(ValueError, match="mode='reduce-overhead' is Inductor's; backend 'eager'"):
+        compile_arguments("eager", "reduce-overhead", module_guards=False)
+    assert compile_arguments("eager", module_guards=False)["options"] == {"guard_filter_fn": skip}
+
+
 def _cuda_model(gen: torch.Generator) -> JCRA:
     """The tiny configuration on CUDA with the fused kernels (real Triton there), every weight nonzero."""
     torch.manual_seed(0)

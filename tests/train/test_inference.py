@@ -145,7 +145,8 @@ def test_a_compiled_estimator_pads_to_a_few_canvases_and_finds_the_same_people(
     cpu = torch.device("cpu")
     compiled = PoseEstimator(load_model(checkpoint, cpu)[0], CANVAS_SETTINGS, 20, compile=True)
     plain = PoseEstimator(load_model(checkpoint, cpu)[0], CANVAS_SETTINGS, 20)
-    assert eager_compile == [{"mode": None}]  # on a GPU "reduce-overhead": one CUDA graph a canvas
+    # on a GPU "reduce-overhead": one CUDA graph a canvas; Dynamo checks the inputs only
+    assert eager_compile == [{"mode": None, "module_guards": False}]
     for image in _images_of_three_canvases(data):
         got, want = compiled(image), plain(image)
         torch.testing.assert_close(got["keypoints"], want["keypoints"], rtol=0, atol=1e-3)
@@ -178,6 +179,24 @@ def test_a_compiled_estimator_runs_a_shape_past_the_recompile_limit_uncompiled(
     torch.testing.assert_close(got["keypoints"], want["keypoints"], rtol=0, atol=1e-3)
     torch.testing.assert_close(got["scores"], want["scores"], rtol=0, atol=1e-5)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+    torch._dynamo.reset()
+
+
+def test_a_compiled_estimator_refuses_a_model_put_back_in_training(checkpoint, data, eager_compile):
+    """Its graphs do not guard the model's mode (``module_guards=False``): it checks the mode itself."""
+    from jcra.inference import load_model
+
+    torch._dynamo.reset()
+    compiled = PoseEstimator(
+        load_model(checkpoint, torch.device("cpu"))[0], CANVAS_SETTINGS, 20, compile=True
+    )
+    image = _images_of_three_canvases(data)[0]
+    compiled(image)
+    compiled.model.train()
+    with pytest.raises(RuntimeError, match="put in training mode; call .eval"):
+        compiled(image)
+    compiled.model.eval()
+    assert compiled(image)["scores"].shape == (20,)
     torch._dynamo.reset()
 
 
