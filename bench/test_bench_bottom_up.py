@@ -5,9 +5,10 @@ network would give: rendered from real COCO poses pasted into crowds of N people
 random plausible poses when it is absent), with noise on the people's peaks and offsets (noise
 proportional to the heat, ``add_peak_noise``: a trained network's tails stay below the decoders'
 thresholds), in fp32 as the networks emit them. DEKR's centre maps also peak weakly where nobody is
-centred (``add_false_centres``, ``PEOPLE_KEPT`` of them), so that it decodes as many centres as a
-trained network's map gives it (recorded as ``centres_decoded``), not the true ones alone. Each method
-must find the crowd (OKS AP above 0.9, kept as ``oks_ap``). GPU: maps at stride 4 of an 800x1333
+centred (``add_false_centres``, ``PEOPLE_KEPT`` of them), as we assume a trained network's do (not
+measured: no trained DEKR here), so that it decodes about its cap of centres (recorded as
+``centres_decoded``), not the true ones alone. Each method must find the crowd (OKS AP above 0.9,
+kept as ``oks_ap``). GPU: maps at stride 4 of an 800x1333
 input, N in {1, 5, 10, 20, 50}; CPU: a 512x768 input and N in {1, 5, 20}.
 The networks (ResNet-50 C5 upsampled to stride 4, then the heads) are timed separately on random
 inputs of the same size, batch 1 and 8 on GPU, treated as JCRA is in ``test_bench_end_to_end.py``:

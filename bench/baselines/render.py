@@ -164,10 +164,11 @@ def add_false_centres(
     seed: int = 0,
 ) -> torch.Tensor:
     """DEKR heatmaps [K + 1, h, w] with ``count`` weak centres added to the centre map (the last): Gaussians
-    of ``sigma`` map pixels, peaks drawn uniformly from ``peak``, at seeded random places. A trained
-    network's centre map also peaks weakly where nobody is centred, and DEKR decodes every such peak above
-    its 0.01 threshold, up to its cap, into a pose that its pose NMS must then merge or keep. ``peak`` lies
-    above that threshold even halved, as averaging with a flip-tested mirror's maps halves it."""
+    of ``sigma`` map pixels, peaks drawn uniformly from ``peak``, at seeded random places. We assume (no
+    trained DEKR's map was at hand to measure) that a trained network's centre map also peaks weakly
+    where nobody is centred; DEKR decodes every peak above its 0.01 threshold, up to its cap, into a
+    pose that its pose NMS must then merge or keep. ``peak`` lies above that threshold even halved, as
+    averaging with a flip-tested mirror's maps halves it."""
     if count < 0 or not 0 < peak[0] <= peak[1]:
         raise ValueError(f"count must be >= 0 and 0 < peak[0] <= peak[1], got count={count}, peak={peak}")
     gen = torch.Generator().manual_seed(seed)
