@@ -13,8 +13,7 @@ that returns the outputs of the graph's one run at compile time: no kernel runs 
 time is Dynamo's own (guards, pre-graph code, a Python call). Called as ``PoseEstimator(precision=
 "bf16")`` calls it: without gradients, under bf16 autocast, with a padding mask. Host work: the image
 size does not change it, the host's speed and torch's version do (the GPU machines' hosts are not
-this one). Run:
-``pytest bench/test_bench_guards.py``.
+this one). Run: ``pytest bench/test_bench_guards.py``.
 """
 
 import pytest

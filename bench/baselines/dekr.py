@@ -127,10 +127,9 @@ def decode_dekr(
 
     Poses are ``(x, y, score)`` in image pixels, a joint's score its centre's times the keypoint heat
     there. DEKR's COCO test settings: the centres of :func:`centre_peaks` (above 0.01); keypoint heat
-    read on the heatmaps upsampled
-    to the image (the pixel below each joint); pose NMS at 0.05 of the pose's diagonal when more than
-    ``nms_joints`` joints agree (DEKR's 8 for K = 17, scaled with K otherwise), so at most
-    ``max_people`` poses. A pose's score is the mean of its joints'.
+    read on the heatmaps upsampled to the image (the pixel below each joint); pose NMS at 0.05 of the
+    pose's diagonal when more than ``nms_joints`` joints agree (DEKR's 8 for K = 17, scaled with K
+    otherwise), so at most ``max_people`` poses. A pose's score is the mean of its joints'.
     """
     if heatmaps.dim() != 3 or offsets.shape != (2 * (heatmaps.shape[0] - 1), *heatmaps.shape[1:]):
         raise ValueError(
