@@ -6,7 +6,8 @@ A benchmark's provider is ``extra_info["provider"]``, else the first id of its p
 (``test[dekr-20]`` is ``dekr``). Within one benchmark group (same shape, mode and dtype, timed in the
 same process) each provider's speedup is the baseline's median over its own; the baseline is the first
 provider present from ``BASELINES``: kernels earn their place against the compiled reference; the
-whole matcher is set against matching image by image, JCRA's fused end to end against its reference.
+whole matcher is set against matching image by image, JCRA's fused end to end against its reference,
+Dynamo's host time a call without module guards against Dynamo's default.
 
 When the bottom-up and end-to-end suites are present, the crowd table compares per-image latency:
 JCRA's end-to-end time (independent of the number of people) against each bottom-up baseline's
@@ -27,7 +28,15 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-BASELINES = ("reference+compile", "reference", "broadcast", "scipy", "per_image", "jcra-reference")
+BASELINES = (
+    "reference+compile",
+    "reference",
+    "broadcast",
+    "scipy",
+    "per_image",
+    "jcra-reference",
+    "module_guards",
+)
 BOTTOM_UP = ("associative_embedding", "dekr")
 FLIP_TESTED = tuple(f"{method}+flip" for method in BOTTOM_UP)
 ALL_BOTTOM_UP = BOTTOM_UP + FLIP_TESTED

@@ -42,6 +42,14 @@ def test_report_ratios_against_compiled_reference(tmp_path):
     assert (tmp_path / "out" / "speedups.png").stat().st_size > 0
 
 
+def test_dynamo_host_time_without_module_guards_is_set_against_the_default(tmp_path):
+    group = "Dynamo's host time a call, jcra_r50"
+    rows = [bench_row(group, "input_guards", 0.00005), bench_row(group, "module_guards", 0.0002)]
+    main([str(write_run(tmp_path / "r.json", rows)), "--out", str(tmp_path / "out")])
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert f"| {group} | input_guards | 0.050 | 4.00x vs module_guards |" in table
+
+
 def crowd_rows(jcra_ms, network_ms, post_ms, network_hw=(64, 64), batch=1):
     """End-to-end and bottom-up rows as the suites name them (providers from the test ids), JCRA at
     64x64 and the baselines' networks at ``network_hw``, both timing whole batches of ``batch``;
