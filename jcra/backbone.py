@@ -86,10 +86,12 @@ def valid_mask(valid_hw: torch.Tensor, stride: int, height: int, width: int) -> 
     valid_hw: [B, 2] int64 (h, w) of each unpadded image in input pixels; the valid region of a
     stride-s map is ceil(h / s) x ceil(w / s), what a stack of padded stride-2 layers produces.
     """
+    # built 4-D, not as a view of a 3-D mask: with symbolic sizes, torch 2.13's Inductor failed to
+    # order such a view's strides at the smallest level
     valid = (valid_hw + stride - 1) // stride
-    rows = torch.arange(height, device=valid_hw.device)[None, :, None] < valid[:, 0, None, None]
-    cols = torch.arange(width, device=valid_hw.device)[None, None, :] < valid[:, 1, None, None]
-    return (rows & cols)[:, None].float()
+    rows = torch.arange(height, device=valid_hw.device)[:, None] < valid[:, 0, None, None, None]
+    cols = torch.arange(width, device=valid_hw.device) < valid[:, 1, None, None, None]
+    return (rows & cols).float()
 
 
 def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

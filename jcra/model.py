@@ -203,8 +203,12 @@ class JCRA(nn.Module):
         - ``transformer_only=True, dynamic=True``: sizes symbolic, one graph per module for every
           image size, for training on randomly resized images (``train.compile=true``). The fused
           attention kernel reads its level table from a device tensor, so it needs no recompile.
-          Inductor (torch 2.13) fails on the whole forward with symbolic sizes, in its stride
-          ordering of the smallest maps; the other backends compile it.
+        - Whole forward, ``dynamic=True``: with Inductor, its layout optimisation is turned off (it
+          gives convolutions channels-last strides by comparing the maps' symbolic sizes, and torch
+          2.11 then compiled again at a second size). On our CPU with torch 2.11, the GPU machines',
+          the training forward and backward of the tiny model and of R-50 then compiled once for
+          three sizes; torch 2.13's Inductor fails on the training graph (a value-range error on a
+          channels-last view). The train-step suite's ``fused+compile-dynamic`` times it on a GPU.
 
         - Whole forward with ``mode="reduce-overhead"`` (CUDA, inference at one size): the compiled
           forward is also captured as one CUDA graph and replayed, so a call costs one launch instead
@@ -234,8 +238,12 @@ class JCRA(nn.Module):
         (torch 2.11) it asserted on a nested ``ModularIndexing`` in the training graph and killed the
         compile (pytorch#191603, still in torch 2.13). Inference graphs compiled with it on.
         """
-        training_graph = backend == "inductor" and not transformer_only and self.training
-        inductor_options = {"triton.coalesce_tiling_analysis": False} if training_graph else {}
+        whole_inductor = backend == "inductor" and not transformer_only
+        inductor_options = {}
+        if whole_inductor and self.training:
+            inductor_options["triton.coalesce_tiling_analysis"] = False
+        if whole_inductor and dynamic:
+            inductor_options["layout_optimization"] = False
         for module in (self.encoder, self.decoder) if transformer_only else (self,):
             nn.Module.compile(
                 module,

@@ -379,26 +379,31 @@ def test_training_step_on_cuda_never_synchronises_with_the_host(monkeypatch):
     torch.testing.assert_close(second, first)
 
 
+NO_COALESCING, NO_LAYOUT = {"triton.coalesce_tiling_analysis": False}, {"layout_optimization": False}
+
+
 @pytest.mark.parametrize(
-    ("training", "mode", "expected"),
+    ("training", "mode", "dynamic", "expected"),
     [
-        (True, None, (None, {"triton.coalesce_tiling_analysis": False})),
-        (
-            True,
-            "reduce-overhead",
-            (None, {"triton.cudagraphs": True, "triton.coalesce_tiling_analysis": False}),
-        ),
-        (False, "reduce-overhead", ("reduce-overhead", None)),
+        (True, None, False, (None, NO_COALESCING)),
+        (True, "reduce-overhead", False, (None, {"triton.cudagraphs": True, **NO_COALESCING})),
+        (False, "reduce-overhead", False, ("reduce-overhead", None)),
+        (True, None, True, (None, {**NO_COALESCING, **NO_LAYOUT})),
+        (False, None, True, (None, NO_LAYOUT)),
     ],
 )
-def test_whole_forward_training_compile_turns_off_inductor_coalescing_analysis(
-    tiny_model, monkeypatch, training, mode, expected
+def test_whole_forward_compile_sets_inductors_options(
+    tiny_model, monkeypatch, training, mode, dynamic, expected
 ):
-    """pytorch#191603: the analysis asserts on the training graph; the mode's own options are kept."""
+    """pytorch#191603: the coalescing analysis asserts on the training graph, so training turns it off;
+    symbolic sizes turn off the layout optimisation, which fixes the sizes it compares (torch 2.11
+    recompiled the training forward at a second size with it on); the mode's own options are kept."""
     calls = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda module, **kw: calls.append(kw))
-    tiny_model.train(training).compile_model(mode=mode)
+    tiny_model.train(training).compile_model(mode=mode, dynamic=dynamic)
     assert [(kw["mode"], kw["options"]) for kw in calls] == [expected]
+    tiny_model.compile_model(transformer_only=True, dynamic=dynamic)  # Inductor's defaults there
+    assert [kw["options"] for kw in calls[1:]] == [None, None]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
