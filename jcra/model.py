@@ -203,12 +203,13 @@ class JCRA(nn.Module):
         - ``transformer_only=True, dynamic=True``: sizes symbolic, one graph per module for every
           image size, for training on randomly resized images (``train.compile=true``). The fused
           attention kernel reads its level table from a device tensor, so it needs no recompile.
-        - Whole forward, ``dynamic=True``: with Inductor, its layout optimisation is turned off (it
-          gives convolutions channels-last strides by comparing the maps' symbolic sizes, and torch
-          2.11 then compiled again at a second size). On our CPU with torch 2.11, the GPU machines',
-          the training forward and backward of the tiny model and of R-50 then compiled once for
-          three sizes; torch 2.13's Inductor fails on the training graph (a value-range error on a
-          channels-last view). The train-step suite's ``fused+compile-dynamic`` times it on a GPU.
+        - Whole forward, ``dynamic=True``: with Inductor, its layout optimisation is turned off. It
+          gives convolutions channels-last strides by comparing the maps' symbolic sizes, which
+          torch 2.11's Inductor could not do on the training graph (as torch 2.13's could not). On
+          our CPU with torch 2.11, the GPU machines', the training forward and backward of the tiny
+          model and of R-50 then compiled once for three sizes; torch 2.13's Inductor still fails on
+          the training graph (a value-range error on a channels-last view). The train-step suite's
+          ``fused+compile-dynamic`` times it on a GPU.
 
         - Whole forward with ``mode="reduce-overhead"`` (CUDA, inference at one size): the compiled
           forward is also captured as one CUDA graph and replayed, so a call costs one launch instead
