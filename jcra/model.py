@@ -203,13 +203,14 @@ class JCRA(nn.Module):
         - ``transformer_only=True, dynamic=True``: sizes symbolic, one graph per module for every
           image size, for training on randomly resized images (``train.compile=true``). The fused
           attention kernel reads its level table from a device tensor, so it needs no recompile.
-        - Whole forward, ``dynamic=True``: with Inductor, its layout optimisation is turned off. It
-          gives convolutions channels-last strides by comparing the maps' symbolic sizes, which
-          torch 2.11's Inductor could not do on the training graph (as torch 2.13's could not). On
-          our CPU with torch 2.11, the GPU machines', the training forward and backward of the tiny
-          model and of R-50 then compiled once for three sizes; torch 2.13's Inductor still fails on
-          the training graph (a value-range error on a channels-last view). The train-step suite's
-          ``fused+compile-dynamic`` times it on a GPU.
+        - Whole forward, ``dynamic=True``: with Inductor, its layout optimisation is turned off. On
+          the CPU (mkldnn) it gives convolutions channels-last strides even with symbolic sizes, by
+          comparing them, which torch 2.11's and 2.13's Inductor failed to do on the training graph;
+          on CUDA Inductor already leaves it off for convolutions of symbolic sizes. On our CPU with
+          torch 2.11, the GPU machines', the training forward and backward of the tiny model and of
+          R-50 then compiled once for three sizes; torch 2.13's Inductor still fails on the training
+          graph there (a value-range error on a channels-last view). The train-step suite's
+          ``fused+compile-dynamic`` times it on a GPU, where it has never run.
 
         - Whole forward with ``mode="reduce-overhead"`` (CUDA, inference at one size): the compiled
           forward is also captured as one CUDA graph and replayed, so a call costs one launch instead
