@@ -210,9 +210,10 @@ class JCRA(nn.Module):
           torch 2.11, the GPU machines', the training forward and backward of the tiny model and of
           R-50 then compiled once for three sizes; torch 2.13's Inductor still fails on the training
           graph there (a value-range error on a channels-last view), and its lowering of a
-          convolution's backward (not in 2.11; on every device) fixes the input gradient's strides,
-          so it compiles a graph for each size. The train-step suite's ``fused+compile-dynamic``
-          times it on a GPU, where it has never run.
+          convolution's backward (not in 2.11; the same code on every device) fixes the input
+          gradient's strides, so on our CPU it compiled a graph for each size (up to Dynamo's
+          recompile limit), and likely would on a GPU (not checked). The train-step suite's
+          ``fused+compile-dynamic`` times it on a GPU, where it has never run.
 
         - Whole forward with ``mode="reduce-overhead"`` (CUDA, inference at one size): the compiled
           forward is also captured as one CUDA graph and replayed, so a call costs one launch instead
