@@ -474,10 +474,13 @@ def test_cuda_graph_training_steps_match_eager(monkeypatch):
     for (loss, grads), (eager_loss, eager_grads) in zip(graphed, eager, strict=True):
         torch.testing.assert_close(loss, eager_loss, rtol=1e-3, atol=1e-4)
         assert grads.keys() == eager_grads.keys()
-        for name, grad in grads.items():  # a stale or misplaced replay is off by about the gradient itself
+        # a stale or misplaced replay is off by about the gradient itself; a ReLU pre-activation or a
+        # sampling coordinate that rounding puts on the other side of its kink moved a parameter's
+        # gradient by up to 5e-3 between eager and Inductor on the CPU (docs/HISTORY.md)
+        for name, grad in grads.items():
             want = eager_grads[name]
             error = ((grad - want).norm() / want.norm().clamp_min(1e-12)).item()
-            assert error < 1e-2, f"{name}: relative error {error:.2e}"
+            assert error < 1e-1, f"{name}: relative error {error:.2e}"
     torch._dynamo.reset()
 
 
