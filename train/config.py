@@ -24,7 +24,8 @@ class TrainConfig:
     are epochs after which the learning rate is multiplied by ``lr_gamma`` (each once; those at or
     past ``epochs`` warn, as the run ends first). ``max_steps`` (optimizer
     steps, for tests and smoke runs) stops early and checkpoints. ``eval_every`` epochs (0: only after
-    the last).
+    the last). ``compile`` compiles the encoder and decoder with symbolic sizes; with ``compile_whole``,
+    the whole forward (:meth:`jcra.JCRA.compile_model`).
     """
 
     out_dir: str
@@ -56,6 +57,7 @@ class TrainConfig:
     lr_gamma: float = 0.1
     precision: str = "fp32"
     compile: bool = False
+    compile_whole: bool = False
     device: str = "auto"
     num_workers: int = 0
     seed: int = 0
@@ -75,9 +77,11 @@ class TrainConfig:
         """Raise ValueError naming the first bad field, and check the dataset files exist."""
         if not (isinstance(self.out_dir, str | os.PathLike) and str(self.out_dir).strip()):
             raise ValueError(f"out_dir must be a folder path, got {self.out_dir!r}")
-        for name in ("compile", "resume", "encoder_oks", "train_negatives"):
+        for name in ("compile", "compile_whole", "resume", "encoder_oks", "train_negatives"):
             if not isinstance(getattr(self, name), bool):  # "no" would be true
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.compile_whole and not self.compile:
+            raise ValueError("compile_whole needs compile: true (it says what to compile), got false")
         at_least_one = ("epochs", "batch_size", "grad_accum", "val_scale", "max_size", "log_every", "top_k")
         for name in at_least_one:
             _check_int(name, getattr(self, name), 1)

@@ -320,8 +320,8 @@ def _train(
         f"the point the run starts from (out_dir {out_dir} must be one folder every process sees)",
     )
 
-    if cfg.compile:  # encoder and decoder, sizes symbolic: no recompile per random training scale
-        model.compile_model(transformer_only=True, dynamic=True)
+    if cfg.compile:  # sizes symbolic: no recompile per random training scale
+        model.compile_model(transformer_only=not cfg.compile_whole, dynamic=True)
     forward_model = model
     if world > 1:
         forward_model = nn.parallel.DistributedDataParallel(
