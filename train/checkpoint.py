@@ -161,7 +161,7 @@ RESUME_FIELDS = ("model", "model_overrides", "keypoint_layout", "train_ann", "tr
                  "matcher_weights", "loss_weights", "oks_mode", "encoder_oks", "heatmap_target")  # fmt: skip
 """Settings a resumed run must share with its checkpoint: under others, the sampler's position and the
 restored parameters, optimizer and schedule would silently mean something else. (``epochs``,
-``max_steps``, ``precision``, evaluation, logging and workers may change.)"""
+``max_steps``, ``precision``, compiling, evaluation, logging and workers may change.)"""
 
 SAVED_BEFORE = {
     "oks_mode": "linear",

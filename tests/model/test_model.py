@@ -437,6 +437,10 @@ def test_cuda_graph_forward_matches_eager(freezing):
     torch._dynamo.reset()
 
 
+def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got - want).norm() / want.norm().clamp_min(1e-12)).item()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_training_steps_match_eager(monkeypatch):
     """``compile_model(mode="reduce-overhead")`` in training, as the train-step suite's
@@ -474,13 +478,15 @@ def test_cuda_graph_training_steps_match_eager(monkeypatch):
     for (loss, grads), (eager_loss, eager_grads) in zip(graphed, eager, strict=True):
         torch.testing.assert_close(loss, eager_loss, rtol=1e-3, atol=1e-4)
         assert grads.keys() == eager_grads.keys()
-        # a stale or misplaced replay is off by about the gradient itself; a ReLU pre-activation or a
-        # sampling coordinate that rounding puts on the other side of its kink moved a parameter's
-        # gradient by up to 5e-3 between eager and Inductor on the CPU (docs/HISTORY.md)
+        # Rounding can put a ReLU input or a sampling coordinate on the other side of its kink
+        # (docs/HISTORY.md). In this test's setting on the CPU, eager against eager on an input moved
+        # by 1e-7 differed by up to 9.4e-3 on one parameter and 1.9e-3 on all of them together,
+        # another batch's gradients by 1.1 to 1.6 on all together.
         for name, grad in grads.items():
-            want = eager_grads[name]
-            error = ((grad - want).norm() / want.norm().clamp_min(1e-12)).item()
+            error = _relative_error(grad, eager_grads[name])
             assert error < 1e-1, f"{name}: relative error {error:.2e}"
+        every = [torch.cat([g.flatten() for g in gs.values()]) for gs in (grads, eager_grads)]
+        assert _relative_error(*every) < 1e-2
     torch._dynamo.reset()
 
 
