@@ -480,8 +480,8 @@ def test_cuda_graph_training_steps_match_eager(monkeypatch):
         assert grads.keys() == eager_grads.keys()
         # Rounding can put a ReLU input or a sampling coordinate on the other side of its kink
         # (docs/HISTORY.md). In this test's setting on the CPU, eager against eager on an input moved
-        # by 1e-7 differed by up to 9.4e-3 on one parameter and 1.9e-3 on all of them together,
-        # another batch's gradients by 1.1 to 1.6 on all together.
+        # by 1e-7 differed by up to 9.4e-3 on one parameter and 1.9e-3 on all of them together; another
+        # batch's gradients differed from these by 1.1 to 1.6 on all together.
         for name, grad in grads.items():
             error = _relative_error(grad, eager_grads[name])
             assert error < 1e-1, f"{name}: relative error {error:.2e}"
