@@ -16,10 +16,10 @@ network, with random weights). Providers:
 - ``fused+compile-transformer``: fused kernels, the encoder and decoder compiled with symbolic sizes
   and the rest eager, what ``train.compile=true`` runs for randomly resized batches;
 - ``fused+compile-dynamic`` (GPU only: Inductor takes minutes to compile it on the CPU): the whole
-  forward compiled with symbolic sizes (``JCRA.compile_model(dynamic=True)``), which randomly resized
-  batches could train with: does it run as fast as the whole forward at a fixed size, where the
-  trainer's compile leaves the backbone, neck and glue eager (H200 of 49d74a0: 105.5 against 159.9
-  ms a step)?
+  forward compiled with symbolic sizes (``JCRA.compile_model(dynamic=True)``), what
+  ``train.compile_whole=true`` runs for randomly resized batches: does it run as fast as the whole
+  forward at a fixed size, where the transformer compile leaves the backbone, neck and glue eager
+  (H200 of 49d74a0: 105.5 against 159.9 ms a step)?
 - ``reference``: eager, with the attention's plain-PyTorch reference (the matcher's Triton cost
   kernel and solver run in every provider on a GPU, so the ratio is the model's part of the step).
 
